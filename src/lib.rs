@@ -1,0 +1,7 @@
+//! turn-bpf: a transparent eBPF/XDP offload for TURN ChannelData beside an unmodified TURN server.
+//!
+//! The binary (`src/main.rs`) is argument parsing and the run loop; everything it uses lives in
+//! these modules so the integration tests and the load generator reach the same code.
+
+pub mod lab;
+pub mod turn_client;
