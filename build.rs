@@ -27,6 +27,7 @@ fn main() {
         "-Wextra",
         "-Wno-unused-parameter",
         "-Werror",
+        "-mcpu=v3",
     ];
 
     let mut sources: Vec<PathBuf> = fs::read_dir(bpf_dir)

@@ -3,5 +3,10 @@
 //! The binary (`src/main.rs`) is argument parsing and the run loop; everything it uses lives in
 //! these modules so the integration tests and the load generator reach the same code.
 
+pub mod attach;
+pub mod cli;
 pub mod lab;
+pub mod skel;
+pub mod state;
+pub mod stats;
 pub mod turn_client;

@@ -1,1 +1,193 @@
-fn main() {}
+//! `turn-bpf`: argument parsing and the run loop. Everything else lives in the library modules.
+
+use std::mem::MaybeUninit;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::PrintLevel;
+use log::{debug, error, info, warn};
+
+use turn_bpf::attach::{self, Attachments};
+use turn_bpf::cli::Args;
+use turn_bpf::skel::TurnSkelBuilder;
+use turn_bpf::state::{self, StateMaps, Sweeper};
+use turn_bpf::stats::Counters;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail_line(&first_line(&e.to_string())),
+    };
+    if let Err(msg) = args.validate() {
+        return fail_line(&msg);
+    }
+    init_logging(&args);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail_line(&format!("{e:#}")),
+    }
+}
+
+/// One clear line on stderr and a non-zero exit.
+fn fail_line(msg: &str) -> ExitCode {
+    let msg = msg.trim_start_matches("error: ");
+    eprintln!("turn-bpf: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
+}
+
+fn init_logging(args: &Args) {
+    let level = if args.quiet {
+        "warn"
+    } else {
+        match args.verbose {
+            0 | 1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
+        let msg = msg.trim_end();
+        match level {
+            PrintLevel::Warn => warn!("libbpf: {msg}"),
+            PrintLevel::Info => debug!("libbpf: {msg}"),
+            PrintLevel::Debug => log::trace!("libbpf: {msg}"),
+        }
+    })));
+}
+
+fn run(args: &Args) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("turn-bpf needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
+    }
+    if !args.detach.is_empty() {
+        for iface in &args.detach {
+            println!("{}", attach::detach_leftovers(iface)?);
+        }
+        return Ok(());
+    }
+
+    let ifaces = args.xdp_ifaces();
+    let client_iface = ifaces[0].clone();
+    for iface in &ifaces {
+        attach::ifindex(iface)?;
+    }
+    let mut attached = Attachments::default();
+    attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
+
+    // Open, configure, load.
+    let mut storage = MaybeUninit::uninit();
+    let mut open = TurnSkelBuilder::default()
+        .open(&mut storage)
+        .context("opening the BPF object")?;
+    {
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("the BPF object has no .rodata")?;
+        for (slot, port) in rodata.cfg_turn_ports.iter_mut().zip(&args.turn_ports) {
+            *slot = port.to_be();
+        }
+        rodata.cfg_spill_every = args.spill_every;
+        rodata.cfg_channel_lifetime_ns = args.channel_lifetime * 1_000_000_000;
+        rodata.cfg_permission_lifetime_ns = args.permission_lifetime * 1_000_000_000;
+    }
+    let skel = open.load().context(
+        "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
+         Linux 5.18 or later; run with -vv for the verifier's log)",
+    )?;
+
+    let external: Vec<_> = args.external_ips.iter().map(|e| (e.public, e.private)).collect();
+    state::set_external_ips(&skel.maps.external_ips, &external)?;
+    let locals = state::local_addresses()?;
+    state::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
+    for e in &args.external_ips {
+        if !locals.contains(&e.private) {
+            warn!("--external-ip {}={}: {} is not a local address", e.public, e.private, e.private);
+        }
+    }
+
+    // Attach: XDP everywhere, then the snooper. A failure undoes what was done (drop).
+    for iface in &ifaces {
+        let link = attach::attach_xdp(attach::prog_fd(&skel.progs.xdp_turn), iface, args.xdp_mode)?;
+        state::add_tx_port(&skel.maps.tx_ports, link.ifindex)?;
+        info!("attached XDP fast path to {iface} ({} mode)", link.mode);
+        attached.xdp.push(link);
+    }
+    let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), &client_iface)?;
+    info!("attached TC egress snooper to {client_iface}");
+    attached.tc.push(tc);
+    info!(
+        "offloading TURN port(s) {:?}; stop with Ctrl+C",
+        args.turn_ports
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+
+    let maps = StateMaps {
+        allocs: &skel.maps.allocs,
+        chans: &skel.maps.chans,
+        peers: &skel.maps.peers,
+        perms: &skel.maps.perms,
+        not_local: &skel.maps.not_local,
+    };
+    let mut sweeper = Sweeper::default();
+    let start_counters = Counters::read(&skel.maps.stats)?;
+    let mut last_print = Instant::now();
+    let mut last_counters = start_counters.clone();
+    let stats_every = Duration::from_secs(args.stats_interval);
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = sweeper.sweep(&maps, state::now_ns()) {
+            warn!("sweep: {e:#}");
+        }
+        match state::local_addresses() {
+            Ok(l) => {
+                if let Err(e) = state::sync_local_addrs(&skel.maps.local_addrs, &l) {
+                    warn!("{e:#}");
+                }
+            }
+            Err(e) => warn!("{e:#}"),
+        }
+        if args.verbose > 0 && last_print.elapsed() >= stats_every {
+            let now = Counters::read(&skel.maps.stats)?;
+            info!(
+                "counters over the last {}s:\n{}",
+                last_print.elapsed().as_secs(),
+                now.since(&last_counters).render()
+            );
+            last_counters = now;
+            last_print = Instant::now();
+        }
+    }
+
+    info!("stopping: detaching");
+    attached.detach_all();
+    match Counters::read(&skel.maps.stats) {
+        Ok(c) => println!("turn-bpf counters:\n{}", c.since(&start_counters).render()),
+        Err(e) => error!("reading counters: {e:#}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: (MIT OR Apache-2.0) */
+/*
+ * The IPv4 <-> IPv4 rewrite paths.
+ *
+ *   chan4_to_udp4 (cli2rem): client --ChannelData--> server  =>  relay --UDP--> peer
+ *   udp4_to_chan4 (rem2cli): peer --UDP--> relay             =>  server --ChannelData--> client
+ *
+ * Each path checks everything first (binding, lifetimes, lengths, TTL, next hop, MTU) while the
+ * packet is untouched, computes the new headers and the checksum delta from the old fields, and
+ * only then moves the head and writes. Whatever fails a check is passed up unmodified.
+ */
+#ifndef TB_CHAN4_H
+#define TB_CHAN4_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "csum.h"
+#include "fwd.h"
+#include "state.h"
+
+#define CHANNEL_HDR_LEN 4
+/* Largest UDP payload we relay; larger datagrams go to the server. */
+#define TB_MAX_DATAGRAM 16384
+
+#define HDRS4_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
+
+static __always_inline int xdp_pass(__u32 reason)
+{
+	stat_inc(reason);
+	return XDP_PASS;
+}
+
+/* A rewrite step failed after the packet changed: cannot pass a mangled packet up. */
+static __always_inline int xdp_abort(void)
+{
+	stat_inc(TB_STAT_ABORTED);
+	return XDP_ABORTED;
+}
+
+static __always_inline void ep4(struct tb_ep *ep, __u32 addr, __u16 port)
+{
+	__builtin_memcpy(ep->ip, &addr, 4);
+	ep->port = port;
+	ep->family = TB_AF_INET;
+}
+
+static __always_inline __u32 ep4_addr(const struct tb_ep *ep)
+{
+	__u32 a;
+
+	__builtin_memcpy(&a, ep->ip, 4);
+	return a;
+}
+
+/* The new IPv4 header: old one with new addresses/length, TTL decremented, checksum redone. */
+static __always_inline void ip4_rewrite(struct iphdr *nip, const struct iphdr *old, __u32 src,
+					__u32 dst, __u16 tot_len)
+{
+	*nip = *old;
+	nip->tot_len = bpf_htons(tot_len);
+	nip->ttl = old->ttl - 1;
+	nip->saddr = src;
+	nip->daddr = dst;
+	nip->check = 0;
+	nip->check = csum_ipv4_hdr(nip);
+}
+
+/* Write eth + IPv4 + UDP headers at the start of the (already resized) packet. */
+static __always_inline int write_hdrs4(struct xdp_md *ctx, const struct bpf_fib_lookup *fib,
+				       const struct iphdr *nip, const struct udphdr *nudp)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+
+	if ((void *)(udp + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	*ip = *nip;
+	*udp = *nudp;
+	return 0;
+}
+
+/* Cut the frame to `len` bytes (drops ChannelData padding and Ethernet trailer). */
+static __always_inline int trim_to(struct xdp_md *ctx, __u32 len)
+{
+	__u32 have = ctx->data_end - ctx->data;
+
+	if (have > len && bpf_xdp_adjust_tail(ctx, -(int)(have - len)))
+		return -1;
+	return 0;
+}
+
+static __always_inline int spill_now(struct tb_chan *c)
+{
+	__u64 n;
+
+	if (!cfg_spill_every)
+		return 0;
+	n = __sync_fetch_and_add(&c->packets, 1) + 1;
+	return n % cfg_spill_every == 0;
+}
+
+/* cli2rem: ChannelData from a client to a peer. `ip`/`udp` are validated (no options, lengths). */
+static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
+					 __u16 udp_len)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *payload = (void *)(udp + 1);
+	__u16 payload_len = udp_len - sizeof(*udp);
+	struct tb_chan_key key = {};
+	struct bpf_fib_lookup fib;
+	struct iphdr nip;
+	struct udphdr nudp;
+	struct tb_chan *c;
+	__u16 data_len, pad, chan_word, len_word, new_udp_len;
+	__u32 relay, peer, reason;
+
+	if (payload + CHANNEL_HDR_LEN > (__u8 *)data_end)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	chan_word = *(__u16 *)payload;
+	len_word = *(__u16 *)(payload + 2);
+	data_len = bpf_ntohs(len_word);
+	/* coturn accepts 0-3 bytes of padding over UDP; anything else (a GSO batch in one frame,
+	 * a truncated message) is the server's to judge. */
+	if (data_len == 0 || data_len > TB_MAX_DATAGRAM || CHANNEL_HDR_LEN + data_len > payload_len)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	pad = payload_len - CHANNEL_HDR_LEN - data_len;
+	if (pad > 3)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+
+	ep4(&key.client, ip->saddr, udp->source);
+	ep4(&key.server, ip->daddr, udp->dest);
+	key.chan = chan_word;
+	c = bpf_map_lookup_elem(&chans, &key);
+	if (!c)
+		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
+	if (c->relay.family != TB_AF_INET || c->peer.family != TB_AF_INET)
+		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (!chan_live(c, tb_now()))
+		return xdp_pass(TB_STAT_PASS_EXPIRED);
+	if (ip->ttl <= 1)
+		return xdp_pass(TB_STAT_PASS_TTL);
+
+	relay = ep4_addr(&c->relay);
+	peer = ep4_addr(&c->peer);
+	new_udp_len = sizeof(struct udphdr) + data_len;
+	reason = fib4(ctx, &fib, relay, peer, c->relay.port, c->peer.port,
+		      sizeof(struct iphdr) + new_udp_len, ip->tos);
+	if (reason != TB_STAT__MAX)
+		return xdp_pass(reason);
+	if (spill_now(c))
+		return xdp_pass(TB_STAT_PASS_SPILL);
+
+	nudp.source = c->relay.port;
+	nudp.dest = c->peer.port;
+	nudp.len = bpf_htons(new_udp_len);
+	nudp.check = 0;
+	if (udp->check) {
+		__u64 acc = csum_start(udp->check);
+		__u8 *tail = payload + CHANNEL_HDR_LEN + data_len;
+
+		acc = csum_sub32(acc, ip->saddr);
+		acc = csum_sub32(acc, ip->daddr);
+		acc = csum_add32(acc, relay);
+		acc = csum_add32(acc, peer);
+		acc = csum_sub16(acc, udp->source);
+		acc = csum_sub16(acc, udp->dest);
+		acc = csum_add16(acc, nudp.source);
+		acc = csum_add16(acc, nudp.dest);
+		/* the length is in both the pseudo-header and the UDP header */
+		acc = csum_sub16(acc, udp->len);
+		acc = csum_sub16(acc, udp->len);
+		acc = csum_add16(acc, nudp.len);
+		acc = csum_add16(acc, nudp.len);
+		acc = csum_sub16(acc, chan_word);
+		acc = csum_sub16(acc, len_word);
+		/* Padding: a byte at an even offset from the data start is the high-order byte
+		 * of its 16-bit word (the header is 4 bytes, so data keeps its alignment). */
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			__u8 *b = tail + i;
+
+			if (i >= pad)
+				break;
+			if (b + 1 > (__u8 *)data_end)
+				return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+			if ((data_len + i) & 1)
+				acc = csum_sub16(acc, bpf_htons(*b));
+			else
+				acc = csum_sub16(acc, bpf_htons((__u16)*b << 8));
+		}
+		nudp.check = csum_udp_finish(acc);
+	}
+	ip4_rewrite(&nip, ip, relay, peer, sizeof(struct iphdr) + new_udp_len);
+
+	/* --- the packet changes from here on --- */
+	if (bpf_xdp_adjust_head(ctx, CHANNEL_HDR_LEN))
+		return xdp_pass(TB_STAT_ABORTED); /* nothing written yet */
+	if (write_hdrs4(ctx, &fib, &nip, &nudp) || trim_to(ctx, HDRS4_LEN + data_len))
+		return xdp_abort();
+	stat_inc(TB_STAT_CLI2REM);
+	return fwd_verdict(ctx, &fib);
+}
+
+/* rem2cli: a datagram from a peer to a relayed address, to its client as ChannelData. */
+static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
+					 __u16 udp_len)
+{
+	struct tb_peer_key key = {};
+	struct bpf_fib_lookup fib;
+	struct iphdr nip;
+	struct udphdr nudp;
+	struct tb_chan *c;
+	__u16 data_len = udp_len - sizeof(*udp), new_udp_len;
+	__u16 chan_hdr[2];
+	__u32 server, client, reason;
+
+	ep4(&key.peer, ip->saddr, udp->source);
+	ep4(&key.relay, ip->daddr, udp->dest);
+	c = bpf_map_lookup_elem(&peers, &key);
+	if (!c)
+		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
+	if (c->client.family != TB_AF_INET || c->server.family != TB_AF_INET)
+		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	if (!chan_live(c, tb_now()))
+		return xdp_pass(TB_STAT_PASS_EXPIRED);
+	if (ip->ttl <= 1)
+		return xdp_pass(TB_STAT_PASS_TTL);
+
+	server = ep4_addr(&c->server);
+	client = ep4_addr(&c->client);
+	new_udp_len = sizeof(struct udphdr) + CHANNEL_HDR_LEN + data_len;
+	reason = fib4(ctx, &fib, server, client, c->server.port, c->client.port,
+		      sizeof(struct iphdr) + new_udp_len, ip->tos);
+	if (reason != TB_STAT__MAX)
+		return xdp_pass(reason);
+	if (spill_now(c))
+		return xdp_pass(TB_STAT_PASS_SPILL);
+
+	chan_hdr[0] = c->chan;
+	chan_hdr[1] = bpf_htons(data_len);
+	nudp.source = c->server.port;
+	nudp.dest = c->client.port;
+	nudp.len = bpf_htons(new_udp_len);
+	nudp.check = 0;
+	if (udp->check) {
+		__u64 acc = csum_start(udp->check);
+
+		acc = csum_sub32(acc, ip->saddr);
+		acc = csum_sub32(acc, ip->daddr);
+		acc = csum_add32(acc, server);
+		acc = csum_add32(acc, client);
+		acc = csum_sub16(acc, udp->source);
+		acc = csum_sub16(acc, udp->dest);
+		acc = csum_add16(acc, nudp.source);
+		acc = csum_add16(acc, nudp.dest);
+		acc = csum_sub16(acc, udp->len);
+		acc = csum_sub16(acc, udp->len);
+		acc = csum_add16(acc, nudp.len);
+		acc = csum_add16(acc, nudp.len);
+		acc = csum_add16(acc, chan_hdr[0]);
+		acc = csum_add16(acc, chan_hdr[1]);
+		nudp.check = csum_udp_finish(acc);
+	}
+	ip4_rewrite(&nip, ip, server, client, sizeof(struct iphdr) + new_udp_len);
+
+	/* --- the packet changes from here on --- */
+	if (bpf_xdp_adjust_head(ctx, -CHANNEL_HDR_LEN))
+		return xdp_pass(TB_STAT_ABORTED); /* no headroom: nothing written yet */
+	if (write_hdrs4(ctx, &fib, &nip, &nudp))
+		return xdp_abort();
+	{
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		__u16 *ch = data + HDRS4_LEN;
+
+		if ((void *)(ch + 2) > data_end)
+			return xdp_abort();
+		ch[0] = chan_hdr[0];
+		ch[1] = chan_hdr[1];
+	}
+	if (trim_to(ctx, HDRS4_LEN + CHANNEL_HDR_LEN + data_len))
+		return xdp_abort();
+	stat_inc(TB_STAT_REM2CLI);
+	return fwd_verdict(ctx, &fib);
+}
+
+#endif /* TB_CHAN4_H */

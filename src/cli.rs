@@ -1,0 +1,252 @@
+//! The command line: parsing and the checks that need no privileges.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Most TURN listening ports the BPF program matches (`TB_MAX_TURN_PORTS`).
+pub const MAX_TURN_PORTS: usize = 8;
+
+/// Transparent XDP offload of TURN ChannelData beside an unmodified TURN server.
+///
+/// Learns allocations and channel bindings from the server's own success responses and relays
+/// ChannelData between clients and peers in the kernel. Stop it with Ctrl+C (or SIGTERM): it
+/// detaches and the server carries on alone.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "turn-bpf", version, about, long_about = None)]
+pub struct Args {
+    /// Interface on which clients reach the TURN server (its listening address lives there).
+    #[arg(value_name = "IFACE", required_unless_present = "detach")]
+    pub iface: Option<String>,
+
+    /// Interfaces that carry relay <-> peer traffic; none means IFACE serves both.
+    #[arg(value_name = "RELAY_IFACE")]
+    pub relay_ifaces: Vec<String>,
+
+    /// TURN listening port (repeatable, up to 8).
+    #[arg(long = "turn-port", value_name = "PORT", default_values_t = [3478u16],
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub turn_ports: Vec<u16>,
+
+    /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+
+    /// Map a public relayed address to the local one it arrives at (as coturn's --external-ip
+    /// PUBLIC/PRIVATE); repeatable.
+    #[arg(long = "external-ip", value_name = "PUBLIC=PRIVATE")]
+    pub external_ips: Vec<ExternalIp>,
+
+    /// Pass every Nth datagram of a channel to the server instead of relaying it (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub spill_every: u32,
+
+    /// Channel lifetime in seconds; must match the server's --channel-lifetime.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub channel_lifetime: u64,
+
+    /// Permission lifetime in seconds; must match the server's --permission-lifetime.
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub permission_lifetime: u64,
+
+    /// Enable IPv4 forwarding on the interfaces (needed by the fast path's FIB lookups);
+    /// the previous setting is restored on exit. See README "Forwarding and firewalling".
+    #[arg(long)]
+    pub enable_forwarding: bool,
+
+    /// With -v, print the counters every SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_interval: u64,
+
+    /// Remove a turn-bpf TC filter left behind on these interfaces by an agent that was killed
+    /// with SIGKILL, then exit. (Its XDP links vanish with the process by themselves.)
+    #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
+    pub detach: Vec<String>,
+
+    /// More output (-v: learned channels and periodic counters, -vv: debug).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less output (errors only).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// `PUBLIC=PRIVATE` (or coturn's `PUBLIC/PRIVATE`): both addresses of the same family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: IpAddr,
+}
+
+impl FromStr for ExternalIp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (public, private) = s
+            .split_once('=')
+            .or_else(|| s.split_once('/'))
+            .ok_or_else(|| format!("'{s}' is not PUBLIC=PRIVATE"))?;
+        let public: IpAddr = public
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{public}' is not an IP address"))?;
+        let private: IpAddr = private
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{private}' is not an IP address"))?;
+        if public.is_ipv4() != private.is_ipv4() {
+            return Err(format!("'{s}': both addresses must be of the same family"));
+        }
+        Ok(ExternalIp { public, private })
+    }
+}
+
+impl Args {
+    /// Every interface the XDP program goes on: IFACE first, then the relay interfaces.
+    pub fn xdp_ifaces(&self) -> Vec<String> {
+        self.iface
+            .iter()
+            .chain(self.relay_ifaces.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// Checks clap cannot express. Returns the one line that names the problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for name in self.xdp_ifaces().iter().chain(self.detach.iter()) {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                return Err(format!("'{name}' is not a valid interface name"));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(format!("interface {name} is named twice"));
+            }
+        }
+        let ports: HashSet<u16> = self.turn_ports.iter().copied().collect();
+        if ports.len() != self.turn_ports.len() {
+            return Err("a --turn-port is named twice".into());
+        }
+        if ports.len() > MAX_TURN_PORTS {
+            return Err(format!("at most {MAX_TURN_PORTS} --turn-port values are supported"));
+        }
+        let mut publics = HashSet::new();
+        for e in &self.external_ips {
+            if !publics.insert(e.public) {
+                return Err(format!("--external-ip {} is mapped twice", e.public));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        let args = Args::try_parse_from(std::iter::once("turn-bpf").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&["eth0"]).unwrap();
+        assert_eq!(a.iface.as_deref(), Some("eth0"));
+        assert!(a.relay_ifaces.is_empty());
+        assert_eq!(a.turn_ports, vec![3478]);
+        assert_eq!(a.xdp_mode, XdpMode::Auto);
+        assert_eq!(a.spill_every, 0);
+        assert_eq!(a.channel_lifetime, 600);
+        assert_eq!(a.permission_lifetime, 300);
+        assert!(!a.enable_forwarding);
+        assert_eq!(a.xdp_ifaces(), vec!["eth0"]);
+    }
+
+    #[test]
+    fn relay_interfaces_and_options() {
+        let a = parse(&[
+            "eth0",
+            "eth1",
+            "eth2",
+            "--turn-port",
+            "3478",
+            "--turn-port",
+            "3479",
+            "--xdp-mode",
+            "generic",
+            "--external-ip",
+            "203.0.113.5=10.0.0.5",
+            "--external-ip",
+            "2001:db8::1/fd00::1",
+            "--spill-every",
+            "100",
+            "--channel-lifetime",
+            "60",
+            "--permission-lifetime",
+            "30",
+            "--enable-forwarding",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(a.xdp_ifaces(), vec!["eth0", "eth1", "eth2"]);
+        assert_eq!(a.turn_ports, vec![3478, 3479]);
+        assert_eq!(a.xdp_mode, XdpMode::Generic);
+        assert_eq!(a.external_ips.len(), 2);
+        assert_eq!(a.external_ips[0].public, "203.0.113.5".parse::<IpAddr>().unwrap());
+        assert_eq!(a.external_ips[1].private, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(a.spill_every, 100);
+        assert_eq!(a.channel_lifetime, 60);
+        assert_eq!(a.permission_lifetime, 30);
+        assert!(a.enable_forwarding);
+        assert_eq!(a.verbose, 2);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_one_clear_reason() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "IFACE"),
+            (&["eth0", "eth0"], "named twice"),
+            (&["eth0", "--turn-port", "0"], "0"),
+            (&["eth0", "--turn-port", "70000"], "70000"),
+            (&["eth0", "--turn-port", "3478", "--turn-port", "3478"], "twice"),
+            (&["eth0", "--xdp-mode", "turbo"], "turbo"),
+            (&["eth0", "--external-ip", "1.2.3.4"], "PUBLIC=PRIVATE"),
+            (&["eth0", "--external-ip", "1.2.3.4=::1"], "same family"),
+            (&["eth0", "--external-ip", "x=1.2.3.4"], "not an IP"),
+            (&["eth0", "--channel-lifetime", "0"], "0"),
+            (&["eth0", "-v", "-q"], "cannot be used"),
+            (&["this-name-is-far-too-long"], "not a valid interface"),
+            (&["eth0", "--detach", "eth1"], "cannot be used"),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
+        }
+        let many: Vec<String> = (1..=9).flat_map(|p| ["--turn-port".into(), p.to_string()]).collect();
+        let mut args = vec!["eth0"];
+        args.extend(many.iter().map(String::as_str));
+        assert!(parse(&args).unwrap_err().contains("at most 8"));
+    }
+
+    #[test]
+    fn detach_alone() {
+        let a = parse(&["--detach", "eth0", "eth1"]).unwrap();
+        assert!(a.iface.is_none());
+        assert_eq!(a.detach, vec!["eth0", "eth1"]);
+    }
+}
