@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod cli;
 pub mod lab;
+pub mod progtest;
 pub mod skel;
 pub mod state;
 pub mod stats;

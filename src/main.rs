@@ -46,7 +46,11 @@ fn fail_line(msg: &str) -> ExitCode {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
 }
 
 fn init_logging(args: &Args) {
@@ -65,9 +69,13 @@ fn init_logging(args: &Args) {
     libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
         let msg = msg.trim_end();
         match level {
-            PrintLevel::Warn => warn!("libbpf: {msg}"),
-            PrintLevel::Info => debug!("libbpf: {msg}"),
-            PrintLevel::Debug => log::trace!("libbpf: {msg}"),
+            // Probing for a TC filter that is not there yet is expected, not a warning.
+            PrintLevel::Warn if msg.contains("Cannot find specified filter chain") => {
+                debug!("{msg}")
+            }
+            PrintLevel::Warn => warn!("{msg}"),
+            PrintLevel::Info => debug!("{msg}"),
+            PrintLevel::Debug => log::trace!("{msg}"),
         }
     })));
 }
@@ -114,13 +122,20 @@ fn run(args: &Args) -> Result<()> {
          Linux 5.18 or later; run with -vv for the verifier's log)",
     )?;
 
-    let external: Vec<_> = args.external_ips.iter().map(|e| (e.public, e.private)).collect();
+    let external: Vec<_> = args
+        .external_ips
+        .iter()
+        .map(|e| (e.public, e.private))
+        .collect();
     state::set_external_ips(&skel.maps.external_ips, &external)?;
     let locals = state::local_addresses()?;
     state::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
     for e in &args.external_ips {
         if !locals.contains(&e.private) {
-            warn!("--external-ip {}={}: {} is not a local address", e.public, e.private, e.private);
+            warn!(
+                "--external-ip {}={}: {} is not a local address",
+                e.public, e.private, e.private
+            );
         }
     }
 
