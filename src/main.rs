@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail_line(&first_line(&e.to_string())),
+        Err(e) => return fail_line(&one_line(&e.to_string())),
     };
     if let Err(msg) = args.validate() {
         return fail_line(&msg);
@@ -45,12 +45,14 @@ fn fail_line(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn first_line(s: &str) -> String {
+/// clap's message without its usage/help footer, folded into one line.
+fn one_line(s: &str) -> String {
     s.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(s)
-        .trim()
-        .to_string()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn init_logging(args: &Args) {

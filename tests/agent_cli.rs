@@ -1,0 +1,229 @@
+//! The agent's frame: attach, detach cleanly on SIGINT/SIGTERM, refuse a second agent and bad
+//! input with one clear line, and the documented way back after SIGKILL.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use turn_bpf::agent::AgentProc;
+use turn_bpf::lab::{Host, Lab};
+
+use common::*;
+
+fn run_once(ns: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(agent_bin());
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
+    let out = cmd.args(args).output().expect("running turn-bpf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigint_and_sigterm_detach_everything_and_exit_0() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli1", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let agent = AgentProc::start_ready(
+            &agent_bin(),
+            &ns,
+            &["--enable-forwarding", "turn0", "relay0"],
+            &log_path("cli1"),
+        )
+        .unwrap();
+        let out = agent.output();
+        for line in [
+            "attached XDP fast path to turn0",
+            "attached XDP fast path to relay0",
+            "attached TC egress snooper to turn0",
+        ] {
+            assert!(out.contains(line), "missing '{line}' in:\n{out}");
+        }
+        assert!(xdp_attached(&lab, "turn0") && xdp_attached(&lab, "relay0"));
+        assert!(tc_filters(&lab, "turn0", "egress").contains("tc_snoop"));
+        assert_eq!(forwarding(&lab, "turn0"), "1");
+
+        let exit = agent.stop(sig).unwrap();
+        assert_eq!(exit.status.code(), Some(0), "{sig}: {}", exit.output);
+        assert!(
+            exit.output.contains("turn-bpf counters:"),
+            "{}",
+            exit.output
+        );
+        assert_clean(&lab);
+    }
+}
+
+#[test]
+fn a_second_agent_is_refused_and_the_first_keeps_running() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli2", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let first = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli2a"),
+    )
+    .unwrap();
+    let (code, _out, err) = run_once(Some(&ns), &["--enable-forwarding", "turn0", "relay0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("turn0 already has an XDP program attached")
+            && err.contains("another turn-bpf"),
+        "{err}"
+    );
+    // The refused agent's error is one line (libbpf/log lines aside, none at warn level here).
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+    // The first is intact: still attached and still running.
+    assert!(xdp_attached(&lab, "turn0") && xdp_attached(&lab, "relay0"));
+    assert!(tc_filters(&lab, "turn0", "egress").contains("tc_snoop"));
+    assert_eq!(forwarding(&lab, "turn0"), "1");
+    let exit = first.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_clean(&lab);
+}
+
+#[test]
+fn bad_input_gives_one_line_a_nonzero_exit_and_attaches_nothing() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli3", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let cases: &[(&[&str], &str)] = &[
+        (&["nosuch0"], "no interface named nosuch0"),
+        (&["turn0", "nosuch1"], "no interface named nosuch1"),
+        (&["turn0", "turn0"], "named twice"),
+        (&["turn0", "--turn-port", "70000"], "70000"),
+        (&["turn0", "--turn-port", "0"], "0"),
+        (&["turn0", "--xdp-mode", "fast"], "fast"),
+        (&[], "IFACE"),
+        // forwarding off and not asked to enable it: explained, nothing attached
+        (&["turn0", "relay0"], "forwarding is off on turn0, relay0"),
+    ];
+    for (args, needle) in cases {
+        let (code, out, err) = run_once(Some(&ns), args);
+        assert_ne!(code, 0, "{args:?} must fail");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{err}");
+        assert!(
+            lines[0].starts_with("turn-bpf: error: "),
+            "{args:?}: {}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: '{}' lacks '{needle}'",
+            lines[0]
+        );
+        assert!(out.trim().is_empty(), "{args:?} printed to stdout: {out}");
+        assert_clean(&lab);
+    }
+
+    // Not root: refused before anything is touched (on the host's loopback, which it never
+    // gets to touch).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .arg("lo")
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("needs root"),
+        "{err}"
+    );
+}
+
+#[test]
+fn after_sigkill_detach_removes_the_leftover_filter() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli4", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli4"),
+    )
+    .unwrap();
+    let exit = agent.stop(Signal::SIGKILL).unwrap();
+    assert!(exit.status.code().is_none(), "killed by a signal");
+    // XDP links vanish with the process.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!xdp_attached(&lab, "turn0") && !xdp_attached(&lab, "relay0"));
+    // The clsact filter stays until --detach removes it.
+    assert!(tc_filters(&lab, "turn0", "egress").contains("tc_snoop"));
+    let (code, out, err) = run_once(Some(&ns), &["--detach", "turn0", "relay0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("turn0: removed the TC egress snooper"),
+        "{out}"
+    );
+    assert!(out.contains("relay0: no turn-bpf TC filter"), "{out}");
+    assert_eq!(tc_filters(&lab, "turn0", "egress").trim(), "");
+    assert!(!has_clsact(&lab, "turn0"));
+    // Forwarding stays as the killed agent left it: the README says so. Restore it here.
+    lab.exec(
+        Host::Srv,
+        &["sysctl", "-qw", "net.ipv4.conf.turn0.forwarding=0"],
+    )
+    .unwrap();
+    lab.exec(
+        Host::Srv,
+        &["sysctl", "-qw", "net.ipv4.conf.relay0.forwarding=0"],
+    )
+    .unwrap();
+    assert_clean(&lab);
+    // Nothing to do a second time.
+    let (code, out, _) = run_once(Some(&ns), &["--detach", "turn0"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no turn-bpf TC filter"), "{out}");
+}
+
+#[test]
+fn a_clsact_qdisc_and_filters_of_others_are_left_alone() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli5", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    lab.exec(Host::Srv, &["tc", "qdisc", "add", "dev", "turn0", "clsact"])
+        .unwrap();
+    lab.exec(
+        Host::Srv,
+        &[
+            "tc", "filter", "add", "dev", "turn0", "egress", "prio", "1", "u32", "match", "u32",
+            "0", "0",
+        ],
+    )
+    .unwrap();
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli5"),
+    )
+    .unwrap();
+    let exit = agent.stop(Signal::SIGTERM).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert!(
+        has_clsact(&lab, "turn0"),
+        "the qdisc we did not create stays"
+    );
+    let f = tc_filters(&lab, "turn0", "egress");
+    assert!(f.contains("u32") && !f.contains("tc_snoop"), "{f}");
+}
