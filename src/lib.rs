@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is argument parsing and the run loop; everything it uses lives in
 //! these modules so the integration tests and the load generator reach the same code.
 
+pub mod agent;
 pub mod attach;
 pub mod cli;
 pub mod lab;
