@@ -70,7 +70,7 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 		return;
 	ep4(&client, saddr, sport);
 	ep4(&server, daddr, dport);
-	record_request(&client, &server, &s->msg);
+	record_request(&client, &server, s);
 }
 
 SEC("xdp")

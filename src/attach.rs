@@ -71,9 +71,7 @@ pub fn prog_name(id: u32) -> Option<String> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
-    };
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
     if rc != 0 {
         return None;
     }
@@ -137,8 +135,9 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: XdpMode) -> Result<Xd
             .with_context(|| format!("attaching XDP to {iface} in generic mode")),
         XdpMode::Auto => match try_mode(XDP_FLAGS_DRV_MODE, "native") {
             Ok(l) => Ok(l),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Err(e)
-                .with_context(|| format!("attaching XDP to {iface}: the interface is busy")),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                Err(e).with_context(|| format!("attaching XDP to {iface}: the interface is busy"))
+            }
             Err(e) => {
                 debug!("native XDP on {iface} refused ({e}); trying generic");
                 try_mode(XDP_FLAGS_SKB_MODE, "generic")
@@ -204,7 +203,12 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         }
         return Err(e).with_context(|| format!("attaching the TC egress snooper to {iface}"));
     }
-    Ok(TcFilter { iface: iface.to_string(), ifindex: idx, hook, created_qdisc })
+    Ok(TcFilter {
+        iface: iface.to_string(),
+        ifindex: idx,
+        hook,
+        created_qdisc,
+    })
 }
 
 /// True when `tc` lists no filter in either direction of `iface`'s clsact qdisc.

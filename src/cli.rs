@@ -140,7 +140,9 @@ impl Args {
             return Err("a --turn-port is named twice".into());
         }
         if ports.len() > MAX_TURN_PORTS {
-            return Err(format!("at most {MAX_TURN_PORTS} --turn-port values are supported"));
+            return Err(format!(
+                "at most {MAX_TURN_PORTS} --turn-port values are supported"
+            ));
         }
         let mut publics = HashSet::new();
         for e in &self.external_ips {
@@ -207,8 +209,14 @@ mod tests {
         assert_eq!(a.turn_ports, vec![3478, 3479]);
         assert_eq!(a.xdp_mode, XdpMode::Generic);
         assert_eq!(a.external_ips.len(), 2);
-        assert_eq!(a.external_ips[0].public, "203.0.113.5".parse::<IpAddr>().unwrap());
-        assert_eq!(a.external_ips[1].private, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            a.external_ips[0].public,
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            a.external_ips[1].private,
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(a.spill_every, 100);
         assert_eq!(a.channel_lifetime, 60);
         assert_eq!(a.permission_lifetime, 30);
@@ -223,7 +231,10 @@ mod tests {
             (&["eth0", "eth0"], "named twice"),
             (&["eth0", "--turn-port", "0"], "0"),
             (&["eth0", "--turn-port", "70000"], "70000"),
-            (&["eth0", "--turn-port", "3478", "--turn-port", "3478"], "twice"),
+            (
+                &["eth0", "--turn-port", "3478", "--turn-port", "3478"],
+                "twice",
+            ),
             (&["eth0", "--xdp-mode", "turbo"], "turbo"),
             (&["eth0", "--external-ip", "1.2.3.4"], "PUBLIC=PRIVATE"),
             (&["eth0", "--external-ip", "1.2.3.4=::1"], "same family"),
@@ -237,7 +248,9 @@ mod tests {
             let err = parse(args).expect_err(&format!("{args:?} must be refused"));
             assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
         }
-        let many: Vec<String> = (1..=9).flat_map(|p| ["--turn-port".into(), p.to_string()]).collect();
+        let many: Vec<String> = (1..=9)
+            .flat_map(|p| ["--turn-port".into(), p.to_string()])
+            .collect();
         let mut args = vec!["eth0"];
         args.extend(many.iter().map(String::as_str));
         assert!(parse(&args).unwrap_err().contains("at most 8"));

@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 use log::{debug, info, warn};
 
-use crate::skel::types::{tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_perm, tb_perm_key};
+use crate::skel::types::{
+    tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_perm, tb_perm_key,
+};
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
@@ -100,7 +102,10 @@ pub fn local_addresses() -> Result<HashSet<IpAddr>> {
 
 /// Bring `local_addrs` in line with `addrs`. Returns how many entries changed.
 pub fn sync_local_addrs(map: &impl MapCore, addrs: &HashSet<IpAddr>) -> Result<usize> {
-    let want: HashSet<Vec<u8>> = addrs.iter().map(|a| bytes_of(&ep_ip(*a)).to_vec()).collect();
+    let want: HashSet<Vec<u8>> = addrs
+        .iter()
+        .map(|a| bytes_of(&ep_ip(*a)).to_vec())
+        .collect();
     let have: HashSet<Vec<u8>> = map.keys().collect();
     let mut changed = 0;
     for k in have.difference(&want) {
@@ -118,16 +123,24 @@ pub fn sync_local_addrs(map: &impl MapCore, addrs: &HashSet<IpAddr>) -> Result<u
 /// Fill `external_ips` from `--external-ip` pairs.
 pub fn set_external_ips(map: &impl MapCore, pairs: &[(IpAddr, IpAddr)]) -> Result<()> {
     for (public, private) in pairs {
-        map.update(bytes_of(&ep_ip(*public)), bytes_of(&ep_ip(*private)), MapFlags::ANY)
-            .with_context(|| format!("mapping external address {public}"))?;
+        map.update(
+            bytes_of(&ep_ip(*public)),
+            bytes_of(&ep_ip(*private)),
+            MapFlags::ANY,
+        )
+        .with_context(|| format!("mapping external address {public}"))?;
     }
     Ok(())
 }
 
 /// Allow redirects to `ifindex` (an interface the XDP program is attached to).
 pub fn add_tx_port(map: &impl MapCore, ifindex: u32) -> Result<()> {
-    map.update(&ifindex.to_ne_bytes(), &ifindex.to_ne_bytes(), MapFlags::ANY)
-        .with_context(|| format!("adding ifindex {ifindex} to tx_ports"))
+    map.update(
+        &ifindex.to_ne_bytes(),
+        &ifindex.to_ne_bytes(),
+        MapFlags::ANY,
+    )
+    .with_context(|| format!("adding ifindex {ifindex} to tx_ports"))
 }
 
 /// A channel binding as the operator reads it.
@@ -209,7 +222,9 @@ impl Sweeper {
         // Allocations past their deadline.
         let mut live_allocs: HashMap<Vec<u8>, u64> = HashMap::new();
         for k in m.allocs.keys() {
-            let Some(v) = m.allocs.lookup(&k, MapFlags::ANY)? else { continue };
+            let Some(v) = m.allocs.lookup(&k, MapFlags::ANY)? else {
+                continue;
+            };
             let a: tb_alloc = from_bytes(&v);
             if a.expires_ns <= now && r.allocs_removed < SWEEP_BUDGET {
                 let key: tb_alloc_key = from_bytes(&k);
@@ -225,19 +240,27 @@ impl Sweeper {
             }
         }
         let alloc_live = |client: &tb_ep, server: &tb_ep, id: u64| {
-            let key = tb_alloc_key { client: *client, server: *server };
+            let key = tb_alloc_key {
+                client: *client,
+                server: *server,
+            };
             live_allocs.get(bytes_of(&key)) == Some(&id)
         };
 
         // Channels whose allocation went or whose own lifetime ended.
         let mut seen = HashSet::new();
         for k in m.chans.keys() {
-            let Some(v) = m.chans.lookup(&k, MapFlags::ANY)? else { continue };
+            let Some(v) = m.chans.lookup(&k, MapFlags::ANY)? else {
+                continue;
+            };
             let c: tb_chan = from_bytes(&v);
             let dead = c.chan_expires_ns <= now || !alloc_live(&c.client, &c.server, c.alloc_id);
             if dead && r.chans_removed < SWEEP_BUDGET {
                 m.chans.delete(&k).ok();
-                let pk = tb_peer_key { peer: c.peer, relay: c.relay };
+                let pk = tb_peer_key {
+                    peer: c.peer,
+                    relay: c.relay,
+                };
                 if let Some(pv) = m.peers.lookup(bytes_of(&pk), MapFlags::ANY)? {
                     if from_bytes::<tb_chan>(&pv).alloc_id == c.alloc_id {
                         m.peers.delete(bytes_of(&pk)).ok();
@@ -258,9 +281,16 @@ impl Sweeper {
             if r.chans_removed >= SWEEP_BUDGET {
                 break;
             }
-            let Some(v) = m.peers.lookup(&k, MapFlags::ANY)? else { continue };
+            let Some(v) = m.peers.lookup(&k, MapFlags::ANY)? else {
+                continue;
+            };
             let c: tb_chan = from_bytes(&v);
-            let ck = tb_chan_key { client: c.client, server: c.server, chan: c.chan, pad: [0; 2] };
+            let ck = tb_chan_key {
+                client: c.client,
+                server: c.server,
+                chan: c.chan,
+                pad: [0; 2],
+            };
             let twin = m
                 .chans
                 .lookup(bytes_of(&ck), MapFlags::ANY)?
@@ -271,7 +301,12 @@ impl Sweeper {
                 r.chans_removed += 1;
             }
         }
-        let gone: Vec<Vec<u8>> = self.known.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<Vec<u8>> = self
+            .known
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(b) = self.known.remove(&k) {
                 r.gone.push(b);
@@ -284,7 +319,9 @@ impl Sweeper {
             if r.perms_removed >= SWEEP_BUDGET {
                 break;
             }
-            let Some(v) = m.perms.lookup(&k, MapFlags::ANY)? else { continue };
+            let Some(v) = m.perms.lookup(&k, MapFlags::ANY)? else {
+                continue;
+            };
             let p: tb_perm = from_bytes(&v);
             if p.expires_ns <= now || !live_ids.contains(&p.alloc_id) {
                 let _: tb_perm_key = from_bytes(&k);

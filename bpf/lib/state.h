@@ -23,6 +23,7 @@
 struct tb_scratch {
 	struct stun_msg msg;
 	struct tb_pending req;
+	struct tb_pending_key req_key;
 	struct tb_chan chan;
 };
 
@@ -110,10 +111,11 @@ static __always_inline bool pending_same(const struct tb_pending *a, const struc
 }
 
 static __always_inline void record_request(const struct tb_ep *client, const struct tb_ep *server,
-					   const struct stun_msg *m)
+					   struct tb_scratch *s)
 {
-	struct tb_pending_key k = {};
-	struct tb_pending v = {};
+	const struct stun_msg *m = &s->msg;
+	struct tb_pending_key *k = &s->req_key;
+	struct tb_pending *v = &s->req;
 	struct tb_pending *old;
 
 	switch (m->method) {
@@ -132,25 +134,25 @@ static __always_inline void record_request(const struct tb_ep *client, const str
 		return;
 	}
 
-	k.client = *client;
-	k.server = *server;
-	__builtin_memcpy(k.txid, m->txid, sizeof(k.txid));
-	v.method = m->method;
-	v.chan = m->chan;
-	v.npeers = m->npeers;
-	__builtin_memcpy(v.peers, m->peers, sizeof(v.peers));
-	v.created_ns = tb_now();
+	k->client = *client;
+	k->server = *server;
+	__builtin_memcpy(k->txid, m->txid, sizeof(k->txid));
+	v->method = m->method;
+	v->chan = m->chan;
+	v->npeers = m->npeers;
+	__builtin_memcpy(v->peers, m->peers, sizeof(v->peers));
+	v->created_ns = tb_now();
 
-	old = bpf_map_lookup_elem(&pending, &k);
+	old = bpf_map_lookup_elem(&pending, k);
 	if (old) {
 		/* A retransmission is fine; a different request under the same ID poisons both. */
-		if (!pending_same(old, &v)) {
+		if (!pending_same(old, v)) {
 			old->conflict = 1;
 			stat_inc(TB_STAT_PENDING_CONFLICT);
 		}
 		return;
 	}
-	if (bpf_map_update_elem(&pending, &k, &v, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(&pending, k, v, BPF_NOEXIST) == 0)
 		stat_inc(TB_STAT_PENDING_ADDED);
 }
 
