@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# The turn-bpf lab: three network namespaces and an unmodified coturn.
+#
+#   ${LAB}-cli   eth0   192.0.2.2/24    2001:db8:1::2/64   default routes via the server
+#   ${LAB}-srv   turn0  192.0.2.1/24    2001:db8:1::1/64   coturn listens here (:3478)
+#                relay0 198.51.100.1/24 2001:db8:2::1/64   coturn relays from here
+#   ${LAB}-peer  eth0   198.51.100.2/24 2001:db8:2::2/64   default routes via the server
+#
+# IP forwarding stays off in the server namespace: the agent has its own option for that.
+# Every veth end gets `tx off` (full UDP checksums) and `gro on` (NAPI, so XDP_REDIRECT into it is
+# received): see shared/NOTES.md.
+#
+# Usage: scripts/lab.sh up [-- COTURN-ARGS...] | down | status
+#   LAB=name (default tb) picks the namespace prefix and the state dir /run/turn-bpf-lab/$LAB/.
+set -euo pipefail
+
+LAB="${LAB:-tb}"
+# ip, ss and ethtool live in /usr/sbin, which a non-login root PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CONF="$HERE/turnserver.conf"
+STATE="/run/turn-bpf-lab/$LAB"
+PIDFILE="$STATE/turnserver.pid"
+LOGFILE="$STATE/turnserver.log"
+ARGSFILE="$STATE/args"
+NS_CLI="$LAB-cli"
+NS_SRV="$LAB-srv"
+NS_PEER="$LAB-peer"
+ALL_NS=("$NS_CLI" "$NS_SRV" "$NS_PEER")
+READY_SECS=10
+STOP_SECS=5
+
+say() { echo "lab[$LAB]: $*"; }
+die() { echo "lab[$LAB]: error: $*" >&2; exit 1; }
+
+usage() {
+    echo "usage: [LAB=name] $0 up [-- COTURN-ARGS...] | down | status" >&2
+    exit 2
+}
+
+need_root() {
+    [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces, veths and coturn need it)"
+}
+
+need_tools() {
+    local missing=()
+    command -v ip >/dev/null || missing+=("ip (package iproute2)")
+    command -v ss >/dev/null || missing+=("ss (package iproute2)")
+    command -v ethtool >/dev/null || missing+=("ethtool (package ethtool)")
+    command -v turnserver >/dev/null || missing+=("turnserver (package coturn)")
+    if ((${#missing[@]})); then
+        die "missing: ${missing[*]}; install with apt-get (scripts/test.sh does)"
+    fi
+}
+
+ns_exists() { [[ -e "/run/netns/$1" ]]; }
+
+# The coturn pid from the pid file, if that process is alive and is a turnserver.
+coturn_pid() {
+    local pid
+    [[ -r $PIDFILE ]] || return 1
+    pid="$(tr -dc '0-9' <"$PIDFILE")"
+    [[ -n $pid ]] || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == turnserver ]] || return 1
+    echo "$pid"
+}
+
+# Turnserver processes inside the server namespace (fallback when the pid file is gone).
+coturn_pids_in_ns() {
+    local pid
+    ns_exists "$NS_SRV" || return 0
+    for pid in $(ip netns pids "$NS_SRV" 2>/dev/null); do
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == turnserver ]] && echo "$pid"
+    done
+    return 0
+}
+
+coturn_listening() {
+    local out
+    out="$(ip netns exec "$NS_SRV" ss -Hulnp 2>/dev/null)" || return 1
+    grep -q '192\.0\.2\.1:3478 .*turnserver' <<<"$out"
+}
+
+# Kill one pid: SIGTERM, a bounded wait, then SIGKILL.
+stop_pid() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < STOP_SECS * 10; i++)); do
+        [[ -d /proc/$pid ]] || return 0
+        sleep 0.1
+    done
+    say "coturn pid $pid ignored SIGTERM for ${STOP_SECS}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 20; i++)); do
+        [[ -d /proc/$pid ]] || return 0
+        sleep 0.1
+    done
+    say "warning: pid $pid still exists after SIGKILL"
+}
+
+lab_down() {
+    local pid pids=() ns
+    if pid="$(coturn_pid)"; then
+        pids+=("$pid")
+    fi
+    for pid in $(coturn_pids_in_ns); do
+        [[ " ${pids[*]} " == *" $pid "* ]] || pids+=("$pid")
+    done
+    for pid in "${pids[@]}"; do
+        say "stopping coturn (pid $pid)"
+        stop_pid "$pid"
+    done
+    for ns in "${ALL_NS[@]}"; do
+        if ns_exists "$ns"; then
+            say "deleting namespace $ns"
+            ip netns del "$ns"
+        fi
+    done
+    rm -rf "$STATE"
+}
+
+veth_settings() {
+    local ns="$1" dev="$2"
+    ip netns exec "$ns" ethtool -K "$dev" tx off >/dev/null
+    ip netns exec "$ns" ethtool -K "$dev" gro on >/dev/null
+}
+
+build_net() {
+    local ns
+    for ns in "${ALL_NS[@]}"; do
+        say "creating namespace $ns"
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    # No forwarding in the server namespace, whatever a new namespace inherits.
+    # (/proc/sys/net shows the namespace of the process reading it; no procps needed.)
+    ip netns exec "$NS_SRV" sh -c 'echo 0 >/proc/sys/net/ipv4/ip_forward &&
+        echo 0 >/proc/sys/net/ipv6/conf/all/forwarding'
+
+    say "veth $NS_SRV/turn0 <-> $NS_CLI/eth0"
+    ip -n "$NS_SRV" link add turn0 type veth peer name eth0 netns "$NS_CLI"
+    say "veth $NS_SRV/relay0 <-> $NS_PEER/eth0"
+    ip -n "$NS_SRV" link add relay0 type veth peer name eth0 netns "$NS_PEER"
+
+    ip -n "$NS_SRV" addr add 192.0.2.1/24 dev turn0
+    ip -n "$NS_SRV" addr add 2001:db8:1::1/64 dev turn0 nodad
+    ip -n "$NS_SRV" addr add 198.51.100.1/24 dev relay0
+    ip -n "$NS_SRV" addr add 2001:db8:2::1/64 dev relay0 nodad
+    ip -n "$NS_CLI" addr add 192.0.2.2/24 dev eth0
+    ip -n "$NS_CLI" addr add 2001:db8:1::2/64 dev eth0 nodad
+    ip -n "$NS_PEER" addr add 198.51.100.2/24 dev eth0
+    ip -n "$NS_PEER" addr add 2001:db8:2::2/64 dev eth0 nodad
+
+    veth_settings "$NS_SRV" turn0
+    veth_settings "$NS_SRV" relay0
+    veth_settings "$NS_CLI" eth0
+    veth_settings "$NS_PEER" eth0
+
+    ip -n "$NS_SRV" link set turn0 up
+    ip -n "$NS_SRV" link set relay0 up
+    ip -n "$NS_CLI" link set eth0 up
+    ip -n "$NS_PEER" link set eth0 up
+
+    ip -n "$NS_CLI" route add default via 192.0.2.1
+    ip -n "$NS_CLI" -6 route add default via 2001:db8:1::1
+    ip -n "$NS_PEER" route add default via 198.51.100.1
+    ip -n "$NS_PEER" -6 route add default via 2001:db8:2::1
+}
+
+# coturn 4.6.1 takes the values of its long options only as `--name=value`: `--name value` leaves
+# the option at its default and logs "CONFIGURATION ALERT: Unknown argument: value". coturn has no
+# positional arguments, so a word that follows an option is that option's value: join them.
+join_option_values() {
+    local out=() a
+    while (($#)); do
+        a="$1"
+        shift
+        if (($#)) && [[ $1 != -* ]]; then
+            if [[ $a == --* && $a != *=* ]]; then
+                a="$a=$1"
+                shift
+            elif [[ $a == -? ]]; then
+                a="$a$1"
+                shift
+            fi
+        fi
+        out+=("$a")
+    done
+    printf '%s\n' "${out[@]}"
+}
+
+# What went wrong, from coturn's log: its complaints first (a bad option makes it print its whole
+# usage text), then the last lines.
+show_log() {
+    {
+        echo "--- complaints in $LOGFILE:"
+        grep -iE 'unrecognized|unknown|alert|error|cannot|failed' "$LOGFILE" | head -n 10 || true
+        echo "--- last lines of $LOGFILE:"
+        tail -n 15 "$LOGFILE" || true
+    } >&2
+}
+
+start_coturn() {
+    local pid i extra=()
+    if (($#)); then
+        mapfile -t extra < <(join_option_values "$@")
+    fi
+    say "starting coturn in $NS_SRV${extra[*]:+ with extra args: ${extra[*]}}"
+    : >"$LOGFILE"
+    # stdio goes to the log (never to our stdout: a caller capturing our output would wait for
+    # coturn to exit); that is where getopt complaints about bad arguments end up.
+    # shellcheck disable=SC2094 # coturn appends to the log it also writes itself: intended.
+    ip netns exec "$NS_SRV" setsid turnserver -c "$CONF" \
+        --pidfile "$PIDFILE" --log-file "$LOGFILE" --userdb "$STATE/turndb" \
+        "${extra[@]}" </dev/null >>"$LOGFILE" 2>&1 &
+    pid=$!
+    for ((i = 0; i < READY_SECS * 10; i++)); do
+        if grep -q 'CONFIGURATION ALERT' "$LOGFILE"; then
+            echo "lab[$LAB]: error: coturn rejected its configuration" >&2
+            show_log
+            stop_pid "$pid"
+            return 1
+        fi
+        if coturn_listening; then
+            # coturn writes its pid file itself; keep ours if it has not (yet).
+            coturn_pid >/dev/null || echo "$pid" >"$PIDFILE"
+            say "coturn is up (pid $(coturn_pid)), listening on 192.0.2.1:3478"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "lab[$LAB]: error: coturn is not listening on 192.0.2.1:3478 after ${READY_SECS}s" >&2
+    else
+        echo "lab[$LAB]: error: coturn exited before listening on 192.0.2.1:3478" >&2
+    fi
+    show_log
+    kill -0 "$pid" 2>/dev/null && stop_pid "$pid"
+    return 1
+}
+
+lab_up() {
+    local args_now="" ns complete=1
+    if (($#)); then
+        args_now="$(printf '%q ' "$@")"
+    fi
+    for ns in "${ALL_NS[@]}"; do
+        ns_exists "$ns" || complete=0
+    done
+    if ((complete)) && coturn_pid >/dev/null && [[ -r $ARGSFILE ]] &&
+        [[ "$(cat "$ARGSFILE")" == "$args_now" ]] && coturn_listening; then
+        say "already up (coturn pid $(coturn_pid)); nothing to do"
+        return 0
+    fi
+    for ns in "${ALL_NS[@]}"; do
+        if ns_exists "$ns" || [[ -d $STATE ]]; then
+            say "a partial or different lab exists: recreating it"
+            lab_down
+            break
+        fi
+    done
+
+    # Tear down whatever was built if any step fails (set -e exits through this trap).
+    trap up_failed EXIT
+    mkdir -p "$STATE"
+    printf '%s' "$args_now" >"$ARGSFILE"
+    build_net
+    start_coturn "$@"
+    trap - EXIT
+}
+
+up_failed() {
+    local rc=$?
+    trap - EXIT
+    echo "lab[$LAB]: error: up failed (exit $rc); tearing down" >&2
+    lab_down || true
+    exit "$rc"
+}
+
+lab_status() {
+    local ns ok=0 pid
+    for ns in "${ALL_NS[@]}"; do
+        if ns_exists "$ns"; then
+            echo "namespace $ns:"
+            ip -n "$ns" -br link | sed 's/^/  link /'
+            ip -n "$ns" -br addr | sed 's/^/  addr /'
+        else
+            echo "namespace $ns: missing"
+            ok=1
+        fi
+    done
+    if ns_exists "$NS_SRV"; then
+        echo "forwarding in $NS_SRV:" \
+            "ipv4=$(ip netns exec "$NS_SRV" cat /proc/sys/net/ipv4/ip_forward)" \
+            "ipv6=$(ip netns exec "$NS_SRV" cat /proc/sys/net/ipv6/conf/all/forwarding)"
+    fi
+    if pid="$(coturn_pid)"; then
+        echo "coturn: pid $pid, extra args: $(cat "$ARGSFILE" 2>/dev/null || echo '?')"
+        echo "coturn: command line: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo '?')"
+        echo "coturn: log $LOGFILE"
+        if coturn_listening; then
+            echo "coturn: listening on 192.0.2.1:3478"
+        else
+            echo "coturn: NOT listening on 192.0.2.1:3478"
+            ok=1
+        fi
+    else
+        echo "coturn: not running"
+        ok=1
+    fi
+    if ((ok)); then
+        echo "lab $LAB is not up"
+    else
+        echo "lab $LAB is up"
+    fi
+    return "$ok"
+}
+
+main() {
+    local cmd="${1:-}"
+    # LAB names namespaces and a directory that `down` removes: keep it plain.
+    [[ $LAB =~ ^[A-Za-z0-9_-]{1,32}$ ]] || die "LAB must be 1-32 characters of [A-Za-z0-9_-]"
+    [[ -n $cmd ]] || usage
+    shift
+    case "$cmd" in
+    up)
+        if (($#)); then
+            [[ $1 == -- ]] || usage
+            shift
+        fi
+        need_root
+        need_tools
+        [[ -r $CONF ]] || die "missing $CONF"
+        lab_up "$@"
+        ;;
+    down)
+        (($# == 0)) || usage
+        need_root
+        command -v ip >/dev/null || die "missing: ip (package iproute2)"
+        lab_down
+        say "down"
+        ;;
+    status)
+        (($# == 0)) || usage
+        need_root
+        command -v ip >/dev/null || die "missing: ip (package iproute2)"
+        lab_status
+        ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"
