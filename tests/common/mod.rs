@@ -71,3 +71,98 @@ pub fn assert_clean(lab: &Lab) {
         assert_eq!(forwarding(lab, dev), "0", "forwarding left on on {dev}");
     }
 }
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use turn_bpf::lab;
+use turn_bpf::turn_client::{echo_peer, TurnClient};
+
+/// Sizes 1..=1400, every one of them over the first 1400 datagrams, in a scrambled order.
+pub fn size_of(i: usize) -> usize {
+    1 + (i * 389) % 1400
+}
+
+/// Datagram `i`'s payload: its size from `size_of`, its bytes from `i`.
+pub fn payload(i: usize) -> Vec<u8> {
+    let seed = (i as u32).wrapping_mul(2_654_435_761);
+    (0..size_of(i))
+        .map(|k| (seed >> (k % 4 * 8)) as u8 ^ k as u8)
+        .collect()
+}
+
+/// A TURN client with the lab's credentials on a fresh socket in the client namespace.
+pub fn client(lab: &Lab) -> TurnClient {
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V4, 0)).expect("binding the client socket")
+    });
+    TurnClient::new(sock, lab::TURN_SERVER_V4, lab::TURN_USER, lab::TURN_PASS)
+}
+
+/// A UDP echo in the peer namespace; stops (and reports how many it echoed) on drop of `stop`.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub sock: UdpSocket,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl Echo {
+    pub fn start(lab: &Lab, port: u16) -> Echo {
+        let sock = lab::in_ns(&lab.ns(Host::Peer), move || {
+            UdpSocket::bind((lab::PEER_V4, port)).expect("binding the echo socket")
+        });
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Some(echo_peer(sock.try_clone().unwrap(), stop.clone()));
+        Echo {
+            addr,
+            sock,
+            stop,
+            handle,
+        }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Send datagrams `from..from+n` on `channel` one at a time and check each echo byte for byte.
+/// Returns how many came back (the first mismatch panics).
+pub fn exchange(c: &TurnClient, channel: u16, from: usize, n: usize) -> usize {
+    let mut buf = vec![0u8; 2048];
+    let mut got = 0;
+    for i in from..from + n {
+        let p = payload(i);
+        c.send_channel_data(channel, &p)
+            .expect("sending ChannelData");
+        match c
+            .recv_channel_data(&mut buf, Duration::from_secs(1))
+            .expect("receiving")
+        {
+            Some((ch, len)) => {
+                assert_eq!(ch, channel, "datagram {i}: channel");
+                assert_eq!(
+                    &buf[..len],
+                    &p[..],
+                    "datagram {i} ({} bytes) came back changed",
+                    p.len()
+                );
+                got += 1;
+            }
+            None => eprintln!("datagram {i} ({} bytes) was not echoed", p.len()),
+        }
+    }
+    got
+}
