@@ -270,9 +270,9 @@ impl Sweeper {
                 continue;
             }
             seen.insert(k.clone());
-            if !self.known.contains_key(&k) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(k) {
                 let b = Binding::of(&c);
-                self.known.insert(k, b.clone());
+                e.insert(b.clone());
                 r.learned.push(b);
             }
         }
@@ -294,7 +294,7 @@ impl Sweeper {
             let twin = m
                 .chans
                 .lookup(bytes_of(&ck), MapFlags::ANY)?
-                .map(|t| from_bytes::<tb_chan>(&t).alloc_id == c.alloc_id && t.len() > 0)
+                .map(|t| from_bytes::<tb_chan>(&t).alloc_id == c.alloc_id)
                 .unwrap_or(false);
             if !twin {
                 m.peers.delete(&k).ok();
