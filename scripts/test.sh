@@ -10,64 +10,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ $(id -u) -ne 0 ]]; then
-    echo "test.sh: must run as root (it installs packages, loads BPF and builds network namespaces)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=scripts/common.sh
+SCRIPT=test.sh
+source scripts/common.sh
+require_root "it installs packages, loads BPF and builds network namespaces"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
-export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-PATH="$PATH:/usr/sbin:/sbin"
-[[ -d ${HOME:-/root}/.cargo/bin ]] && PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 # Bounds that keep a whole run inside CI's 90 minutes.
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 TEST_TIMEOUT=${TEST_TIMEOUT:-2400}
-
-PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump sysstat bpftool)
-
-log() { echo "=== test.sh: $*"; }
-
-install_packages() {
-    local p missing=()
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    if ((${#missing[@]} == 0)); then
-        log "Debian packages present"
-        return 0
-    fi
-    log "installing ${missing[*]}"
-    # Keep the Debian coturn service (and any other) from starting during the install: the lab
-    # runs its own coturn per namespace.
-    local made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    local rc=0
-    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}" || rc=$?
-    ((made_policy)) && rm -f /usr/sbin/policy-rc.d
-    if ((rc)); then
-        echo "test.sh: apt-get failed ($rc) installing ${missing[*]}" >&2
-        exit 1
-    fi
-}
-
-# The Debian package's own coturn must stay off: on a systemd machine, disable the unit.
-keep_coturn_service_off() {
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        systemctl disable coturn >/dev/null 2>&1 || true
-    fi
-    if [[ -f /etc/default/coturn ]] && grep -q '^TURNSERVER_ENABLED=1' /etc/default/coturn; then
-        sed -i 's/^TURNSERVER_ENABLED=1/#TURNSERVER_ENABLED=1/' /etc/default/coturn
-    fi
-}
 
 # rustfmt and clippy: install with rustup if missing; skip (with a message) if that fails.
 have_component() {
@@ -95,10 +46,7 @@ step() {
 
 install_packages
 keep_coturn_service_off
-command -v cargo >/dev/null || {
-    echo "test.sh: cargo not found (install the Rust toolchain)" >&2
-    exit 1
-}
+require_cargo
 log "$(cargo --version), $(uname -r), $(nproc) cores"
 
 if have_component fmt rustfmt; then

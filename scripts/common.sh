@@ -1,0 +1,70 @@
+# Shared by scripts/test.sh, scripts/demo.sh and scripts/bench.sh (sourced, not run).
+# Sets up PATH, installs the Debian packages the project needs, keeps Debian's own coturn
+# service off (the lab runs its own coturn per namespace).
+
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+PATH="$PATH:/usr/sbin:/sbin"
+[[ -d ${HOME:-/root}/.cargo/bin ]] && PATH="${HOME:-/root}/.cargo/bin:$PATH"
+
+# Build: clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config. Lab and tests: coturn iproute2
+# ethtool tcpdump. Measurements: sysstat bpftool.
+PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
+    tcpdump sysstat bpftool)
+
+SCRIPT=${SCRIPT:-${0##*/}}
+
+log() { echo "=== $SCRIPT: $*"; }
+
+require_root() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "$SCRIPT: must run as root ($1)" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    local p missing=()
+    for p in "${PACKAGES[@]}" "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        log "Debian packages present"
+        return 0
+    fi
+    log "installing ${missing[*]}"
+    # Keep the Debian coturn service (and any other) from starting during the install.
+    local made_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    local rc=0
+    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}" || rc=$?
+    ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+    if ((rc)); then
+        echo "$SCRIPT: apt-get failed ($rc) installing ${missing[*]}" >&2
+        exit 1
+    fi
+    keep_coturn_service_off
+}
+
+# The Debian package's own coturn must stay off: on a systemd machine, disable the unit.
+keep_coturn_service_off() {
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        systemctl disable coturn >/dev/null 2>&1 || true
+    fi
+    if [[ -f /etc/default/coturn ]] && grep -q '^TURNSERVER_ENABLED=1' /etc/default/coturn; then
+        sed -i 's/^TURNSERVER_ENABLED=1/#TURNSERVER_ENABLED=1/' /etc/default/coturn
+    fi
+}
+
+require_cargo() {
+    command -v cargo >/dev/null || {
+        echo "$SCRIPT: cargo not found (install the Rust toolchain, e.g. with rustup)" >&2
+        exit 1
+    }
+}
