@@ -68,11 +68,11 @@ pub struct Args {
     #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
     pub detach: Vec<String>,
 
-    /// More output (-v: learned channels and periodic counters, -vv: debug).
+    /// More output (-v: counters every --stats-interval, -vv: debug, -vvv: trace).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
 
-    /// Less output (errors only).
+    /// Less output (warnings and errors only).
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
 }

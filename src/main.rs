@@ -18,6 +18,10 @@ use turn_bpf::skel::TurnSkelBuilder;
 use turn_bpf::state::{self, StateMaps, Sweeper};
 use turn_bpf::stats::Counters;
 
+/// How often expired entries are swept and local addresses re-read. Correctness never waits for
+/// it: the fast path checks every deadline itself.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -175,8 +179,13 @@ fn run(args: &Args) -> Result<()> {
     let mut last_print = Instant::now();
     let mut last_counters = start_counters.clone();
     let stats_every = Duration::from_secs(args.stats_interval);
+    let mut last_sweep = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
+        if last_sweep.elapsed() < SWEEP_EVERY {
+            continue;
+        }
+        last_sweep = Instant::now();
         if let Err(e) = sweeper.sweep(&maps, state::now_ns()) {
             warn!("sweep: {e:#}");
         }
