@@ -209,6 +209,10 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 
+    // One last look, so every channel learned since the last sweep is in the log.
+    if let Err(e) = sweeper.sweep(&maps, state::now_ns()) {
+        warn!("sweep: {e:#}");
+    }
     info!("stopping: detaching");
     attached.detach_all();
     match Counters::read(&skel.maps.stats) {
