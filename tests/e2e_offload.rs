@@ -258,3 +258,59 @@ fn turnutils_uclient_loses_nothing_through_the_offload() {
     assert!(exit.counter("CLI2REM") + no_neigh >= 500, "{}", exit.output);
     assert!(exit.counter("REM2CLI") + no_neigh >= 500, "{}", exit.output);
 }
+
+/// coturn behind 1:1 NAT: `--external-ip PUBLIC/PRIVATE` makes XOR-RELAYED-ADDRESS a public
+/// address that is on no local interface. Unmapped, the agent leaves such allocations with the
+/// server and says so once; mapped the same way as coturn, it offloads them.
+#[test]
+fn external_ip_relayed_addresses_are_offloaded_only_when_mapped() {
+    skip_unless_lab!();
+    const PUBLIC: &str = "203.0.113.9";
+    let lab = Lab::up("tbt-e2e4", &["--external-ip", "203.0.113.9/198.51.100.1"]).unwrap();
+    for ip in [lab::CLIENT_V4.to_string(), lab::PEER_V4.to_string()] {
+        lab.exec(Host::Srv, &["ping", "-c", "1", "-W", "1", &ip])
+            .unwrap();
+    }
+    let echo = Echo::start(&lab, 7002);
+
+    for mapped in [false, true] {
+        let mut args = vec!["--enable-forwarding", "turn0", "relay0"];
+        if mapped {
+            args.extend(["--external-ip", "203.0.113.9=198.51.100.1"]);
+        }
+        let agent =
+            AgentProc::start_ready(&agent_bin(), &lab.ns(Host::Srv), &args, &log_path("e2e4"))
+                .unwrap();
+        let mut c = client(&lab);
+        let alloc = c.allocate(None).expect("allocate");
+        assert_eq!(
+            alloc.relayed.ip().to_string(),
+            PUBLIC,
+            "coturn advertises the public address"
+        );
+        c.channel_bind(CHANNEL, echo.addr).expect("channel bind");
+        let srv_before = lab.nstat_udp_in(Host::Srv);
+        assert_eq!(exchange(&c, CHANNEL, 0, 50), 50);
+        let srv_seen = lab.nstat_udp_in(Host::Srv) - srv_before;
+        let exit = agent.stop(Signal::SIGINT).unwrap();
+        assert_eq!(exit.status.code(), Some(0));
+        if mapped {
+            assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
+            assert_eq!(exit.counter("CLI2REM"), 50, "{}", exit.output);
+            assert_eq!(exit.counter("REM2CLI"), 50, "{}", exit.output);
+            assert_eq!(srv_seen, 0);
+            assert!(
+                exit.output.contains("relay 198.51.100.1:"),
+                "{}",
+                exit.output
+            );
+        } else {
+            assert_eq!(exit.counter("RELAY_NOT_LOCAL"), 1, "{}", exit.output);
+            assert_eq!(exit.counter("CLI2REM"), 0, "{}", exit.output);
+            assert_eq!(srv_seen, 100, "all of it went through coturn");
+            let warned = exit.output.matches("203.0.113.9 is not local").count();
+            assert_eq!(warned, 1, "logged once: {}", exit.output);
+        }
+    }
+    echo.stop();
+}
