@@ -31,9 +31,16 @@ WORK=$(mktemp -d)
 PEER_PID=
 AGENT_PID=
 cleanup() {
-    [[ -n $AGENT_PID ]] && kill -INT "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
-    [[ -n $PEER_PID ]] && kill "$PEER_PID" 2>/dev/null && wait "$PEER_PID" 2>/dev/null
-    scripts/lab.sh down >/dev/null 2>&1 || true
+    set +e # every step runs, whatever the one before did
+    if [[ -n $AGENT_PID ]]; then
+        kill -INT "$AGENT_PID" 2>/dev/null
+        wait "$AGENT_PID" 2>/dev/null
+    fi
+    if [[ -n $PEER_PID ]]; then
+        kill "$PEER_PID" 2>/dev/null
+        wait "$PEER_PID" 2>/dev/null
+    fi
+    scripts/lab.sh down >/dev/null 2>&1
     rm -rf "$WORK"
 }
 trap cleanup EXIT
