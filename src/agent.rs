@@ -99,20 +99,17 @@ impl AgentProc {
 
     /// Send `sig` and wait (bounded) for the exit.
     pub fn stop(mut self, sig: Signal) -> Result<AgentExit> {
-        let mut child = self.child.take().context("already stopped")?;
-        kill(Pid::from_raw(child.id() as i32), sig).context("signalling the agent")?;
-        let status = wait_bounded(&mut child, Duration::from_secs(15))?;
-        let output = self.output();
-        let counters = parse_counters(&output);
-        Ok(AgentExit {
-            status,
-            output,
-            counters,
-        })
+        let pid = self.pid();
+        kill(Pid::from_raw(pid as i32), sig).context("signalling the agent")?;
+        self.finish(Duration::from_secs(15))
     }
 
     /// Wait for an agent that is expected to exit by itself (e.g. refused to start).
     pub fn wait_exit(mut self, timeout: Duration) -> Result<AgentExit> {
+        self.finish(timeout)
+    }
+
+    fn finish(&mut self, timeout: Duration) -> Result<AgentExit> {
         let mut child = self.child.take().context("already stopped")?;
         let status = wait_bounded(&mut child, timeout)?;
         let output = self.output();

@@ -99,6 +99,28 @@ static __always_inline int trim_to(struct xdp_md *ctx, __u32 len)
 	return 0;
 }
 
+/*
+ * The UDP checksum delta of a NAT rewrite: old addresses and ports out, new ones in, and the
+ * length, which is in both the pseudo-header and the UDP header, replaced twice.
+ */
+static __always_inline __u64 csum_nat_udp4(__u64 acc, const struct iphdr *ip,
+					   const struct udphdr *udp, __u32 saddr, __u32 daddr,
+					   const struct udphdr *nudp)
+{
+	acc = csum_sub32(acc, ip->saddr);
+	acc = csum_sub32(acc, ip->daddr);
+	acc = csum_add32(acc, saddr);
+	acc = csum_add32(acc, daddr);
+	acc = csum_sub16(acc, udp->source);
+	acc = csum_sub16(acc, udp->dest);
+	acc = csum_add16(acc, nudp->source);
+	acc = csum_add16(acc, nudp->dest);
+	acc = csum_sub16(acc, udp->len);
+	acc = csum_sub16(acc, udp->len);
+	acc = csum_add16(acc, nudp->len);
+	return csum_add16(acc, nudp->len);
+}
+
 static __always_inline int spill_now(struct tb_chan *c)
 {
 	__u64 n;
@@ -168,19 +190,7 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 		__u64 acc = csum_start(udp->check);
 		__u8 *tail = payload + CHANNEL_HDR_LEN + data_len;
 
-		acc = csum_sub32(acc, ip->saddr);
-		acc = csum_sub32(acc, ip->daddr);
-		acc = csum_add32(acc, relay);
-		acc = csum_add32(acc, peer);
-		acc = csum_sub16(acc, udp->source);
-		acc = csum_sub16(acc, udp->dest);
-		acc = csum_add16(acc, nudp.source);
-		acc = csum_add16(acc, nudp.dest);
-		/* the length is in both the pseudo-header and the UDP header */
-		acc = csum_sub16(acc, udp->len);
-		acc = csum_sub16(acc, udp->len);
-		acc = csum_add16(acc, nudp.len);
-		acc = csum_add16(acc, nudp.len);
+		acc = csum_nat_udp4(acc, ip, udp, relay, peer, &nudp);
 		acc = csum_sub16(acc, chan_word);
 		acc = csum_sub16(acc, len_word);
 		/* Padding: a byte at an even offset from the data start is the high-order byte
@@ -257,18 +267,7 @@ static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, s
 	if (udp->check) {
 		__u64 acc = csum_start(udp->check);
 
-		acc = csum_sub32(acc, ip->saddr);
-		acc = csum_sub32(acc, ip->daddr);
-		acc = csum_add32(acc, server);
-		acc = csum_add32(acc, client);
-		acc = csum_sub16(acc, udp->source);
-		acc = csum_sub16(acc, udp->dest);
-		acc = csum_add16(acc, nudp.source);
-		acc = csum_add16(acc, nudp.dest);
-		acc = csum_sub16(acc, udp->len);
-		acc = csum_sub16(acc, udp->len);
-		acc = csum_add16(acc, nudp.len);
-		acc = csum_add16(acc, nudp.len);
+		acc = csum_nat_udp4(acc, ip, udp, server, client, &nudp);
 		acc = csum_add16(acc, chan_hdr[0]);
 		acc = csum_add16(acc, chan_hdr[1]);
 		nudp.check = csum_udp_finish(acc);
