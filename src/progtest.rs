@@ -5,7 +5,14 @@
 //! program's `bpf_fib_lookup` succeed: `turn0` (192.0.2.1/24, clients behind it) and `relay0`
 //! (198.51.100.1/24, peers behind it), each a veth whose other end stays in the same namespace.
 //! [`Programs`] is the skeleton loaded with a given configuration, its maps filled the way the
-//! loader fills them. Frames are built with `etherparse`.
+//! loader fills them. Frames are built with `etherparse` ([`udp4`]) or, where a test needs every
+//! header field under control (IP ID/TOS/flags/options, broken lengths, VLAN tags, trailers, a
+//! chosen UDP checksum), with [`Udp4Frame`], whose checksums are computed here from scratch.
+//!
+//! Learning goes through the real programs: [`Programs::client_sends`] runs a client's STUN
+//! message through XDP on `turn0`, [`Programs::server_sends`] the server's answer through TC
+//! egress; both insist that the packet leaves unmodified. [`hex_diff`] and [`expect_delta`]
+//! explain a failed packet row.
 
 use std::fs::File;
 use std::mem::MaybeUninit;
@@ -32,6 +39,12 @@ pub const XDP_REDIRECT: u32 = 4;
 /// TC_ACT_UNSPEC as the u32 BPF_PROG_TEST_RUN returns.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
+/// Largest frame BPF_PROG_TEST_RUN gives an XDP program as one linear buffer (a page less
+/// XDP headroom and skb_shared_info). Above it the kernel (6.18) builds a multi-buffer frame
+/// even for a program without `xdp.frags`, which the kernel never does outside test runs (such
+/// programs only ever see linear frames), so tests keep their frames within this size.
+pub const XDP_MAX_LINEAR_FRAME: usize = 4096 - 256 - 320;
+
 /// MAC addresses of the test hosts (what the FIB lookup must resolve to).
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
@@ -46,7 +59,17 @@ pub const RELAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// A peer reachable only through `other0`, an interface the agent is not attached to.
 pub const PEER_UNMANAGED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// A peer on the client side (behind `turn0`, like a second client): relaying to it leaves
+/// through the interface the packet came in on (XDP_TX).
+pub const PEER_ON_TURN0: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+pub const PEER_ON_TURN0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+/// A peer address behind relay0 with no neighbour entry (FIB answers NO_NEIGH).
+pub const PEER_NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 pub const TURN_PORT: u16 = 3478;
+/// The TURN server's listening endpoint.
+pub const SERVER_EP: SocketAddrV4 = SocketAddrV4::new(SERVER, TURN_PORT);
+/// MTU of turn0 (the veth default).
+pub const TURN0_MTU: u16 = 1500;
 /// MTU of relay0 in the test namespace (small, so MTU rows need no jumbo frames).
 pub const RELAY0_MTU: u16 = 1200;
 
@@ -136,6 +159,7 @@ impl FibNet {
                 (CLIENT, CLIENT_MAC, "turn0"),
                 (PEER, PEER_MAC, "relay0"),
                 (PEER_UNMANAGED, [2, 0, 0, 0, 0, 0x13], "other0"),
+                (PEER_ON_TURN0, PEER_ON_TURN0_MAC, "turn0"),
             ] {
                 ip(&[
                     "-n",
@@ -196,6 +220,17 @@ impl Drop for FibNet {
     }
 }
 
+/// `max_entries` overrides for the state maps, applied between open and load (`None`: the
+/// size compiled into the object).
+#[derive(Debug, Clone, Default)]
+pub struct MapLimits {
+    pub allocs: Option<u32>,
+    /// Both channel maps (`chans` and `peers`).
+    pub chans: Option<u32>,
+    pub perms: Option<u32>,
+    pub pending: Option<u32>,
+}
+
 /// The load-time configuration (the command line's counterpart).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -203,6 +238,7 @@ pub struct Config {
     pub spill_every: u32,
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
+    pub limits: MapLimits,
 }
 
 impl Default for Config {
@@ -212,7 +248,60 @@ impl Default for Config {
             spill_every: 0,
             channel_lifetime_s: 600,
             permission_lifetime_s: 300,
+            limits: MapLimits::default(),
         }
+    }
+}
+
+/// Entries in each state map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapCounts {
+    pub allocs: usize,
+    pub chans: usize,
+    pub peers: usize,
+    pub perms: usize,
+    pub pending: usize,
+}
+
+impl MapCounts {
+    /// The maps only the server's responses may fill (everything but `pending`).
+    pub fn committed(&self) -> (usize, usize, usize, usize) {
+        (self.allocs, self.chans, self.peers, self.perms)
+    }
+}
+
+impl std::fmt::Display for MapCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "allocs {} chans {} peers {} perms {} pending {}",
+            self.allocs, self.chans, self.peers, self.perms, self.pending
+        )
+    }
+}
+
+/// Absolute deadlines (CLOCK_MONOTONIC ns) for [`Programs::install_channel_until`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub alloc_ns: u64,
+    pub perm_ns: u64,
+    pub chan_ns: u64,
+}
+
+impl Deadlines {
+    /// All three `ttl_s` seconds from now.
+    pub fn in_secs(ttl_s: u64) -> Deadlines {
+        let t = state::now_ns() + ttl_s * 1_000_000_000;
+        Deadlines {
+            alloc_ns: t,
+            perm_ns: t,
+            chan_ns: t,
+        }
+    }
+
+    /// A deadline `s` seconds ago (already expired).
+    pub fn ago(s: u64) -> u64 {
+        state::now_ns().saturating_sub(s * 1_000_000_000)
     }
 }
 
@@ -243,6 +332,22 @@ impl Programs {
             ro.cfg_spill_every = cfg.spill_every;
             ro.cfg_channel_lifetime_ns = cfg.channel_lifetime_s * 1_000_000_000;
             ro.cfg_permission_lifetime_ns = cfg.permission_lifetime_s * 1_000_000_000;
+        }
+        {
+            let l = &cfg.limits;
+            let m = &mut open.maps;
+            for (map, n) in [
+                (&mut m.allocs, l.allocs),
+                (&mut m.chans, l.chans),
+                (&mut m.peers, l.chans),
+                (&mut m.perms, l.perms),
+                (&mut m.pending, l.pending),
+            ] {
+                if let Some(n) = n {
+                    map.set_max_entries(n)
+                        .with_context(|| format!("resizing a state map to {n}"))?;
+                }
+            }
         }
         let skel = open.load().context("loading the BPF programs")?;
         let addrs = local.iter().copied().collect();
@@ -313,8 +418,23 @@ impl Programs {
 
     /// Run `frame` through the TC egress program (as a locally sent packet).
     pub fn tc(&self, frame: &[u8]) -> Result<RunResult> {
+        self.tc_from(frame, 0)
+    }
+
+    /// Run `frame` through the TC egress program as a packet that came in on `ingress_ifindex`
+    /// (0: sent by this host), i.e. one the host forwards.
+    pub fn tc_from(&self, frame: &[u8], ingress_ifindex: u32) -> Result<RunResult> {
         let mut out = vec![0u8; frame.len() + 256];
+        // The kernel accepts a __sk_buff context with only a few fields set (ingress_ifindex is
+        // one of them); everything else must be zero. `__sk_buff` holds a union with a pointer,
+        // so it has no Default: build it as zeroed bytes.
+        let mut ctx = vec![0u8; std::mem::size_of::<types::__sk_buff>()];
+        let off = std::mem::offset_of!(types::__sk_buff, ingress_ifindex);
+        ctx[off..off + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let mut input = ProgramInput::default();
+        if ingress_ifindex != 0 {
+            input.context_in = Some(&mut ctx);
+        }
         input.data_in = Some(frame);
         input.data_out = Some(&mut out);
         let o = self
@@ -328,6 +448,114 @@ impl Programs {
             verdict: o.return_value,
             out: data,
         })
+    }
+
+    /// A client's message to the server: `payload` from `client` to [`SERVER_EP`] through XDP
+    /// on turn0. Fails unless it is passed unmodified.
+    pub fn client_sends(
+        &self,
+        net: &FibNet,
+        client: SocketAddrV4,
+        payload: &[u8],
+    ) -> Result<RunResult> {
+        let frame = to_server(client, payload);
+        let r = self.xdp(&frame, net.turn0)?;
+        ensure!(
+            r.verdict == XDP_PASS,
+            "client message not passed (verdict {})",
+            r.verdict
+        );
+        ensure!(
+            r.out == frame,
+            "client message modified:\n{}",
+            hex_diff(&frame, &r.out)
+        );
+        Ok(r)
+    }
+
+    /// The server's message to a client: `payload` from [`SERVER_EP`] to `client` through TC
+    /// egress. Fails unless it leaves unmodified with TC_ACT_UNSPEC.
+    pub fn server_sends(&self, client: SocketAddrV4, payload: &[u8]) -> Result<RunResult> {
+        let frame = from_server(client, payload);
+        let r = self.tc(&frame)?;
+        ensure!(
+            r.verdict == TC_ACT_UNSPEC,
+            "server message: TC verdict {:#x}",
+            r.verdict
+        );
+        ensure!(
+            r.out == frame,
+            "server message modified:\n{}",
+            hex_diff(&frame, &r.out)
+        );
+        Ok(r)
+    }
+
+    /// A request from `client` and the server's answer to it, both through the real programs.
+    pub fn exchange(
+        &self,
+        net: &FibNet,
+        client: SocketAddrV4,
+        request: &[u8],
+        response: &[u8],
+    ) -> Result<()> {
+        self.client_sends(net, client, request)?;
+        self.server_sends(client, response)?;
+        Ok(())
+    }
+
+    /// Learn an allocation for `client` with relayed address `relay` through a real signed
+    /// Allocate request and its success response.
+    pub fn learn_allocation(
+        &self,
+        net: &FibNet,
+        client: SocketAddrV4,
+        relay: SocketAddrV4,
+        lifetime: u32,
+    ) -> Result<()> {
+        use crate::turn_client::{build_message, build_request, Attr, Class, ALLOCATE};
+        let auth = test_auth();
+        let txid = crate::turn_client::new_txid();
+        let req = build_request(
+            ALLOCATE,
+            txid,
+            &[Attr::RequestedTransport(17), Attr::Lifetime(lifetime)],
+            Some(&auth),
+        );
+        let resp = build_message(
+            Class::Success,
+            ALLOCATE,
+            txid,
+            &[
+                Attr::XorRelayedAddress(relay.into()),
+                Attr::Lifetime(lifetime),
+                Attr::XorMappedAddress(client.into()),
+            ],
+            Some(&auth),
+        );
+        self.exchange(net, client, &req, &resp)
+    }
+
+    /// Learn channel `chan` to `peer` on `client`'s allocation through a real signed
+    /// ChannelBind request and its success response.
+    pub fn learn_channel(
+        &self,
+        net: &FibNet,
+        client: SocketAddrV4,
+        peer: SocketAddrV4,
+        chan: u16,
+    ) -> Result<()> {
+        use crate::turn_client::{build_message, build_request, Attr, Class, CHANNEL_BIND};
+        let auth = test_auth();
+        let txid = crate::turn_client::new_txid();
+        let req = build_request(
+            CHANNEL_BIND,
+            txid,
+            &[Attr::ChannelNumber(chan), Attr::XorPeerAddress(peer.into())],
+            Some(&auth),
+        );
+        let resp = build_message(Class::Success, CHANNEL_BIND, txid, &[], Some(&auth));
+        self.exchange(net, client, &req, &resp)
     }
 
     pub fn counters(&self) -> Counters {
@@ -379,6 +607,67 @@ impl Programs {
             .map(|v| from_bytes(&v))
     }
 
+    /// The peer-side channel entry for (peer, relay), if committed.
+    pub fn peer_channel(&self, peer: SocketAddrV4, relay: SocketAddrV4) -> Option<types::tb_chan> {
+        let k = types::tb_peer_key {
+            peer: state::ep(peer.into()),
+            relay: state::ep(relay.into()),
+        };
+        self.skel
+            .maps
+            .peers
+            .lookup(bytes_of(&k), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|v| from_bytes(&v))
+    }
+
+    /// The permission of `relay`'s allocation for `peer`'s address, if committed.
+    pub fn permission(&self, relay: SocketAddrV4, peer: Ipv4Addr) -> Option<types::tb_perm> {
+        let k = types::tb_perm_key {
+            relay: state::ep(relay.into()),
+            peer: state::ep_ip(peer.into()),
+        };
+        self.skel
+            .maps
+            .perms
+            .lookup(bytes_of(&k), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map(|v| from_bytes(&v))
+    }
+
+    /// Whether `port` is marked in `relay_ports`.
+    pub fn relay_port_marked(&self, port: u16) -> bool {
+        self.skel
+            .maps
+            .relay_ports
+            .lookup(&u32::from(port).to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .is_some_and(|v| v != [0; 4])
+    }
+
+    /// Entries in every state map.
+    pub fn map_counts(&self) -> MapCounts {
+        let m = &self.skel.maps;
+        MapCounts {
+            allocs: Self::count(&m.allocs),
+            chans: Self::count(&m.chans),
+            peers: Self::count(&m.peers),
+            perms: Self::count(&m.perms),
+            pending: Self::count(&m.pending),
+        }
+    }
+
+    /// Map `public` (an --external-ip address) to the local `private` one.
+    pub fn map_external_ip(&self, public: Ipv4Addr, private: Ipv4Addr) -> Result<()> {
+        state::set_external_ips(
+            &self.skel.maps.external_ips,
+            &[(public.into(), private.into())],
+        )
+    }
+
     /// Commit state directly (bypassing the snooper): an allocation and one channel with its
     /// permission, all expiring `ttl_s` seconds from now.
     pub fn install_channel(
@@ -389,9 +678,20 @@ impl Programs {
         chan: u16,
         ttl_s: u64,
     ) -> Result<()> {
-        let server = SocketAddrV4::new(SERVER, TURN_PORT);
-        let now = state::now_ns();
-        let exp = now + ttl_s * 1_000_000_000;
+        self.install_channel_until(client, relay, peer, chan, Deadlines::in_secs(ttl_s))
+    }
+
+    /// [`Programs::install_channel`] with each deadline given (e.g. one already past, see
+    /// [`Deadlines::ago`]).
+    pub fn install_channel_until(
+        &self,
+        client: SocketAddrV4,
+        relay: SocketAddrV4,
+        peer: SocketAddrV4,
+        chan: u16,
+        d: Deadlines,
+    ) -> Result<()> {
+        let server = SERVER_EP;
         let id = 1000 + u64::from(chan);
         let ak = types::tb_alloc_key {
             client: state::ep(client.into()),
@@ -399,7 +699,7 @@ impl Programs {
         };
         let mut a = types::tb_alloc {
             id,
-            expires_ns: exp,
+            expires_ns: d.alloc_ns,
             ..Default::default()
         };
         a.relay[0] = state::ep(relay.into());
@@ -414,7 +714,7 @@ impl Programs {
             peer: state::ep(peer.into()),
             chan: chan.to_be(),
             alloc_id: id,
-            chan_expires_ns: exp,
+            chan_expires_ns: d.chan_ns,
             ..Default::default()
         };
         let ck = types::tb_chan_key {
@@ -442,7 +742,7 @@ impl Programs {
         permk.peer.port = 0;
         let perm = types::tb_perm {
             alloc_id: id,
-            expires_ns: exp,
+            expires_ns: d.perm_ns,
         };
         self.skel
             .maps
@@ -456,6 +756,130 @@ impl Programs {
         )?;
         Ok(())
     }
+}
+
+impl Programs {
+    /// ChannelData `data` on `chan` from `client` (on turn0) must be relayed as relay -> peer,
+    /// byte for byte (TTL 64 -> 63), with CLI2REM counted and nothing else.
+    pub fn expect_cli2rem(
+        &self,
+        net: &FibNet,
+        client: SocketAddrV4,
+        chan: u16,
+        relay: SocketAddrV4,
+        peer: SocketAddrV4,
+        data: &[u8],
+    ) -> Result<()> {
+        let inp = Udp4Frame::new(
+            CLIENT_MAC,
+            TURN0_MAC,
+            client,
+            SERVER_EP,
+            &channel_data(chan, data, 0, 0),
+        );
+        let (peer_mac, egress_mac, verdict) = if *peer.ip() == PEER_ON_TURN0 {
+            (PEER_ON_TURN0_MAC, TURN0_MAC, XDP_TX)
+        } else {
+            (PEER_MAC, RELAY0_MAC, XDP_REDIRECT)
+        };
+        let mut out = Udp4Frame::new(egress_mac, peer_mac, relay, peer, data);
+        out.ttl = inp.ttl - 1;
+        self.expect_relay(&inp.build(), net.turn0, verdict, &out.build(), "CLI2REM")
+    }
+
+    /// A datagram `data` from `peer` (behind relay0) to `relay` must reach `client` as
+    /// unpadded ChannelData on `chan`, byte for byte, with REM2CLI counted and nothing else.
+    pub fn expect_rem2cli(
+        &self,
+        net: &FibNet,
+        peer: SocketAddrV4,
+        relay: SocketAddrV4,
+        client: SocketAddrV4,
+        chan: u16,
+        data: &[u8],
+    ) -> Result<()> {
+        let inp = Udp4Frame::new(PEER_MAC, RELAY0_MAC, peer, relay, data);
+        let mut out = Udp4Frame::new(
+            TURN0_MAC,
+            CLIENT_MAC,
+            SERVER_EP,
+            client,
+            &channel_data(chan, data, 0, 0),
+        );
+        out.ttl = inp.ttl - 1;
+        self.expect_relay(
+            &inp.build(),
+            net.relay0,
+            XDP_REDIRECT,
+            &out.build(),
+            "REM2CLI",
+        )
+    }
+
+    fn expect_relay(
+        &self,
+        input: &[u8],
+        ifindex: u32,
+        verdict: u32,
+        want: &[u8],
+        counter: &str,
+    ) -> Result<()> {
+        let c0 = self.counters();
+        let r = self.xdp(input, ifindex)?;
+        let d = self.counters().since(&c0);
+        ensure!(
+            r.verdict == verdict,
+            "verdict {} want {verdict}; counters:\n{}",
+            r.verdict,
+            d.render()
+        );
+        ensure!(
+            r.out == want,
+            "relayed bytes differ:\n{}",
+            hex_diff(want, &r.out)
+        );
+        verify_udp4(&r.out).context("independent checksum check")?;
+        expect_delta(&d, &[(counter, 1)]).map_err(anyhow::Error::msg)
+    }
+
+    /// `input` on `ifindex` must be passed unmodified with exactly `counter` counted.
+    pub fn expect_pass(&self, input: &[u8], ifindex: u32, counter: &str) -> Result<()> {
+        let c0 = self.counters();
+        let r = self.xdp(input, ifindex)?;
+        let d = self.counters().since(&c0);
+        ensure!(
+            r.verdict == XDP_PASS,
+            "verdict {} want XDP_PASS; counters:\n{}",
+            r.verdict,
+            d.render()
+        );
+        ensure!(
+            r.out == input,
+            "passed bytes modified:\n{}",
+            hex_diff(input, &r.out)
+        );
+        expect_delta(&d, &[(counter, 1)]).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Long-term credentials for signing test requests and responses (MESSAGE-INTEGRITY).
+pub fn test_auth() -> crate::turn_client::Auth {
+    crate::turn_client::Auth {
+        user: "alice".into(),
+        pass: "alice-secret".into(),
+        realm: "turn-bpf.test".into(),
+        nonce: "0123456789abcdef".into(),
+    }
+}
+
+/// A client's datagram to the TURN server (received on turn0).
+pub fn to_server(client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    udp4(CLIENT_MAC, TURN0_MAC, client, SERVER_EP, 64, payload)
+}
+
+/// The TURN server's datagram to a client (sent out of turn0).
+pub fn from_server(client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    udp4(TURN0_MAC, CLIENT_MAC, SERVER_EP, client, 64, payload)
 }
 
 /// An Ethernet/IPv4/UDP frame with a correct UDP checksum.
@@ -520,4 +944,341 @@ pub fn verify_udp4(frame: &[u8]) -> Result<Vec<u8>> {
         );
     }
     Ok(udp.payload().to_vec())
+}
+
+/// The UDP checksum field of an IPv4 frame, as written (None if it is not one).
+pub fn udp4_check_field(frame: &[u8]) -> Option<u16> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    match p.transport {
+        Some(TransportSlice::Udp(u)) => Some(u.checksum()),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Checksums written out here, independent of the BPF code (RFC 1071).
+
+/// One's complement sum of `bytes` as big-endian 16-bit words (odd length: a zero byte
+/// appended), folded to 16 bits, not inverted.
+pub fn ones_sum(bytes: &[u8]) -> u16 {
+    ones_sum_from(0, bytes)
+}
+
+fn ones_sum_from(start: u32, bytes: &[u8]) -> u16 {
+    let mut acc = u64::from(start);
+    for c in bytes.chunks(2) {
+        let hi = u64::from(c[0]) << 8;
+        let lo = c.get(1).copied().map_or(0, u64::from);
+        acc += hi | lo;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The IPv4 pseudo-header and UDP header+payload summed (checksum field as it is in `udp`).
+pub fn udp4_sum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    ones_sum_from(u32::from(ones_sum(&pseudo)), udp)
+}
+
+/// The UDP checksum for `udp` (its checksum field ignored); 0 is sent as 0xFFFF.
+pub fn udp4_checksum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
+    let mut u = udp.to_vec();
+    u[6] = 0;
+    u[7] = 0;
+    match !udp4_sum(src, dst, &u) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// The IPv4 header checksum of `hdr` (its checksum field ignored).
+pub fn ipv4_checksum(hdr: &[u8]) -> u16 {
+    let mut h = hdr.to_vec();
+    h[10] = 0;
+    h[11] = 0;
+    !ones_sum(&h)
+}
+
+/// How the UDP checksum field of a [`Udp4Frame`] is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpCheck {
+    /// Computed over the frame as built (0 becomes 0xFFFF).
+    Correct,
+    /// 0: "no checksum".
+    Zero,
+    /// This value, whatever the contents.
+    Raw(u16),
+}
+
+/// An Ethernet/IPv4/UDP frame with every header field under the test's control. Checksums are
+/// computed here from scratch (see [`udp4_checksum`]), so a frame built to be what a rewrite
+/// must produce checks the BPF's incremental arithmetic byte for byte.
+#[derive(Debug, Clone)]
+pub struct Udp4Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// VLAN tags (TPID, TCI), outermost first.
+    pub vlans: Vec<(u16, u16)>,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub tos: u8,
+    pub id: u16,
+    pub df: bool,
+    pub mf: bool,
+    /// Fragment offset in 8-byte units.
+    pub frag_offset: u16,
+    pub ttl: u8,
+    /// IPv4 options (a multiple of 4 bytes; the IHL follows).
+    pub options: Vec<u8>,
+    pub udp_check: UdpCheck,
+    /// Added to the IP total length / UDP length fields after they are computed.
+    pub ip_len_delta: i32,
+    pub udp_len_delta: i32,
+    pub payload: Vec<u8>,
+    /// Bytes after the IP packet (an Ethernet trailer), not counted in any length.
+    pub trailer: Vec<u8>,
+}
+
+impl Udp4Frame {
+    /// TTL 64, TOS 0, ID 0x1234, DF set, correct checksums, no tags, options or trailer.
+    pub fn new(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: &[u8],
+    ) -> Udp4Frame {
+        Udp4Frame {
+            src_mac,
+            dst_mac,
+            vlans: Vec::new(),
+            src,
+            dst,
+            tos: 0,
+            id: 0x1234,
+            df: true,
+            mf: false,
+            frag_offset: 0,
+            ttl: 64,
+            options: Vec::new(),
+            udp_check: UdpCheck::Correct,
+            ip_len_delta: 0,
+            udp_len_delta: 0,
+            payload: payload.to_vec(),
+            trailer: Vec::new(),
+        }
+    }
+
+    /// The UDP header and payload as built (with the checksum field filled).
+    pub fn udp_bytes(&self) -> Vec<u8> {
+        let udp_len = (8 + self.payload.len()) as i32 + self.udp_len_delta;
+        let mut u = Vec::with_capacity(8 + self.payload.len());
+        u.extend_from_slice(&self.src.port().to_be_bytes());
+        u.extend_from_slice(&self.dst.port().to_be_bytes());
+        u.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(&self.payload);
+        let check = match self.udp_check {
+            UdpCheck::Correct => udp4_checksum(*self.src.ip(), *self.dst.ip(), &u),
+            UdpCheck::Zero => 0,
+            UdpCheck::Raw(v) => v,
+        };
+        u[6..8].copy_from_slice(&check.to_be_bytes());
+        u
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        let mut f = Vec::with_capacity(64 + self.payload.len() + self.trailer.len());
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        for (tpid, tci) in &self.vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        let udp = self.udp_bytes();
+        let ihl = 5 + self.options.len() / 4;
+        let tot_len = (ihl * 4 + udp.len()) as i32 + self.ip_len_delta;
+        let flags = (u16::from(self.df) << 14) | (u16::from(self.mf) << 13) | self.frag_offset;
+        let mut ip = vec![0x40 | ihl as u8, self.tos];
+        ip.extend_from_slice(&(tot_len as u16).to_be_bytes());
+        ip.extend_from_slice(&self.id.to_be_bytes());
+        ip.extend_from_slice(&flags.to_be_bytes());
+        ip.extend_from_slice(&[self.ttl, 17, 0, 0]);
+        ip.extend_from_slice(&self.src.ip().octets());
+        ip.extend_from_slice(&self.dst.ip().octets());
+        ip.extend_from_slice(&self.options);
+        let c = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&udp);
+        f.extend_from_slice(&self.trailer);
+        f
+    }
+}
+
+/// Set the two payload bytes at `at` (an even offset in `frame.payload`) so that the frame's
+/// UDP checksum computes to 0, which must be sent as 0xFFFF.
+pub fn force_udp_sum_zero(frame: &mut Udp4Frame, at: usize) {
+    assert!(at % 2 == 0 && at + 2 <= frame.payload.len());
+    frame.payload[at] = 0;
+    frame.payload[at + 1] = 0;
+    let mut u = frame.udp_bytes();
+    u[6] = 0;
+    u[7] = 0;
+    let s = udp4_sum(*frame.src.ip(), *frame.dst.ip(), &u);
+    frame.payload[at..at + 2].copy_from_slice(&(!s).to_be_bytes());
+    let mut u = frame.udp_bytes();
+    u[6] = 0;
+    u[7] = 0;
+    debug_assert_eq!(udp4_sum(*frame.src.ip(), *frame.dst.ip(), &u), 0xffff);
+}
+
+/// A side-by-side hex dump of `want` and `got`, 16 bytes a line, lines that differ marked `!`
+/// (with `^^` under each differing byte).
+pub fn hex_diff(want: &[u8], got: &[u8]) -> String {
+    let hex = |b: &[u8], start: usize| -> String {
+        (start..start + 16)
+            .map(|i| b.get(i).map_or("  ".to_string(), |x| format!("{x:02x}")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut s = format!(
+        "  want {} bytes, got {} bytes{}\n  off   {:<47}   {}\n",
+        want.len(),
+        got.len(),
+        want.iter()
+            .zip(got)
+            .position(|(a, b)| a != b)
+            .or((want.len() != got.len()).then_some(want.len().min(got.len())))
+            .map_or(String::new(), |o| format!(", first difference at {o:#06x}")),
+        "want",
+        "got"
+    );
+    for start in (0..want.len().max(got.len())).step_by(16) {
+        let same = want.get(start..(start + 16).min(want.len()))
+            == got.get(start..(start + 16).min(got.len()));
+        s.push_str(&format!(
+            "{} {start:04x}  {}   {}\n",
+            if same { ' ' } else { '!' },
+            hex(want, start),
+            hex(got, start)
+        ));
+        if !same {
+            let marks: String = (start..start + 16)
+                .map(|i| {
+                    if want.get(i) == got.get(i) {
+                        "   "
+                    } else {
+                        "^^ "
+                    }
+                })
+                .collect();
+            s.push_str(&format!("        {:<47}   {}\n", "", marks.trim_end()));
+        }
+    }
+    s
+}
+
+/// Compare a counter delta with what a row expects: the named counters exactly, every other
+/// counter zero. Err explains every difference.
+pub fn expect_delta(delta: &Counters, want: &[(&str, u64)]) -> std::result::Result<(), String> {
+    let mut errs = Vec::new();
+    for (i, (_, name, _)) in crate::stats::STATS.iter().enumerate() {
+        let w = want
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .sum::<u64>();
+        if delta.0[i] != w {
+            errs.push(format!("{name}: want {w}, got {}", delta.0[i]));
+        }
+    }
+    for (n, _) in want {
+        crate::stats::code(n); // panics on a misspelt name
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("counters differ: {}", errs.join("; ")))
+    }
+}
+
+/// A frame that is not UDP over IPv4: ARP request `who-has target tell sender`.
+pub fn arp_request(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An Ethernet/IPv6/UDP frame.
+pub fn udp6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::SocketAddrV6,
+    dst: std::net::SocketAddrV6,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv6(src.ip().octets(), dst.ip().octets(), 64)
+        .udp(src.port(), dst.port());
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload)
+        .expect("writing to a Vec cannot fail");
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_agree_with_etherparse() {
+        let src = SocketAddrV4::new(CLIENT, 40000);
+        for len in [0usize, 1, 2, 3, 100, 1001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut f = Udp4Frame::new(CLIENT_MAC, TURN0_MAC, src, SERVER_EP, &payload);
+            f.tos = 0xb8;
+            f.id = 0xbeef;
+            assert_eq!(verify_udp4(&f.build()).unwrap(), payload);
+            let e = udp4(CLIENT_MAC, TURN0_MAC, src, SERVER_EP, 64, &payload);
+            // same UDP checksum as etherparse computes
+            assert_eq!(udp4_check_field(&f.build()), udp4_check_field(&e));
+        }
+    }
+
+    #[test]
+    fn a_zero_sum_is_sent_as_ffff() {
+        let src = SocketAddrV4::new(CLIENT, 40000);
+        let mut f = Udp4Frame::new(CLIENT_MAC, TURN0_MAC, src, SERVER_EP, &[9; 20]);
+        force_udp_sum_zero(&mut f, 4);
+        let b = f.build();
+        assert_eq!(udp4_check_field(&b), Some(0xffff));
+        verify_udp4(&b).unwrap();
+    }
+
+    #[test]
+    fn hex_diff_marks_the_difference() {
+        let a = [0u8; 20];
+        let mut b = a;
+        b[17] = 1;
+        let d = hex_diff(&a, &b);
+        assert!(d.contains("first difference at 0x0011"), "{d}");
+        assert!(d.contains("! 0010"), "{d}");
+        assert!(d.contains("  0000"), "{d}");
+    }
 }

@@ -394,9 +394,11 @@ mod tests {
 
     #[test]
     fn bytes_round_trip() {
-        let mut c = tb_chan::default();
-        c.chan = 0x4001u16.to_be();
-        c.alloc_id = 7;
+        let c = tb_chan {
+            chan: 0x4001u16.to_be(),
+            alloc_id: 7,
+            ..Default::default()
+        };
         let back: tb_chan = from_bytes(bytes_of(&c));
         assert_eq!(back.alloc_id, 7);
         assert_eq!(Binding::of(&back).channel, 0x4001);

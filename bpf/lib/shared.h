@@ -121,7 +121,8 @@ struct tb_pending {
 	__u16 chan;            /* ChannelBind: network order */
 	__u8 npeers;
 	__u8 conflict;         /* the same transaction ID carried different contents: commit nothing */
-	__u8 pad[2];
+	__u8 family_sel;       /* Refresh names an address family (REQUESTED-ADDRESS-FAMILY, 0x8032) */
+	__u8 pad;
 };
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused; the Rust side

@@ -101,7 +101,8 @@ static __always_inline bool pending_same(const struct tb_pending *a, const struc
 {
 	const __u32 *x = (const __u32 *)a->peers, *y = (const __u32 *)b->peers;
 
-	if (a->method != b->method || a->chan != b->chan || a->npeers != b->npeers)
+	if (a->method != b->method || a->chan != b->chan || a->npeers != b->npeers ||
+	    a->family_sel != b->family_sel)
 		return false;
 #pragma unroll
 	for (int i = 0; i < (int)(sizeof(a->peers) / 4); i++)
@@ -140,6 +141,7 @@ static __always_inline void record_request(const struct tb_ep *client, const str
 	v->method = m->method;
 	v->chan = m->chan;
 	v->npeers = m->npeers;
+	v->family_sel = m->has_family;
 	__builtin_memcpy(v->peers, m->peers, sizeof(v->peers));
 	v->created_ns = tb_now();
 
@@ -181,6 +183,17 @@ static __always_inline bool relay_local(const struct tb_ep *ep, struct tb_ep *ou
 	}
 	*out = a;
 	out->port = ep->port;
+	return true;
+}
+
+static __always_inline bool ep_same(const struct tb_ep *a, const struct tb_ep *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*a) / 4); i++)
+		if (x[i] != y[i])
+			return false;
 	return true;
 }
 
@@ -228,9 +241,10 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 }
 
 static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const struct stun_msg *m,
-					   __u64 now)
+					   const struct tb_pending *p, __u64 now)
 {
 	struct tb_alloc *a;
+	__u64 exp;
 
 	if (!m->has_lifetime) {
 		stat_inc(TB_STAT_STUN_MALFORMED);
@@ -238,7 +252,9 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
 	}
 	if (m->lifetime == 0) {
 		/* Deallocation: the allocation goes now; its channels and permissions no longer
-		 * validate (their alloc_id is gone) and the loader's sweep removes them. */
+		 * validate (their alloc_id is gone) and the loader's sweep removes them. (With a
+		 * family named, coturn removes only that family's relayed address: removing all is
+		 * the safe side, the other family's traffic goes to the server.) */
 		if (bpf_map_delete_elem(&allocs, ak) == 0)
 			stat_inc(TB_STAT_LEARN_DEALLOC);
 		else
@@ -250,7 +266,23 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
 		stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
 	}
-	a->expires_ns = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
+	exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
+	if (a->relay[1].family) {
+		/* A dual allocation has a deadline per family at the server, one here. coturn
+		 * refreshes only the family a REQUESTED-ADDRESS-FAMILY (or its 0x8032) names, and
+		 * a Refresh without one only the families still alive (checked with coturn 4.6.1:
+		 * after Refresh(IPv6) the IPv4 relayed address ends at its old time, although the
+		 * response carries the new LIFETIME). So a family-selective Refresh may shorten
+		 * our deadline but never extend it, and once it has passed (one family may be gone
+		 * at the server) no Refresh revives the allocation. */
+		if (now >= a->expires_ns) {
+			stat_inc(TB_STAT_LEARN_NO_ALLOC);
+			return;
+		}
+		if (p->family_sel)
+			exp = min_u64(exp, a->expires_ns);
+	}
+	a->expires_ns = exp;
 	stat_inc(TB_STAT_LEARN_REFRESH);
 }
 
@@ -293,22 +325,28 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 		if (!relay)
 			continue;
 		/* coturn: a permission for the exact address of a bound peer refreshes the
-		 * channel, and the permission then takes the channel lifetime. */
+		 * channel, and the permission then takes the channel lifetime. Only a channel the
+		 * server still has: one still live here whose client-side half still binds this
+		 * peer. An expired binding stays in the maps until the sweep, and its channel
+		 * number may since have been bound to another peer; reviving it would relay what
+		 * the server no longer relays (or deliver this peer's data as the other's). */
 		rk.peer = *peer;
 		rk.relay = *relay;
 		c = bpf_map_lookup_elem(&peers, &rk);
-		if (c && c->alloc_id == a->id) {
+		if (c && c->alloc_id == a->id && now < c->chan_expires_ns) {
 			struct tb_chan_key ck = {};
 			struct tb_chan *fwd;
 
-			c->chan_expires_ns = chan_exp;
 			ck.client = c->client;
 			ck.server = c->server;
 			ck.chan = c->chan;
 			fwd = bpf_map_lookup_elem(&chans, &ck);
-			if (fwd && fwd->alloc_id == a->id)
+			if (fwd && fwd->alloc_id == a->id && now < fwd->chan_expires_ns &&
+			    ep_same(&fwd->peer, &c->peer)) {
+				c->chan_expires_ns = chan_exp;
 				fwd->chan_expires_ns = chan_exp;
-			exp = chan_exp;
+				exp = chan_exp;
+			}
 		}
 		if (set_perm(relay, peer, a->id, exp)) {
 			stat_inc(TB_STAT_STATE_FULL);
@@ -413,7 +451,7 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		commit_allocate(&ak, m, now);
 		break;
 	case STUN_REFRESH:
-		commit_refresh(&ak, m, now);
+		commit_refresh(&ak, m, &req, now);
 		break;
 	case STUN_CREATE_PERMISSION:
 		commit_permissions(&ak, &req, now);

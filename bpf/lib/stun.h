@@ -40,8 +40,11 @@ _Static_assert((TB_MAX_REQ_PEERS & (TB_MAX_REQ_PEERS - 1)) == 0, "indexing masks
 #define STUN_ATTR_LIFETIME 0x000D
 #define STUN_ATTR_XOR_PEER_ADDRESS 0x0012
 #define STUN_ATTR_XOR_RELAYED_ADDRESS 0x0016
+#define STUN_ATTR_REQUESTED_ADDRESS_FAMILY 0x0017
 #define STUN_ATTR_MESSAGE_INTEGRITY_SHA256 0x001C
 #define STUN_ATTR_FINGERPRINT 0x8028
+/* ADDITIONAL-ADDRESS-FAMILY as coturn 4.6.1 numbers it (RFC 8656's 0x8000 is ignored there). */
+#define STUN_ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN 0x8032
 
 struct stun_hdr {
 	__u16 type;
@@ -63,6 +66,7 @@ struct stun_msg {
 	__u8 peer_overflow;                   /* more peers than we keep */
 	__u8 has_lifetime;
 	__u8 has_chan;
+	__u8 has_family;                      /* REQUESTED-/ADDITIONAL-ADDRESS-FAMILY present */
 };
 
 static __always_inline long tb_load(void *ctx, bool xdp, __u32 off, void *to, __u32 len)
@@ -112,8 +116,14 @@ static __always_inline int stun_xor_addr(void *ctx, bool xdp, __u32 off, __u16 a
 /*
  * Parse the STUN message of `len` bytes at packet offset `off`.
  * Returns 0 when it is a well-formed STUN message, -1 otherwise (and for non-STUN payloads).
- * Attributes after MESSAGE-INTEGRITY are ignored (they are not authenticated), a duplicate
- * CHANNEL-NUMBER or LIFETIME is malformed, and so is a message with more attributes than we walk.
+ * A duplicate CHANNEL-NUMBER or LIFETIME is malformed, and so is a message with more attributes
+ * than we walk.
+ *
+ * Attributes after MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT: RFC 8489 servers ignore them, but
+ * coturn 4.6.1 acts on every attribute wherever it is (checked: a ChannelBind with a second
+ * XOR-PEER-ADDRESS after MESSAGE-INTEGRITY is bound to that second peer). Either way our view and
+ * the server's could differ, so an attribute we act on in that position makes the message
+ * malformed; any other attribute there is skipped.
  */
 static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 				      struct stun_msg *m)
@@ -121,6 +131,7 @@ static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 	struct stun_hdr h;
 	__u32 pos, end;
 	__u16 type;
+	bool sealed = false; /* past MESSAGE-INTEGRITY or FINGERPRINT */
 
 	if (len < STUN_HDR_LEN || tb_load(ctx, xdp, off, &h, sizeof(h)))
 		return -1;
@@ -150,11 +161,23 @@ static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 		if (val + al > end)
 			return -1;
 
+		if (sealed && (at == STUN_ATTR_CHANNEL_NUMBER || at == STUN_ATTR_LIFETIME ||
+			       at == STUN_ATTR_XOR_PEER_ADDRESS ||
+			       at == STUN_ATTR_XOR_RELAYED_ADDRESS ||
+			       at == STUN_ATTR_REQUESTED_ADDRESS_FAMILY ||
+			       at == STUN_ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN))
+			return -1;
 		switch (at) {
 		case STUN_ATTR_MESSAGE_INTEGRITY:
 		case STUN_ATTR_MESSAGE_INTEGRITY_SHA256:
 		case STUN_ATTR_FINGERPRINT:
-			return 0;
+			sealed = true;
+			break;
+		case STUN_ATTR_REQUESTED_ADDRESS_FAMILY:
+		case STUN_ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN:
+			/* only its presence matters (see commit_refresh) */
+			m->has_family = 1;
+			break;
 		case STUN_ATTR_CHANNEL_NUMBER: {
 			__u16 cn[2];
 

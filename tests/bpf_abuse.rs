@@ -1,0 +1,2005 @@
+//! Abuse and bad input, through the real programs (BPF_PROG_TEST_RUN):
+//!
+//! - `malformed_stun_table`: malformed and odd STUN messages, requests through XDP and responses
+//!   through TC egress. Every row: the packet is passed unmodified, the committed maps do not
+//!   change, the counters move exactly as listed, and a control step proves the row meant
+//!   something (a malformed response leaves the real request pending, so the well-formed
+//!   response still commits afterwards; a request that must not be recorded leaves nothing for
+//!   the well-formed response to commit).
+//! - `fuzz_*`: proptest-generated and mutated packets (bit flips, truncation, length-field
+//!   edits, inserted/duplicated/dropped attributes) from real requests, responses, ChannelData
+//!   and peer datagrams, checked against an independent oracle of what may be relayed.
+//! - `flood_*`: 100,000 requests with random transaction IDs; committed maps shrunk and full.
+//!
+//! Run: `cargo test --release --test bpf_abuse -- --test-threads=1` (root; skipped otherwise).
+//! `TBT_FUZZ_CASES=<n>` scales the fuzz phases (default 500k cases: 100k + 300k XDP, 100k TC).
+
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use libbpf_rs::{MapCore, MapFlags};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestRunner};
+use turn_bpf::progtest::*;
+use turn_bpf::state;
+use turn_bpf::turn_client::{
+    build_error_response, build_message, build_request, new_txid, Attr, Class, Family, TxId,
+    ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
+};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+const C1: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40000);
+const C2: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40001);
+const R1: SocketAddrV4 = SocketAddrV4::new(RELAY, 50000);
+const R2: SocketAddrV4 = SocketAddrV4::new(RELAY, 50001);
+const P1: SocketAddrV4 = SocketAddrV4::new(PEER, 6000);
+const P2: SocketAddrV4 = SocketAddrV4::new(PEER, 6001);
+const PT: SocketAddrV4 = SocketAddrV4::new(PEER_ON_TURN0, 7000);
+const MAGIC: u32 = 0x2112_A442;
+
+// ------------------------------------------------------------------------------------------
+// Raw STUN: every byte under control.
+
+/// One attribute: type, length, value, zero padding to 4.
+fn attr(t: u16, v: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(4 + v.len() + 3);
+    a.extend_from_slice(&t.to_be_bytes());
+    a.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    a.extend_from_slice(v);
+    while a.len() % 4 != 0 {
+        a.push(0);
+    }
+    a
+}
+
+/// Header (length = body length) and body.
+fn raw_stun(typ: u16, txid: TxId, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20 + body.len());
+    m.extend_from_slice(&typ.to_be_bytes());
+    m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    m.extend_from_slice(&MAGIC.to_be_bytes());
+    m.extend_from_slice(&txid);
+    m.extend_from_slice(body);
+    m
+}
+
+fn xaddr(a: SocketAddrV4) -> Vec<u8> {
+    let mut v = vec![0, 1];
+    v.extend_from_slice(&(a.port() ^ 0x2112).to_be_bytes());
+    v.extend_from_slice(&(u32::from(*a.ip()) ^ MAGIC).to_be_bytes());
+    v
+}
+
+fn a_chan(c: u16) -> Vec<u8> {
+    attr(0x000C, &[(c >> 8) as u8, c as u8, 0, 0])
+}
+fn a_life(l: u32) -> Vec<u8> {
+    attr(0x000D, &l.to_be_bytes())
+}
+fn a_peer(p: SocketAddrV4) -> Vec<u8> {
+    attr(0x0012, &xaddr(p))
+}
+fn a_relay(r: SocketAddrV4) -> Vec<u8> {
+    attr(0x0016, &xaddr(r))
+}
+
+fn set_len(m: &mut [u8], len: u16) {
+    m[2..4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// (offset, type, length) of each attribute of a well-formed message.
+fn attrs_of(m: &[u8]) -> Vec<(usize, u16, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 20;
+    while pos + 4 <= m.len() {
+        let t = u16::from_be_bytes([m[pos], m[pos + 1]]);
+        let l = usize::from(u16::from_be_bytes([m[pos + 2], m[pos + 3]]));
+        out.push((pos, t, l));
+        pos += 4 + l.div_ceil(4) * 4;
+    }
+    out
+}
+
+/// CRC-32 (IEEE), for FINGERPRINT.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Insert `extra` attributes into a signed message just before its FINGERPRINT (that is,
+/// after MESSAGE-INTEGRITY), fix the length and recompute FINGERPRINT, as a client could.
+fn insert_after_integrity(signed: &[u8], extra: &[u8]) -> Vec<u8> {
+    let fp = attrs_of(signed)
+        .into_iter()
+        .find(|(_, t, _)| *t == 0x8028)
+        .expect("FINGERPRINT")
+        .0;
+    let mut m = signed[..fp].to_vec();
+    m.extend_from_slice(extra);
+    let len = (m.len() + 8 - 20) as u16;
+    set_len(&mut m, len);
+    let crc = crc32(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&attr(0x8028, &crc.to_be_bytes()));
+    m
+}
+
+/// A message with a valid FINGERPRINT in the middle, followed by `extra` (coturn checks a
+/// FINGERPRINT wherever it is: its CRC covers what precedes it).
+fn fingerprint_then(typ: u16, txid: TxId, before: &[u8], extra: &[u8]) -> Vec<u8> {
+    let total = before.len() + 8 + extra.len();
+    let mut m = raw_stun(typ, txid, before);
+    set_len(&mut m, total as u16);
+    let crc = crc32(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&attr(0x8028, &crc.to_be_bytes()));
+    m.extend_from_slice(extra);
+    m
+}
+
+// Real (signed) messages.
+fn req(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
+    build_request(method, txid, attrs, Some(&test_auth()))
+}
+fn ok(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
+    build_message(Class::Success, method, txid, attrs, Some(&test_auth()))
+}
+fn bind_req(t: TxId, chan: u16, peer: SocketAddrV4) -> Vec<u8> {
+    req(
+        CHANNEL_BIND,
+        t,
+        &[Attr::ChannelNumber(chan), Attr::XorPeerAddress(peer.into())],
+    )
+}
+fn alloc_req(t: TxId) -> Vec<u8> {
+    req(ALLOCATE, t, &[Attr::RequestedTransport(17)])
+}
+fn alloc_ok(t: TxId, relay: SocketAddrV4) -> Vec<u8> {
+    ok(
+        ALLOCATE,
+        t,
+        &[
+            Attr::XorRelayedAddress(relay.into()),
+            Attr::Lifetime(600),
+            Attr::XorMappedAddress(C2.into()),
+        ],
+    )
+}
+fn refresh_req(t: TxId, l: u32) -> Vec<u8> {
+    req(REFRESH, t, &[Attr::Lifetime(l)])
+}
+fn refresh_ok(t: TxId, l: u32) -> Vec<u8> {
+    ok(REFRESH, t, &[Attr::Lifetime(l)])
+}
+
+// ------------------------------------------------------------------------------------------
+// The malformed/odd STUN table.
+
+/// What a request row must lead to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Req {
+    /// Malformed: STUN_MALFORMED counted, nothing recorded.
+    Malformed,
+    /// Parsed but not a request we keep (unknown method, missing attributes ...).
+    Ignored,
+    /// Not parsed at all (not STUN-shaped).
+    NotStun,
+    /// Odd but legal: recorded.
+    Recorded,
+}
+
+enum Row {
+    /// A client's request (through XDP on turn0), and the server's success response that
+    /// follows (through TC) with what that response commits.
+    Request {
+        name: &'static str,
+        client: SocketAddrV4,
+        msg: Vec<u8>,
+        want: Req,
+        response: Vec<u8>,
+        commits: &'static str,
+    },
+    /// A real request first (recorded), then a malformed "response" through TC (which must
+    /// commit nothing and count nothing), then the real response (which must commit).
+    Response {
+        name: &'static str,
+        client: SocketAddrV4,
+        request: Vec<u8>,
+        bad: Vec<u8>,
+        good: Vec<u8>,
+        commits: &'static str,
+    },
+}
+
+fn request_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut push = |name, msg: Vec<u8>, want, response: Vec<u8>, commits| {
+        rows.push(Row::Request {
+            name,
+            client: C1,
+            msg,
+            want,
+            response,
+            commits,
+        })
+    };
+    let t = new_txid;
+    // A ChannelBind (channel 0x4001 to P1) and its success response, the base of most rows.
+    let bind = |t: TxId| bind_req(t, 0x4001, P1);
+    let bind_ok = |t: TxId| ok(CHANNEL_BIND, t, &[]);
+    let raw_bind = |t: TxId, body: &[u8]| raw_stun(0x0009, t, body);
+    let good_body = [a_chan(0x4001), a_peer(P1)].concat();
+
+    let x = t();
+    push(
+        "truncated header (12 bytes)",
+        bind(x)[..12].to_vec(),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "header only, length says 8",
+        {
+            let mut m = raw_bind(x, &[]);
+            set_len(&mut m, 8);
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "truncated attributes (last 8 bytes cut)",
+        {
+            let m = bind(x);
+            m[..m.len() - 8].to_vec()
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "4 bytes after the message",
+        {
+            let mut m = bind(x);
+            m.extend_from_slice(&[0; 4]);
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "attribute length past the end",
+        {
+            let mut m = raw_bind(x, &good_body);
+            m[22..24].copy_from_slice(&200u16.to_be_bytes());
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "last attribute 1 byte past the end",
+        {
+            let mut b = good_body.clone();
+            b.extend_from_slice(&attr(0x8022, b"abcd"));
+            let mut m = raw_bind(x, &b);
+            let n = m.len();
+            m[n - 6..n - 4].copy_from_slice(&5u16.to_be_bytes());
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "zero-length CHANNEL-NUMBER",
+        raw_bind(x, &[attr(0x000C, &[]), a_peer(P1)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "zero-length LIFETIME in a Refresh",
+        raw_stun(0x0004, x, &attr(0x000D, &[])),
+        Req::Malformed,
+        refresh_ok(x, 600),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "zero-length XOR-PEER-ADDRESS",
+        raw_bind(x, &[a_chan(0x4001), attr(0x0012, &[])].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "zero-length unknown attribute (legal)",
+        raw_bind(x, &[a_chan(0x4001), attr(0x8022, &[]), a_peer(P1)].concat()),
+        Req::Recorded,
+        bind_ok(x),
+        "LEARN_CHANNEL",
+    );
+    let x = t();
+    push(
+        "odd-length unknown attribute, padded (legal)",
+        raw_bind(x, &[attr(0x8022, b"odd"), good_body.clone()].concat()),
+        Req::Recorded,
+        bind_ok(x),
+        "LEARN_CHANNEL",
+    );
+    let x = t();
+    push(
+        "odd-length CHANNEL-NUMBER (3)",
+        raw_bind(x, &[attr(0x000C, &[0x40, 1, 0]), a_peer(P1)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "odd-length XOR-PEER-ADDRESS (7)",
+        raw_bind(x, &[a_chan(0x4001), attr(0x0012, &xaddr(P1)[..7])].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "message length not a multiple of 4",
+        {
+            let mut m = raw_bind(x, &good_body);
+            m.extend_from_slice(&[0, 0]);
+            let l = (m.len() - 20) as u16;
+            set_len(&mut m, l);
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "wrong magic cookie",
+        {
+            let mut m = bind(x);
+            m[4] ^= 0x01;
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "RFC 3489 style (no cookie)",
+        {
+            let mut m = raw_bind(x, &good_body);
+            m[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+            m
+        },
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "type with the top bits 11 (not STUN)",
+        {
+            let mut m = bind(x);
+            m[0] |= 0xC0;
+            m
+        },
+        Req::NotStun,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "unknown method 0x00A",
+        raw_stun(0x000A, x, &good_body),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "unknown method 0xFFF",
+        raw_stun(0x3EEF, x, &good_body),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind as an indication",
+        raw_stun(0x0019, x, &good_body),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "Binding request",
+        build_request(BINDING, x, &[], None),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "unknown comprehension-required attribute (server says 420)",
+        raw_bind(
+            x,
+            &[attr(0x7777, &[1, 2, 3, 4]), good_body.clone()].concat(),
+        ),
+        Req::Recorded,
+        build_error_response(CHANNEL_BIND, x, 420),
+        "LEARN_ERROR",
+    );
+    let x = t();
+    push(
+        "unknown comprehension-optional attributes",
+        raw_bind(
+            x,
+            &[
+                attr(0xC001, &[9; 12]),
+                good_body.clone(),
+                attr(0xFFFF, &[1]),
+            ]
+            .concat(),
+        ),
+        Req::Recorded,
+        bind_ok(x),
+        "LEARN_CHANNEL",
+    );
+    let x = t();
+    push(
+        "CHANNEL-NUMBER twice (same value)",
+        raw_bind(x, &[a_chan(0x4001), a_chan(0x4001), a_peer(P1)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "CHANNEL-NUMBER twice (different)",
+        raw_bind(x, &[a_chan(0x4001), a_peer(P1), a_chan(0x4002)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "LIFETIME twice in a Refresh",
+        raw_stun(0x0004, x, &[a_life(600), a_life(0)].concat()),
+        Req::Malformed,
+        refresh_ok(x, 600),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "XOR-PEER-ADDRESS twice in a ChannelBind",
+        raw_bind(x, &[a_chan(0x4001), a_peer(P1), a_peer(P2)].concat()),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind without CHANNEL-NUMBER",
+        raw_bind(x, &a_peer(P1)),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind without XOR-PEER-ADDRESS",
+        raw_bind(x, &a_chan(0x4001)),
+        Req::Ignored,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "CreatePermission without XOR-PEER-ADDRESS",
+        raw_stun(0x0008, x, &attr(0x8022, b"none")),
+        Req::Ignored,
+        ok(CREATE_PERMISSION, x, &[]),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "XOR-PEER-ADDRESS family 3",
+        raw_bind(
+            x,
+            &[
+                a_chan(0x4001),
+                attr(0x0012, &{
+                    let mut v = xaddr(P1);
+                    v[1] = 3;
+                    v
+                }),
+            ]
+            .concat(),
+        ),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "XOR-PEER-ADDRESS family 2 with length 8",
+        raw_bind(
+            x,
+            &[
+                a_chan(0x4001),
+                attr(0x0012, &{
+                    let mut v = xaddr(P1);
+                    v[1] = 2;
+                    v
+                }),
+            ]
+            .concat(),
+        ),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let filler =
+        |n: usize| -> Vec<u8> { (0..n).flat_map(|i| attr(0x8022, &[i as u8; 4])).collect() };
+    let x = t();
+    push(
+        "24 attributes (the most we walk)",
+        raw_bind(x, &[good_body.clone(), filler(22)].concat()),
+        Req::Recorded,
+        bind_ok(x),
+        "LEARN_CHANNEL",
+    );
+    let x = t();
+    push(
+        "25 attributes (STUN_MAX_ATTRS + 1)",
+        raw_bind(x, &[good_body.clone(), filler(23)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "200 attributes",
+        raw_bind(x, &[good_body.clone(), filler(198)].concat()),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    // ADDITIONAL-ADDRESS-FAMILY: coturn 4.6.1 numbers it 0x8032, RFC 8656 0x8000
+    let x = t();
+    push(
+        "Allocate with 0x8032 IPv6 (coturn's ADDITIONAL-ADDRESS-FAMILY)",
+        req(
+            ALLOCATE,
+            x,
+            &[
+                Attr::RequestedTransport(17),
+                Attr::AdditionalAddressFamily(Family::V6),
+            ],
+        ),
+        Req::Recorded,
+        alloc_ok(x, R2),
+        "LEARN_ALLOC",
+    );
+    let x = t();
+    push(
+        "Allocate with 0x8000 IPv6 (RFC 8656's, ignored by coturn)",
+        req(
+            ALLOCATE,
+            x,
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Raw {
+                    typ: 0x8000,
+                    value: vec![2, 0, 0, 0],
+                },
+            ],
+        ),
+        Req::Recorded,
+        alloc_ok(x, R2),
+        "LEARN_ALLOC",
+    );
+    let x = t();
+    push(
+        "Allocate with 0x8032 of length 0",
+        req(
+            ALLOCATE,
+            x,
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Raw {
+                    typ: 0x8032,
+                    value: vec![],
+                },
+            ],
+        ),
+        Req::Recorded,
+        alloc_ok(x, R2),
+        "LEARN_ALLOC",
+    );
+    let x = t();
+    push(
+        "Allocate with 0x8032 family 0x7f, length 7",
+        req(
+            ALLOCATE,
+            x,
+            &[
+                Attr::RequestedTransport(17),
+                Attr::Raw {
+                    typ: 0x8032,
+                    value: vec![0x7f; 7],
+                },
+            ],
+        ),
+        Req::Recorded,
+        alloc_ok(x, R2),
+        "LEARN_ALLOC",
+    );
+    // Attributes after MESSAGE-INTEGRITY / FINGERPRINT: coturn acts on them (it walks every
+    // attribute, and for ChannelBind the last XOR-PEER-ADDRESS wins), so a request carrying
+    // state-changing attributes there must not be recorded at all.
+    let x = t();
+    push(
+        "ChannelBind: 2nd XOR-PEER-ADDRESS after MESSAGE-INTEGRITY",
+        insert_after_integrity(&bind(x), &a_peer(P2)),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind: CHANNEL-NUMBER after MESSAGE-INTEGRITY",
+        insert_after_integrity(
+            &req(CHANNEL_BIND, x, &[Attr::XorPeerAddress(P1.into())]),
+            &a_chan(0x4001),
+        ),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind: 2nd XOR-PEER-ADDRESS after a mid-message FINGERPRINT",
+        fingerprint_then(0x0009, x, &good_body, &a_peer(P2)),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind: peer after MESSAGE-INTEGRITY-SHA256",
+        raw_bind(
+            x,
+            &[a_chan(0x4001), attr(0x001C, &[0; 32]), a_peer(P1)].concat(),
+        ),
+        Req::Malformed,
+        bind_ok(x),
+        "LEARN_NO_PENDING",
+    );
+    let x = t();
+    push(
+        "ChannelBind: unknown attribute after MESSAGE-INTEGRITY (legal)",
+        insert_after_integrity(&bind(x), &attr(0x8022, b"sw")),
+        Req::Recorded,
+        bind_ok(x),
+        "LEARN_CHANNEL",
+    );
+    rows
+}
+
+fn response_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    // Allocate for C2 (C1 already has an allocation): request, a bad response, the good one.
+    let mut alloc = |name, bad: fn(TxId) -> Vec<u8>| {
+        let x = new_txid();
+        rows.push(Row::Response {
+            name,
+            client: C2,
+            request: alloc_req(x),
+            bad: bad(x),
+            good: alloc_ok(x, R2),
+            commits: "LEARN_ALLOC",
+        })
+    };
+    alloc("Allocate success truncated (length > payload)", |x| {
+        let m = alloc_ok(x, R2);
+        m[..m.len() - 12].to_vec()
+    });
+    alloc("Allocate success with trailing bytes", |x| {
+        let mut m = alloc_ok(x, R2);
+        m.extend_from_slice(&[0; 8]);
+        m
+    });
+    alloc("Allocate success, wrong magic cookie", |x| {
+        let mut m = alloc_ok(x, R2);
+        m[7] ^= 0x80;
+        m
+    });
+    alloc("Allocate success, attribute length past the end", |x| {
+        let mut m = raw_stun(0x0103, x, &[a_relay(R2), a_life(600)].concat());
+        m[22..24].copy_from_slice(&0x0400u16.to_be_bytes());
+        m
+    });
+    alloc("Allocate success, LIFETIME twice", |x| {
+        raw_stun(
+            0x0103,
+            x,
+            &[a_relay(R2), a_life(600), a_life(3600)].concat(),
+        )
+    });
+    alloc("Allocate success, zero-length LIFETIME", |x| {
+        raw_stun(0x0103, x, &[a_relay(R2), attr(0x000D, &[])].concat())
+    });
+    alloc("Allocate success, three XOR-RELAYED-ADDRESS", |x| {
+        raw_stun(
+            0x0103,
+            x,
+            &[a_relay(R2), a_relay(R2), a_relay(R2), a_life(600)].concat(),
+        )
+    });
+    alloc("Allocate success, odd-length XOR-RELAYED-ADDRESS", |x| {
+        raw_stun(
+            0x0103,
+            x,
+            &[attr(0x0016, &xaddr(R2)[..7]), a_life(600)].concat(),
+        )
+    });
+    alloc("Allocate success, relayed family 2 with 8 bytes", |x| {
+        let mut v = xaddr(R2);
+        v[1] = 2;
+        raw_stun(0x0103, x, &[attr(0x0016, &v), a_life(600)].concat())
+    });
+    alloc("Allocate success, 25 attributes", |x| {
+        let filler: Vec<u8> = (0..23).flat_map(|i| attr(0x8022, &[i as u8; 4])).collect();
+        raw_stun(0x0103, x, &[a_relay(R2), a_life(600), filler].concat())
+    });
+    alloc(
+        "Allocate success, message length not a multiple of 4",
+        |x| {
+            let mut m = raw_stun(0x0103, x, &[a_relay(R2), a_life(600)].concat());
+            m.extend_from_slice(&[0, 0]);
+            let l = (m.len() - 20) as u16;
+            set_len(&mut m, l);
+            m
+        },
+    );
+    alloc(
+        "Allocate success, 2nd LIFETIME after MESSAGE-INTEGRITY",
+        |x| insert_after_integrity(&alloc_ok(x, R2), &a_life(3600)),
+    );
+    alloc(
+        "Allocate success, XOR-RELAYED-ADDRESS after FINGERPRINT",
+        |x| fingerprint_then(0x0103, x, &a_life(600), &a_relay(R2)),
+    );
+    alloc("Allocate 'request' sent by the server", |x| {
+        raw_stun(0x0003, x, &[a_relay(R2), a_life(600)].concat())
+    });
+    alloc("Allocate success as an indication class", |x| {
+        raw_stun(0x0013, x, &[a_relay(R2), a_life(600)].concat())
+    });
+    let x = new_txid();
+    rows.push(Row::Response {
+        name: "ChannelBind success with trailing garbage",
+        client: C1,
+        request: bind_req(x, 0x4001, P1),
+        bad: {
+            let mut m = ok(CHANNEL_BIND, x, &[]);
+            m.push(0x42);
+            m
+        },
+        good: ok(CHANNEL_BIND, x, &[]),
+        commits: "LEARN_CHANNEL",
+    });
+    let x = new_txid();
+    rows.push(Row::Response {
+        name: "Refresh success, odd-length LIFETIME",
+        client: C1,
+        request: refresh_req(x, 0),
+        bad: raw_stun(0x0104, x, &attr(0x000D, &[0, 0, 0])),
+        good: refresh_ok(x, 0),
+        commits: "LEARN_DEALLOC",
+    });
+    let x = new_txid();
+    rows.push(Row::Response {
+        name: "CreatePermission success, wrong cookie",
+        client: C1,
+        request: req(CREATE_PERMISSION, x, &[Attr::XorPeerAddress(P1.into())]),
+        bad: {
+            let mut m = ok(CREATE_PERMISSION, x, &[]);
+            m[4] = 0;
+            m
+        },
+        good: ok(CREATE_PERMISSION, x, &[]),
+        commits: "LEARN_PERM",
+    });
+    rows
+}
+
+/// Run one row on fresh programs (C1 has an allocation on R1). Err explains what went wrong.
+fn run_row(net: &FibNet, row: &Row) -> Result<()> {
+    let p = Programs::load_for(net, &Config::default())?;
+    p.learn_allocation(net, C1, R1, 600)?;
+    let base = p.map_counts();
+    match row {
+        Row::Request {
+            client,
+            msg,
+            want,
+            response,
+            commits,
+            ..
+        } => {
+            let c0 = p.counters();
+            let frame = to_server(*client, msg);
+            let r = p.xdp(&frame, net.turn0)?;
+            ensure!(r.verdict == XDP_PASS, "verdict {}", r.verdict);
+            ensure!(
+                r.out == frame,
+                "request modified:\n{}",
+                hex_diff(&frame, &r.out)
+            );
+            let d = p.counters().since(&c0);
+            let counters: &[(&str, u64)] = match want {
+                Req::Malformed => &[("PASS_STUN", 1), ("STUN_MALFORMED", 1)],
+                Req::Ignored | Req::NotStun => &[("PASS_STUN", 1)],
+                Req::Recorded => &[("PASS_STUN", 1), ("PENDING_ADDED", 1)],
+            };
+            expect_delta(&d, counters).map_err(|e| anyhow!("request: {e}"))?;
+            let m = p.map_counts();
+            ensure!(
+                m.committed() == base.committed(),
+                "committed by a request: {m}"
+            );
+            let recorded = usize::from(*want == Req::Recorded);
+            ensure!(m.pending == base.pending + recorded, "pending: {m}");
+            // control: the server's answer commits exactly what the recorded request allows
+            let c0 = p.counters();
+            p.server_sends(*client, response)?;
+            let d = p.counters().since(&c0);
+            expect_delta(&d, &[(commits, 1)]).map_err(|e| anyhow!("response: {e}"))?;
+            if matches!(*commits, "LEARN_NO_PENDING" | "LEARN_ERROR") {
+                ensure!(
+                    p.map_counts().committed() == base.committed(),
+                    "committed: {}",
+                    p.map_counts()
+                );
+            }
+        }
+        Row::Response {
+            client,
+            request,
+            bad,
+            good,
+            commits,
+            ..
+        } => {
+            p.client_sends(net, *client, request)?;
+            let pending = p.map_counts();
+            let c0 = p.counters();
+            let frame = from_server(*client, bad);
+            let r = p.tc(&frame)?;
+            ensure!(r.verdict == TC_ACT_UNSPEC, "TC verdict {:#x}", r.verdict);
+            ensure!(
+                r.out == frame,
+                "response modified:\n{}",
+                hex_diff(&frame, &r.out)
+            );
+            let d = p.counters().since(&c0);
+            expect_delta(&d, &[]).map_err(|e| anyhow!("bad response: {e}"))?;
+            ensure!(
+                p.map_counts() == pending,
+                "maps changed: {}",
+                p.map_counts()
+            );
+            // control: the request is still pending and the real answer commits
+            let c0 = p.counters();
+            p.server_sends(*client, good)?;
+            let d = p.counters().since(&c0);
+            expect_delta(&d, &[(commits, 1)]).map_err(|e| anyhow!("good response: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn malformed_stun_table() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-abuse-stun").unwrap();
+    let _in = net.enter().unwrap();
+    let rows: Vec<Row> = request_rows().into_iter().chain(response_rows()).collect();
+    let n = rows.len();
+    let mut failed = Vec::new();
+    for row in &rows {
+        let (name, kind) = match row {
+            Row::Request { name, want, .. } => (*name, format!("XDP request: {want:?}")),
+            Row::Response { name, .. } => (*name, "TC response: ignored".to_string()),
+        };
+        match run_row(&net, row) {
+            Ok(()) => println!("ok    {name:<66} {kind}"),
+            Err(e) => {
+                println!("FAIL  {name}: {e:#}");
+                failed.push(name);
+            }
+        }
+    }
+    println!(
+        "{n} rows, {} passed, {} failed",
+        n - failed.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed: {failed:#?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Fuzzing: mutated packets against an independent oracle.
+
+#[derive(Debug, Clone, Copy)]
+enum LenField {
+    IpTot,
+    Udp,
+    /// Bytes 2..4 of the UDP payload: the STUN message length or the ChannelData length.
+    Stun,
+    /// The length of the n-th attribute.
+    Attr(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    FlipBit { at: usize, bit: u8 },
+    SetByte { at: usize, val: u8 },
+    Truncate { keep: usize },
+    Append(Vec<u8>),
+    SetLen { which: LenField, val: u16 },
+    AddLen { which: LenField, delta: i16 },
+    InsertAttr { at: usize, typ: u16, value: Vec<u8> },
+    DupAttr { idx: usize },
+    DropAttr { idx: usize },
+}
+
+/// After the mutations: leave the frame as it is, or make IP/UDP lengths (and checksums)
+/// consistent again so the deeper checks get exercised.
+#[derive(Debug, Clone, Copy)]
+enum Fixup {
+    None,
+    Lengths,
+    LengthsAndChecksums,
+}
+
+const UDP_PAYLOAD: usize = 42;
+
+fn u16_at(f: &[u8], at: usize) -> Option<u16> {
+    f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn put_u16(f: &mut [u8], at: usize, v: u16) {
+    if let Some(b) = f.get_mut(at..at + 2) {
+        b.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn len_field_offset(f: &[u8], which: LenField) -> Option<usize> {
+    Some(match which {
+        LenField::IpTot => 16,
+        LenField::Udp => 38,
+        LenField::Stun => UDP_PAYLOAD + 2,
+        LenField::Attr(n) => {
+            let m = f.get(UDP_PAYLOAD..)?;
+            let a = attrs_of(m);
+            if a.is_empty() {
+                return None;
+            }
+            UDP_PAYLOAD + a[n % a.len()].0 + 2
+        }
+    })
+}
+
+/// Apply `op` to the STUN message in the UDP payload (if there is one) and fix its length.
+fn edit_attrs(f: &mut Vec<u8>, op: impl FnOnce(&mut Vec<u8>, &[(usize, u16, usize)])) {
+    if f.len() < UDP_PAYLOAD + 20 {
+        return;
+    }
+    let mut m = f[UDP_PAYLOAD..].to_vec();
+    let a = attrs_of(&m);
+    op(&mut m, &a);
+    let l = (m.len() - 20) as u16;
+    set_len(&mut m, l);
+    f.truncate(UDP_PAYLOAD);
+    f.extend_from_slice(&m);
+}
+
+fn apply(frame: &[u8], muts: &[Mutation], fix: Fixup) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    for m in muts {
+        let n = f.len();
+        match m {
+            Mutation::FlipBit { at, bit } => f[at % n] ^= 1 << bit,
+            Mutation::SetByte { at, val } => f[at % n] = *val,
+            // keep at least the Ethernet header: BPF_PROG_TEST_RUN refuses less
+            Mutation::Truncate { keep } => f.truncate(14 + keep % (n - 13)),
+            Mutation::Append(b) => f.extend_from_slice(b),
+            Mutation::SetLen { which, val } => {
+                if let Some(o) = len_field_offset(&f, *which) {
+                    put_u16(&mut f, o, *val);
+                }
+            }
+            Mutation::AddLen { which, delta } => {
+                if let Some(o) = len_field_offset(&f, *which) {
+                    if let Some(v) = u16_at(&f, o) {
+                        put_u16(&mut f, o, v.wrapping_add_signed(*delta));
+                    }
+                }
+            }
+            Mutation::InsertAttr { at, typ, value } => edit_attrs(&mut f, |m, a| {
+                let pos = if a.is_empty() {
+                    m.len()
+                } else {
+                    a[at % a.len()].0
+                };
+                let pos = pos.min(m.len());
+                let new = attr(*typ, value);
+                m.splice(pos..pos, new);
+            }),
+            Mutation::DupAttr { idx } => edit_attrs(&mut f, |m, a| {
+                if let Some(&(o, _, l)) = a.get(idx % a.len().max(1)) {
+                    let end = (o + 4 + l.div_ceil(4) * 4).min(m.len());
+                    let copy = m[o..end].to_vec();
+                    m.splice(end..end, copy);
+                }
+            }),
+            Mutation::DropAttr { idx } => edit_attrs(&mut f, |m, a| {
+                if let Some(&(o, _, l)) = a.get(idx % a.len().max(1)) {
+                    let end = (o + 4 + l.div_ceil(4) * 4).min(m.len());
+                    m.drain(o..end);
+                }
+            }),
+        }
+    }
+    // (a non-frags XDP program never sees more in one frame; see XDP_MAX_LINEAR_FRAME)
+    f.truncate(XDP_MAX_LINEAR_FRAME);
+    if !matches!(fix, Fixup::None) && f.len() >= 42 && f[12..14] == [0x08, 0x00] {
+        let tot = (f.len() - 14) as u16;
+        put_u16(&mut f, 16, tot);
+        put_u16(&mut f, 38, tot.wrapping_sub(20));
+        if matches!(fix, Fixup::LengthsAndChecksums) && (f[14] & 0x0f) == 5 {
+            let c = ipv4_checksum(&f[14..34]);
+            put_u16(&mut f, 24, c);
+            if f[40..42] != [0, 0] {
+                let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+                let c = udp4_checksum(src, dst, &f[34..]);
+                put_u16(&mut f, 40, c);
+            }
+        }
+    }
+    f
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let len_field = prop_oneof![
+        Just(LenField::IpTot),
+        Just(LenField::Udp),
+        Just(LenField::Stun),
+        any::<usize>().prop_map(LenField::Attr),
+    ];
+    let attr_type = prop_oneof![
+        Just(0x000Cu16),
+        Just(0x000D),
+        Just(0x0012),
+        Just(0x0016),
+        Just(0x0017),
+        Just(0x8032),
+        Just(0x8000),
+        Just(0x0008),
+        Just(0x001C),
+        Just(0x8028),
+        any::<u16>(),
+    ];
+    prop_oneof![
+        4 => (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(at, val)| Mutation::SetByte { at, val }),
+        1 => any::<usize>().prop_map(|keep| Mutation::Truncate { keep }),
+        1 => vec(any::<u8>(), 1..40).prop_map(Mutation::Append),
+        2 => (len_field.clone(), any::<u16>()).prop_map(|(which, val)| Mutation::SetLen { which, val }),
+        3 => (len_field, -8i16..=8).prop_map(|(which, delta)| Mutation::AddLen { which, delta }),
+        3 => (any::<usize>(), attr_type, vec(any::<u8>(), 0..24))
+            .prop_map(|(at, typ, value)| Mutation::InsertAttr { at, typ, value }),
+        1 => any::<usize>().prop_map(|idx| Mutation::DupAttr { idx }),
+        1 => any::<usize>().prop_map(|idx| Mutation::DropAttr { idx }),
+    ]
+}
+
+fn fixup() -> impl Strategy<Value = Fixup> {
+    prop_oneof![
+        2 => Just(Fixup::None),
+        1 => Just(Fixup::Lengths),
+        3 => Just(Fixup::LengthsAndChecksums),
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dev {
+    Turn0,
+    Relay0,
+}
+
+/// The channels installed for the oracle phase: (client, relay, peer, channel, egress MTU).
+const BOUND: [(SocketAddrV4, SocketAddrV4, SocketAddrV4, u16); 2] =
+    [(C1, R1, P1, 0x4000), (C2, R2, PT, 0x4001)];
+
+/// What the fast path must do with `f` arriving on `dev`, derived from the frame alone.
+#[derive(Debug)]
+enum Expect {
+    Pass,
+    Relay {
+        verdict: u32,
+        /// The expected frame; its UDP checksum field is checked separately.
+        out: Vec<u8>,
+    },
+}
+
+fn oracle(f: &[u8], dev: Dev, bound: bool) -> Expect {
+    if !bound || f.len() < 42 || f[12..14] != [0x08, 0x00] {
+        return Expect::Pass;
+    }
+    let ip = &f[14..];
+    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
+    if ip[0] != 0x45 || ip[9] != 17 || frag != 0 {
+        return Expect::Pass;
+    }
+    let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let udp_len = usize::from(u16::from_be_bytes([ip[24], ip[25]]));
+    if tot < 28 || 14 + tot > f.len() || udp_len != tot - 20 {
+        return Expect::Pass;
+    }
+    let ttl = ip[8];
+    let src = SocketAddrV4::new(
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        u16::from_be_bytes([ip[20], ip[21]]),
+    );
+    let dst = SocketAddrV4::new(
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        u16::from_be_bytes([ip[22], ip[23]]),
+    );
+    let payload = &f[42..14 + tot];
+    let ingress = dev;
+    let build =
+        |eth_src: [u8; 6], eth_dst: [u8; 6], from: SocketAddrV4, to: SocketAddrV4, data: &[u8]| {
+            let mut o = Udp4Frame::new(eth_src, eth_dst, from, to, data);
+            o.tos = ip[1];
+            o.id = u16::from_be_bytes([ip[4], ip[5]]);
+            o.df = ip[6] & 0x40 != 0;
+            o.ttl = ttl.wrapping_sub(1);
+            o.udp_check = UdpCheck::Raw(0);
+            let mut b = o.build();
+            // the flags word is copied whole, reserved bit included (as forwarding does)
+            b[20] = (b[20] & 0x1f) | (ip[6] & 0xe0);
+            let c = ipv4_checksum(&b[14..34]);
+            b[24..26].copy_from_slice(&c.to_be_bytes());
+            b
+        };
+    if dst.port() == TURN_PORT {
+        if payload.is_empty() || payload[0] & 0xC0 != 0x40 || payload.len() < 4 {
+            return Expect::Pass;
+        }
+        let chan = u16::from_be_bytes([payload[0], payload[1]]);
+        let dlen = usize::from(u16::from_be_bytes([payload[2], payload[3]]));
+        if dlen == 0 || dlen > 16384 || 4 + dlen > payload.len() || payload.len() - 4 - dlen > 3 {
+            return Expect::Pass;
+        }
+        let Some(&(_, relay, peer, _)) = BOUND
+            .iter()
+            .find(|(c, _, _, ch)| *c == src && dst == SERVER_EP && *ch == chan)
+        else {
+            return Expect::Pass;
+        };
+        if ttl <= 1 {
+            return Expect::Pass;
+        }
+        let (peer_mac, egress, mtu) = if *peer.ip() == PEER_ON_TURN0 {
+            (PEER_ON_TURN0_MAC, Dev::Turn0, TURN0_MTU)
+        } else {
+            (PEER_MAC, Dev::Relay0, RELAY0_MTU)
+        };
+        if 28 + dlen > usize::from(mtu) {
+            return Expect::Pass;
+        }
+        let egress_mac = if egress == Dev::Turn0 {
+            TURN0_MAC
+        } else {
+            RELAY0_MAC
+        };
+        return Expect::Relay {
+            verdict: if egress == ingress {
+                XDP_TX
+            } else {
+                XDP_REDIRECT
+            },
+            out: build(egress_mac, peer_mac, relay, peer, &payload[4..4 + dlen]),
+        };
+    }
+    if let Some(&(client, relay, _, chan)) =
+        BOUND.iter().find(|(_, r, p, _)| *p == src && *r == dst)
+    {
+        if payload.is_empty() || ttl <= 1 || 32 + payload.len() > usize::from(TURN0_MTU) {
+            return Expect::Pass;
+        }
+        let _ = relay;
+        return Expect::Relay {
+            verdict: if ingress == Dev::Turn0 {
+                XDP_TX
+            } else {
+                XDP_REDIRECT
+            },
+            out: build(
+                TURN0_MAC,
+                CLIENT_MAC,
+                SERVER_EP,
+                client,
+                &channel_data(chan, payload, 0, 0),
+            ),
+        };
+    }
+    Expect::Pass
+}
+
+/// The one's complement sum (mod 0xffff, 0xffff as 0) of a frame's pseudo-header and UDP
+/// datagram, checksum field included: what an incremental rewrite must preserve.
+fn udp_residue(f: &[u8]) -> u16 {
+    let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    match udp4_sum(src, dst, &f[34..14 + tot]) {
+        0xffff => 0,
+        s => s,
+    }
+}
+
+struct Seed {
+    name: &'static str,
+    frame: Vec<u8>,
+    dev: Dev,
+}
+
+fn client_seeds() -> Vec<Seed> {
+    let mut s = Vec::new();
+    let cd = |c: SocketAddrV4, chan: u16, len: usize, pad: usize| {
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 + 7) as u8).collect();
+        to_server(c, &channel_data(chan, &data, pad, 0x5a))
+    };
+    for (len, pad) in [
+        (1, 0),
+        (1, 3),
+        (7, 1),
+        (64, 0),
+        (100, 2),
+        (1172, 0),
+        (1173, 0),
+    ] {
+        s.push(Seed {
+            name: "ChannelData A",
+            frame: cd(C1, 0x4000, len, pad),
+            dev: Dev::Turn0,
+        });
+    }
+    s.push(Seed {
+        name: "ChannelData T",
+        frame: cd(C2, 0x4001, 300, 1),
+        dev: Dev::Turn0,
+    });
+    s.push(Seed {
+        name: "ChannelData unbound",
+        frame: cd(C1, 0x4abc, 40, 0),
+        dev: Dev::Turn0,
+    });
+    s.push(Seed {
+        name: "ChannelData A, checksum 0",
+        frame: {
+            let mut f = Udp4Frame::new(
+                CLIENT_MAC,
+                TURN0_MAC,
+                C1,
+                SERVER_EP,
+                &channel_data(0x4000, &[1; 33], 3, 0),
+            );
+            f.udp_check = UdpCheck::Zero;
+            f.build()
+        },
+        dev: Dev::Turn0,
+    });
+    let t = new_txid;
+    for (name, m) in [
+        (
+            "Allocate",
+            req(
+                ALLOCATE,
+                t(),
+                &[Attr::RequestedTransport(17), Attr::Lifetime(600)],
+            ),
+        ),
+        (
+            "Allocate dual",
+            req(
+                ALLOCATE,
+                t(),
+                &[
+                    Attr::RequestedTransport(17),
+                    Attr::AdditionalAddressFamily(Family::V6),
+                ],
+            ),
+        ),
+        ("ChannelBind", bind_req(t(), 0x4000, P1)),
+        (
+            "CreatePermission",
+            req(
+                CREATE_PERMISSION,
+                t(),
+                &[
+                    Attr::XorPeerAddress(P1.into()),
+                    Attr::XorPeerAddress(P2.into()),
+                ],
+            ),
+        ),
+        ("Refresh", refresh_req(t(), 600)),
+        ("Refresh 0", refresh_req(t(), 0)),
+        ("Binding", build_request(BINDING, t(), &[], None)),
+        ("forged Allocate success", alloc_ok(t(), R1)),
+        ("forged ChannelBind success", ok(CHANNEL_BIND, t(), &[])),
+        (
+            "raw ChannelBind",
+            raw_stun(0x0009, t(), &[a_chan(0x4000), a_peer(P1)].concat()),
+        ),
+    ] {
+        s.push(Seed {
+            name,
+            frame: to_server(C1, &m),
+            dev: Dev::Turn0,
+        });
+    }
+    s
+}
+
+fn peer_seeds() -> Vec<Seed> {
+    let mut s = Vec::new();
+    for len in [1usize, 2, 100, 1172] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+        s.push(Seed {
+            name: "peer A",
+            frame: udp4(PEER_MAC, RELAY0_MAC, P1, R1, 64, &data),
+            dev: Dev::Relay0,
+        });
+    }
+    s.push(Seed {
+        name: "peer A, checksum 0",
+        frame: {
+            let mut f = Udp4Frame::new(PEER_MAC, RELAY0_MAC, P1, R1, &[7; 50]);
+            f.udp_check = UdpCheck::Zero;
+            f.build()
+        },
+        dev: Dev::Relay0,
+    });
+    s.push(Seed {
+        name: "peer T",
+        frame: udp4(PEER_ON_TURN0_MAC, TURN0_MAC, PT, R2, 64, &[9; 1468]),
+        dev: Dev::Turn0,
+    });
+    s.push(Seed {
+        name: "unbound peer",
+        frame: udp4(PEER_MAC, RELAY0_MAC, P2, R1, 64, &[1; 20]),
+        dev: Dev::Relay0,
+    });
+    s
+}
+
+/// Responses (server -> C1) with the requests that make them commit.
+fn server_seeds() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let t = new_txid;
+    let (a, b, c, d, e, f, g) = (t(), t(), t(), t(), t(), t(), t());
+    vec![
+        (alloc_req(a), alloc_ok(a, R1)),
+        (
+            req(
+                ALLOCATE,
+                b,
+                &[
+                    Attr::RequestedTransport(17),
+                    Attr::AdditionalAddressFamily(Family::V6),
+                ],
+            ),
+            ok(
+                ALLOCATE,
+                b,
+                &[
+                    Attr::XorRelayedAddress(R1.into()),
+                    Attr::XorRelayedAddress("[2001:db8:2::1]:50002".parse().unwrap()),
+                    Attr::Lifetime(600),
+                ],
+            ),
+        ),
+        (bind_req(c, 0x4000, P1), ok(CHANNEL_BIND, c, &[])),
+        (
+            req(
+                CREATE_PERMISSION,
+                d,
+                &[
+                    Attr::XorPeerAddress(P1.into()),
+                    Attr::XorPeerAddress(P2.into()),
+                ],
+            ),
+            ok(CREATE_PERMISSION, d, &[]),
+        ),
+        (refresh_req(e, 600), refresh_ok(e, 600)),
+        (refresh_req(f, 0), refresh_ok(f, 0)),
+        (
+            bind_req(g, 0x4002, P2),
+            build_error_response(CHANNEL_BIND, g, 403),
+        ),
+    ]
+}
+
+fn cases(default: u32) -> u32 {
+    let scale: f64 = std::env::var("TBT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(1.0, |n| n / 500_000.0);
+    ((f64::from(default) * scale) as u32).max(1)
+}
+
+fn pt_config(n: u32) -> PtConfig {
+    PtConfig {
+        cases: n,
+        failure_persistence: None,
+        max_shrink_iters: 2000,
+        ..PtConfig::default()
+    }
+}
+
+/// XDP only, with nothing installed: every packet is passed unmodified and nothing is ever
+/// committed; then the same with two channels installed, every verdict and every relayed byte
+/// checked against the oracle, and the committed maps unchanged.
+#[test]
+fn fuzz_xdp_mutated_packets() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-abuse-fuzz-xdp").unwrap();
+    let _in = net.enter().unwrap();
+    let seeds: Vec<Seed> = client_seeds().into_iter().chain(peer_seeds()).collect();
+    let strategy = (0..seeds.len(), vec(mutation(), 0..5), fixup());
+    let t0 = Instant::now();
+    let mut total = 0u64;
+
+    for bound in [false, true] {
+        let p = Programs::load_for(&net, &Config::default()).unwrap();
+        if bound {
+            for (c, r, peer, ch) in BOUND {
+                p.install_channel(c, r, peer, ch, 3600).unwrap();
+            }
+        }
+        let before = p.map_counts();
+        let c0 = p.counters();
+        let tried = Cell::new(0u64);
+        let relayed = Cell::new(0u64);
+        let bad_ip_csum = Cell::new(0u64);
+        let n = cases(if bound { 300_000 } else { 100_000 });
+        let mut runner = TestRunner::new(pt_config(n));
+        let result = runner.run(&strategy, |(i, muts, fix)| {
+            let seed = &seeds[i];
+            let frame = apply(&seed.frame, &muts, fix);
+            let ifindex = if seed.dev == Dev::Turn0 {
+                net.turn0
+            } else {
+                net.relay0
+            };
+            let r = p
+                .xdp(&frame, ifindex)
+                .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            tried.set(tried.get() + 1);
+            match oracle(&frame, seed.dev, bound) {
+                Expect::Pass => {
+                    prop_assert_eq!(r.verdict, XDP_PASS, "seed {}: not passed", seed.name);
+                    prop_assert!(
+                        r.out == frame,
+                        "seed {}: passed frame modified\n{}",
+                        seed.name,
+                        hex_diff(&frame, &r.out)
+                    );
+                }
+                Expect::Relay { verdict, out } => {
+                    relayed.set(relayed.get() + 1);
+                    if ipv4_checksum(&frame[14..34]) != u16::from_be_bytes([frame[24], frame[25]]) {
+                        // relayed although the kernel would drop it (see the report)
+                        bad_ip_csum.set(bad_ip_csum.get() + 1);
+                    }
+                    prop_assert_eq!(r.verdict, verdict, "seed {}: verdict", seed.name);
+                    let mut got = r.out.clone();
+                    prop_assert_eq!(got.len(), out.len(), "seed {}: length", seed.name);
+                    let check = [got[40], got[41]];
+                    got[40] = 0;
+                    got[41] = 0;
+                    prop_assert!(
+                        got == out,
+                        "seed {}: relayed bytes\n{}",
+                        seed.name,
+                        hex_diff(&out, &got)
+                    );
+                    let in_check = [frame[40], frame[41]];
+                    if in_check == [0, 0] {
+                        prop_assert_eq!(check, [0, 0], "checksum 0 must stay 0");
+                    } else {
+                        prop_assert!(check != [0, 0], "a computed 0 must be sent as 0xFFFF");
+                        prop_assert_eq!(
+                            udp_residue(&r.out),
+                            udp_residue(&frame),
+                            "the UDP checksum must carry the input's residue unchanged"
+                        );
+                    }
+                    // the IP header checksum is computed afresh
+                    prop_assert_eq!(
+                        ipv4_checksum(&r.out[14..34]),
+                        u16::from_be_bytes([r.out[24], r.out[25]]),
+                        "IP header checksum"
+                    );
+                }
+            }
+            Ok(())
+        });
+        let d = p.counters().since(&c0);
+        let after = p.map_counts();
+        total += tried.get();
+        println!(
+            "fuzz XDP ({}): {} packets tried, {} relayed ({} of them with a bad IPv4 header \
+             checksum in, a valid one out), maps at end: {after}\n{}",
+            if bound {
+                "2 channels installed"
+            } else {
+                "nothing installed"
+            },
+            tried.get(),
+            relayed.get(),
+            bad_ip_csum.get(),
+            d.render()
+        );
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        assert_eq!(
+            after.committed(),
+            before.committed(),
+            "client-side packets committed state"
+        );
+        for c in [
+            "LEARN_ALLOC",
+            "LEARN_REFRESH",
+            "LEARN_DEALLOC",
+            "LEARN_PERM",
+            "LEARN_CHANNEL",
+            "STATE_FULL",
+            "ABORTED",
+        ] {
+            assert_eq!(d.get(c), 0, "{c} moved with XDP alone");
+        }
+        if !bound {
+            assert_eq!(after.committed(), (0, 0, 0, 0));
+            assert_eq!(d.get("CLI2REM") + d.get("REM2CLI"), 0);
+        }
+    }
+    println!(
+        "fuzz XDP: {total} packets in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Mutated server responses through TC (each after its real request through XDP): TC never
+/// changes or drops a packet, and whatever gets committed has a local relayed address.
+#[test]
+fn fuzz_tc_mutated_responses() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-abuse-fuzz-tc").unwrap();
+    let _in = net.enter().unwrap();
+    let p = Programs::load_for(&net, &Config::default()).unwrap();
+    let seeds: Vec<(Vec<u8>, Vec<u8>)> = server_seeds()
+        .into_iter()
+        .map(|(q, r)| (to_server(C1, &q), from_server(C1, &r)))
+        .collect();
+    let strategy = (
+        0..seeds.len(),
+        vec(mutation(), 0..5),
+        fixup(),
+        any::<bool>(),
+    );
+    let t0 = Instant::now();
+    let c0 = p.counters();
+    let tried = Cell::new(0u64);
+    let mut runner = TestRunner::new(pt_config(cases(100_000)));
+    let result = runner.run(&strategy, |(i, muts, fix, relearn)| {
+        let (q, resp) = &seeds[i];
+        if relearn {
+            // keep an allocation around so ChannelBind/CreatePermission can commit
+            p.learn_allocation(&net, C1, R1, 600)
+                .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            tried.set(tried.get() + 2);
+        }
+        let r = p
+            .xdp(q, net.turn0)
+            .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        prop_assert_eq!(r.verdict, XDP_PASS);
+        prop_assert!(r.out == *q);
+        let frame = apply(resp, &muts, fix);
+        // BPF_PROG_TEST_RUN (tc) refuses an IPv4/IPv6 frame without a whole IP header: such an
+        // skb never reaches TC egress
+        let runt = match frame[12..14] {
+            [0x08, 0x00] => frame.len() < 34,
+            [0x86, 0xdd] => frame.len() < 54,
+            _ => false,
+        };
+        if runt {
+            return Ok(());
+        }
+        let r = p
+            .tc(&frame)
+            .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        tried.set(tried.get() + 2);
+        prop_assert_eq!(r.verdict, TC_ACT_UNSPEC, "TC verdict");
+        prop_assert!(
+            r.out == frame,
+            "TC modified a packet\n{}",
+            hex_diff(&frame, &r.out)
+        );
+        Ok(())
+    });
+    let d = p.counters().since(&c0);
+    println!(
+        "fuzz TC: {} packets tried in {:.1} s, maps at end: {}\n{}",
+        tried.get(),
+        t0.elapsed().as_secs_f64(),
+        p.map_counts(),
+        d.render()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert_eq!(d.get("ABORTED"), 0);
+    // every committed allocation's relayed addresses are local (SERVER and RELAY here)
+    for k in p.skel.maps.allocs.keys() {
+        let v = p
+            .skel
+            .maps
+            .allocs
+            .lookup(&k, MapFlags::ANY)
+            .unwrap()
+            .unwrap();
+        let a: turn_bpf::skel::types::tb_alloc = state::from_bytes(&v);
+        for r in &a.relay {
+            if let Some(s) = state::sockaddr(r) {
+                let local = [SERVER.into(), RELAY.into()];
+                assert!(
+                    local.contains(&s.ip()),
+                    "non-local relayed address committed: {s}"
+                );
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Floods and full maps.
+
+/// 100,000 requests with random transaction IDs through XDP: the pending map stays within its
+/// bound, a binding learned before still relays, and learning still works afterwards.
+#[test]
+fn flood_random_transactions() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-abuse-flood").unwrap();
+    let _in = net.enter().unwrap();
+    let p = Programs::load_for(&net, &Config::default()).unwrap();
+    let bound = p.skel.maps.pending.max_entries() as usize;
+    p.learn_allocation(&net, C1, R1, 600).unwrap();
+    p.learn_channel(&net, C1, P1, 0x4001).unwrap();
+    p.expect_cli2rem(&net, C1, 0x4001, R1, P1, b"before")
+        .unwrap();
+    // a legitimate request in flight when the flood starts
+    let early = new_txid();
+    p.client_sends(&net, C2, &alloc_req(early)).unwrap();
+
+    let t0 = Instant::now();
+    let c0 = p.counters();
+    let n = 100_000u32;
+    let mut max_pending = 0;
+    let mut rng = proptest::test_runner::TestRng::deterministic_rng(
+        proptest::test_runner::RngAlgorithm::ChaCha,
+    );
+    for i in 0..n {
+        let mut txid = [0u8; 12];
+        rng.fill_bytes(&mut txid);
+        let port = 1024 + (rng.next_u32() % 60000) as u16;
+        let client = if i % 10 == 0 {
+            C1
+        } else {
+            SocketAddrV4::new(CLIENT, port)
+        };
+        let msg = match i % 4 {
+            0 => alloc_req(txid),
+            1 => bind_req(txid, 0x4000 + (i % 0x3fff) as u16, P2),
+            2 => raw_stun(0x0008, txid, &[a_peer(P1), a_peer(P2)].concat()),
+            _ => raw_stun(0x0004, txid, &a_life(600)),
+        };
+        let frame = to_server(client, &msg);
+        let r = p.xdp(&frame, net.turn0).unwrap();
+        assert_eq!(r.verdict, XDP_PASS);
+        assert!(r.out == frame, "flood packet {i} modified");
+        if i % 10_000 == 9_999 {
+            let m = p.map_counts();
+            max_pending = max_pending.max(m.pending);
+            assert!(m.pending <= bound, "pending {} > bound {bound}", m.pending);
+            assert_eq!(
+                m.committed(),
+                (1, 1, 1, 1),
+                "the flood committed state: {m}"
+            );
+        }
+    }
+    let elapsed = t0.elapsed();
+    let d = p.counters().since(&c0);
+    assert_eq!(d.get("PASS_STUN"), u64::from(n));
+    assert_eq!(d.get("STUN_MALFORMED"), 0);
+    for c in [
+        "LEARN_ALLOC",
+        "LEARN_CHANNEL",
+        "LEARN_PERM",
+        "LEARN_REFRESH",
+        "STATE_FULL",
+    ] {
+        assert_eq!(d.get(c), 0, "{c}");
+    }
+    // the binding learned before still relays both ways
+    p.expect_cli2rem(&net, C1, 0x4001, R1, P1, b"after the flood")
+        .unwrap();
+    p.expect_rem2cli(&net, P1, R1, C1, 0x4001, b"after the flood")
+        .unwrap();
+    // the request in flight may have been evicted (LRU): its answer then commits nothing
+    let c1 = p.counters();
+    p.server_sends(C2, &alloc_ok(early, R2)).unwrap();
+    let e = p.counters().since(&c1);
+    let early_fate = if e.get("LEARN_ALLOC") == 1 {
+        "still pending"
+    } else {
+        "evicted"
+    };
+    assert_eq!(e.get("LEARN_ALLOC") + e.get("LEARN_NO_PENDING"), 1);
+    // and learning works after the flood
+    let c3 = SocketAddrV4::new(CLIENT, 40002);
+    let r3 = SocketAddrV4::new(RELAY, 50002);
+    p.learn_allocation(&net, c3, r3, 600).unwrap();
+    p.learn_channel(&net, c3, P2, 0x4002).unwrap();
+    p.expect_cli2rem(&net, c3, 0x4002, r3, P2, b"new").unwrap();
+    let m = p.map_counts();
+    println!(
+        "flood: {n} requests in {:.2} s ({:.0} k/s); pending bound {bound}, max seen {max_pending}; \
+         request in flight before the flood: {early_fate}; maps at end: {m}\n{}",
+        elapsed.as_secs_f64(),
+        f64::from(n) / elapsed.as_secs_f64() / 1000.0,
+        d.render()
+    );
+    assert!(m.pending <= bound);
+}
+
+/// Committed maps shrunk (allocs 4, channels 4, permissions 6) and filled through real
+/// exchanges: further grants are counted STATE_FULL and leave no partial state, refreshes of
+/// what is there still work, and every existing channel keeps relaying.
+#[test]
+fn flood_full_state_maps() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-abuse-full").unwrap();
+    let _in = net.enter().unwrap();
+    let cfg = Config {
+        limits: MapLimits {
+            allocs: Some(4),
+            chans: Some(4),
+            perms: Some(6),
+            pending: Some(64),
+        },
+        ..Config::default()
+    };
+    let p = Programs::load_for(&net, &cfg).unwrap();
+    let run = || -> Result<()> {
+        let client = |i: u16| SocketAddrV4::new(CLIENT, 41000 + i);
+        let relay = |i: u16| SocketAddrV4::new(RELAY, 51000 + i);
+        let peer = |i: u16| SocketAddrV4::new(PEER, 6100 + i);
+        for i in 0..4 {
+            p.learn_allocation(&net, client(i), relay(i), 600)?;
+            p.learn_channel(&net, client(i), peer(i), 0x4000 + i)?;
+        }
+        let full = p.map_counts();
+        ensure!(full.committed() == (4, 4, 4, 4), "filled: {full}");
+        let step = |what: &str, want: &[(&str, u64)], f: &dyn Fn() -> Result<()>| -> Result<()> {
+            let c0 = p.counters();
+            f().with_context(|| what.to_string())?;
+            let d = p.counters().since(&c0);
+            expect_delta(&d, want).map_err(|e| anyhow!("{what}: {e}"))
+        };
+        let pass_stun = ("PASS_STUN", 1);
+        let added = ("PENDING_ADDED", 1);
+        // a 5th allocation does not fit
+        let x = new_txid();
+        step(
+            "5th Allocate",
+            &[pass_stun, added, ("STATE_FULL", 1)],
+            &|| p.exchange(&net, client(4), &alloc_req(x), &alloc_ok(x, relay(4))),
+        )?;
+        ensure!(
+            p.allocation(client(4), SERVER_EP).is_none(),
+            "5th allocation committed"
+        );
+        ensure!(
+            !p.relay_port_marked(relay(4).port()),
+            "relay port of a refused allocation marked"
+        );
+        // a 5th channel does not fit, and leaves nothing behind
+        let x = new_txid();
+        step(
+            "5th ChannelBind",
+            &[pass_stun, added, ("STATE_FULL", 1)],
+            &|| {
+                p.exchange(
+                    &net,
+                    client(0),
+                    &bind_req(x, 0x4100, P2),
+                    &ok(CHANNEL_BIND, x, &[]),
+                )
+            },
+        )?;
+        ensure!(
+            p.channel(client(0), SERVER_EP, 0x4100).is_none(),
+            "5th channel (client side)"
+        );
+        ensure!(
+            p.peer_channel(P2, relay(0)).is_none(),
+            "5th channel (peer side)"
+        );
+        ensure!(
+            p.permission(relay(0), PEER).is_some(),
+            "existing permission gone"
+        );
+        ensure!(
+            p.map_counts() == full,
+            "maps after refused grants: {}",
+            p.map_counts()
+        );
+        // refreshing an existing channel on a full map works
+        let x = new_txid();
+        step(
+            "ChannelBind refresh",
+            &[pass_stun, added, ("LEARN_CHANNEL", 1)],
+            &|| {
+                p.exchange(
+                    &net,
+                    client(1),
+                    &bind_req(x, 0x4001, peer(1)),
+                    &ok(CHANNEL_BIND, x, &[]),
+                )
+            },
+        )?;
+        // permissions: 4 used of 6, a request for 4 more peers gets 2
+        let more: Vec<Attr> = (0..4u8)
+            .map(|i| {
+                Attr::XorPeerAddress(SocketAddr::from((Ipv4Addr::new(198, 51, 100, 50 + i), 1)))
+            })
+            .collect();
+        let x = new_txid();
+        step(
+            "CreatePermission x4 with room for 2",
+            &[pass_stun, added, ("LEARN_PERM", 2), ("STATE_FULL", 2)],
+            &|| {
+                p.exchange(
+                    &net,
+                    client(2),
+                    &req(CREATE_PERMISSION, x, &more),
+                    &ok(CREATE_PERMISSION, x, &[]),
+                )
+            },
+        )?;
+        // refreshing an allocation works
+        let x = new_txid();
+        step(
+            "Refresh",
+            &[pass_stun, added, ("LEARN_REFRESH", 1)],
+            &|| p.exchange(&net, client(3), &refresh_req(x, 1200), &refresh_ok(x, 1200)),
+        )?;
+        for i in 0..4 {
+            p.expect_cli2rem(
+                &net,
+                client(i),
+                0x4000 + i,
+                relay(i),
+                peer(i),
+                b"still here",
+            )?;
+            p.expect_rem2cli(
+                &net,
+                peer(i),
+                relay(i),
+                client(i),
+                0x4000 + i,
+                b"still here",
+            )?;
+        }
+        // a deallocation makes room
+        let x = new_txid();
+        step(
+            "Refresh 0",
+            &[pass_stun, added, ("LEARN_DEALLOC", 1)],
+            &|| p.exchange(&net, client(0), &refresh_req(x, 0), &refresh_ok(x, 0)),
+        )?;
+        let x = new_txid();
+        step(
+            "5th Allocate after a deallocation",
+            &[pass_stun, added, ("LEARN_ALLOC", 1)],
+            &|| p.exchange(&net, client(4), &alloc_req(x), &alloc_ok(x, relay(4))),
+        )?;
+        for i in 1..4 {
+            p.expect_cli2rem(
+                &net,
+                client(i),
+                0x4000 + i,
+                relay(i),
+                peer(i),
+                b"still here",
+            )?;
+        }
+        Ok(())
+    };
+    let res = run();
+    println!(
+        "full maps: at end {}\n{}",
+        p.map_counts(),
+        p.counters().render()
+    );
+    res.unwrap();
+}

@@ -1,0 +1,1161 @@
+//! Learning through the real programs: a client's request frame into XDP on turn0, the server's
+//! response frame into TC egress, then the map contents, the counters, and (where something was
+//! committed) ChannelData relayed both ways. Messages are real TURN messages from the
+//! `turn_client` builders, signed with MESSAGE-INTEGRITY like coturn's.
+//!
+//! Each row is a scenario run on freshly loaded programs; every step checks its own counter
+//! deltas (all counters not named stay 0). Every request must leave XDP unmodified with
+//! XDP_PASS and every response TC unmodified with TC_ACT_UNSPEC (`client_sends`/`server_sends`).
+//!
+//! Run: `cargo test --release --test bpf_learning -- --test-threads=1` (root; skipped otherwise).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use turn_bpf::progtest::*;
+use turn_bpf::skel::types;
+use turn_bpf::state;
+use turn_bpf::turn_client::{
+    build_error_response, build_message, build_request, new_txid, Attr, Class, Family, TxId,
+    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
+};
+
+const C1: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40000);
+const C2: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40001);
+const R1: SocketAddrV4 = SocketAddrV4::new(RELAY, 50000);
+const P1: SocketAddrV4 = SocketAddrV4::new(PEER, 6000);
+const P2: SocketAddrV4 = SocketAddrV4::new(PEER, 6001);
+/// An address on no interface of the host: coturn's --external-ip public address.
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+const RELAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+
+struct Ctx<'a> {
+    p: Programs,
+    net: &'a FibNet,
+}
+
+// ------------------------------------------------------------------------------------------
+// Messages (requests signed; responses signed as coturn signs them).
+
+fn req(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
+    build_request(method, txid, attrs, Some(&test_auth()))
+}
+
+fn ok(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
+    build_message(Class::Success, method, txid, attrs, Some(&test_auth()))
+}
+
+fn alloc_req(txid: TxId, lifetime: u32) -> Vec<u8> {
+    req(
+        ALLOCATE,
+        txid,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(lifetime)],
+    )
+}
+
+fn alloc_ok(txid: TxId, client: SocketAddrV4, relay: SocketAddr, lifetime: u32) -> Vec<u8> {
+    ok(
+        ALLOCATE,
+        txid,
+        &[
+            Attr::XorRelayedAddress(relay),
+            Attr::Lifetime(lifetime),
+            Attr::XorMappedAddress(client.into()),
+        ],
+    )
+}
+
+fn bind_req(txid: TxId, chan: u16, peer: SocketAddr) -> Vec<u8> {
+    req(
+        CHANNEL_BIND,
+        txid,
+        &[Attr::ChannelNumber(chan), Attr::XorPeerAddress(peer)],
+    )
+}
+
+fn perm_req(txid: TxId, peers: &[SocketAddr]) -> Vec<u8> {
+    let attrs: Vec<Attr> = peers.iter().map(|p| Attr::XorPeerAddress(*p)).collect();
+    req(CREATE_PERMISSION, txid, &attrs)
+}
+
+fn refresh_req(txid: TxId, lifetime: u32) -> Vec<u8> {
+    req(REFRESH, txid, &[Attr::Lifetime(lifetime)])
+}
+
+fn refresh_ok(txid: TxId, lifetime: u32) -> Vec<u8> {
+    ok(REFRESH, txid, &[Attr::Lifetime(lifetime)])
+}
+
+// ------------------------------------------------------------------------------------------
+// Steps with counter checks.
+
+/// Run `f`; the counters must move by exactly `want`.
+fn step<T>(c: &Ctx, want: &[(&str, u64)], what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let c0 = c.p.counters();
+    let r = f().with_context(|| what.to_string())?;
+    let d = c.p.counters().since(&c0);
+    expect_delta(&d, want).map_err(|e| anyhow!("{what}: {e}\n{}", d.render()))?;
+    Ok(r)
+}
+
+impl Ctx<'_> {
+    /// A request from `client`: passed, and remembered (PENDING_ADDED) when `recorded`.
+    fn request(&self, client: SocketAddrV4, msg: &[u8], recorded: bool) -> Result<()> {
+        let want: &[(&str, u64)] = if recorded {
+            &[("PASS_STUN", 1), ("PENDING_ADDED", 1)]
+        } else {
+            &[("PASS_STUN", 1)]
+        };
+        step(self, want, "request", || {
+            self.p.client_sends(self.net, client, msg)
+        })
+        .map(|_| ())
+    }
+
+    /// A response to `client`, with its counter deltas.
+    fn response(&self, client: SocketAddrV4, msg: &[u8], want: &[(&str, u64)]) -> Result<()> {
+        step(self, want, "response", || self.p.server_sends(client, msg)).map(|_| ())
+    }
+
+    fn allocate(&self, client: SocketAddrV4, relay: SocketAddrV4, lifetime: u32) -> Result<()> {
+        let t = new_txid();
+        self.request(client, &alloc_req(t, lifetime), true)?;
+        self.response(
+            client,
+            &alloc_ok(t, client, relay.into(), lifetime),
+            &[("LEARN_ALLOC", 1)],
+        )
+    }
+
+    fn bind(&self, client: SocketAddrV4, chan: u16, peer: SocketAddrV4) -> Result<()> {
+        let t = new_txid();
+        self.request(client, &bind_req(t, chan, peer.into()), true)?;
+        self.response(client, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])
+    }
+
+    fn counts(&self) -> MapCounts {
+        self.p.map_counts()
+    }
+
+    fn nothing_committed(&self) -> Result<()> {
+        let m = self.counts();
+        ensure!(m.committed() == (0, 0, 0, 0), "something committed: {m}");
+        Ok(())
+    }
+
+    fn alloc(&self, client: SocketAddrV4) -> Result<types::tb_alloc> {
+        self.p
+            .allocation(client, SERVER_EP)
+            .ok_or_else(|| anyhow!("no allocation for {client}"))
+    }
+
+    fn relays_both_ways(
+        &self,
+        client: SocketAddrV4,
+        chan: u16,
+        relay: SocketAddrV4,
+        peer: SocketAddrV4,
+    ) -> Result<()> {
+        self.p
+            .expect_cli2rem(self.net, client, chan, relay, peer, b"client to peer")
+            .context("cli2rem")?;
+        self.p
+            .expect_rem2cli(self.net, peer, relay, client, chan, b"peer to client")
+            .context("rem2cli")
+    }
+
+    fn channel_data_passes(&self, client: SocketAddrV4, chan: u16, counter: &str) -> Result<()> {
+        let f = to_server(client, &channel_data(chan, b"not offloaded", 0, 0));
+        self.p
+            .expect_pass(&f, self.net.turn0, counter)
+            .context("ChannelData")
+    }
+
+    fn peer_data_passes(
+        &self,
+        peer: SocketAddrV4,
+        relay: SocketAddrV4,
+        counter: &str,
+    ) -> Result<()> {
+        let f = udp4(PEER_MAC, RELAY0_MAC, peer, relay, 64, b"not offloaded");
+        self.p
+            .expect_pass(&f, self.net.relay0, counter)
+            .context("peer datagram")
+    }
+}
+
+/// `deadline` must be `lifetime_s` from (about) now, less the 1 s safety margin.
+fn expect_deadline(what: &str, deadline: u64, lifetime_s: u64) -> Result<()> {
+    let now = state::now_ns();
+    let want = now + lifetime_s * 1_000_000_000 - 1_000_000_000;
+    let slack = 500_000_000; // coarse clock and test run time
+    ensure!(
+        deadline + slack >= want && deadline <= want + slack,
+        "{what} deadline {:.3} s from now, want {:.3} s",
+        (deadline as f64 - now as f64) / 1e9,
+        (want as f64 - now as f64) / 1e9
+    );
+    Ok(())
+}
+
+fn ep(a: SocketAddrV4) -> types::tb_ep {
+    state::ep(a.into())
+}
+
+fn same_ep(a: &types::tb_ep, b: &types::tb_ep) -> bool {
+    state::bytes_of(a) == state::bytes_of(b)
+}
+
+// ------------------------------------------------------------------------------------------
+// The scenarios.
+
+fn allocate_commits(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 1200), true)?;
+    ensure!(c.counts().pending == 1, "pending {}", c.counts());
+    c.nothing_committed()?;
+    c.response(C1, &alloc_ok(t, C1, R1.into(), 1200), &[("LEARN_ALLOC", 1)])?;
+    let a = c.alloc(C1)?;
+    ensure!(same_ep(&a.relay[0], &ep(R1)), "relay[0] {:?}", a.relay[0]);
+    ensure!(a.relay[1].family == 0, "relay[1] {:?}", a.relay[1]);
+    expect_deadline("allocation", a.expires_ns, 1200)?;
+    ensure!(c.p.relay_port_marked(R1.port()), "relay port not marked");
+    let m = c.counts();
+    ensure!(
+        (m.allocs, m.chans, m.peers, m.perms, m.pending) == (1, 0, 0, 0, 0),
+        "maps {m}"
+    );
+    // an allocation alone relays nothing
+    c.channel_data_passes(C1, 0x4000, "PASS_NO_CHANNEL")?;
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")
+}
+
+fn channel_bind_commits(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let a = c.alloc(C1)?;
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    let m = c.counts();
+    ensure!(
+        (m.chans, m.peers, m.perms) == (0, 0, 0),
+        "committed before the response: {m}"
+    );
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])?;
+    let ch =
+        c.p.channel(C1, SERVER_EP, 0x4001)
+            .ok_or_else(|| anyhow!("no client-side channel"))?;
+    let pc =
+        c.p.peer_channel(P1, R1)
+            .ok_or_else(|| anyhow!("no peer-side channel"))?;
+    for (side, x) in [("client side", &ch), ("peer side", &pc)] {
+        ensure!(same_ep(&x.client, &ep(C1)), "{side}: client");
+        ensure!(same_ep(&x.server, &ep(SERVER_EP)), "{side}: server");
+        ensure!(same_ep(&x.relay, &ep(R1)), "{side}: relay");
+        ensure!(same_ep(&x.peer, &ep(P1)), "{side}: peer");
+        ensure!(u16::from_be(x.chan) == 0x4001, "{side}: chan");
+        ensure!(x.alloc_id == a.id, "{side}: alloc id");
+        expect_deadline(side, x.chan_expires_ns, 600)?;
+    }
+    let perm =
+        c.p.permission(R1, PEER)
+            .ok_or_else(|| anyhow!("no permission"))?;
+    ensure!(perm.alloc_id == a.id, "permission alloc id");
+    // coturn: ChannelBind gives the peer's permission the channel lifetime
+    expect_deadline("permission", perm.expires_ns, 600)?;
+    let m = c.counts();
+    ensure!(
+        (m.allocs, m.chans, m.peers, m.perms, m.pending) == (1, 1, 1, 1, 0),
+        "maps {m}"
+    );
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // the permission is per address: another port of the same peer is not bound
+    c.peer_data_passes(P2, R1, "PASS_NO_CHANNEL")
+}
+
+fn create_permission_commits(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let peers: [SocketAddrV4; 3] = [
+        P1,
+        SocketAddrV4::new(PEER_ON_TURN0, 1),
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 9), 3),
+    ];
+    let t = new_txid();
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| (*p).into()).collect();
+    c.request(C1, &perm_req(t, &addrs), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 3)])?;
+    for p in peers {
+        let perm =
+            c.p.permission(R1, *p.ip())
+                .ok_or_else(|| anyhow!("no permission for {p}"))?;
+        expect_deadline("permission", perm.expires_ns, 300)?;
+    }
+    let m = c.counts();
+    ensure!((m.chans, m.peers, m.perms) == (0, 0, 3), "maps {m}");
+    // a permission alone relays nothing
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")
+}
+
+fn create_permission_more_peers_than_kept(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let addrs: Vec<SocketAddr> = (1..=6u8)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(198, 51, 100, 10 + i), 1000)))
+        .collect();
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &addrs), true)?;
+    // TB_MAX_REQ_PEERS (4) are remembered; the others stay with the server
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 4)])?;
+    ensure!(c.counts().perms == 4, "maps {}", c.counts());
+    Ok(())
+}
+
+fn create_permission_refreshes_bound_channel(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    // age the channel: pretend it has 10 s left
+    let soon = state::now_ns() + 10_000_000_000;
+    for (map, key) in [
+        (
+            &c.p.skel.maps.chans,
+            state::bytes_of(&types::tb_chan_key {
+                client: ep(C1),
+                server: ep(SERVER_EP),
+                chan: 0x4001u16.to_be(),
+                pad: [0; 2],
+            })
+            .to_vec(),
+        ),
+        (
+            &c.p.skel.maps.peers,
+            state::bytes_of(&types::tb_peer_key {
+                peer: ep(P1),
+                relay: ep(R1),
+            })
+            .to_vec(),
+        ),
+    ] {
+        use libbpf_rs::{MapCore, MapFlags};
+        let v = map.lookup(&key, MapFlags::ANY)?.context("entry")?;
+        let mut ch: types::tb_chan = state::from_bytes(&v);
+        ch.chan_expires_ns = soon;
+        map.update(&key, state::bytes_of(&ch), MapFlags::ANY)?;
+    }
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &[P1.into()]), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 1)])?;
+    // coturn: CreatePermission for a bound peer refreshes the channel, and the permission then
+    // has the channel lifetime
+    let ch = c.p.channel(C1, SERVER_EP, 0x4001).context("channel")?;
+    let pc = c.p.peer_channel(P1, R1).context("peer channel")?;
+    expect_deadline("client-side channel", ch.chan_expires_ns, 600)?;
+    expect_deadline("peer-side channel", pc.chan_expires_ns, 600)?;
+    expect_deadline(
+        "permission",
+        c.p.permission(R1, PEER).context("perm")?.expires_ns,
+        600,
+    )?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn refresh_updates_expiry(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    let before = c.alloc(C1)?;
+    expect_deadline("allocation", before.expires_ns, 600)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 3600), true)?;
+    c.response(C1, &refresh_ok(t, 3600), &[("LEARN_REFRESH", 1)])?;
+    let after = c.alloc(C1)?;
+    expect_deadline("refreshed allocation", after.expires_ns, 3600)?;
+    ensure!(
+        after.id == before.id,
+        "a refresh must keep the allocation id"
+    );
+    ensure!(same_ep(&after.relay[0], &before.relay[0]), "relay changed");
+    // and a refresh to a shorter lifetime shortens it (the server's answer is what counts)
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 3600), true)?;
+    c.response(C1, &refresh_ok(t, 120), &[("LEARN_REFRESH", 1)])?;
+    expect_deadline("shortened allocation", c.alloc(C1)?.expires_ns, 120)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn refresh_zero_deallocates(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    // relaying fills the channel's validity cache: the deallocation must still be seen at once
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 0), true)?;
+    c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])?;
+    ensure!(
+        c.p.allocation(C1, SERVER_EP).is_none(),
+        "allocation still there"
+    );
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    // a second Refresh 0 (retransmission answered again) finds nothing
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 0), true)?;
+    c.response(C1, &refresh_ok(t, 0), &[("LEARN_NO_ALLOC", 1)])
+}
+
+fn new_allocation_orphans_old_channels(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 0), true)?;
+    c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])?;
+    // the same 5-tuple allocates again (same relayed address, as a port can be reused)
+    c.allocate(C1, R1, 600)?;
+    // the old binding belongs to the old allocation: it must not relay
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let base = c.counts();
+    let cases: [(u16, Vec<u8>, Vec<u8>, u16); 6] = {
+        let t: Vec<TxId> = (0..6).map(|_| new_txid()).collect();
+        [
+            (
+                ALLOCATE,
+                alloc_req(t[0], 600),
+                alloc_ok(t[0], C1, R1.into(), 600),
+                401,
+            ),
+            (
+                ALLOCATE,
+                alloc_req(t[1], 600),
+                alloc_ok(t[1], C1, R1.into(), 600),
+                437,
+            ),
+            (
+                CHANNEL_BIND,
+                bind_req(t[2], 0x4001, P1.into()),
+                ok(CHANNEL_BIND, t[2], &[]),
+                403,
+            ),
+            (
+                CREATE_PERMISSION,
+                perm_req(t[3], &[P1.into()]),
+                ok(CREATE_PERMISSION, t[3], &[]),
+                403,
+            ),
+            (REFRESH, refresh_req(t[4], 0), refresh_ok(t[4], 0), 437),
+            (
+                CHANNEL_BIND,
+                bind_req(t[5], 0x4002, P2.into()),
+                ok(CHANNEL_BIND, t[5], &[]),
+                400,
+            ),
+        ]
+    };
+    for (method, request, success, code) in cases {
+        let txid: TxId = request[8..20].try_into().unwrap();
+        c.request(C1, &request, true)?;
+        c.response(
+            C1,
+            &build_error_response(method, txid, code),
+            &[("LEARN_ERROR", 1)],
+        )
+        .with_context(|| format!("{code} to method {method:#x}"))?;
+        ensure!(c.counts().pending == 0, "pending entry kept after {code}");
+        // a late (or forged) success for the same transaction finds nothing to commit
+        c.response(C1, &success, &[("LEARN_NO_PENDING", 1)])?;
+        ensure!(c.counts() == base, "committed after {code}: {}", c.counts());
+    }
+    ensure!(c.alloc(C1).is_ok(), "the allocation must survive");
+    Ok(())
+}
+
+fn unmatched_transaction_id(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    let mut other = t;
+    other[11] ^= 1;
+    c.response(
+        C1,
+        &alloc_ok(other, C1, R1.into(), 600),
+        &[("LEARN_NO_PENDING", 1)],
+    )?;
+    c.nothing_committed()?;
+    ensure!(
+        c.counts().pending == 1,
+        "the real request must stay pending"
+    );
+    // the matching response still commits
+    c.response(C1, &alloc_ok(t, C1, R1.into(), 600), &[("LEARN_ALLOC", 1)])?;
+    c.alloc(C1).map(|_| ())
+}
+
+fn response_to_other_five_tuple(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    // same transaction ID, to another port of the same client
+    c.response(
+        C2,
+        &alloc_ok(t, C2, R1.into(), 600),
+        &[("LEARN_NO_PENDING", 1)],
+    )?;
+    c.nothing_committed()?;
+    // and from another (server) address: a packet the host originates from 192.0.2.1:3479 is
+    // not from the TURN port at all, so TC does not even parse it
+    let f = udp4(
+        TURN0_MAC,
+        CLIENT_MAC,
+        SocketAddrV4::new(SERVER, 3479),
+        C1,
+        64,
+        &alloc_ok(t, C1, R1.into(), 600),
+    );
+    let r = c.p.tc(&f)?;
+    ensure!(r.verdict == TC_ACT_UNSPEC && r.out == f, "tc changed it");
+    c.nothing_committed()?;
+    ensure!(c.counts().pending == 1, "pending {}", c.counts());
+    Ok(())
+}
+
+fn client_only_packets(c: &Ctx) -> Result<()> {
+    // requests that are never answered
+    c.request(C1, &alloc_req(new_txid(), 600), true)?;
+    c.request(C1, &bind_req(new_txid(), 0x4001, P1.into()), true)?;
+    c.request(C1, &perm_req(new_txid(), &[P1.into()]), true)?;
+    c.request(C1, &refresh_req(new_txid(), 600), true)?;
+    // a client sending "success responses" to the server: XDP never commits
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    for forged in [
+        alloc_ok(t, C1, R1.into(), 600),
+        alloc_ok(new_txid(), C1, R1.into(), 600),
+        ok(CHANNEL_BIND, new_txid(), &[]),
+        ok(CREATE_PERMISSION, new_txid(), &[]),
+    ] {
+        c.request(C1, &forged, false)?;
+    }
+    // ... nor does a "response" the host forwards (it came in on an interface)
+    let f = from_server(C1, &alloc_ok(t, C1, R1.into(), 600));
+    step(c, &[("TC_NOT_LOCAL", 1)], "forwarded response", || {
+        let r = c.p.tc_from(&f, c.net.relay0)?;
+        ensure!(r.verdict == TC_ACT_UNSPEC && r.out == f, "tc changed it");
+        Ok(())
+    })?;
+    c.nothing_committed()?;
+    ensure!(c.counts().pending == 5, "pending {}", c.counts());
+    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
+}
+
+fn conflicting_transaction_id(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    // the same transaction ID with other contents: poisons the transaction
+    step(
+        c,
+        &[("PASS_STUN", 1), ("PENDING_CONFLICT", 1)],
+        "conflict",
+        || c.p.client_sends(c.net, C1, &bind_req(t, 0x4002, P2.into())),
+    )?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_PENDING", 1)])?;
+    let m = c.counts();
+    ensure!(
+        (m.chans, m.peers, m.perms, m.pending) == (0, 0, 0, 0),
+        "maps {m}"
+    );
+    // a plain retransmission (same contents) is no conflict
+    let t = new_txid();
+    let r = bind_req(t, 0x4001, P1.into());
+    c.request(C1, &r, true)?;
+    c.request(C1, &r, false)?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn method_mismatch(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    c.response(
+        C1,
+        &ok(CREATE_PERMISSION, t, &[]),
+        &[("LEARN_NO_PENDING", 1)],
+    )?;
+    let m = c.counts();
+    ensure!((m.chans, m.perms, m.pending) == (0, 0, 0), "maps {m}");
+    Ok(())
+}
+
+fn relay_not_local(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    let public = SocketAddrV4::new(PUBLIC, 50000);
+    c.request(C1, &alloc_req(t, 600), true)?;
+    c.response(
+        C1,
+        &alloc_ok(t, C1, public.into(), 600),
+        &[("RELAY_NOT_LOCAL", 1)],
+    )?;
+    c.nothing_committed()?;
+    let reported = Programs::count(&c.p.skel.maps.not_local);
+    ensure!(reported == 1, "not_local has {reported} entries");
+    let b = c.p.channel(C1, SERVER_EP, 0x4001);
+    ensure!(b.is_none(), "channel");
+    // the ChannelBind that follows has no allocation to attach to
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_ALLOC", 1)])?;
+    c.nothing_committed()
+}
+
+fn external_ip_mapping(c: &Ctx) -> Result<()> {
+    c.p.map_external_ip(PUBLIC, RELAY)?;
+    let t = new_txid();
+    let public = SocketAddrV4::new(PUBLIC, 50000);
+    c.request(C1, &alloc_req(t, 600), true)?;
+    c.response(
+        C1,
+        &alloc_ok(t, C1, public.into(), 600),
+        &[("LEARN_ALLOC", 1)],
+    )?;
+    let a = c.alloc(C1)?;
+    ensure!(
+        same_ep(&a.relay[0], &ep(R1)),
+        "relay must be the private address, got {:?}",
+        state::sockaddr(&a.relay[0])
+    );
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn bind_without_allocation(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_ALLOC", 1)])?;
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &[P1.into()]), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_NO_ALLOC", 1)])?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 600), true)?;
+    c.response(C1, &refresh_ok(t, 600), &[("LEARN_NO_ALLOC", 1)])?;
+    c.nothing_committed()?;
+    ensure!(c.counts().pending == 0, "pending {}", c.counts());
+    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
+}
+
+fn allocate_success_missing_attributes(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    c.response(
+        C1,
+        &ok(ALLOCATE, t, &[Attr::XorRelayedAddress(R1.into())]),
+        &[("STUN_MALFORMED", 1)],
+    )?;
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    c.response(
+        C1,
+        &ok(ALLOCATE, t, &[Attr::Lifetime(600)]),
+        &[("STUN_MALFORMED", 1)],
+    )?;
+    c.nothing_committed()?;
+    ensure!(c.counts().pending == 0, "pending {}", c.counts());
+    Ok(())
+}
+
+fn dual_allocation(c: &Ctx) -> Result<()> {
+    let r6: SocketAddr = (IpAddr::V6(RELAY6), 50002).into();
+    let t = new_txid();
+    let request = req(
+        ALLOCATE,
+        t,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::AdditionalAddressFamily(Family::V6),
+        ],
+    );
+    c.request(C1, &request, true)?;
+    c.response(
+        C1,
+        &ok(
+            ALLOCATE,
+            t,
+            &[
+                Attr::XorRelayedAddress(R1.into()),
+                Attr::XorRelayedAddress(r6),
+                Attr::Lifetime(600),
+            ],
+        ),
+        &[("LEARN_ALLOC", 1)],
+    )?;
+    let a = c.alloc(C1)?;
+    ensure!(same_ep(&a.relay[0], &ep(R1)), "relay[0]");
+    ensure!(
+        state::sockaddr(&a.relay[1]) == Some(r6),
+        "relay[1] {:?}",
+        state::sockaddr(&a.relay[1])
+    );
+    // an IPv6 peer binds on the IPv6 relayed address; that path is not offloaded (yet)
+    let p6: SocketAddr = "[2001:db8:2::2]:6000".parse().unwrap();
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4006, p6), true)?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])?;
+    let ch = c.p.channel(C1, SERVER_EP, 0x4006).context("v6 channel")?;
+    ensure!(state::sockaddr(&ch.relay) == Some(r6), "v6 channel relay");
+    c.channel_data_passes(C1, 0x4006, "PASS_UNSUPPORTED")?;
+    // the IPv4 side still works
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn channel_lifetime_ends(c: &Ctx) -> Result<()> {
+    // loaded with --channel-lifetime 2: with the 1 s margin the channel relays for about 1 s
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    // ChannelBind refresh brings it back
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn two_clients_one_peer(c: &Ctx) -> Result<()> {
+    let r2 = SocketAddrV4::new(RELAY, 50001);
+    c.allocate(C1, R1, 600)?;
+    c.allocate(C2, r2, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.bind(C2, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.relays_both_ways(C2, 0x4001, r2, P1)?;
+    // one deallocates; the other keeps relaying
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 0), true)?;
+    c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.relays_both_ways(C2, 0x4001, r2, P1)
+}
+
+/// A dual (IPv4 + IPv6) allocation for C1 with LIFETIME `lifetime`.
+fn allocate_dual(c: &Ctx, lifetime: u32) -> Result<()> {
+    let t = new_txid();
+    let request = req(
+        ALLOCATE,
+        t,
+        &[
+            Attr::RequestedTransport(17),
+            Attr::AdditionalAddressFamily(Family::V6),
+            Attr::Lifetime(lifetime),
+        ],
+    );
+    c.request(C1, &request, true)?;
+    let r6: SocketAddr = (IpAddr::V6(RELAY6), 50002).into();
+    c.response(
+        C1,
+        &ok(
+            ALLOCATE,
+            t,
+            &[
+                Attr::XorRelayedAddress(R1.into()),
+                Attr::XorRelayedAddress(r6),
+                Attr::Lifetime(lifetime),
+            ],
+        ),
+        &[("LEARN_ALLOC", 1)],
+    )
+}
+
+fn refresh_family(c: &Ctx, family: Family, asked: u32, granted: u32, want: &str) -> Result<()> {
+    let t = new_txid();
+    let request = req(
+        REFRESH,
+        t,
+        &[Attr::Lifetime(asked), Attr::RequestedAddressFamily(family)],
+    );
+    c.request(C1, &request, true)?;
+    c.response(C1, &refresh_ok(t, granted), &[(want, 1)])
+}
+
+fn dual_refresh_of_one_family_does_not_extend(c: &Ctx) -> Result<()> {
+    // coturn 4.6.1: a Refresh naming IPv6 refreshes only the IPv6 relayed address; the IPv4
+    // one keeps its old deadline although the response carries the new LIFETIME
+    allocate_dual(c, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    refresh_family(c, Family::V6, 3600, 3600, "LEARN_REFRESH")?;
+    expect_deadline(
+        "allocation after Refresh(IPv6, 3600)",
+        c.alloc(C1)?.expires_ns,
+        600,
+    )?;
+    // the same with coturn's 0x8032 as the selector
+    let t = new_txid();
+    let request = req(
+        REFRESH,
+        t,
+        &[
+            Attr::Lifetime(3600),
+            Attr::AdditionalAddressFamily(Family::V6),
+        ],
+    );
+    c.request(C1, &request, true)?;
+    c.response(C1, &refresh_ok(t, 3600), &[("LEARN_REFRESH", 1)])?;
+    expect_deadline(
+        "allocation after Refresh(0x8032 IPv6, 3600)",
+        c.alloc(C1)?.expires_ns,
+        600,
+    )?;
+    // a family-selective Refresh may shorten it
+    refresh_family(c, Family::V4, 60, 60, "LEARN_REFRESH")?;
+    expect_deadline(
+        "allocation after Refresh(IPv4, 60)",
+        c.alloc(C1)?.expires_ns,
+        60,
+    )?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // a plain Refresh refreshes both
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 1200), true)?;
+    c.response(C1, &refresh_ok(t, 1200), &[("LEARN_REFRESH", 1)])?;
+    expect_deadline(
+        "allocation after Refresh(1200)",
+        c.alloc(C1)?.expires_ns,
+        1200,
+    )
+}
+
+fn dual_refresh_zero_of_one_family_removes_all(c: &Ctx) -> Result<()> {
+    // coturn removes only the IPv6 side; removing everything here is the safe side
+    allocate_dual(c, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    refresh_family(c, Family::V6, 0, 0, "LEARN_DEALLOC")?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
+}
+
+/// Set C1's allocation deadline to `ago_s` seconds in the past.
+fn expire_allocation(c: &Ctx, ago_s: u64) -> Result<()> {
+    use libbpf_rs::{MapCore, MapFlags};
+    let k = types::tb_alloc_key {
+        client: ep(C1),
+        server: ep(SERVER_EP),
+    };
+    let mut a = c.alloc(C1)?;
+    a.expires_ns = Deadlines::ago(ago_s);
+    c.p.skel
+        .maps
+        .allocs
+        .update(state::bytes_of(&k), state::bytes_of(&a), MapFlags::ANY)?;
+    Ok(())
+}
+
+fn dual_expired_is_not_revived(c: &Ctx) -> Result<()> {
+    // once the deadline has passed, one family may be gone at the server while a Refresh
+    // still succeeds for the other: no Refresh revives it (the sweep may not have run yet)
+    allocate_dual(c, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    expire_allocation(c, 2)?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 600), true)?;
+    c.response(C1, &refresh_ok(t, 600), &[("LEARN_NO_ALLOC", 1)])?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
+}
+
+fn single_refresh_naming_its_family(c: &Ctx) -> Result<()> {
+    // with one relayed address, naming its family is a plain Refresh (coturn: 443 for the
+    // other family, which commits nothing)
+    c.allocate(C1, R1, 600)?;
+    refresh_family(c, Family::V4, 3600, 3600, "LEARN_REFRESH")?;
+    expect_deadline("allocation", c.alloc(C1)?.expires_ns, 3600)?;
+    let t = new_txid();
+    c.request(
+        C1,
+        &req(
+            REFRESH,
+            t,
+            &[
+                Attr::Lifetime(600),
+                Attr::RequestedAddressFamily(Family::V6),
+            ],
+        ),
+        true,
+    )?;
+    c.response(
+        C1,
+        &build_error_response(REFRESH, t, 443),
+        &[("LEARN_ERROR", 1)],
+    )?;
+    expect_deadline("allocation", c.alloc(C1)?.expires_ns, 3600)?;
+    // an allocation that expired here a moment before the server's own deadline is revived
+    // by a Refresh the server still granted (single family: nothing else can be gone)
+    expire_allocation(c, 0)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 600), true)?;
+    c.response(C1, &refresh_ok(t, 600), &[("LEARN_REFRESH", 1)])?;
+    expect_deadline("revived allocation", c.alloc(C1)?.expires_ns, 600)
+}
+
+fn peer_after_integrity_commits_nothing(c: &Ctx) -> Result<()> {
+    // coturn 4.6.1 binds the channel to the LAST XOR-PEER-ADDRESS, also one after
+    // MESSAGE-INTEGRITY (checked): committing the first would relay to a peer the server
+    // never permitted
+    c.allocate(C1, R1, 600)?;
+    let t = new_txid();
+    let signed = bind_req(t, 0x4001, P1.into());
+    let fp = signed.len() - 8;
+    let mut m = signed[..fp].to_vec();
+    let x = (u32::from(*P2.ip()) ^ 0x2112_A442).to_be_bytes();
+    let xp = (P2.port() ^ 0x2112).to_be_bytes();
+    m.extend_from_slice(&[
+        0x00, 0x12, 0x00, 0x08, 0x00, 0x01, xp[0], xp[1], x[0], x[1], x[2], x[3],
+    ]);
+    let len = (m.len() + 8 - 20) as u16;
+    m[2..4].copy_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(&signed[fp..]); // (stale FINGERPRINT: coturn would want it fixed)
+    step(
+        c,
+        &[("PASS_STUN", 1), ("STUN_MALFORMED", 1)],
+        "request",
+        || c.p.client_sends(c.net, C1, &m),
+    )?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_PENDING", 1)])?;
+    let m = c.counts();
+    ensure!((m.chans, m.peers, m.perms) == (0, 0, 0), "committed: {m}");
+    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
+}
+
+fn create_permission(c: &Ctx, peer: SocketAddrV4) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &[peer.into()]), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 1)])
+}
+
+/// Loaded with --channel-lifetime 2 (the agent stops at 1 s, coturn at 2 s).
+fn expired_channel_not_revived_by_permission(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // the channel is gone at the server too; a CreatePermission for the peer now grants a
+    // permission only (coturn refreshes channels it still has, and it has none)
+    create_permission(c, P1)?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    expect_deadline(
+        "permission",
+        c.p.permission(R1, PEER).context("perm")?.expires_ns,
+        300,
+    )
+}
+
+/// Loaded with --channel-lifetime 2.
+fn rebound_channel_number_not_revived_by_permission(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // channel 0x4001 expired everywhere; the client binds the number to another peer
+    c.bind(C1, 0x4001, P2)?;
+    let p2_expiry =
+        c.p.channel(C1, SERVER_EP, 0x4001)
+            .context("chan")?
+            .chan_expires_ns;
+    c.relays_both_ways(C1, 0x4001, R1, P2)?;
+    // a permission for the first peer: coturn sends its datagrams as Data indications; they
+    // must not reach the client as ChannelData on the number that now means P2
+    create_permission(c, P1)?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    let now =
+        c.p.channel(C1, SERVER_EP, 0x4001)
+            .context("chan")?
+            .chan_expires_ns;
+    ensure!(
+        now == p2_expiry,
+        "the permission for P1 moved P2's channel deadline by {:.3} s",
+        (now as f64 - p2_expiry as f64) / 1e9
+    );
+    c.relays_both_ways(C1, 0x4001, R1, P2)
+}
+
+type Scenario = fn(&Ctx) -> Result<()>;
+
+#[test]
+fn learning_table() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let short_channels = Config {
+        channel_lifetime_s: 2,
+        ..Config::default()
+    };
+    let rows: Vec<(&str, Scenario, Config)> = vec![
+        (
+            "Allocate success commits relay and lifetime",
+            allocate_commits,
+            Config::default(),
+        ),
+        (
+            "ChannelBind success commits both directions + permission",
+            channel_bind_commits,
+            Config::default(),
+        ),
+        (
+            "CreatePermission commits every XOR-PEER-ADDRESS",
+            create_permission_commits,
+            Config::default(),
+        ),
+        (
+            "CreatePermission with 6 peers keeps 4",
+            create_permission_more_peers_than_kept,
+            Config::default(),
+        ),
+        (
+            "CreatePermission refreshes a bound peer's channel",
+            create_permission_refreshes_bound_channel,
+            Config::default(),
+        ),
+        (
+            "Refresh success updates the expiry",
+            refresh_updates_expiry,
+            Config::default(),
+        ),
+        (
+            "Refresh LIFETIME 0 deallocates; data then passes",
+            refresh_zero_deallocates,
+            Config::default(),
+        ),
+        (
+            "a new allocation orphans the old one's channels",
+            new_allocation_orphans_old_channels,
+            Config::default(),
+        ),
+        (
+            "error responses commit nothing, discard pending",
+            error_responses_commit_nothing,
+            Config::default(),
+        ),
+        (
+            "unmatched transaction ID commits nothing",
+            unmatched_transaction_id,
+            Config::default(),
+        ),
+        (
+            "response to another 5-tuple commits nothing",
+            response_to_other_five_tuple,
+            Config::default(),
+        ),
+        (
+            "client-only packets commit nothing",
+            client_only_packets,
+            Config::default(),
+        ),
+        (
+            "conflicting transaction ID commits nothing",
+            conflicting_transaction_id,
+            Config::default(),
+        ),
+        (
+            "response of another method commits nothing",
+            method_mismatch,
+            Config::default(),
+        ),
+        (
+            "relayed address not local: RELAY_NOT_LOCAL",
+            relay_not_local,
+            Config::default(),
+        ),
+        (
+            "--external-ip mapping commits the private address",
+            external_ip_mapping,
+            Config::default(),
+        ),
+        (
+            "grants for an allocation never learned: LEARN_NO_ALLOC",
+            bind_without_allocation,
+            Config::default(),
+        ),
+        (
+            "Allocate success without LIFETIME/relay: malformed",
+            allocate_success_missing_attributes,
+            Config::default(),
+        ),
+        (
+            "dual allocation (0x8032) commits both relays",
+            dual_allocation,
+            Config::default(),
+        ),
+        (
+            "a channel stops relaying when its lifetime ends",
+            channel_lifetime_ends,
+            short_channels.clone(),
+        ),
+        (
+            "two clients bound to one peer",
+            two_clients_one_peer,
+            Config::default(),
+        ),
+        (
+            "dual: Refresh naming one family never extends",
+            dual_refresh_of_one_family_does_not_extend,
+            Config::default(),
+        ),
+        (
+            "dual: Refresh 0 naming one family removes all",
+            dual_refresh_zero_of_one_family_removes_all,
+            Config::default(),
+        ),
+        (
+            "dual: an expired allocation is not revived",
+            dual_expired_is_not_revived,
+            Config::default(),
+        ),
+        (
+            "single: Refresh naming its own family refreshes",
+            single_refresh_naming_its_family,
+            Config::default(),
+        ),
+        (
+            "ChannelBind with a peer after MESSAGE-INTEGRITY",
+            peer_after_integrity_commits_nothing,
+            Config::default(),
+        ),
+        (
+            "CreatePermission does not revive an expired channel",
+            expired_channel_not_revived_by_permission,
+            short_channels.clone(),
+        ),
+        (
+            "CreatePermission does not revive a rebound channel",
+            rebound_channel_number_not_revived_by_permission,
+            short_channels.clone(),
+        ),
+    ];
+    let net = FibNet::new("tbt-learning").unwrap();
+    let _in = net.enter().unwrap();
+    let n = rows.len();
+    let mut failed = Vec::new();
+    for (name, f, cfg) in rows {
+        let local: Vec<IpAddr> = vec![SERVER.into(), RELAY.into(), RELAY6.into()];
+        let p = Programs::load(&cfg, &local, &[net.turn0, net.relay0]).unwrap();
+        let c = Ctx { p, net: &net };
+        match f(&c) {
+            Ok(()) => println!("ok    {name:<60} {}", c.counts()),
+            Err(e) => {
+                println!(
+                    "FAIL  {name}: {e:#}\n  counters:\n{}",
+                    c.p.counters().render()
+                );
+                failed.push(name);
+            }
+        }
+    }
+    println!(
+        "{n} scenarios, {} passed, {} failed",
+        n - failed.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed: {failed:#?}");
+}
