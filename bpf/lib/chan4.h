@@ -56,17 +56,31 @@ static __always_inline __u32 ep4_addr(const struct tb_ep *ep)
 	return a;
 }
 
-/* The new IPv4 header: old one with new addresses/length, TTL decremented, checksum redone. */
+/*
+ * The new IPv4 header: the old one with new addresses and length and the TTL decremented. The
+ * header checksum is updated incrementally, not recomputed: a header that arrived with a bad
+ * checksum leaves with one too, and its receiver drops it as the kernel here would have.
+ */
 static __always_inline void ip4_rewrite(struct iphdr *nip, const struct iphdr *old, __u32 src,
 					__u32 dst, __u16 tot_len)
 {
+	__u64 acc = csum_start(old->check);
+
 	*nip = *old;
 	nip->tot_len = bpf_htons(tot_len);
 	nip->ttl = old->ttl - 1;
 	nip->saddr = src;
 	nip->daddr = dst;
-	nip->check = 0;
-	nip->check = csum_ipv4_hdr(nip);
+	acc = csum_sub16(acc, old->tot_len);
+	acc = csum_add16(acc, nip->tot_len);
+	/* TTL shares its 16-bit word with the protocol */
+	acc = csum_sub16(acc, *(const __u16 *)&old->ttl);
+	acc = csum_add16(acc, *(const __u16 *)&nip->ttl);
+	acc = csum_sub32(acc, old->saddr);
+	acc = csum_sub32(acc, old->daddr);
+	acc = csum_add32(acc, src);
+	acc = csum_add32(acc, dst);
+	nip->check = csum_finish(acc);
 }
 
 /* Write eth + IPv4 + UDP headers at the start of the (already resized) packet. */

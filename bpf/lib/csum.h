@@ -66,16 +66,4 @@ static __always_inline __u16 csum_udp_finish(__u64 acc)
 	return c ? c : 0xffff;
 }
 
-/* Full checksum of an option-less IPv4 header (20 bytes, check field included as found). */
-static __always_inline __u16 csum_ipv4_hdr(const void *hdr)
-{
-	const __u16 *w = hdr;
-	__u64 acc = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		acc += w[i];
-	return csum_finish(acc);
-}
-
 #endif /* TB_CSUM_H */
