@@ -23,6 +23,7 @@ use turn_bpf::turn_client::{
 const C1: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40000);
 const C2: SocketAddrV4 = SocketAddrV4::new(CLIENT, 40001);
 const R1: SocketAddrV4 = SocketAddrV4::new(RELAY, 50000);
+const R2: SocketAddrV4 = SocketAddrV4::new(RELAY, 50002);
 const P1: SocketAddrV4 = SocketAddrV4::new(PEER, 6000);
 const P2: SocketAddrV4 = SocketAddrV4::new(PEER, 6001);
 /// An address on no interface of the host: coturn's --external-ip public address.
@@ -413,6 +414,20 @@ fn new_allocation_orphans_old_channels(c: &Ctx) -> Result<()> {
     c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
     c.bind(C1, 0x4001, P1)?;
     c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn allocate_answered_again_keeps_its_channels(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // A retransmitted Allocate that the server answers again with the same relayed address is
+    // the same allocation: its channels keep being offloaded.
+    c.allocate(C1, R1, 600)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // A different relayed address is a different allocation: the old channel must not relay.
+    c.allocate(C1, R2, 600)?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
 }
 
 fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
@@ -1015,6 +1030,11 @@ fn learning_table() {
         (
             "CreatePermission refreshes a bound peer's channel",
             create_permission_refreshes_bound_channel,
+            Config::default(),
+        ),
+        (
+            "Allocate answered again (same relay) keeps channels; another relay does not",
+            allocate_answered_again_keeps_its_channels,
             Config::default(),
         ),
         (

@@ -211,6 +211,7 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 					    __u64 now)
 {
 	struct tb_alloc a = {};
+	struct tb_alloc *old;
 
 	if (!m->nrelay || !m->has_lifetime) {
 		stat_inc(TB_STAT_STUN_MALFORMED);
@@ -224,7 +225,15 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		stat_inc(TB_STAT_RELAY_NOT_LOCAL);
 		return;
 	}
-	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
+	/* A live allocation granted again with the same relayed address(es) is the same one (the
+	 * server answered a retransmitted Allocate): its channels keep their allocation. Anything
+	 * else, or an allocation past its deadline here, is a new allocation. */
+	old = bpf_map_lookup_elem(&allocs, ak);
+	if (old && now < old->expires_ns && ep_same(&old->relay[0], &a.relay[0]) &&
+	    ep_same(&old->relay[1], &a.relay[1]))
+		a.id = old->id;
+	else
+		a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
 	a.expires_ns = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
 	if (bpf_map_update_elem(&allocs, ak, &a, BPF_ANY)) {
 		stat_inc(TB_STAT_STATE_FULL);
