@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/test.sh, scripts/demo.sh and scripts/bench.sh (sourced, not run).
 # Sets up PATH, installs the Debian packages the project needs, keeps Debian's own coturn
 # service off (the lab runs its own coturn per namespace).
@@ -25,7 +26,7 @@ require_root() {
 
 install_packages() {
     local p missing=()
-    for p in "${PACKAGES[@]}" "$@"; do
+    for p in "${PACKAGES[@]}"; do
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
             missing+=("$p")
         fi

@@ -37,10 +37,20 @@ impl AgentExit {
 
 impl AgentProc {
     /// Start `bin args...` inside `ns` (`ip netns exec`), stdout and stderr into `log`.
+    /// The agent gets SIGTERM (and so detaches cleanly) if the thread that started it dies.
     pub fn start(bin: &Path, ns: &str, args: &[&str], log: &Path) -> Result<AgentProc> {
+        use std::os::unix::process::CommandExt;
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["netns", "exec", ns])
             .arg(bin)
             .args(args)
@@ -107,6 +117,20 @@ impl AgentProc {
     /// Wait for an agent that is expected to exit by itself (e.g. refused to start).
     pub fn wait_exit(mut self, timeout: Duration) -> Result<AgentExit> {
         self.finish(timeout)
+    }
+
+    /// Stop with SIGINT (the agent detaches and prints its counters) and return the counters;
+    /// an error if it did not exit 0 or printed none.
+    pub fn stop_counters(self) -> Result<BTreeMap<String, u64>> {
+        let exit = self.stop(Signal::SIGINT)?;
+        if exit.status.code() != Some(0) || !exit.output.contains("turn-bpf counters:") {
+            bail!(
+                "the agent ended with {} and output:\n{}",
+                exit.status,
+                exit.output
+            );
+        }
+        Ok(exit.counters)
     }
 
     fn finish(&mut self, timeout: Duration) -> Result<AgentExit> {

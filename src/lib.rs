@@ -5,8 +5,10 @@
 
 pub mod agent;
 pub mod attach;
+pub mod baseline;
 pub mod cli;
 pub mod lab;
+pub mod load;
 pub mod progtest;
 pub mod skel;
 pub mod state;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The turn-bpf benchmark, in one run: coturn alone, coturn with turn-bpf attached ("offload") and
+# plain UDP through the baseline XDP forwarder (the floor under any relay in this lab), at the
+# same offered loads (a sweep past coturn's saturation, plus flat out), modes alternated at every
+# load so drift hits them all; then the BPF_PROG_TEST_RUN micro-benchmark.
+#
+# Writes target/bench/summary.json, summary.md, chart.svg (delivered rate and CPU per datagram vs
+# offered load) and runs.json (every point, raw), and prints the summary with the goals.
+#
+# Usage: scripts/bench.sh [--quick] [--out DIR] [-- MORE turn-load bench ARGS...]
+#   --quick   the reduced sweep (< 5 minutes); the full run takes < 20 minutes.
+#
+# Needs root on Debian 12; installs the Debian packages it needs (as scripts/test.sh does). The lab
+# is LAB=tbb-bench (namespaces tbb-bench-cli/-srv/-peer, plus tbb-micro for the micro-benchmark),
+# torn down at the end, also on failure or Ctrl+C.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SCRIPT=bench.sh
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+require_root "it installs packages, loads BPF and builds network namespaces"
+
+QUICK=0
+OUT=target/bench
+EXTRA=()
+while (($#)); do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --out)
+        [[ $# -ge 2 ]] || { echo "bench.sh: --out needs a directory" >&2; exit 2; }
+        OUT="$2"
+        shift
+        ;;
+    --)
+        shift
+        EXTRA=("$@")
+        break
+        ;;
+    -h | --help)
+        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "bench.sh: unknown argument $1 (see --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+export LAB=tbb-bench
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+if ((QUICK)); then
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-600}
+else
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
+fi
+
+# An agent the benchmark started is stopped by it; if the benchmark was killed, stop any turn-bpf
+# still running in our server namespace (by pid, from that namespace's own process list).
+stop_our_agents() {
+    local pid
+    [[ -e /run/netns/$LAB-srv ]] || return 0
+    for pid in $(ip netns pids "$LAB-srv" 2>/dev/null); do
+        if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == turn-bpf ]]; then
+            log "stopping turn-bpf agent $pid left in $LAB-srv"
+            kill -INT "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do
+                [[ -d /proc/$pid ]] || break
+                sleep 0.1
+            done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_our_agents
+    log "tearing the lab down"
+    scripts/lab.sh down >/dev/null 2>&1 || log "warning: LAB=$LAB scripts/lab.sh down failed"
+    ip netns del tbb-micro 2>/dev/null || true
+    exit "$rc"
+}
+
+install_packages
+keep_coturn_service_off
+require_cargo
+log "$(cargo --version), $(uname -r), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+
+log "building (release)"
+timeout --kill-after=30 "$BUILD_TIMEOUT" cargo build --release --bin turn-bpf --bin turn-load
+
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+log "bringing up the lab ($LAB)"
+stop_our_agents
+scripts/lab.sh up
+
+ARGS=(bench --lab "$LAB" --out "$OUT" --agent target/release/turn-bpf)
+((QUICK)) && ARGS+=(--quick)
+log "target/release/turn-load ${ARGS[*]} ${EXTRA[*]}"
+timeout --kill-after=30 "$BENCH_TIMEOUT" target/release/turn-load "${ARGS[@]}" "${EXTRA[@]}"
+log "results in $OUT/: summary.json summary.md chart.svg runs.json"

@@ -1,0 +1,1391 @@
+//! `turn-load`: the load generator, the micro-benchmark, and the whole benchmark.
+//!
+//! ```text
+//! turn-load run   --lab NAME [--mode coturn|offload|forwarder] [--rate PPS | --flat-out] ...
+//! turn-load micro [--repeat N] [--trials T] [--json FILE]
+//! turn-load bench --lab NAME [--quick] [--out DIR] ...
+//! turn-load render [--out DIR]
+//! ```
+//!
+//! `run` measures one offered load through an existing lab (`scripts/lab.sh up`); `micro` times
+//! the BPF programs with BPF_PROG_TEST_RUN; `bench` (what `scripts/bench.sh` runs) sweeps offered
+//! loads in three modes — coturn alone, coturn with the turn-bpf agent attached ("offload"), and
+//! plain UDP through the baseline XDP forwarder ("forwarder", the floor under any relay in this
+//! lab) — alternating the modes at every load, runs the micro-benchmark, and writes
+//! `summary.json`, `summary.md`, `chart.svg` and `runs.json`; `render` recomputes the summary,
+//! its Markdown and the chart from a bench's `runs.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use turn_bpf::baseline::{self, AttachedForwarder, MicroReport};
+use turn_bpf::lab::{self, Host};
+use turn_bpf::load::{self, AgentCounters, LabNet, LoadConfig, LoadReport, PathMode, Roles};
+
+#[derive(Parser)]
+#[command(
+    name = "turn-load",
+    about = "TURN load generator and turn-bpf benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One measurement at one offered load through an existing lab.
+    Run(RunArgs),
+    /// The BPF_PROG_TEST_RUN micro-benchmark.
+    Micro(MicroArgs),
+    /// The whole benchmark: sweep, both modes and the floor, micro-benchmark, summary.
+    Bench(BenchArgs),
+    /// Recompute summary.json, summary.md and chart.svg from a bench's runs.json (and the
+    /// micro-benchmark, machine and configuration in its summary.json).
+    Render(RenderArgs),
+}
+
+#[derive(ClapArgs)]
+struct RenderArgs {
+    /// The bench's output directory.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// coturn alone.
+    Coturn,
+    /// coturn with the turn-bpf agent attached.
+    Offload,
+    /// No TURN: plain UDP through the baseline XDP forwarder (the floor).
+    Forwarder,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Coturn => "coturn",
+            Mode::Offload => "offload",
+            Mode::Forwarder => "forwarder",
+        }
+    }
+}
+
+#[derive(ClapArgs, Clone)]
+struct LoadArgs {
+    /// Allocations (one channel each).
+    #[arg(long, default_value_t = 16)]
+    allocations: usize,
+    /// UDP payload bytes of the peer datagrams.
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Most datagrams per send call (UDP GSO segments).
+    #[arg(long, default_value_t = load::MAX_BATCH)]
+    batch: usize,
+    /// Receivers sleep this long (µs) after a batch (user-space interrupt moderation).
+    #[arg(long, default_value_t = 500)]
+    moderation_us: u64,
+    /// The turn-bpf binary (default: next to this one).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+#[derive(ClapArgs)]
+struct RunArgs {
+    /// Lab name (namespaces NAME-cli, NAME-srv, NAME-peer).
+    #[arg(long, default_value = "tbb-bench")]
+    lab: String,
+    #[arg(long, value_enum, default_value_t = Mode::Coturn)]
+    mode: Mode,
+    /// Offered client→peer datagrams per second.
+    #[arg(long, default_value_t = 10_000, conflicts_with = "flat_out")]
+    rate: u64,
+    /// Send as fast as possible.
+    #[arg(long)]
+    flat_out: bool,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(ClapArgs)]
+struct MicroArgs {
+    /// Runs per BPF_PROG_TEST_RUN.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Trials per case (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Name of the routing fixture namespace.
+    #[arg(long, default_value = "tbb-micro")]
+    ns: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(ClapArgs)]
+struct BenchArgs {
+    /// Lab name (must be up).
+    #[arg(long, default_value = "tbb-bench")]
+    lab: String,
+    /// The reduced sweep (< 5 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where the results go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Offered loads (client→peer datagrams/s), comma-separated; flat out is always added.
+    #[arg(long, value_delimiter = ',')]
+    loads: Vec<u64>,
+    /// Seconds per point (default 3 quick, 6 full).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Rounds over the sweep (default 1 quick, 2 full; the second in reverse order).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Runs per BPF_PROG_TEST_RUN in the micro-benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Skip the forwarder (floor) mode.
+    #[arg(long)]
+    no_floor: bool,
+    /// Longest wait (s) before a point for other users of the machine to calm down (default 3
+    /// quick, 4 full).
+    #[arg(long)]
+    quiet_wait: Option<f64>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    libbpf_rs::set_print(None);
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Micro(a) => cmd_micro(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Render(a) => cmd_render(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turn-load: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn need_root() -> Result<()> {
+    if !lab::is_root() {
+        bail!("needs root (network namespaces, BPF)");
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+// ------------------------------------------------------------------------------------------
+// One point
+// ------------------------------------------------------------------------------------------
+
+/// One measured point of the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Point {
+    mode: Mode,
+    round: usize,
+    /// `None`: flat out.
+    target_pps: Option<u64>,
+    /// Other users' share of the machine just before the run, %.
+    other_before_pct: f64,
+    report: LoadReport,
+    /// The agent's counters (offload mode).
+    agent: Option<AgentCounters>,
+    /// Datagrams relayed in XDP / datagrams relayed, % (offload mode).
+    offloaded_pct: Option<f64>,
+}
+
+/// Runs one point: sets the mode up, measures, takes it down again.
+fn measure(
+    lab: &LabNet,
+    mode: Mode,
+    rate: Option<u64>,
+    duration: Duration,
+    quiet: Duration,
+    la: &LoadArgs,
+) -> Result<(LoadReport, Option<AgentCounters>, f64)> {
+    let mut cfg = LoadConfig::for_lab(lab);
+    cfg.rate = rate;
+    cfg.duration = duration;
+    cfg.allocations = la.allocations;
+    cfg.payload_len = la.payload;
+    cfg.batch = la.batch;
+    cfg.moderation = Duration::from_micros(la.moderation_us);
+    let srv = lab.ns(Host::Srv);
+    let mut agent = None;
+    let mut fwd = None;
+    match mode {
+        Mode::Coturn => {}
+        Mode::Offload => {
+            let bin = la.agent.clone().unwrap_or_else(load::default_agent_path);
+            agent = Some(load::start_agent(
+                &bin,
+                &srv,
+                &["--enable-forwarding", lab::IFACE, lab::RELAY_IFACE],
+            )?);
+            cfg.agent_pid = agent.as_ref().map(turn_bpf::agent::AgentProc::pid);
+        }
+        Mode::Forwarder => {
+            cfg.path = PathMode::Plain;
+            fwd = Some(AttachedForwarder::attach(
+                &srv,
+                &[lab::IFACE, lab::RELAY_IFACE],
+            )?);
+        }
+    }
+    let roles = Roles {
+        generator: std::process::id(),
+        coturn: cfg.coturn_pid,
+        agent: cfg.agent_pid,
+    };
+    // Other users of a shared machine: wait (a little) for a quiet moment.
+    let other = load::wait_for_quiet(&roles, 10.0, quiet)?;
+    let report = load::run(&cfg);
+    drop(fwd);
+    let counters = match agent {
+        Some(a) => Some(a.stop_counters()?),
+        None => None,
+    };
+    Ok((report?, counters, other))
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    need_root()?;
+    let lab = LabNet::existing(&a.lab)?;
+    let rate = (!a.flat_out).then_some(a.rate);
+    let (r, counters, other) = measure(
+        &lab,
+        a.mode,
+        rate,
+        Duration::from_secs_f64(a.duration),
+        Duration::from_secs(3),
+        &a.load,
+    )?;
+    println!(
+        "mode {} (other users before the run: {other:.1}%)",
+        a.mode.name()
+    );
+    print!("{}", r.render());
+    if let Some(c) = &counters {
+        println!("agent counters: {c:?}");
+    }
+    if let Some(p) = a.json {
+        write_json(&p, &r)?;
+    }
+    Ok(())
+}
+
+fn cmd_micro(a: MicroArgs) -> Result<()> {
+    need_root()?;
+    let m = baseline::run_micro(&a.ns, a.repeat, a.trials)?;
+    print!("{}", render_micro(&m));
+    if let Some(p) = a.json {
+        write_json(&p, &m)?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// The bench
+// ------------------------------------------------------------------------------------------
+
+/// A point averaged over rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PointSummary {
+    /// `None`: flat out.
+    target_pps: Option<u64>,
+    label: String,
+    /// Client→peer datagrams offered per second (what the sender managed).
+    offered_pps: f64,
+    /// Client→peer datagrams delivered at the echo per second.
+    c2p_delivered_pps: f64,
+    /// Peer→client datagrams delivered at the client per second.
+    p2c_delivered_pps: f64,
+    /// Round trips completed per second (each datagram relayed twice).
+    delivered_pps: f64,
+    /// Relayed datagrams per second (both directions).
+    relayed_pps: f64,
+    /// Round-trip loss, %.
+    loss_pct: f64,
+    /// CPU of the run per relayed datagram, ns.
+    cpu_ns_per_pkt: f64,
+    /// The whole machine's busy time (other users included) per relayed datagram, ns.
+    machine_ns_per_pkt: f64,
+    /// coturn's CPU, % of one CPU.
+    coturn_cpu_pct: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    rtt_p999_us: f64,
+    /// Machine busy time not the run's during the run, % of all CPUs.
+    other_pct: f64,
+    /// Offload mode: share of relayed datagrams the agent relayed in XDP, %.
+    offloaded_pct: Option<f64>,
+    rounds: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModeSummary {
+    /// Most round trips per second delivered at any offered load (each datagram relayed twice).
+    max_delivered_pps: f64,
+    /// Most relayed datagrams per second (both directions) at any offered load.
+    max_relayed_pps: f64,
+    /// The load at which max_delivered_pps was reached.
+    max_delivered_at: String,
+    /// At the common offered load: CPU of the run per relayed datagram, ns.
+    cpu_ns_per_pkt: f64,
+    /// At the common offered load: the whole machine's busy time per relayed datagram, ns.
+    machine_ns_per_pkt: f64,
+    /// At the common offered load: coturn's CPU, % of one CPU.
+    coturn_cpu_pct: f64,
+    /// At the common offered load: round-trip loss, %.
+    loss_pct: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    rtt_p999_us: f64,
+    points: Vec<PointSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Goal {
+    goal: String,
+    target: String,
+    measured: String,
+    met: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MachineInfo {
+    nproc: usize,
+    cpu_model: String,
+    kernel: String,
+    coturn_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchConfig {
+    quick: bool,
+    duration_s: f64,
+    rounds: usize,
+    loads: Vec<u64>,
+    allocations: usize,
+    payload_len: usize,
+    batch: usize,
+    moderation_us: u64,
+    micro_repeat: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Summary {
+    machine: MachineInfo,
+    config: BenchConfig,
+    /// The common offered load (client→peer datagrams/s) of the per-mode figures: the highest
+    /// at which coturn alone lost < 0.1%.
+    common_load_pps: u64,
+    modes: BTreeMap<String, ModeSummary>,
+    /// Side by side: how many times better the offload is (coturn / offload, or offload /
+    /// coturn for rates), and the offload against the floor.
+    ratios: BTreeMap<String, f64>,
+    micro: MicroReport,
+    goals: Vec<Goal>,
+    elapsed_s: f64,
+}
+
+fn machine_info() -> MachineInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("?".into(), |(_, v)| v.trim().to_string());
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into());
+    let coturn_version = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "coturn"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("?".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        });
+    MachineInfo {
+        nproc: load::online_cpus(),
+        cpu_model,
+        kernel,
+        coturn_version,
+    }
+}
+
+fn label(target: Option<u64>) -> String {
+    match target {
+        None => "flat out".into(),
+        Some(r) if r % 1000 == 0 => format!("{}k", r / 1000),
+        Some(r) => r.to_string(),
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn summarize_points(points: &[Point], mode: Mode) -> Vec<PointSummary> {
+    let mut targets: Vec<Option<u64>> = points
+        .iter()
+        .filter(|p| p.mode == mode)
+        .map(|p| p.target_pps)
+        .collect();
+    // Ascending, flat out last.
+    targets.sort_by_key(|t| t.unwrap_or(u64::MAX));
+    targets.dedup();
+    targets
+        .into_iter()
+        .map(|t| {
+            let ps: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.mode == mode && p.target_pps == t)
+                .collect();
+            let m = |f: &dyn Fn(&Point) -> f64| mean(ps.iter().map(|p| f(p)));
+            let offloaded = ps
+                .iter()
+                .filter_map(|p| p.offloaded_pct)
+                .collect::<Vec<_>>();
+            PointSummary {
+                target_pps: t,
+                label: label(t),
+                offered_pps: m(&|p| p.report.c2p.offered_pps),
+                c2p_delivered_pps: m(&|p| p.report.c2p.delivered_pps),
+                p2c_delivered_pps: m(&|p| p.report.p2c.delivered_pps),
+                delivered_pps: m(&|p| p.report.round_trip.delivered_pps),
+                relayed_pps: m(&|p| p.report.relayed_pps),
+                loss_pct: m(&|p| p.report.round_trip.loss_pct),
+                cpu_ns_per_pkt: m(&|p| p.report.cpu_ns_per_relayed),
+                machine_ns_per_pkt: m(&|p| p.report.machine_ns_per_relayed),
+                coturn_cpu_pct: m(&|p| p.report.coturn_cpu_pct.unwrap_or(f64::NAN)),
+                rtt_p50_us: m(&|p| p.report.rtt.p50_us),
+                rtt_p99_us: m(&|p| p.report.rtt.p99_us),
+                rtt_p999_us: m(&|p| p.report.rtt.p999_us),
+                other_pct: m(&|p| p.report.cpu.other_pct()),
+                offloaded_pct: (!offloaded.is_empty()).then(|| mean(offloaded.into_iter())),
+                rounds: ps.len(),
+            }
+        })
+        .collect()
+}
+
+/// Loss below this is "no loss" (the goal's threshold).
+const LOSS_OK_PCT: f64 = 0.1;
+
+/// The highest fixed offered load at which coturn alone lost < 0.1% (the lowest load if it
+/// lost more everywhere).
+fn common_load(coturn: &[PointSummary]) -> Option<u64> {
+    let fixed: Vec<&PointSummary> = coturn.iter().filter(|p| p.target_pps.is_some()).collect();
+    fixed
+        .iter()
+        .filter(|p| p.loss_pct < LOSS_OK_PCT)
+        .filter_map(|p| p.target_pps)
+        .max()
+        .or_else(|| fixed.iter().filter_map(|p| p.target_pps).min())
+}
+
+fn mode_summary(points: Vec<PointSummary>, common: Option<u64>) -> ModeSummary {
+    let best = points
+        .iter()
+        .max_by(|a, b| a.delivered_pps.total_cmp(&b.delivered_pps));
+    let at = points
+        .iter()
+        .find(|p| p.target_pps == common && common.is_some());
+    let f = |g: &dyn Fn(&PointSummary) -> f64| at.map_or(f64::NAN, g);
+    ModeSummary {
+        max_delivered_pps: best.map_or(f64::NAN, |p| p.delivered_pps),
+        max_relayed_pps: points
+            .iter()
+            .map(|p| p.relayed_pps)
+            .fold(f64::NAN, f64::max),
+        max_delivered_at: best.map_or("-".into(), |p| p.label.clone()),
+        cpu_ns_per_pkt: f(&|p| p.cpu_ns_per_pkt),
+        machine_ns_per_pkt: f(&|p| p.machine_ns_per_pkt),
+        coturn_cpu_pct: f(&|p| p.coturn_cpu_pct),
+        loss_pct: f(&|p| p.loss_pct),
+        rtt_p50_us: f(&|p| p.rtt_p50_us),
+        rtt_p99_us: f(&|p| p.rtt_p99_us),
+        rtt_p999_us: f(&|p| p.rtt_p999_us),
+        points,
+    }
+}
+
+fn ratios(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> BTreeMap<String, f64> {
+    let mut r = BTreeMap::new();
+    let (Some(c), Some(o)) = (modes.get("coturn"), modes.get("offload")) else {
+        return r;
+    };
+    r.insert(
+        "cpu_per_pkt_coturn_over_offload".into(),
+        c.cpu_ns_per_pkt / o.cpu_ns_per_pkt,
+    );
+    r.insert(
+        "machine_per_pkt_coturn_over_offload".into(),
+        c.machine_ns_per_pkt / o.machine_ns_per_pkt,
+    );
+    r.insert(
+        "max_delivered_offload_over_coturn".into(),
+        o.max_delivered_pps / c.max_delivered_pps,
+    );
+    r.insert(
+        "rtt_p50_coturn_over_offload".into(),
+        c.rtt_p50_us / o.rtt_p50_us,
+    );
+    r.insert(
+        "rtt_p99_coturn_over_offload".into(),
+        c.rtt_p99_us / o.rtt_p99_us,
+    );
+    if let Some(f) = modes.get("forwarder") {
+        // What each relay adds above the floor (the endpoints' own stacks and the forwarding
+        // every path pays), per relayed datagram.
+        let (rc, ro) = (
+            c.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
+            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
+        );
+        r.insert("relay_cpu_above_floor_coturn_ns".into(), rc);
+        r.insert("relay_cpu_above_floor_offload_ns".into(), ro);
+        // Only meaningful when the offload is measurably above the floor (5% of it); below
+        // that it is within the noise of two separate runs, and the ratio is left out.
+        if ro > 0.05 * f.cpu_ns_per_pkt {
+            r.insert("relay_cpu_above_floor_coturn_over_offload".into(), rc / ro);
+        }
+        r.insert(
+            "offload_cpu_over_floor".into(),
+            o.cpu_ns_per_pkt / f.cpu_ns_per_pkt,
+        );
+        r.insert(
+            "offload_max_delivered_over_floor".into(),
+            o.max_delivered_pps / f.max_delivered_pps,
+        );
+    }
+    r.insert("cli2rem_over_baseline".into(), micro.cli2rem_vs_baseline);
+    r.insert("rem2cli_over_baseline".into(), micro.rem2cli_vs_baseline);
+    r
+}
+
+fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport, common: u64) -> Vec<Goal> {
+    let mut g = Vec::new();
+    let (Some(c), Some(o)) = (modes.get("coturn"), modes.get("offload")) else {
+        return g;
+    };
+    let ratio = o.cpu_ns_per_pkt / c.cpu_ns_per_pkt;
+    let floor = modes.get("forwarder").map_or(String::new(), |f| {
+        format!(
+            "; the floor alone (no TURN, plain XDP forwarding) costs {:.0} ns: above it coturn \
+             adds {:.0} ns, the offload {:.0} ns",
+            f.cpu_ns_per_pkt,
+            c.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
+            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt
+        )
+    });
+    g.push(Goal {
+        goal: "CPU per relayed datagram with offload ≤ 1/5 of coturn's (same offered load)".into(),
+        target: "≤ 0.20×".into(),
+        measured: format!(
+            "{:.2}× ({:.0} vs {:.0} ns at {} pps{floor})",
+            ratio, o.cpu_ns_per_pkt, c.cpu_ns_per_pkt, common,
+        ),
+        met: ratio <= 0.2,
+    });
+    let rate = o.max_delivered_pps / c.max_delivered_pps;
+    g.push(Goal {
+        goal: "Delivered rate at saturation ≥ 5× coturn's".into(),
+        target: "≥ 5×".into(),
+        measured: format!(
+            "{:.2}× ({:.0} vs {:.0} round trips/s)",
+            rate, o.max_delivered_pps, c.max_delivered_pps
+        ),
+        met: rate >= 5.0,
+    });
+    // Loss where coturn is below saturation.
+    let below: Vec<&PointSummary> = c
+        .points
+        .iter()
+        .filter(|p| p.target_pps.is_some() && p.loss_pct < LOSS_OK_PCT)
+        .collect();
+    let worst = below
+        .iter()
+        .filter_map(|p| o.points.iter().find(|q| q.target_pps == p.target_pps))
+        .map(|q| q.loss_pct)
+        .fold(0.0, f64::max);
+    g.push(Goal {
+        goal: "Offload loss < 0.1% wherever coturn is below saturation".into(),
+        target: "< 0.1%".into(),
+        measured: format!(
+            "worst {:.3}% over {} loads ({})",
+            worst,
+            below.len(),
+            below
+                .iter()
+                .map(|p| p.label.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        met: !below.is_empty() && worst < LOSS_OK_PCT,
+    });
+    let coturn_max = o
+        .points
+        .iter()
+        .map(|p| p.coturn_cpu_pct)
+        .fold(0.0, f64::max);
+    g.push(Goal {
+        goal: "coturn's own CPU during an offloaded flow < 1%".into(),
+        target: "< 1%".into(),
+        measured: format!(
+            "{:.2}% at most (all loads, flat out included); {:.2}% at {} pps",
+            coturn_max, o.coturn_cpu_pct, common
+        ),
+        met: coturn_max < 1.0,
+    });
+    let fast = micro.cli2rem_ns.max(micro.rem2cli_ns) / micro.baseline_ns;
+    g.push(Goal {
+        goal: "Fast path ≤ 1.3× the baseline forwarder".into(),
+        target: "≤ 1.30×".into(),
+        measured: format!(
+            "{:.2}× (cli2rem {:.0} ns, rem2cli {:.0} ns, baseline {:.0} ns)",
+            fast, micro.cli2rem_ns, micro.rem2cli_ns, micro.baseline_ns
+        ),
+        met: fast <= 1.3,
+    });
+    g.push(Goal {
+        goal: "Unrelated datagram ≤ 30 ns".into(),
+        target: "≤ 30 ns".into(),
+        measured: format!(
+            "{:.1} ns ({:.0} ns as BPF_PROG_TEST_RUN reports it, test-run loop included; \
+             cross-check through the harness {:.1} ns)",
+            micro.non_turn_ns, micro.non_turn_raw_ns, micro.non_turn_harnessed_ns
+        ),
+        met: micro.non_turn_ns <= 30.0,
+    });
+    g.push(Goal {
+        goal: "RTT p50 and p99 lower than coturn's".into(),
+        target: "both lower".into(),
+        measured: format!(
+            "p50 {:.0} vs {:.0} µs, p99 {:.0} vs {:.0} µs at {} pps",
+            o.rtt_p50_us, c.rtt_p50_us, o.rtt_p99_us, c.rtt_p99_us, common
+        ),
+        met: o.rtt_p50_us < c.rtt_p50_us && o.rtt_p99_us < c.rtt_p99_us,
+    });
+    g
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    need_root()?;
+    let t0 = Instant::now();
+    let lab = LabNet::existing(&a.lab)?;
+    if lab.coturn_pid().is_none() {
+        bail!("coturn is not running in lab {}", a.lab);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let loads: Vec<u64> = if !a.loads.is_empty() {
+        a.loads.clone()
+    } else if a.quick {
+        vec![10_000, 20_000, 40_000, 60_000, 100_000, 200_000]
+    } else {
+        vec![
+            5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 150_000,
+            200_000, 300_000,
+        ]
+    };
+    let duration = Duration::from_secs_f64(a.duration.unwrap_or(if a.quick { 3.0 } else { 6.0 }));
+    let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 2 }).max(1);
+    let quiet = Duration::from_secs_f64(a.quiet_wait.unwrap_or(if a.quick { 3.0 } else { 4.0 }));
+    let mut modes = vec![Mode::Coturn, Mode::Offload];
+    if !a.no_floor {
+        modes.push(Mode::Forwarder);
+    }
+    let mut targets: Vec<Option<u64>> = loads.iter().map(|&l| Some(l)).collect();
+    targets.push(None);
+
+    let info = machine_info();
+    println!(
+        "turn-load bench: {} × {}, Linux {}, coturn {}; lab {}; {} loads + flat out × {} modes × \
+         {} round(s), {:.0} s each",
+        info.nproc,
+        info.cpu_model,
+        info.kernel,
+        info.coturn_version,
+        a.lab,
+        loads.len(),
+        modes.len(),
+        rounds,
+        duration.as_secs_f64()
+    );
+    let mut points: Vec<Point> = Vec::new();
+    let mut step = 0usize;
+    for round in 0..rounds {
+        let order: Vec<Option<u64>> = if round % 2 == 0 {
+            targets.clone()
+        } else {
+            targets.iter().rev().copied().collect()
+        };
+        for t in order {
+            // Rotate the modes at every load so drift hits them all alike.
+            let mut ms = modes.clone();
+            ms.rotate_left(step % modes.len());
+            step += 1;
+            for mode in ms {
+                let (r, counters, other) = measure(&lab, mode, t, duration, quiet, &a.load)
+                    .with_context(|| format!("{} at {}", mode.name(), label(t)))?;
+                let offloaded_pct = counters.as_ref().map(|c| {
+                    let xdp = c.get("CLI2REM").copied().unwrap_or(0)
+                        + c.get("REM2CLI").copied().unwrap_or(0);
+                    100.0 * xdp as f64 / (r.c2p.sent + r.p2c.sent).max(1) as f64
+                });
+                println!(
+                    "  [{:>5.0} s] round {} {:>9} {:<9} offered {:>8.0}  delivered {:>8.0} rt/s  \
+                     loss {:>7.3}%  cpu {:>6.0} ns/pkt  coturn {:>5.1}%  rtt p50 {:>7.0} p99 {:>7.0} \
+                     µs{}",
+                    t0.elapsed().as_secs_f64(),
+                    round + 1,
+                    label(t),
+                    mode.name(),
+                    r.c2p.offered_pps,
+                    r.round_trip.delivered_pps,
+                    r.round_trip.loss_pct,
+                    r.cpu_ns_per_relayed,
+                    r.coturn_cpu_pct.unwrap_or(f64::NAN),
+                    r.rtt.p50_us,
+                    r.rtt.p99_us,
+                    offloaded_pct.map_or(String::new(), |p| format!("  xdp {p:.1}%")),
+                );
+                points.push(Point {
+                    mode,
+                    round,
+                    target_pps: t,
+                    other_before_pct: other,
+                    report: r,
+                    agent: counters,
+                    offloaded_pct,
+                });
+            }
+        }
+    }
+    write_json(&a.out.join("runs.json"), &points)?;
+
+    println!(
+        "  micro-benchmark (BPF_PROG_TEST_RUN, repeat {}) ...",
+        a.repeat
+    );
+    let micro = baseline::run_micro("tbb-micro", a.repeat, 5)?;
+
+    let per_mode: BTreeMap<Mode, Vec<PointSummary>> = modes
+        .iter()
+        .map(|&m| (m, summarize_points(&points, m)))
+        .collect();
+    let common = common_load(&per_mode[&Mode::Coturn]);
+    let summaries: BTreeMap<String, ModeSummary> = per_mode
+        .into_iter()
+        .map(|(m, ps)| (m.name().to_string(), mode_summary(ps, common)))
+        .collect();
+    let common = common.unwrap_or(0);
+    let summary = Summary {
+        machine: info,
+        config: BenchConfig {
+            quick: a.quick,
+            duration_s: duration.as_secs_f64(),
+            rounds,
+            loads,
+            allocations: a.load.allocations,
+            payload_len: a.load.payload,
+            batch: a.load.batch,
+            moderation_us: a.load.moderation_us,
+            micro_repeat: a.repeat,
+        },
+        common_load_pps: common,
+        ratios: ratios(&summaries, &micro),
+        goals: goals(&summaries, &micro, common),
+        modes: summaries,
+        micro,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    };
+    write_json(&a.out.join("summary.json"), &summary)?;
+    let md = render_markdown(&summary);
+    std::fs::write(a.out.join("summary.md"), &md)?;
+    chart(&summary, &a.out.join("chart.svg"))?;
+    println!();
+    print!("{md}");
+    println!(
+        "\nwrote {}/summary.json, summary.md, chart.svg, runs.json in {:.0} s",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn build_summary(
+    points: &[Point],
+    machine: MachineInfo,
+    config: BenchConfig,
+    micro: MicroReport,
+    elapsed_s: f64,
+) -> Summary {
+    let mut modes: Vec<Mode> = points.iter().map(|p| p.mode).collect();
+    modes.sort();
+    modes.dedup();
+    let per_mode: BTreeMap<Mode, Vec<PointSummary>> = modes
+        .iter()
+        .map(|&m| (m, summarize_points(points, m)))
+        .collect();
+    let common = per_mode.get(&Mode::Coturn).and_then(|c| common_load(c));
+    let summaries: BTreeMap<String, ModeSummary> = per_mode
+        .into_iter()
+        .map(|(m, ps)| (m.name().to_string(), mode_summary(ps, common)))
+        .collect();
+    let common = common.unwrap_or(0);
+    Summary {
+        machine,
+        config,
+        common_load_pps: common,
+        ratios: ratios(&summaries, &micro),
+        goals: goals(&summaries, &micro, common),
+        modes: summaries,
+        micro,
+        elapsed_s,
+    }
+}
+
+/// Writes summary.json, summary.md and chart.svg; returns the Markdown.
+fn write_outputs(summary: &Summary, out: &Path) -> Result<String> {
+    write_json(&out.join("summary.json"), summary)?;
+    let md = render_markdown(summary);
+    std::fs::write(out.join("summary.md"), &md)
+        .with_context(|| format!("writing {}/summary.md", out.display()))?;
+    chart(summary, &out.join("chart.svg"))?;
+    Ok(md)
+}
+
+fn cmd_render(a: RenderArgs) -> Result<()> {
+    let read = |name: &str| -> Result<String> {
+        let p = a.out.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    /// What render takes over from an earlier summary.json (the rest is recomputed).
+    #[derive(Deserialize)]
+    struct Head {
+        machine: MachineInfo,
+        config: BenchConfig,
+        micro: MicroReport,
+        elapsed_s: f64,
+    }
+    let points: Vec<Point> = serde_json::from_str(&read("runs.json")?).context("runs.json")?;
+    let old: Head = serde_json::from_str(&read("summary.json")?).context("summary.json")?;
+    let summary = build_summary(&points, old.machine, old.config, old.micro, old.elapsed_s);
+    print!("{}", write_outputs(&summary, &a.out)?);
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Rendering
+// ------------------------------------------------------------------------------------------
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    let r = v.round() as i64;
+    let s = r.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    if r < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn fmt_f(v: f64, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.prec$}")
+    } else {
+        "–".into()
+    }
+}
+
+fn render_micro(m: &MicroReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| case | ns per packet | vs baseline | verdict |\n|---|---:|---:|---|"
+    );
+    for c in &m.cases {
+        let _ = writeln!(
+            s,
+            "| {} — {} | {} | {} | {} |",
+            c.name,
+            c.what,
+            fmt_f(c.ns, 1),
+            fmt_f(c.ns / m.baseline_ns, 2),
+            c.verdict
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nRepeat {} per test run, median of {} trials. BPF_PROG_TEST_RUN's `repeat` re-runs a \
+         program on the same buffer, so the rewriting paths (cli2rem, rem2cli, baseline) run \
+         behind a harness that restores the original frame and tail-calls the program; the \
+         harness's own cost ({:.0} ns, measured in front of an XDP_PASS program in every trial, \
+         test-run loop included) is subtracted. non_turn leaves the packet alone and is measured \
+         without the harness, minus the test-run loop ({:.0} ns per run). Every trial checks the \
+         last run's verdict and that the path's counter moved by exactly `repeat`.",
+        m.repeat, m.trials, m.harness_ns, m.loop_overhead_ns
+    );
+    s
+}
+
+fn render_markdown(s: &Summary) -> String {
+    let mut o = String::new();
+    let m = &s.machine;
+    let _ = writeln!(
+        o,
+        "# turn-bpf benchmark{}\n",
+        if s.config.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {} × {}, Linux {}, coturn {}. {} allocations, {}-byte payloads, {} s per point, \
+         {} round(s), modes alternated at every load. {:.0} s in all.\n",
+        m.nproc,
+        m.cpu_model,
+        m.kernel,
+        m.coturn_version,
+        s.config.allocations,
+        s.config.payload_len,
+        s.config.duration_s,
+        s.config.rounds,
+        s.elapsed_s
+    );
+    let c = s.modes.get("coturn");
+    let of = s.modes.get("offload");
+    let f = s.modes.get("forwarder");
+    let col =
+        |ms: Option<&ModeSummary>, g: &dyn Fn(&ModeSummary) -> String| ms.map_or("–".into(), g);
+    let _ = writeln!(
+        o,
+        "## Headline\n\nAt the common offered load of **{} datagrams/s** client→peer (the highest \
+         at which coturn alone lost < 0.1%); maxima over the whole sweep.\n",
+        fmt_num(s.common_load_pps as f64)
+    );
+    let _ = writeln!(
+        o,
+        "| | coturn | offload | coturn ÷ offload | floor (baseline XDP forwarder, no TURN) |\n\
+         |---|---:|---:|---:|---:|"
+    );
+    type Row<'a> = (&'a str, &'a dyn Fn(&ModeSummary) -> f64, bool, usize);
+    let rows: [Row; 8] = [
+        (
+            "max delivered (round trips/s)",
+            &|x| x.max_delivered_pps,
+            false,
+            0,
+        ),
+        (
+            "max relayed (datagrams/s)",
+            &|x| x.max_relayed_pps,
+            false,
+            0,
+        ),
+        (
+            "CPU per relayed datagram (ns)",
+            &|x| x.cpu_ns_per_pkt,
+            true,
+            0,
+        ),
+        (
+            "  whole machine incl. other users (ns)",
+            &|x| x.machine_ns_per_pkt,
+            true,
+            0,
+        ),
+        ("coturn CPU (% of one CPU)", &|x| x.coturn_cpu_pct, true, 2),
+        ("round-trip loss (%)", &|x| x.loss_pct, true, 3),
+        ("RTT p50 (µs)", &|x| x.rtt_p50_us, true, 0),
+        ("RTT p99 (µs)", &|x| x.rtt_p99_us, true, 0),
+    ];
+    for (name, g, lower_better, prec) in rows {
+        let ratio = match (c, of) {
+            (Some(c), Some(of)) => {
+                let r = if lower_better {
+                    g(c) / g(of)
+                } else {
+                    g(of) / g(c)
+                };
+                if name.starts_with("coturn CPU") || name.starts_with("round-trip loss") {
+                    "–".to_string()
+                } else if lower_better {
+                    format!("{}×", fmt_f(r, 1))
+                } else {
+                    format!("{}× more", fmt_f(r, 1))
+                }
+            }
+            _ => "–".into(),
+        };
+        let v = |x: &ModeSummary| {
+            if prec == 0 {
+                fmt_num(g(x))
+            } else {
+                fmt_f(g(x), prec)
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {ratio} | {} |",
+            col(c, &v),
+            col(of, &v),
+            col(f, &v)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nCPU per relayed datagram: the CPU time of every task of the run (the generator's client \
+         and echo, coturn, the agent, kernel threads, each with the kernel work it causes, \
+         softirqs included) over the datagrams relayed in both directions. The whole-machine row \
+         also counts other users of this shared machine ({}% of it on average during the runs at \
+         the common load).",
+        fmt_f(
+            mean(
+                s.modes
+                    .values()
+                    .filter_map(|m| m.points.iter().find(|p| p.target_pps == Some(s.common_load_pps)))
+                    .map(|p| p.other_pct)
+            ),
+            0
+        )
+    );
+    if let (Some(rc), Some(ro), Some(f)) = (
+        s.ratios.get("relay_cpu_above_floor_coturn_ns"),
+        s.ratios.get("relay_cpu_above_floor_offload_ns"),
+        s.modes.get("forwarder"),
+    ) {
+        let off = if *ro > 0.05 * f.cpu_ns_per_pkt {
+            format!("{} ns", fmt_num(*ro))
+        } else {
+            format!(
+                "{} ns, i.e. none measurable (within ±5% of the floor)",
+                fmt_num(*ro)
+            )
+        };
+        let _ = writeln!(
+            o,
+            "\nThe floor is what any path costs in this lab: the client's and the peer's own UDP \
+             stacks and the generator, all on this machine, plus plain XDP forwarding. What the \
+             relay itself adds above it, per relayed datagram: coturn {} ns, offload {off}.",
+            fmt_num(*rc),
+        );
+    }
+
+    let _ = writeln!(o, "\n## Sweep\n");
+    let _ = writeln!(
+        o,
+        "| offered (target) | mode | offered/s | delivered c→p/s | delivered p→c/s | round-trip loss % \
+         | CPU ns/pkt | coturn CPU % | RTT p50 µs | RTT p99 µs | RTT p99.9 µs | other users % |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut labels: Vec<(Option<u64>, String)> = s
+        .modes
+        .values()
+        .flat_map(|ms| ms.points.iter().map(|p| (p.target_pps, p.label.clone())))
+        .collect();
+    labels.sort_by_key(|(t, _)| t.unwrap_or(u64::MAX));
+    labels.dedup();
+    for (t, lab) in labels {
+        for name in ["coturn", "offload", "forwarder"] {
+            let Some(p) = s
+                .modes
+                .get(name)
+                .and_then(|ms| ms.points.iter().find(|p| p.target_pps == t))
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "| {lab} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_num(p.offered_pps),
+                fmt_num(p.c2p_delivered_pps),
+                fmt_num(p.p2c_delivered_pps),
+                fmt_f(p.loss_pct, 3),
+                fmt_num(p.cpu_ns_per_pkt),
+                fmt_f(p.coturn_cpu_pct, 1),
+                fmt_num(p.rtt_p50_us),
+                fmt_num(p.rtt_p99_us),
+                fmt_num(p.rtt_p999_us),
+                fmt_f(p.other_pct, 1),
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Micro-benchmark (BPF_PROG_TEST_RUN through the loaded programs)\n"
+    );
+    o.push_str(&render_micro(&s.micro));
+    let _ = writeln!(o, "\n## Ratios\n\n| ratio | value |\n|---|---:|");
+    for (k, v) in &s.ratios {
+        let _ = writeln!(o, "| {k} | {} |", fmt_f(*v, 2));
+    }
+    let _ = writeln!(
+        o,
+        "\n## Goals\n\n| goal | target | measured | |\n|---|---|---|---|"
+    );
+    for g in &s.goals {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            g.goal,
+            g.target,
+            g.measured,
+            if g.met { "**met**" } else { "**missed**" }
+        );
+    }
+    o
+}
+
+fn chart(s: &Summary, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = root
+        .titled(
+            "turn-bpf: coturn alone vs. offloaded vs. the floor (plain XDP forwarding)",
+            ("sans-serif", 20),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((1, 2));
+    let colors = [
+        ("coturn", RGBColor(200, 60, 40)),
+        ("offload", RGBColor(30, 100, 200)),
+        ("forwarder", RGBColor(120, 120, 120)),
+    ];
+    let series = |name: &str, g: &dyn Fn(&PointSummary) -> f64| -> Vec<(f64, f64)> {
+        s.modes.get(name).map_or(Vec::new(), |m| {
+            let mut v: Vec<(f64, f64)> = m
+                .points
+                .iter()
+                .map(|p| (p.offered_pps, g(p)))
+                .filter(|(x, y)| x.is_finite() && y.is_finite() && *x > 0.0 && *y > 0.0)
+                .collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        })
+    };
+    let all_x: Vec<f64> = colors
+        .iter()
+        .flat_map(|(n, _)| series(n, &|p| p.delivered_pps))
+        .map(|(x, _)| x)
+        .collect();
+    let xmin = all_x.iter().copied().fold(f64::INFINITY, f64::min).max(1.0) * 0.8;
+    let xmax = all_x.iter().copied().fold(0.0, f64::max).max(xmin * 2.0) * 1.25;
+    // 1-2-5 key points on the log axes.
+    let keys = |lo: f64, hi: f64| -> Vec<f64> {
+        let mut v = Vec::new();
+        let mut decade = 1.0;
+        while decade <= hi {
+            for m in [1.0, 2.0, 5.0] {
+                let k = m * decade;
+                if k >= lo && k <= hi {
+                    v.push(k);
+                }
+            }
+            decade *= 10.0;
+        }
+        v
+    };
+
+    // Left: delivered round trips per second.
+    let ymax_d = colors
+        .iter()
+        .flat_map(|(n, _)| series(n, &|p| p.delivered_pps))
+        .map(|(_, y)| y)
+        .fold(1.0, f64::max)
+        * 1.5;
+    let mut ch = ChartBuilder::on(&panels[0])
+        .margin(15)
+        .caption("delivered round trips/s vs offered", ("sans-serif", 16))
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (xmin..xmax).log_scale().with_key_points(keys(xmin, xmax)),
+            (xmin * 0.5..ymax_d)
+                .log_scale()
+                .with_key_points(keys(xmin * 0.5, ymax_d)),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ch.configure_mesh()
+        .x_desc("offered client→peer datagrams/s")
+        .y_desc("delivered round trips/s")
+        .x_label_formatter(&|x| fmt_num(*x))
+        .y_label_formatter(&|y| fmt_num(*y))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, color) in colors {
+        let pts = series(name, &|p| p.delivered_pps);
+        if pts.is_empty() {
+            continue;
+        }
+        ch.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        ch.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    ch.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Right: CPU per relayed datagram.
+    let ymax_c = colors
+        .iter()
+        .flat_map(|(n, _)| series(n, &|p| p.cpu_ns_per_pkt))
+        .map(|(_, y)| y)
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut ch = ChartBuilder::on(&panels[1])
+        .margin(15)
+        .caption("CPU per relayed datagram vs offered", ("sans-serif", 16))
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (xmin..xmax).log_scale().with_key_points(keys(xmin, xmax)),
+            0.0..ymax_c,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ch.configure_mesh()
+        .x_desc("offered client→peer datagrams/s")
+        .y_desc("ns of CPU per relayed datagram")
+        .x_label_formatter(&|x| fmt_num(*x))
+        .y_label_formatter(&|y| fmt_num(*y))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, color) in colors {
+        let pts = series(name, &|p| p.cpu_ns_per_pkt);
+        if pts.is_empty() {
+            continue;
+        }
+        ch.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        ch.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    ch.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ps(target: Option<u64>, loss: f64, delivered: f64) -> PointSummary {
+        PointSummary {
+            target_pps: target,
+            label: label(target),
+            offered_pps: target.map_or(1e6, |t| t as f64),
+            c2p_delivered_pps: delivered,
+            p2c_delivered_pps: delivered,
+            delivered_pps: delivered,
+            relayed_pps: 2.0 * delivered,
+            loss_pct: loss,
+            cpu_ns_per_pkt: 1000.0,
+            machine_ns_per_pkt: 1100.0,
+            coturn_cpu_pct: 50.0,
+            rtt_p50_us: 100.0,
+            rtt_p99_us: 200.0,
+            rtt_p999_us: 300.0,
+            other_pct: 0.0,
+            offloaded_pct: None,
+            rounds: 1,
+        }
+    }
+
+    #[test]
+    fn the_common_load_is_the_highest_without_loss() {
+        let c = vec![
+            ps(Some(10_000), 0.0, 1e4),
+            ps(Some(20_000), 0.05, 2e4),
+            ps(Some(40_000), 3.0, 3e4),
+            ps(None, 80.0, 3e4),
+        ];
+        assert_eq!(common_load(&c), Some(20_000));
+        // Loss everywhere: the lowest load.
+        let c = vec![ps(Some(20_000), 1.0, 1e4), ps(Some(10_000), 0.5, 1e4)];
+        assert_eq!(common_load(&c), Some(10_000));
+        assert_eq!(common_load(&[ps(None, 0.0, 1.0)]), None);
+    }
+
+    #[test]
+    fn mode_summary_takes_maxima_and_the_common_point() {
+        let m = mode_summary(
+            vec![ps(Some(10_000), 0.0, 1e4), ps(None, 10.0, 5e4)],
+            Some(10_000),
+        );
+        assert_eq!(m.max_delivered_pps, 5e4);
+        assert_eq!(m.max_delivered_at, "flat out");
+        assert_eq!(m.loss_pct, 0.0);
+        assert_eq!(m.max_relayed_pps, 1e5);
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(fmt_num(1234567.4), "1 234 567");
+        assert_eq!(fmt_num(999.0), "999");
+        assert_eq!(fmt_num(-1000.0), "-1 000");
+        assert_eq!(fmt_num(f64::NAN), "–");
+        assert_eq!(label(Some(40_000)), "40k");
+        assert_eq!(label(Some(12_345)), "12345");
+        assert_eq!(label(None), "flat out");
+    }
+}
