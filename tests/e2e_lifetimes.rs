@@ -283,3 +283,57 @@ fn spoofed_channel_data_and_strange_peer_ports_are_not_relayed_by_the_fast_path(
     assert!(exit.counter("PASS_NO_CHANNEL") >= 11, "{}", exit.output);
     echo.stop();
 }
+
+/// What coturn refuses leaves nothing behind: a wrong password, and a peer coturn denies with
+/// --denied-peer-ip. The denied peer's traffic is never relayed, by anyone.
+#[test]
+fn requests_the_server_refuses_leave_nothing_behind() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-life5", &["--denied-peer-ip", "198.51.100.2"]).unwrap();
+    warm_neighbours(&lab);
+    let echo = Echo::start(&lab, 7104);
+    let a = agent(&lab, "life5");
+
+    // Wrong credentials: 401, nothing allocated.
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V4, 0)).unwrap()
+    });
+    let mut bad = TurnClient::new(sock, lab::TURN_SERVER_V4, lab::TURN_USER, "wrong-secret");
+    let err = bad.allocate(None).expect_err("a wrong password is refused");
+    assert_eq!(err.code(), Some(401), "{err:?}");
+
+    // A denied peer: ChannelBind and CreatePermission are refused with 403.
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    let err = c
+        .channel_bind(CHANNEL, echo.addr)
+        .expect_err("a denied peer is refused");
+    assert_eq!(err.code(), Some(403), "{err:?}");
+    let err = c
+        .create_permission(&[echo.addr])
+        .expect_err("a denied peer is refused");
+    assert_eq!(err.code(), Some(403), "{err:?}");
+    // ChannelData on the refused channel: nobody relays it.
+    let saw = server_saw(&lab, || {
+        assert_eq!(burst(&c, 0, 10), 0, "nothing relayed to a denied peer");
+    });
+    assert_eq!(saw, 10, "all of it went to coturn, which dropped it");
+
+    let exit = stop(a);
+    assert_eq!(
+        exit.counter("LEARN_ALLOC"),
+        1,
+        "only the good allocation: {}",
+        exit.output
+    );
+    assert_eq!(exit.counter("LEARN_CHANNEL"), 0, "{}", exit.output);
+    assert_eq!(exit.counter("LEARN_PERM"), 0, "{}", exit.output);
+    assert!(
+        exit.counter("LEARN_ERROR") >= 4,
+        "401s and 403s discarded: {}",
+        exit.output
+    );
+    assert_eq!(exit.counter("CLI2REM"), 0, "{}", exit.output);
+    assert!(!exit.output.contains("channel learned"), "{}", exit.output);
+    assert_eq!(echo.stop(), 0, "the denied peer received nothing");
+}
