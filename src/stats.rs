@@ -78,10 +78,15 @@ pub const STATS: &[(u32, &str, &str)] = &[
         "ABORTED",
         "rewrite aborted after it began (never expected)",
     ),
+    (
+        33,
+        "NOT_MIRRORED",
+        "grants we cannot mirror: allocation left to the server",
+    ),
 ];
 
 /// Number of counters (`TB_STAT__MAX`).
-pub const N_STATS: usize = 33;
+pub const N_STATS: usize = 34;
 
 /// Index of a counter by name (panics on an unknown name: names are compile-time facts).
 pub fn code(name: &str) -> usize {

@@ -301,12 +301,17 @@ fn create_permission_more_peers_than_kept(c: &Ctx) -> Result<()> {
     let addrs: Vec<SocketAddr> = (1..=6u8)
         .map(|i| SocketAddr::from((Ipv4Addr::new(198, 51, 100, 10 + i), 1000)))
         .collect();
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
     let t = new_txid();
     c.request(C1, &perm_req(t, &addrs), true)?;
-    // TB_MAX_REQ_PEERS (4) are remembered; the others stay with the server
-    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 4)])?;
-    ensure!(c.counts().perms == 4, "maps {}", c.counts());
-    Ok(())
+    // Only TB_MAX_REQ_PEERS (4) are remembered, but coturn resets the permission of every peer
+    // named (which can shorten one a ChannelBind had extended): we cannot mirror that, so the
+    // allocation is left to the server.
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("NOT_MIRRORED", 1)])?;
+    ensure!(c.alloc(C1).is_err(), "the allocation is given up");
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
 }
 
 fn create_permission_refreshes_bound_channel(c: &Ctx) -> Result<()> {
@@ -431,8 +436,6 @@ fn allocate_answered_again_keeps_its_channels(c: &Ctx) -> Result<()> {
 }
 
 fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
-    c.allocate(C1, R1, 600)?;
-    let base = c.counts();
     let cases: [(u16, Vec<u8>, Vec<u8>, u16); 6] = {
         let t: Vec<TxId> = (0..6).map(|_| new_txid()).collect();
         [
@@ -470,20 +473,46 @@ fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
         ]
     };
     for (method, request, success, code) in cases {
+        // a fresh allocation for every case: the one before may have been given up
+        c.allocate(C1, R1, 600)?;
+        let base = c.counts();
         let txid: TxId = request[8..20].try_into().unwrap();
         c.request(C1, &request, true)?;
-        c.response(
-            C1,
-            &build_error_response(method, txid, code),
-            &[("LEARN_ERROR", 1)],
-        )
-        .with_context(|| format!("{code} to method {method:#x}"))?;
+        // 437 to a Refresh: the server has no allocation for this 5-tuple any more
+        let gone = method == REFRESH && code == 437;
+        let want: &[(&str, u64)] = if gone {
+            &[("LEARN_ERROR", 1), ("LEARN_DEALLOC", 1)]
+        } else {
+            &[("LEARN_ERROR", 1)]
+        };
+        c.response(C1, &build_error_response(method, txid, code), want)
+            .with_context(|| format!("{code} to method {method:#x}"))?;
         ensure!(c.counts().pending == 0, "pending entry kept after {code}");
-        // a late (or forged) success for the same transaction finds nothing to commit
-        c.response(C1, &success, &[("LEARN_NO_PENDING", 1)])?;
-        ensure!(c.counts() == base, "committed after {code}: {}", c.counts());
+        if gone {
+            ensure!(
+                c.alloc(C1).is_err(),
+                "437 to a Refresh removes the allocation"
+            );
+        } else {
+            ensure!(c.counts() == base, "committed after {code}: {}", c.counts());
+        }
+        // A late (or forged) success for the same transaction finds nothing to commit, and
+        // can only take state away: an unmatched grant leaves the allocation to the server.
+        let late: &[(&str, u64)] = if gone {
+            &[("LEARN_NO_PENDING", 1)]
+        } else if method == REFRESH {
+            &[("LEARN_NO_PENDING", 1), ("LEARN_DEALLOC", 1)]
+        } else {
+            &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)]
+        };
+        c.response(C1, &success, late)?;
+        ensure!(c.alloc(C1).is_err(), "after {code}: {}", c.counts());
+        ensure!(
+            c.counts().chans == 0 && c.counts().perms == 0,
+            "{}",
+            c.counts()
+        );
     }
-    ensure!(c.alloc(C1).is_ok(), "the allocation must survive");
     Ok(())
 }
 
@@ -574,13 +603,19 @@ fn conflicting_transaction_id(c: &Ctx) -> Result<()> {
         "conflict",
         || c.p.client_sends(c.net, C1, &bind_req(t, 0x4002, P2.into())),
     )?;
-    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_PENDING", 1)])?;
+    // the server's answer is unmatched: nothing is committed and the allocation is given up
+    c.response(
+        C1,
+        &ok(CHANNEL_BIND, t, &[]),
+        &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)],
+    )?;
     let m = c.counts();
     ensure!(
-        (m.chans, m.peers, m.perms, m.pending) == (0, 0, 0, 0),
+        (m.allocs, m.chans, m.peers, m.perms, m.pending) == (0, 0, 0, 0, 0),
         "maps {m}"
     );
     // a plain retransmission (same contents) is no conflict
+    c.allocate(C1, R1, 600)?;
     let t = new_txid();
     let r = bind_req(t, 0x4001, P1.into());
     c.request(C1, &r, true)?;
@@ -596,10 +631,13 @@ fn method_mismatch(c: &Ctx) -> Result<()> {
     c.response(
         C1,
         &ok(CREATE_PERMISSION, t, &[]),
-        &[("LEARN_NO_PENDING", 1)],
+        &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)],
     )?;
     let m = c.counts();
-    ensure!((m.chans, m.perms, m.pending) == (0, 0, 0), "maps {m}");
+    ensure!(
+        (m.allocs, m.chans, m.perms, m.pending) == (0, 0, 0, 0),
+        "maps {m}"
+    );
     Ok(())
 }
 
@@ -936,10 +974,97 @@ fn peer_after_integrity_commits_nothing(c: &Ctx) -> Result<()> {
         "request",
         || c.p.client_sends(c.net, C1, &m),
     )?;
-    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_NO_PENDING", 1)])?;
+    // the server's answer is unmatched: nothing committed, the allocation left to the server
+    c.response(
+        C1,
+        &ok(CHANNEL_BIND, t, &[]),
+        &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)],
+    )?;
     let m = c.counts();
-    ensure!((m.chans, m.peers, m.perms) == (0, 0, 0), "committed: {m}");
+    ensure!(
+        (m.allocs, m.chans, m.peers, m.perms) == (0, 0, 0, 0),
+        "committed: {m}"
+    );
     c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
+}
+
+fn refresh_zero_without_a_matching_request_deallocates(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // Refresh(600) and Refresh(0) under one transaction ID: the second looks like a
+    // retransmission and is not recorded; the server answers both.
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 600), true)?;
+    c.request(C1, &refresh_req(t, 0), false)?;
+    c.response(C1, &refresh_ok(t, 600), &[("LEARN_REFRESH", 1)])?;
+    c.response(
+        C1,
+        &refresh_ok(t, 0),
+        &[("LEARN_NO_PENDING", 1), ("LEARN_DEALLOC", 1)],
+    )?;
+    ensure!(c.alloc(C1).is_err(), "deallocated although unmatched");
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
+}
+
+fn unmatched_refresh_shortens_but_never_extends(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    // an unmatched Refresh success with a longer lifetime changes nothing ...
+    c.response(
+        C1,
+        &refresh_ok(new_txid(), 3600),
+        &[("LEARN_NO_PENDING", 1)],
+    )?;
+    expect_deadline(
+        "after an unmatched longer Refresh",
+        c.alloc(C1)?.expires_ns,
+        600,
+    )?;
+    // ... a shorter one applies
+    c.response(C1, &refresh_ok(new_txid(), 60), &[("LEARN_NO_PENDING", 1)])?;
+    expect_deadline(
+        "after an unmatched shorter Refresh",
+        c.alloc(C1)?.expires_ns,
+        60,
+    )
+}
+
+fn refresh_437_removes_the_allocation(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 600), true)?;
+    c.response(
+        C1,
+        &build_error_response(REFRESH, t, 437),
+        &[("LEARN_ERROR", 1), ("LEARN_DEALLOC", 1)],
+    )?;
+    ensure!(
+        c.alloc(C1).is_err(),
+        "437: the server has no such allocation"
+    );
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")
+}
+
+fn allocate_with_mobility_ticket_is_not_offloaded(c: &Ctx) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    let mut attrs = vec![
+        Attr::XorRelayedAddress(R1.into()),
+        Attr::Lifetime(600),
+        Attr::XorMappedAddress(C1.into()),
+    ];
+    attrs.push(Attr::Raw {
+        typ: 0x8030,
+        value: vec![1, 2, 3, 4],
+    });
+    c.response(C1, &ok(ALLOCATE, t, &attrs), &[("NOT_MIRRORED", 1)])?;
+    ensure!(
+        c.alloc(C1).is_err(),
+        "a mobile allocation stays with the server"
+    );
+    Ok(())
 }
 
 fn create_permission(c: &Ctx, peer: SocketAddrV4) -> Result<()> {
@@ -1023,7 +1148,7 @@ fn learning_table() {
             Config::default(),
         ),
         (
-            "CreatePermission with 6 peers keeps 4",
+            "CreatePermission with more peers than kept leaves the allocation to the server",
             create_permission_more_peers_than_kept,
             Config::default(),
         ),
@@ -1035,6 +1160,26 @@ fn learning_table() {
         (
             "Allocate answered again (same relay) keeps channels; another relay does not",
             allocate_answered_again_keeps_its_channels,
+            Config::default(),
+        ),
+        (
+            "Refresh 0 answered to an unrecorded request still deallocates",
+            refresh_zero_without_a_matching_request_deallocates,
+            Config::default(),
+        ),
+        (
+            "unmatched Refresh success shortens, never extends",
+            unmatched_refresh_shortens_but_never_extends,
+            Config::default(),
+        ),
+        (
+            "437 to a Refresh removes the allocation",
+            refresh_437_removes_the_allocation,
+            Config::default(),
+        ),
+        (
+            "Allocate with MOBILITY-TICKET is left to the server",
+            allocate_with_mobility_ticket_is_not_offloaded,
             Config::default(),
         ),
         (

@@ -122,7 +122,7 @@ struct tb_pending {
 	__u8 npeers;
 	__u8 conflict;         /* the same transaction ID carried different contents: commit nothing */
 	__u8 family_sel;       /* Refresh names an address family (REQUESTED-ADDRESS-FAMILY, 0x8032) */
-	__u8 pad;
+	__u8 peer_overflow;    /* CreatePermission named more peers than `peers` holds */
 };
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused; the Rust side
@@ -161,6 +161,7 @@ enum tb_stat {
 	TB_STAT_STUN_MALFORMED = 30,  /* a STUN message we could not parse: nothing recorded */
 	TB_STAT_TC_NOT_LOCAL = 31,    /* a "response" that was forwarded, not sent by this host */
 	TB_STAT_ABORTED = 32,         /* a helper failed after the rewrite began (should never happen) */
+	TB_STAT_NOT_MIRRORED = 33,    /* a grant we cannot mirror exactly: the allocation is left to the server */
 	TB_STAT__MAX
 };
 

@@ -142,6 +142,7 @@ static __always_inline void record_request(const struct tb_ep *client, const str
 	v->chan = m->chan;
 	v->npeers = m->npeers;
 	v->family_sel = m->has_family;
+	v->peer_overflow = m->peer_overflow;
 	__builtin_memcpy(v->peers, m->peers, sizeof(v->peers));
 	v->created_ns = tb_now();
 
@@ -207,6 +208,14 @@ static __always_inline const struct tb_ep *relay_for(const struct tb_alloc *a, _
 	return 0;
 }
 
+/* Forget an allocation: its channels and permissions no longer validate (their alloc_id is
+ * gone) and the loader's sweep removes them. Its traffic goes to the server from now on. */
+static __always_inline void drop_allocation(const struct tb_alloc_key *ak, __u32 reason)
+{
+	if (bpf_map_delete_elem(&allocs, ak) == 0)
+		stat_inc(reason);
+}
+
 static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const struct stun_msg *m,
 					    __u64 now)
 {
@@ -215,6 +224,13 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 
 	if (!m->nrelay || !m->has_lifetime) {
 		stat_inc(TB_STAT_STUN_MALFORMED);
+		return;
+	}
+	if (m->has_mobility) {
+		/* With mobility the server may move the allocation to another 5-tuple by a
+		 * Refresh from there; we key allocations by 5-tuple, so leave it to the server. */
+		bpf_map_delete_elem(&allocs, ak);
+		stat_inc(TB_STAT_NOT_MIRRORED);
 		return;
 	}
 	if (!relay_local(&m->relay[0], &a.relay[0])) {
@@ -320,6 +336,13 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 		stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
 	}
+	if (p->peer_overflow) {
+		/* coturn resets the permission of every peer named, which can shorten one that a
+		 * ChannelBind had set to the channel lifetime (and its channel goes with it). We
+		 * do not know the peers beyond the ones we keep: leave the allocation to it. */
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED);
+		return;
+	}
 #pragma unroll
 	for (int i = 0; i < TB_MAX_REQ_PEERS; i++) {
 		const struct tb_ep *peer = &p->peers[i];
@@ -415,6 +438,44 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 #undef c
 }
 
+/*
+ * A response we cannot match to a request we understood: the pending entry was evicted, the
+ * request was one we could not parse, its transaction ID was reused with other contents, or the
+ * server answered twice. The server did it anyway, and it is the authority, so its answer may
+ * still take state away, never add any:
+ *   - Refresh success: its LIFETIME applies if it shortens the allocation (0 removes it);
+ *   - any other grant: we do not know what it changed (a CreatePermission may have shortened a
+ *     permission, an Allocate replaced the allocation), so the allocation is left to the server.
+ */
+static __always_inline void commit_unmatched(const struct tb_alloc_key *ak,
+					     const struct stun_msg *m, __u64 now)
+{
+	struct tb_alloc *a;
+	__u64 exp;
+
+	if (m->cls != STUN_SUCCESS)
+		return;
+	switch (m->method) {
+	case STUN_REFRESH:
+		if (!m->has_lifetime)
+			return;
+		if (m->lifetime == 0) {
+			drop_allocation(ak, TB_STAT_LEARN_DEALLOC);
+			return;
+		}
+		a = bpf_map_lookup_elem(&allocs, ak);
+		exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
+		if (a && exp < a->expires_ns)
+			a->expires_ns = exp;
+		return;
+	case STUN_ALLOCATE:
+	case STUN_CREATE_PERMISSION:
+	case STUN_CHANNEL_BIND:
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED);
+		return;
+	}
+}
+
 /* A response from `server` to `client`: commit it if it answers a request we saw. */
 static __always_inline void commit_response(const struct tb_ep *client, const struct tb_ep *server,
 					    struct tb_scratch *s)
@@ -431,21 +492,31 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 	k.client = *client;
 	k.server = *server;
 	__builtin_memcpy(k.txid, m->txid, sizeof(k.txid));
-	p = bpf_map_lookup_elem(&pending, &k);
-	if (!p) {
-		switch (m->method) {
-		case STUN_ALLOCATE:
-		case STUN_REFRESH:
-		case STUN_CREATE_PERMISSION:
-		case STUN_CHANNEL_BIND:
-			stat_inc(TB_STAT_LEARN_NO_PENDING);
-		}
+	switch (m->method) {
+	case STUN_ALLOCATE:
+	case STUN_REFRESH:
+	case STUN_CREATE_PERMISSION:
+	case STUN_CHANNEL_BIND:
+		break;
+	default:
 		return;
 	}
-	req = *p;
-	bpf_map_delete_elem(&pending, &k);
-	if (req.method != m->method || req.conflict) {
+	ak.client = *client;
+	ak.server = *server;
+	/* 437 Allocation Mismatch to a Refresh: the server has no allocation for this 5-tuple. */
+	if (m->cls == STUN_ERROR && m->method == STUN_REFRESH && m->error_code == 437) {
+		drop_allocation(&ak, TB_STAT_LEARN_DEALLOC);
+		state_changed();
+	}
+	p = bpf_map_lookup_elem(&pending, &k);
+	if (p) {
+		req = *p;
+		bpf_map_delete_elem(&pending, &k);
+	}
+	if (!p || req.method != m->method || req.conflict) {
 		stat_inc(TB_STAT_LEARN_NO_PENDING);
+		commit_unmatched(&ak, m, now);
+		state_changed();
 		return;
 	}
 	if (m->cls == STUN_ERROR) {
@@ -453,8 +524,6 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		return;
 	}
 
-	ak.client = *client;
-	ak.server = *server;
 	switch (req.method) {
 	case STUN_ALLOCATE:
 		commit_allocate(&ak, m, now);

@@ -36,6 +36,7 @@ _Static_assert((TB_MAX_REQ_PEERS & (TB_MAX_REQ_PEERS - 1)) == 0, "indexing masks
 
 /* Attributes */
 #define STUN_ATTR_MESSAGE_INTEGRITY 0x0008
+#define STUN_ATTR_ERROR_CODE 0x0009
 #define STUN_ATTR_CHANNEL_NUMBER 0x000C
 #define STUN_ATTR_LIFETIME 0x000D
 #define STUN_ATTR_XOR_PEER_ADDRESS 0x0012
@@ -43,6 +44,7 @@ _Static_assert((TB_MAX_REQ_PEERS & (TB_MAX_REQ_PEERS - 1)) == 0, "indexing masks
 #define STUN_ATTR_REQUESTED_ADDRESS_FAMILY 0x0017
 #define STUN_ATTR_MESSAGE_INTEGRITY_SHA256 0x001C
 #define STUN_ATTR_FINGERPRINT 0x8028
+#define STUN_ATTR_MOBILITY_TICKET 0x8030
 /* ADDITIONAL-ADDRESS-FAMILY as coturn 4.6.1 numbers it (RFC 8656's 0x8000 is ignored there). */
 #define STUN_ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN 0x8032
 
@@ -67,6 +69,8 @@ struct stun_msg {
 	__u8 has_lifetime;
 	__u8 has_chan;
 	__u8 has_family;                      /* REQUESTED-/ADDITIONAL-ADDRESS-FAMILY present */
+	__u8 has_mobility;                    /* MOBILITY-TICKET present */
+	__u16 error_code;                     /* ERROR-CODE as class * 100 + number */
 };
 
 static __always_inline long tb_load(void *ctx, bool xdp, __u32 off, void *to, __u32 len)
@@ -172,6 +176,17 @@ static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 		case STUN_ATTR_MESSAGE_INTEGRITY_SHA256:
 		case STUN_ATTR_FINGERPRINT:
 			sealed = true;
+			break;
+		case STUN_ATTR_ERROR_CODE: {
+			__u8 ec[4];
+
+			if (al < 4 || tb_load(ctx, xdp, val, ec, sizeof(ec)))
+				return -1;
+			m->error_code = (ec[2] & 7) * 100 + ec[3];
+			break;
+		}
+		case STUN_ATTR_MOBILITY_TICKET:
+			m->has_mobility = 1;
 			break;
 		case STUN_ATTR_REQUESTED_ADDRESS_FAMILY:
 		case STUN_ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN:
