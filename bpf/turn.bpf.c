@@ -165,9 +165,14 @@ int tc_snoop(struct __sk_buff *skb)
 	if (udp_len < sizeof(udp) + STUN_HDR_LEN || udp_len != ip_len - sizeof(ip) ||
 	    sizeof(struct ethhdr) + ip_len > skb->len)
 		return TC_ACT_UNSPEC;
-	/* Only the server's own answers count: a forwarded packet is not one. */
+	/* Only the server's own answers count: a forwarded packet is not one, nor one sent from
+	 * a socket of another user (a local process posing as the server). */
 	if (skb->ingress_ifindex) {
 		stat_inc(TB_STAT_TC_NOT_LOCAL);
+		return TC_ACT_UNSPEC;
+	}
+	if (cfg_server_uid != TB_ANY_UID && bpf_get_socket_uid(skb) != cfg_server_uid) {
+		stat_inc(TB_STAT_TC_FOREIGN);
 		return TC_ACT_UNSPEC;
 	}
 	s = scratch_get();

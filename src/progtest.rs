@@ -239,6 +239,8 @@ pub struct Config {
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
     pub limits: MapLimits,
+    /// Trust only responses from sockets of this uid (None: any local socket).
+    pub server_uid: Option<u32>,
 }
 
 impl Default for Config {
@@ -248,6 +250,7 @@ impl Default for Config {
             spill_every: 0,
             channel_lifetime_s: 600,
             permission_lifetime_s: 300,
+            server_uid: None,
             limits: MapLimits::default(),
         }
     }
@@ -332,6 +335,7 @@ impl Programs {
             ro.cfg_spill_every = cfg.spill_every;
             ro.cfg_channel_lifetime_ns = cfg.channel_lifetime_s * 1_000_000_000;
             ro.cfg_permission_lifetime_ns = cfg.permission_lifetime_s * 1_000_000_000;
+            ro.cfg_server_uid = cfg.server_uid.unwrap_or(u32::MAX);
         }
         {
             let l = &cfg.limits;

@@ -83,10 +83,15 @@ pub const STATS: &[(u32, &str, &str)] = &[
         "NOT_MIRRORED",
         "grants we cannot mirror: allocation left to the server",
     ),
+    (
+        34,
+        "TC_FOREIGN",
+        "'responses' from sockets of another user ignored",
+    ),
 ];
 
 /// Number of counters (`TB_STAT__MAX`).
-pub const N_STATS: usize = 34;
+pub const N_STATS: usize = 35;
 
 /// Index of a counter by name (panics on an unknown name: names are compile-time facts).
 pub fn code(name: &str) -> usize {

@@ -988,6 +988,26 @@ fn peer_after_integrity_commits_nothing(c: &Ctx) -> Result<()> {
     c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
 }
 
+/// BPF_PROG_TEST_RUN gives its skb a dummy socket owned by uid 0.
+const TEST_RUN_UID: u32 = 0;
+
+fn responses_from_another_users_socket_are_ignored(c: &Ctx) -> Result<()> {
+    // this row runs with server_uid = 1000: the test run's socket (uid 0) is "another user"
+    let t = new_txid();
+    c.request(C1, &alloc_req(t, 600), true)?;
+    c.response(C1, &alloc_ok(t, C1, R1.into(), 600), &[("TC_FOREIGN", 1)])?;
+    ensure!(c.alloc(C1).is_err(), "committed from a foreign socket");
+    ensure!(c.counts().pending == 1, "the request stays pending");
+    Ok(())
+}
+
+fn responses_from_the_servers_uid_commit(c: &Ctx) -> Result<()> {
+    // this row runs with server_uid = TEST_RUN_UID: the same responses are trusted
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
 fn refresh_zero_without_a_matching_request_deallocates(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     c.bind(C1, 0x4001, P1)?;
@@ -1161,6 +1181,22 @@ fn learning_table() {
             "Allocate answered again (same relay) keeps channels; another relay does not",
             allocate_answered_again_keeps_its_channels,
             Config::default(),
+        ),
+        (
+            "responses from another user's socket are ignored",
+            responses_from_another_users_socket_are_ignored,
+            Config {
+                server_uid: Some(1000),
+                ..Config::default()
+            },
+        ),
+        (
+            "responses from the server's uid commit",
+            responses_from_the_servers_uid_commit,
+            Config {
+                server_uid: Some(TEST_RUN_UID),
+                ..Config::default()
+            },
         ),
         (
             "Refresh 0 answered to an unrecorded request still deallocates",

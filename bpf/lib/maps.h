@@ -18,6 +18,10 @@ volatile const __u64 cfg_channel_lifetime_ns = 600ULL * 1000000000ULL;
 volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
+/* The uid owning the TURN server's sockets: only responses sent from its sockets are trusted
+ * (TB_ANY_UID: any local socket, for tests without a server). */
+#define TB_ANY_UID 0xFFFFFFFFU
+volatile const __u32 cfg_server_uid = TB_ANY_UID;
 
 /* --- global state --- */
 

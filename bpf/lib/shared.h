@@ -78,9 +78,10 @@ struct tb_peer_key {
  * The value of both channel maps: everything one direction needs to rewrite a packet and to check
  * that the server would still relay it.
  *
- * `valid_until_ns`/`gen` cache the last full check (allocation, permission and channel lifetimes):
- * while the global state generation is unchanged and the deadline is ahead, the fast path needs no
- * other lookup. Every commit bumps the generation, so a shortened lifetime is seen at once.
+ * `cache` holds the last full check (allocation, permission and channel lifetimes): while the
+ * global state generation is unchanged and the deadline is ahead, the fast path needs no other
+ * lookup. Every commit bumps the generation, so a shortened lifetime is seen at once. Deadline
+ * and generation share one word (see state.h) so that no CPU ever sees one without the other.
  */
 struct tb_chan {
 	struct tb_ep client;   /* the allocation's 5-tuple ... */
@@ -91,8 +92,8 @@ struct tb_chan {
 	__u8 pad[6];
 	__u64 alloc_id;
 	__u64 chan_expires_ns; /* the channel's own lifetime */
-	__u64 valid_until_ns;  /* cached min(allocation, permission, channel) */
-	__u64 gen;             /* state generation the cache was computed at */
+	__u64 cache;           /* min(allocation, permission, channel) >> 20, << 24 | generation */
+	__u64 reserved;
 	__u64 packets;         /* datagrams seen by the fast path (drives the spill) */
 };
 
@@ -162,6 +163,7 @@ enum tb_stat {
 	TB_STAT_TC_NOT_LOCAL = 31,    /* a "response" that was forwarded, not sent by this host */
 	TB_STAT_ABORTED = 32,         /* a helper failed after the rewrite began (should never happen) */
 	TB_STAT_NOT_MIRRORED = 33,    /* a grant we cannot mirror exactly: the allocation is left to the server */
+	TB_STAT_TC_FOREIGN = 34,      /* a "response" from a socket not owned by the TURN server's user */
 	TB_STAT__MAX
 };
 

@@ -63,16 +63,24 @@ static __always_inline void state_changed(void)
  * Fast path: is this binding live? One lookup (the caller's) while the cache holds; on a miss of
  * the cache, the allocation and permission are looked up and the cache refreshed.
  */
+/* The validity cache of a binding: the deadline in units of 2^20 ns (about 1 ms, rounded down:
+ * the cache ends early, never late) above the low 24 bits of the state generation. */
+#define CACHE_GEN_BITS 24
+#define CACHE_GEN_MASK ((1ULL << CACHE_GEN_BITS) - 1)
+#define CACHE_TIME_SHIFT 20
+
 static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
 {
 	__u64 gen = *(volatile __u64 *)&tb_state_gen;
+	__u64 cache = *(volatile __u64 *)&c->cache;
 	struct tb_alloc_key ak = {};
 	struct tb_perm_key pk = {};
 	struct tb_alloc *a;
 	struct tb_perm *p;
 	__u64 until;
 
-	if (c->gen == gen && now < c->valid_until_ns)
+	if ((cache & CACHE_GEN_MASK) == (gen & CACHE_GEN_MASK) &&
+	    (now >> CACHE_TIME_SHIFT) < (cache >> CACHE_GEN_BITS))
 		return true;
 
 	ak.client = c->client;
@@ -89,8 +97,10 @@ static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
 	until = min_u64(min_u64(a->expires_ns, p->expires_ns), c->chan_expires_ns);
 	if (now >= until)
 		return false;
-	c->valid_until_ns = until;
-	c->gen = gen;
+	/* one store: a CPU refreshing the cache at another generation can overwrite it, but never
+	 * leave a deadline stamped with a generation it was not computed at */
+	*(volatile __u64 *)&c->cache =
+		((until >> CACHE_TIME_SHIFT) << CACHE_GEN_BITS) | (gen & CACHE_GEN_MASK);
 	return true;
 }
 
