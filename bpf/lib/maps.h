@@ -74,7 +74,8 @@ struct {
 } pending SEC(".maps");
 
 /* Relay ports (host order index) that have had an allocation: a cheap pre-filter that spares
- * unrelated UDP the peers lookup. Set here, cleared by the loader's sweep. */
+ * unrelated UDP the peers lookup. Set at commit and never cleared while the agent runs (clearing
+ * would race new commits): unrelated UDP to a port that once relayed pays one missed lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
