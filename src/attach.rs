@@ -109,8 +109,98 @@ fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The XDP mode the kernel is asked for on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Driver mode: the fast one; needs the driver's XDP support.
+    Native,
+    /// skb mode: works on any interface.
+    Generic,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Generic => "generic",
+        }
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            Mode::Native => XDP_FLAGS_DRV_MODE,
+            Mode::Generic => XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+/// The modes to try, in order, each on every interface at once. Modes are never mixed: a
+/// native-mode ingress that redirects into an interface attached in generic mode (which has no
+/// `ndo_xdp_xmit` for it) loses the frame.
+pub fn xdp_mode_plan(requested: XdpMode) -> &'static [Mode] {
+    match requested {
+        XdpMode::Auto => &[Mode::Native, Mode::Generic],
+        XdpMode::Native => &[Mode::Native],
+        XdpMode::Generic => &[Mode::Generic],
+    }
+}
+
+/// Whether an attach failure is the interface refusing the mode itself (the driver cannot do it),
+/// so the next mode of the plan may be tried: not a busy interface, not one that already has a
+/// program, nothing that is not the kernel's answer.
+pub fn refused_mode(e: &anyhow::Error) -> bool {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
+        .is_some_and(|errno| errno != nix::libc::EBUSY && errno != nix::libc::EEXIST)
+}
+
+/// Attach with `attach` to every interface in the first mode of `requested`'s plan that every
+/// interface takes. When one refuses a mode, whatever was attached in it is detached (dropped)
+/// before the next mode is tried on all of them, and a warning says so. `stop` is asked before
+/// every attach: `Ok(None)` when it said stop (with everything attached so far dropped again).
+pub fn attach_uniform<L>(
+    ifaces: &[String],
+    requested: XdpMode,
+    stop: &dyn Fn() -> bool,
+    mut attach: impl FnMut(&str, Mode) -> Result<L>,
+) -> Result<Option<(Mode, Vec<L>)>> {
+    let plan = xdp_mode_plan(requested);
+    for (i, &mode) in plan.iter().enumerate() {
+        let next = plan.get(i + 1).copied();
+        let mut links = Vec::new();
+        let mut refused = None;
+        for iface in ifaces {
+            if stop() {
+                return Ok(None);
+            }
+            match attach(iface, mode) {
+                Ok(l) => links.push(l),
+                Err(e) if next.is_some() && refused_mode(&e) => {
+                    refused = Some((iface, e));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((iface, e)) = refused else {
+            return Ok(Some((mode, links)));
+        };
+        drop(links);
+        warn!(
+            "{iface} refuses {} XDP ({e:#}): attaching every interface in {} mode instead (a \
+             {} interface cannot redirect into one in {} mode)",
+            mode.name(),
+            next.map_or("?", Mode::name),
+            mode.name(),
+            next.map_or("?", Mode::name),
+        );
+    }
+    bail!("no XDP mode left to try")
+}
+
 /// Attach `prog` to `iface` in `mode`. Refuses an interface that already has an XDP program.
-pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: XdpMode) -> Result<XdpLink> {
+pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLink> {
     let idx = ifindex(iface)?;
     if let Some((id, m)) = xdp_attached(idx)? {
         let owner = match prog_name(id) {
@@ -120,31 +210,27 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: XdpMode) -> Result<Xd
         };
         bail!("{iface} already has an XDP program attached: id {id}, {m} mode{owner}");
     }
-    let try_mode = |flags: u32, name: &'static str| {
-        xdp_link_create(prog, idx, flags).map(|fd| XdpLink {
-            iface: iface.to_string(),
-            ifindex: idx,
-            mode: name,
-            _link: fd,
-        })
+    let fd = match xdp_link_create(prog, idx, mode.flags()) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "attaching XDP to {iface} in {} mode: the interface is busy",
+                    mode.name()
+                )
+            })
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("attaching XDP to {iface} in {} mode", mode.name()))
+        }
     };
-    match mode {
-        XdpMode::Native => try_mode(XDP_FLAGS_DRV_MODE, "native")
-            .with_context(|| format!("attaching XDP to {iface} in native mode")),
-        XdpMode::Generic => try_mode(XDP_FLAGS_SKB_MODE, "generic")
-            .with_context(|| format!("attaching XDP to {iface} in generic mode")),
-        XdpMode::Auto => match try_mode(XDP_FLAGS_DRV_MODE, "native") {
-            Ok(l) => Ok(l),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
-                Err(e).with_context(|| format!("attaching XDP to {iface}: the interface is busy"))
-            }
-            Err(e) => {
-                debug!("native XDP on {iface} refused ({e}); trying generic");
-                try_mode(XDP_FLAGS_SKB_MODE, "generic")
-                    .with_context(|| format!("attaching XDP to {iface} (native: {e})"))
-            }
-        },
-    }
+    Ok(XdpLink {
+        iface: iface.to_string(),
+        ifindex: idx,
+        mode: mode.name(),
+        _link: fd,
+    })
 }
 
 /// Our TC egress filter on one interface.
@@ -335,20 +421,57 @@ impl Attachments {
         Ok(())
     }
 
+    /// Undo everything: XDP first (so nothing is relayed while revocations can no longer be
+    /// seen), then the TC snooper, then the forwarding settings we changed.
     pub fn detach_all(&mut self) {
-        for mut f in self.tc.drain(..).rev() {
-            f.detach();
-        }
         for l in self.xdp.drain(..).rev() {
             info!("detached XDP from {}", l.iface);
             drop(l);
         }
-        for iface in self.forwarding_enabled_by_us.drain(..) {
-            match set_forwarding(&iface, false) {
-                Ok(()) => info!("restored IPv4 forwarding off on {iface}"),
-                Err(e) => warn!("restoring forwarding on {iface}: {e:#}"),
-            }
+        for mut f in self.tc.drain(..).rev() {
+            f.detach();
         }
+        for iface in self.forwarding_enabled_by_us.drain(..) {
+            restore_forwarding(&iface);
+        }
+    }
+}
+
+/// What to do on exit with forwarding on an interface where we switched it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Still on, and nobody enabled forwarding globally: switch it off again.
+    SwitchOff,
+    /// `net.ipv4.conf.all.forwarding` is on: someone else enabled forwarding meanwhile.
+    LeaveOn,
+    /// Someone switched it off meanwhile: nothing to do.
+    AlreadyOff,
+}
+
+/// The decision, from the interface's forwarding now and `net.ipv4.conf.all.forwarding` now.
+pub fn forwarding_restore(iface_on: bool, all_on: bool) -> Restore {
+    match (iface_on, all_on) {
+        (false, _) => Restore::AlreadyOff,
+        (true, true) => Restore::LeaveOn,
+        (true, false) => Restore::SwitchOff,
+    }
+}
+
+fn restore_forwarding(iface: &str) {
+    let now = forwarding_enabled(iface).and_then(|i| Ok((i, forwarding_enabled("all")?)));
+    match now.map(|(i, all)| forwarding_restore(i, all)) {
+        Ok(Restore::SwitchOff) => match set_forwarding(iface, false) {
+            Ok(()) => info!("restored IPv4 forwarding off on {iface}"),
+            Err(e) => warn!("restoring forwarding on {iface}: {e:#}"),
+        },
+        Ok(Restore::LeaveOn) => warn!(
+            "leaving IPv4 forwarding on on {iface}: someone else enabled forwarding meanwhile \
+             (net.ipv4.conf.all.forwarding=1)"
+        ),
+        Ok(Restore::AlreadyOff) => {
+            info!("IPv4 forwarding on {iface} was switched off meanwhile: nothing to restore")
+        }
+        Err(e) => warn!("leaving IPv4 forwarding on {iface} as it is: {e:#}"),
     }
 }
 
@@ -361,4 +484,152 @@ impl Drop for Attachments {
 /// The raw fd of a program, for the attach calls.
 pub fn prog_fd<P: AsFd>(p: &P) -> BorrowedFd<'_> {
     p.as_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A fake attachment that records its own detach.
+    struct Fake {
+        what: String,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.log.borrow_mut().push(format!("detach {}", self.what));
+        }
+    }
+
+    fn ifaces(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The mode and the attachments made (by name), or the error; and the attach/detach log.
+    type Outcome = (Result<Option<(Mode, Vec<String>)>>, Vec<String>);
+
+    /// Run `attach_uniform` with a fake attach that refuses (errno) where `refuse` says so.
+    fn run(
+        requested: XdpMode,
+        refuse: impl Fn(&str, Mode) -> Option<i32>,
+        stop_after: Option<usize>,
+    ) -> Outcome {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let attempts = RefCell::new(0usize);
+        let stop = || stop_after.is_some_and(|n| *attempts.borrow() >= n);
+        let res = attach_uniform(&ifaces(&["a", "b", "c"]), requested, &stop, |i, m| {
+            *attempts.borrow_mut() += 1;
+            let what = format!("{i} {}", m.name());
+            log.borrow_mut().push(format!("attach {what}"));
+            if let Some(errno) = refuse(i, m) {
+                return Err(io::Error::from_raw_os_error(errno))
+                    .with_context(|| format!("attaching XDP to {i} in {} mode", m.name()));
+            }
+            Ok(Fake {
+                what,
+                log: log.clone(),
+            })
+        });
+        let res = res.map(|o| {
+            o.map(|(mode, links)| {
+                let names = links.iter().map(|l| l.what.clone()).collect();
+                std::mem::forget(links);
+                (mode, names)
+            })
+        });
+        let log = log.borrow().clone();
+        (res, log)
+    }
+
+    #[test]
+    fn auto_attaches_native_everywhere_when_every_interface_takes_it() {
+        let (res, log) = run(XdpMode::Auto, |_, _| None, None);
+        let (mode, links) = res.unwrap().unwrap();
+        assert_eq!(mode, Mode::Native);
+        assert_eq!(links, ["a native", "b native", "c native"]);
+        assert_eq!(
+            log,
+            ["attach a native", "attach b native", "attach c native"]
+        );
+    }
+
+    #[test]
+    fn auto_never_mixes_modes() {
+        // b has no native XDP: a's native attachment is undone and all go generic.
+        let refuse = |i: &str, m| (i == "b" && m == Mode::Native).then_some(nix::libc::EOPNOTSUPP);
+        let (res, log) = run(XdpMode::Auto, refuse, None);
+        let (mode, links) = res.unwrap().unwrap();
+        assert_eq!(mode, Mode::Generic);
+        assert_eq!(links, ["a generic", "b generic", "c generic"]);
+        assert_eq!(
+            log,
+            [
+                "attach a native",
+                "attach b native",
+                "detach a native",
+                "attach a generic",
+                "attach b generic",
+                "attach c generic"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_mode_falls_back() {
+        // busy, or generic refused too: an error, with nothing left attached
+        for (requested, refuse_generic, errno) in [
+            (XdpMode::Auto, false, nix::libc::EBUSY),
+            (XdpMode::Auto, true, nix::libc::EOPNOTSUPP),
+            (XdpMode::Native, false, nix::libc::EOPNOTSUPP),
+        ] {
+            let refuse =
+                |i: &str, m| (i == "b" && (m == Mode::Native || refuse_generic)).then_some(errno);
+            let (res, log) = run(requested, refuse, None);
+            let e = res.unwrap_err();
+            assert!(format!("{e:#}").contains("attaching XDP to b"), "{e:#}");
+            let attached = log.iter().filter(|l| l.starts_with("attach a")).count();
+            let detached = log.iter().filter(|l| l.starts_with("detach a")).count();
+            assert_eq!(attached, detached, "{requested:?}: {log:?}");
+        }
+        // explicit generic: generic only
+        let (res, log) = run(XdpMode::Generic, |_, _| None, None);
+        assert_eq!(res.unwrap().unwrap().0, Mode::Generic);
+        assert!(log.iter().all(|l| l.ends_with("generic")), "{log:?}");
+        // an error that is not the kernel refusing the mode (a program already there)
+        assert!(!refused_mode(&anyhow!(
+            "b already has an XDP program attached"
+        )));
+        assert!(refused_mode(&anyhow::Error::from(
+            io::Error::from_raw_os_error(nix::libc::EOPNOTSUPP)
+        )));
+        assert_eq!(xdp_mode_plan(XdpMode::Auto), [Mode::Native, Mode::Generic]);
+        assert_eq!(xdp_mode_plan(XdpMode::Native), [Mode::Native]);
+        assert_eq!(xdp_mode_plan(XdpMode::Generic), [Mode::Generic]);
+    }
+
+    #[test]
+    fn a_stop_during_attach_undoes_everything() {
+        let (res, log) = run(XdpMode::Auto, |_, _| None, Some(2));
+        assert!(res.unwrap().is_none());
+        assert_eq!(
+            log,
+            [
+                "attach a native",
+                "attach b native",
+                "detach a native",
+                "detach b native"
+            ]
+        );
+    }
+
+    #[test]
+    fn forwarding_is_restored_only_when_nobody_else_changed_it() {
+        assert_eq!(forwarding_restore(true, false), Restore::SwitchOff);
+        assert_eq!(forwarding_restore(true, true), Restore::LeaveOn);
+        assert_eq!(forwarding_restore(false, false), Restore::AlreadyOff);
+        assert_eq!(forwarding_restore(false, true), Restore::AlreadyOff);
+    }
 }

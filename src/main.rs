@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use log::{debug, error, info, warn};
 use turn_bpf::attach::{self, Attachments};
 use turn_bpf::cli::Args;
 use turn_bpf::skel::TurnSkelBuilder;
-use turn_bpf::state::{self, StateMaps, Sweeper};
+use turn_bpf::state::{self, ServerWatch, StateMaps, Sweeper, UdpTable};
 use turn_bpf::stats::Counters;
 
 /// How often expired entries are swept and local addresses re-read. Correctness never waits for
@@ -40,6 +40,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_line(&format!("{e:#}")),
     }
+}
+
+/// A signal arrived before the agent was running: whatever was done is undone as the caller
+/// returns (the attachments' drop), and the exit is clean.
+fn stopped_during_start_up() -> Result<()> {
+    info!("stopped during start-up: undoing what was done");
+    Ok(())
 }
 
 /// One clear line on stderr and a non-zero exit.
@@ -97,13 +104,45 @@ fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
 
+    // Signals first: from here on Ctrl+C and SIGTERM only set a flag, and every start-up step
+    // checks it, so a signal at any point ends with everything undone.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    let stopped = || stop.load(Ordering::SeqCst);
+
     let ifaces = args.xdp_ifaces();
     let client_iface = ifaces[0].clone();
     for iface in &ifaces {
         attach::ifindex(iface)?;
     }
+    // The server must already be running: everything is learned from its responses, and its
+    // sockets tell when it stops or restarts.
+    let socks = UdpTable::read()?;
+    let server = ServerWatch::new(&args.turn_ports, &socks)?;
+    debug!(
+        "watching the TURN server's sockets: {}",
+        server.describe(&socks)
+    );
+    let server_uid = match server.uid(&socks) {
+        Ok(uid) => Some(uid),
+        Err(uids) => {
+            warn!(
+                "the sockets on the TURN port(s) belong to several users ({uids:?}): the snooper \
+                 trusts responses from any local socket"
+            );
+            None
+        }
+    };
+
     let mut attached = Attachments::default();
     attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
+    if stopped() {
+        return stopped_during_start_up();
+    }
 
     // Open, configure, load.
     let mut storage = MaybeUninit::uninit();
@@ -122,11 +161,29 @@ fn run(args: &Args) -> Result<()> {
         rodata.cfg_spill_every = args.spill_every;
         rodata.cfg_channel_lifetime_ns = args.channel_lifetime * 1_000_000_000;
         rodata.cfg_permission_lifetime_ns = args.permission_lifetime * 1_000_000_000;
+        // Only responses sent from the server's user's sockets are trusted.
+        if let Some(uid) = server_uid {
+            rodata.cfg_server_uid = uid;
+        }
     }
-    let skel = open.load().context(
+    let mut skel = open.load().context(
         "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
          Linux 5.18 or later; run with -vv for the verifier's log)",
     )?;
+    if stopped() {
+        return stopped_during_start_up();
+    }
+    // The allocation sequence the BPF program draws allocation IDs from, in its mmap-ed .bss.
+    let alloc_seq_ptr: *mut u64 = skel
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .map(|b| std::ptr::addr_of_mut!(b.tb_alloc_seq))
+        .context("the BPF object has no mmap-ed .bss")?;
+    // SAFETY: the pointer is into the .bss mapping, which lives as long as `skel` (this whole
+    // function); it is 8-byte aligned (the mapping is page-aligned and tb_alloc_seq is a u64),
+    // and the BPF side only ever changes it atomically.
+    let alloc_seq = || unsafe { AtomicU64::from_ptr(alloc_seq_ptr) }.load(Ordering::SeqCst);
 
     let external: Vec<_> = args
         .external_ips
@@ -145,27 +202,37 @@ fn run(args: &Args) -> Result<()> {
         }
     }
 
-    // Attach: XDP everywhere, then the snooper. A failure undoes what was done (drop).
-    for iface in &ifaces {
-        let link = attach::attach_xdp(attach::prog_fd(&skel.progs.xdp_turn), iface, args.xdp_mode)?;
+    // Attach: XDP everywhere in one mode, then the snooper. A failure or a signal undoes what
+    // was done (drop).
+    let prog = attach::prog_fd(&skel.progs.xdp_turn);
+    let Some((_, links)) =
+        attach::attach_uniform(&ifaces, args.xdp_mode, &stopped, |iface, mode| {
+            attach::attach_xdp(prog, iface, mode)
+        })?
+    else {
+        return stopped_during_start_up();
+    };
+    for link in links {
         state::add_tx_port(&skel.maps.tx_ports, link.ifindex)?;
-        info!("attached XDP fast path to {iface} ({} mode)", link.mode);
+        info!(
+            "attached XDP fast path to {} ({} mode)",
+            link.iface, link.mode
+        );
         attached.xdp.push(link);
+    }
+    if stopped() {
+        return stopped_during_start_up();
     }
     let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), &client_iface)?;
     info!("attached TC egress snooper to {client_iface}");
     attached.tc.push(tc);
+    if stopped() {
+        return stopped_during_start_up();
+    }
     info!(
         "offloading TURN port(s) {:?}; stop with Ctrl+C",
         args.turn_ports
     );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the SIGINT/SIGTERM handler")?;
-    }
 
     let maps = StateMaps {
         allocs: &skel.maps.allocs,
@@ -174,21 +241,29 @@ fn run(args: &Args) -> Result<()> {
         perms: &skel.maps.perms,
         not_local: &skel.maps.not_local,
     };
-    let mut sweeper = Sweeper::default();
+    let mut sweeper = Sweeper::new(server);
+    // The sequence first, then the sockets: see Sweeper::sweep.
+    let sweep = |sweeper: &mut Sweeper| {
+        let seq = alloc_seq();
+        let socks = UdpTable::read()
+            .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
+            .ok();
+        if let Err(e) = sweeper.sweep(&maps, state::now_ns(), seq, socks.as_ref()) {
+            warn!("sweep: {e:#}");
+        }
+    };
     let start_counters = Counters::read(&skel.maps.stats)?;
     let mut last_print = Instant::now();
     let mut last_counters = start_counters.clone();
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    while !stopped() {
         std::thread::sleep(Duration::from_millis(200));
         if last_sweep.elapsed() < SWEEP_EVERY {
             continue;
         }
         last_sweep = Instant::now();
-        if let Err(e) = sweeper.sweep(&maps, state::now_ns()) {
-            warn!("sweep: {e:#}");
-        }
+        sweep(&mut sweeper);
         match state::local_addresses() {
             Ok(l) => {
                 if let Err(e) = state::sync_local_addrs(&skel.maps.local_addrs, &l) {
@@ -210,9 +285,7 @@ fn run(args: &Args) -> Result<()> {
     }
 
     // One last look, so every channel learned since the last sweep is in the log.
-    if let Err(e) = sweeper.sweep(&maps, state::now_ns()) {
-        warn!("sweep: {e:#}");
-    }
+    sweep(&mut sweeper);
     info!("stopping: detaching");
     attached.detach_all();
     match Counters::read(&skel.maps.stats) {

@@ -61,8 +61,126 @@ fn sigint_and_sigterm_detach_everything_and_exit_0() {
             "{}",
             exit.output
         );
+        // The fast path goes first: nothing is relayed once revocations can no longer be seen.
+        let xdp = exit.output.find("detached XDP from turn0");
+        let tc = exit.output.find("detached TC egress snooper from turn0");
+        assert!(
+            xdp.is_some() && tc.is_some() && xdp < tc,
+            "XDP must be detached before the snooper:\n{}",
+            exit.output
+        );
         assert_clean(&lab);
     }
+}
+
+#[test]
+fn a_signal_during_start_up_undoes_everything_and_exits_0() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli6", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    // Signalled as soon as it has changed something (forwarding), while the BPF programs load,
+    // and while it attaches.
+    for (i, (sig, after)) in [
+        (Signal::SIGTERM, "enabled IPv4 forwarding on relay0"),
+        (Signal::SIGINT, "enabled IPv4 forwarding on relay0"),
+        (Signal::SIGTERM, "attached XDP fast path to turn0"),
+        (Signal::SIGINT, "attached XDP fast path to relay0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let agent = AgentProc::start(
+            &agent_bin(),
+            &ns,
+            &["--enable-forwarding", "turn0", "relay0"],
+            &log_path(&format!("cli6-{i}")),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !agent.output().contains(after) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no '{after}':\n{}",
+                agent.output()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let exit = agent.stop(sig).unwrap();
+        assert_eq!(
+            exit.status.code(),
+            Some(0),
+            "{sig} after '{after}':\n{}",
+            exit.output
+        );
+        assert_clean(&lab);
+    }
+}
+
+#[test]
+fn no_turn_server_listening_is_refused_with_one_line() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli7", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    // Stop this lab's coturn (by its pid: other labs' servers are not ours to touch).
+    let pid = lab.turnserver_pid().expect("coturn runs in the lab");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.turnserver_pid().is_some() {
+        assert!(std::time::Instant::now() < deadline, "coturn did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = run_once(Some(&ns), &["--enable-forwarding", "turn0", "relay0"]);
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines,
+        [
+            "turn-bpf: error: nothing listens on UDP port 3478 here: start the TURN server \
+             first (turn-bpf learns from its responses)"
+        ],
+        "{err}"
+    );
+    assert!(out.trim().is_empty(), "{out}");
+    assert_clean(&lab);
+}
+
+#[test]
+fn forwarding_someone_else_enabled_meanwhile_is_left_on() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli8", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli8"),
+    )
+    .unwrap();
+    // The host starts routing while the agent runs.
+    lab.exec(
+        Host::Srv,
+        &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
+    )
+    .unwrap();
+    let exit = agent.stop(Signal::SIGTERM).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(forwarding(&lab, "turn0"), "1");
+    assert_eq!(forwarding(&lab, "relay0"), "1");
+    assert!(
+        exit.output.contains(
+            "WARN  turn_bpf::attach] leaving IPv4 forwarding on on turn0: someone else enabled \
+             forwarding meanwhile"
+        ),
+        "{}",
+        exit.output
+    );
+    // Back to how the lab was (all=0 switches every interface off too).
+    lab.exec(
+        Host::Srv,
+        &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"],
+    )
+    .unwrap();
+    assert_clean(&lab);
 }
 
 #[test]
@@ -112,6 +230,11 @@ fn bad_input_gives_one_line_a_nonzero_exit_and_attaches_nothing() {
         (&["turn0", "--turn-port", "0"], "0"),
         (&["turn0", "--xdp-mode", "fast"], "fast"),
         (&[], "IFACE"),
+        // a port the server does not listen on
+        (
+            &["turn0", "--turn-port", "3478", "--turn-port", "4000"],
+            "nothing listens on UDP port 4000 here",
+        ),
         // forwarding off and not asked to enable it: explained, nothing attached
         (&["turn0", "relay0"], "forwarding is off on turn0, relay0"),
     ];
