@@ -9,9 +9,9 @@ PATH="$PATH:/usr/sbin:/sbin"
 [[ -d ${HOME:-/root}/.cargo/bin ]] && PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 # Build: clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config. Lab and tests: coturn iproute2
-# ethtool tcpdump. Measurements: sysstat bpftool.
+# ethtool tcpdump iputils-ping (not on a fresh machine image). Measurements: sysstat bpftool.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump sysstat bpftool)
+    tcpdump iputils-ping sysstat bpftool)
 
 SCRIPT=${SCRIPT:-${0##*/}}
 
