@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, ProgramInput, ProgramMut};
+use libbpf_rs::{MapCore, MapFlags, ProgramMut};
 use serde::{Deserialize, Serialize};
 
 use crate::progtest::{self, FibNet, Programs, RunResult};
@@ -86,7 +86,7 @@ impl Baseline {
         ifindex: u32,
         repeat: u32,
     ) -> Result<(RunResult, Duration)> {
-        test_run(&self.skel.progs.xdp_baseline_fwd, frame, ifindex, repeat)
+        progtest::xdp_test_run(&self.skel.progs.xdp_baseline_fwd, frame, ifindex, repeat)
     }
 
     /// Runs `frame` through the harness in front of `target`, `repeat` times: every run starts
@@ -125,7 +125,7 @@ impl Baseline {
             .bench_progs
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
             .context("putting the program under test into bench_progs")?;
-        test_run(&self.skel.progs.xdp_bench_restore, frame, ifindex, repeat)
+        progtest::xdp_test_run(&self.skel.progs.xdp_bench_restore, frame, ifindex, repeat)
     }
 }
 
@@ -214,43 +214,6 @@ impl Drop for AttachedForwarder {
 fn prog_raw_fd(p: &ProgramMut<'_>) -> i32 {
     use std::os::fd::AsRawFd;
     p.as_fd().as_raw_fd()
-}
-
-/// BPF_PROG_TEST_RUN of an XDP program as if `frame` arrived on `ifindex`.
-fn test_run(
-    prog: &ProgramMut<'_>,
-    frame: &[u8],
-    ifindex: u32,
-    repeat: u32,
-) -> Result<(RunResult, Duration)> {
-    let mut ctx = types::xdp_md {
-        data: 0,
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..Default::default()
-    };
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut input = ProgramInput::default();
-    // SAFETY: xdp_md is plain data; the slice lives as long as `ctx`.
-    let ctx_bytes = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-            std::mem::size_of::<types::xdp_md>(),
-        )
-    };
-    input.context_in = Some(ctx_bytes);
-    input.data_in = Some(frame);
-    input.data_out = Some(&mut out);
-    input.repeat = repeat;
-    let o = prog.test_run(input).context("BPF_PROG_TEST_RUN (xdp)")?;
-    let data = o.data.map(|d| d.to_vec()).unwrap_or_default();
-    Ok((
-        RunResult {
-            verdict: o.return_value,
-            out: data,
-        },
-        o.duration,
-    ))
 }
 
 /// One measured case of the micro-benchmark.
@@ -478,7 +441,8 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
             verdict_name(r.verdict)
         );
         let nop_ns = d.as_nanos() as f64;
-        let (r, d) = test_run(&base.skel.progs.xdp_bench_nop, &plain, net.turn0, repeat)?;
+        let (r, d) =
+            progtest::xdp_test_run(&base.skel.progs.xdp_bench_nop, &plain, net.turn0, repeat)?;
         ensure!(r.verdict == progtest::XDP_PASS, "nop: verdict");
         let loop_ns = d.as_nanos() as f64;
         if t > 0 {

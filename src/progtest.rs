@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, ProgramInput};
+use libbpf_rs::{MapCore, MapFlags, ProgramInput, ProgramMut};
 
 use crate::skel::types;
 use crate::skel::{TurnSkel, TurnSkelBuilder};
@@ -385,39 +385,7 @@ impl Programs {
         ifindex: u32,
         repeat: u32,
     ) -> Result<(RunResult, Duration)> {
-        let mut ctx = types::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut input = ProgramInput::default();
-        // SAFETY: xdp_md is plain data.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut ctx as *mut types::xdp_md).cast::<u8>(),
-                std::mem::size_of::<types::xdp_md>(),
-            )
-        };
-        input.context_in = Some(ctx_bytes);
-        input.data_in = Some(frame);
-        input.data_out = Some(&mut out);
-        input.repeat = repeat;
-        let o = self
-            .skel
-            .progs
-            .xdp_turn
-            .test_run(input)
-            .context("BPF_PROG_TEST_RUN (xdp)")?;
-        let data = o.data.map(|d| d.to_vec()).unwrap_or_default();
-        Ok((
-            RunResult {
-                verdict: o.return_value,
-                out: data,
-            },
-            o.duration,
-        ))
+        xdp_test_run(&self.skel.progs.xdp_turn, frame, ifindex, repeat)
     }
 
     /// Run `frame` through the TC egress program (as a locally sent packet).
@@ -884,6 +852,44 @@ pub fn to_server(client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
 /// The TURN server's datagram to a client (sent out of turn0).
 pub fn from_server(client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     udp4(TURN0_MAC, CLIENT_MAC, SERVER_EP, client, 64, payload)
+}
+
+/// BPF_PROG_TEST_RUN of any XDP program as if `frame` arrived on `ifindex`, `repeat` times;
+/// returns the last run's verdict and output and the kernel's average time per run.
+pub fn xdp_test_run(
+    prog: &ProgramMut<'_>,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(RunResult, Duration)> {
+    let mut ctx = types::xdp_md {
+        data: 0,
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut input = ProgramInput::default();
+    // SAFETY: xdp_md is plain data; the slice lives as long as `ctx`.
+    let ctx_bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut ctx as *mut types::xdp_md).cast::<u8>(),
+            std::mem::size_of::<types::xdp_md>(),
+        )
+    };
+    input.context_in = Some(ctx_bytes);
+    input.data_in = Some(frame);
+    input.data_out = Some(&mut out);
+    input.repeat = repeat;
+    let o = prog.test_run(input).context("BPF_PROG_TEST_RUN (xdp)")?;
+    let data = o.data.map(|d| d.to_vec()).unwrap_or_default();
+    Ok((
+        RunResult {
+            verdict: o.return_value,
+            out: data,
+        },
+        o.duration,
+    ))
 }
 
 /// An Ethernet/IPv4/UDP frame with a correct UDP checksum.
