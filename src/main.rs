@@ -14,7 +14,7 @@ use log::{debug, error, info, warn};
 
 use turn_bpf::attach::{self, Attachments};
 use turn_bpf::cli::Args;
-use turn_bpf::skel::TurnSkelBuilder;
+use turn_bpf::skel::{Settings, TurnSkelBuilder};
 use turn_bpf::state::{self, ServerWatch, StateMaps, Sweeper, UdpTable};
 use turn_bpf::stats::Counters;
 
@@ -155,16 +155,15 @@ fn run(args: &Args) -> Result<()> {
             .rodata_data
             .as_deref_mut()
             .context("the BPF object has no .rodata")?;
-        for (slot, port) in rodata.cfg_turn_ports.iter_mut().zip(&args.turn_ports) {
-            *slot = port.to_be();
-        }
-        rodata.cfg_spill_every = args.spill_every;
-        rodata.cfg_channel_lifetime_ns = args.channel_lifetime * 1_000_000_000;
-        rodata.cfg_permission_lifetime_ns = args.permission_lifetime * 1_000_000_000;
         // Only responses sent from the server's user's sockets are trusted.
-        if let Some(uid) = server_uid {
-            rodata.cfg_server_uid = uid;
+        Settings {
+            turn_ports: args.turn_ports.clone(),
+            spill_every: args.spill_every,
+            channel_lifetime_s: args.channel_lifetime,
+            permission_lifetime_s: args.permission_lifetime,
+            server_uid,
         }
+        .apply(rodata);
     }
     let mut skel = open.load().context(
         "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \

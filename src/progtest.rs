@@ -27,7 +27,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, ProgramInput, ProgramMut};
 
 use crate::skel::types;
-use crate::skel::{TurnSkel, TurnSkelBuilder};
+use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
 use crate::state::{self, bytes_of, from_bytes};
 use crate::stats::Counters;
 
@@ -329,13 +329,14 @@ impl Programs {
             .context("opening the BPF object")?;
         {
             let ro = open.maps.rodata_data.as_deref_mut().context("no .rodata")?;
-            for (slot, p) in ro.cfg_turn_ports.iter_mut().zip(&cfg.turn_ports) {
-                *slot = p.to_be();
+            Settings {
+                turn_ports: cfg.turn_ports.clone(),
+                spill_every: cfg.spill_every,
+                channel_lifetime_s: cfg.channel_lifetime_s,
+                permission_lifetime_s: cfg.permission_lifetime_s,
+                server_uid: cfg.server_uid,
             }
-            ro.cfg_spill_every = cfg.spill_every;
-            ro.cfg_channel_lifetime_ns = cfg.channel_lifetime_s * 1_000_000_000;
-            ro.cfg_permission_lifetime_ns = cfg.permission_lifetime_s * 1_000_000_000;
-            ro.cfg_server_uid = cfg.server_uid.unwrap_or(u32::MAX);
+            .apply(ro);
         }
         {
             let l = &cfg.limits;

@@ -1,10 +1,41 @@
-//! The generated libbpf-rs skeleton of `bpf/turn.bpf.c` (built by `build.rs`).
-#![allow(
+//! The generated libbpf-rs skeleton of `bpf/turn.bpf.c` (built by `build.rs`), and the programs'
+//! load-time settings, applied the same way by the agent and by the packet tests.
+
+#[allow(
     clippy::all,
     missing_docs,
     non_camel_case_types,
     non_snake_case,
     dead_code
 )]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/turn.skel.rs"));
+}
 
-include!(concat!(env!("OUT_DIR"), "/turn.skel.rs"));
+pub use generated::*;
+
+/// What the programs are loaded with: their `volatile const` configuration (`bpf/lib/maps.h`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// TURN listening ports (at most `TB_MAX_TURN_PORTS`).
+    pub turn_ports: Vec<u16>,
+    /// Pass every Nth datagram of a channel to the server (0: never).
+    pub spill_every: u32,
+    pub channel_lifetime_s: u64,
+    pub permission_lifetime_s: u64,
+    /// Trust only responses from sockets of this uid (None: any local socket).
+    pub server_uid: Option<u32>,
+}
+
+impl Settings {
+    /// Write the settings into the opened object's `.rodata`, before `load()`.
+    pub fn apply(&self, ro: &mut types::rodata) {
+        for (slot, port) in ro.cfg_turn_ports.iter_mut().zip(&self.turn_ports) {
+            *slot = port.to_be();
+        }
+        ro.cfg_spill_every = self.spill_every;
+        ro.cfg_channel_lifetime_ns = self.channel_lifetime_s * 1_000_000_000;
+        ro.cfg_permission_lifetime_ns = self.permission_lifetime_s * 1_000_000_000;
+        ro.cfg_server_uid = self.server_uid.unwrap_or(u32::MAX);
+    }
+}
