@@ -97,6 +97,8 @@ impl Host {
 #[derive(Debug)]
 pub struct Lab {
     name: String,
+    /// Built by this handle, so dropping it tears the lab down.
+    owned: bool,
 }
 
 impl Lab {
@@ -128,7 +130,27 @@ impl Lab {
         }
         Ok(Lab {
             name: name.to_owned(),
+            owned: true,
         })
+    }
+
+    /// A lab that is up already (built by `scripts/lab.sh up` or another handle), by name: it
+    /// is neither built nor torn down by this handle. An error when a namespace is missing.
+    pub fn existing(name: &str) -> Result<Lab> {
+        let lab = Lab {
+            name: name.to_owned(),
+            owned: false,
+        };
+        for host in [Host::Cli, Host::Srv, Host::Peer] {
+            let ns = lab.ns(host);
+            if !netns_path(&ns).exists() {
+                bail!(
+                    "network namespace {ns} does not exist: bring the lab up first \
+                     (LAB={name} scripts/lab.sh up)"
+                );
+            }
+        }
+        Ok(lab)
     }
 
     /// The lab's name (its namespace prefix).
@@ -229,6 +251,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = lab_down(&self.name) {
             eprintln!("warning: tearing down lab {}: {e:#}", self.name);
         }
@@ -530,7 +555,10 @@ UdpLite6InDatagrams             	99
     #[test]
     fn namespace_names_follow_the_script() {
         // Built by hand: Lab::up would need root.
-        let lab = std::mem::ManuallyDrop::new(Lab { name: "tbq".into() });
+        let lab = Lab {
+            name: "tbq".into(),
+            owned: false,
+        };
         assert_eq!(lab.ns(Host::Cli), "tbq-cli");
         assert_eq!(lab.ns(Host::Srv), "tbq-srv");
         assert_eq!(lab.ns(Host::Peer), "tbq-peer");

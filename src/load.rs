@@ -13,8 +13,8 @@
 //! times into percentiles, and [`CpuSnapshot`] reads `/proc/stat` and `/proc/<pid>/stat` so a
 //! run reports the CPU the whole machine (user, system, softirq) and coturn spent on it.
 //!
-//! [`LabNet`] names an existing lab (built by `scripts/lab.sh` or [`crate::lab::Lab`]) without
-//! owning it, and [`Agent`] starts and stops the turn-bpf agent in its server namespace.
+//! It runs in a lab that is up already ([`crate::lab::Lab::existing`]), and [`start_agent`]
+//! starts the turn-bpf agent in its server namespace.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -31,7 +31,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentProc;
-use crate::lab::{self, Host};
+use crate::lab::{self, Host, Lab};
 use crate::turn_client::TurnClient;
 
 // ------------------------------------------------------------------------------------------
@@ -593,55 +593,6 @@ pub fn wait_for_quiet(roles: &Roles, threshold_pct: f64, max_wait: Duration) -> 
 }
 
 // ------------------------------------------------------------------------------------------
-// The lab, by name
-// ------------------------------------------------------------------------------------------
-
-/// A lab that exists already (built by `scripts/lab.sh up` or [`crate::lab::Lab::up`]), by
-/// name; it is neither built nor torn down here.
-#[derive(Debug, Clone)]
-pub struct LabNet {
-    pub name: String,
-}
-
-impl LabNet {
-    /// The lab `name`; an error when one of its namespaces is missing.
-    pub fn existing(name: &str) -> Result<LabNet> {
-        let l = LabNet {
-            name: name.to_owned(),
-        };
-        for h in [Host::Cli, Host::Srv, Host::Peer] {
-            let ns = l.ns(h);
-            ensure!(
-                lab::netns_path(&ns).exists(),
-                "network namespace {ns} does not exist: bring the lab up first \
-                 (LAB={name} scripts/lab.sh up)"
-            );
-        }
-        Ok(l)
-    }
-
-    /// Namespace of `host`.
-    pub fn ns(&self, host: Host) -> String {
-        let suffix = match host {
-            Host::Cli => "cli",
-            Host::Srv => "srv",
-            Host::Peer => "peer",
-        };
-        format!("{}-{suffix}", self.name)
-    }
-
-    /// coturn's pid (from lab.sh's pid file, checked against `/proc/<pid>/comm`).
-    pub fn coturn_pid(&self) -> Option<u32> {
-        let p = Path::new(lab::STATE_ROOT)
-            .join(&self.name)
-            .join("turnserver.pid");
-        let pid: u32 = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "turnserver").then_some(pid)
-    }
-}
-
-// ------------------------------------------------------------------------------------------
 // The agent
 // ------------------------------------------------------------------------------------------
 
@@ -936,7 +887,7 @@ pub struct LoadConfig {
 
 impl LoadConfig {
     /// A configuration for the lab `lab` with the lab's addresses and credentials.
-    pub fn for_lab(lab: &LabNet) -> LoadConfig {
+    pub fn for_lab(lab: &Lab) -> LoadConfig {
         LoadConfig {
             path: PathMode::Turn,
             cli_ns: lab.ns(Host::Cli),
@@ -954,7 +905,7 @@ impl LoadConfig {
             tick: Duration::from_millis(1),
             moderation: Duration::from_micros(500),
             max_drain: Duration::from_secs(2),
-            coturn_pid: lab.coturn_pid(),
+            coturn_pid: lab.turnserver_pid(),
             agent_pid: None,
         }
     }

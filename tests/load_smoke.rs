@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use turn_bpf::baseline::AttachedForwarder;
 use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::load::{self, LabNet, LoadConfig, LoadReport, PathMode};
+use turn_bpf::load::{self, LoadConfig, LoadReport, PathMode};
 
-fn config(net: &LabNet) -> LoadConfig {
+fn config(net: &Lab) -> LoadConfig {
     let mut cfg = LoadConfig::for_lab(net);
     cfg.allocations = 4;
     cfg.rate = Some(2_000);
@@ -71,8 +71,8 @@ fn generator_through_offload_coturn_and_forwarder() {
         return;
     }
     let lab = Lab::up("tbb-smoke", &[]).expect("lab up");
-    let net = LabNet::existing(lab.name()).expect("the lab's namespaces");
-    assert!(net.coturn_pid().is_some(), "coturn pid");
+    let net = Lab::existing(lab.name()).expect("the lab's namespaces");
+    assert!(net.turnserver_pid().is_some(), "coturn pid");
 
     // With the agent attached: the agent relays (almost) everything in XDP.
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_turn-bpf"));

@@ -26,8 +26,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use turn_bpf::baseline::{self, AttachedForwarder, MicroReport};
-use turn_bpf::lab::{self, Host};
-use turn_bpf::load::{self, AgentCounters, LabNet, LoadConfig, LoadReport, PathMode, Roles};
+use turn_bpf::lab::{self, Host, Lab};
+use turn_bpf::load::{self, AgentCounters, LoadConfig, LoadReport, PathMode, Roles};
 
 #[derive(Parser)]
 #[command(
@@ -224,7 +224,7 @@ struct Point {
 
 /// Runs one point: sets the mode up, measures, takes it down again.
 fn measure(
-    lab: &LabNet,
+    lab: &Lab,
     mode: Mode,
     rate: Option<u64>,
     duration: Duration,
@@ -278,7 +278,7 @@ fn measure(
 
 fn cmd_run(a: RunArgs) -> Result<()> {
     need_root()?;
-    let lab = LabNet::existing(&a.lab)?;
+    let lab = Lab::existing(&a.lab)?;
     let rate = (!a.flat_out).then_some(a.rate);
     let (r, counters, other) = measure(
         &lab,
@@ -707,8 +707,8 @@ fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport, common: u64
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     need_root()?;
     let t0 = Instant::now();
-    let lab = LabNet::existing(&a.lab)?;
-    if lab.coturn_pid().is_none() {
+    let lab = Lab::existing(&a.lab)?;
+    if lab.turnserver_pid().is_none() {
         bail!("coturn is not running in lab {}", a.lab);
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
