@@ -150,6 +150,19 @@ impl Ctx<'_> {
             .ok_or_else(|| anyhow!("no allocation for {client}"))
     }
 
+    /// An allocation (lifetime 600 s) and a channel on it, proven to relay both ways.
+    fn live_channel(
+        &self,
+        client: SocketAddrV4,
+        chan: u16,
+        relay: SocketAddrV4,
+        peer: SocketAddrV4,
+    ) -> Result<()> {
+        self.allocate(client, relay, 600)?;
+        self.bind(client, chan, peer)?;
+        self.relays_both_ways(client, chan, relay, peer)
+    }
+
     fn relays_both_ways(
         &self,
         client: SocketAddrV4,
@@ -406,9 +419,7 @@ fn refresh_zero_deallocates(c: &Ctx) -> Result<()> {
 }
 
 fn new_allocation_orphans_old_channels(c: &Ctx) -> Result<()> {
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.live_channel(C1, 0x4001, R1, P1)?;
     let t = new_txid();
     c.request(C1, &refresh_req(t, 0), true)?;
     c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])?;
@@ -422,9 +433,7 @@ fn new_allocation_orphans_old_channels(c: &Ctx) -> Result<()> {
 }
 
 fn allocate_answered_again_keeps_its_channels(c: &Ctx) -> Result<()> {
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.live_channel(C1, 0x4001, R1, P1)?;
     // A retransmitted Allocate that the server answers again with the same relayed address is
     // the same allocation: its channels keep being offloaded.
     c.allocate(C1, R1, 600)?;
@@ -764,9 +773,7 @@ fn dual_allocation(c: &Ctx) -> Result<()> {
 
 fn channel_lifetime_ends(c: &Ctx) -> Result<()> {
     // loaded with --channel-lifetime 2: with the 1 s margin the channel relays for about 1 s
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.live_channel(C1, 0x4001, R1, P1)?;
     std::thread::sleep(std::time::Duration::from_millis(1300));
     c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
     c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
@@ -1003,15 +1010,11 @@ fn responses_from_another_users_socket_are_ignored(c: &Ctx) -> Result<()> {
 
 fn responses_from_the_servers_uid_commit(c: &Ctx) -> Result<()> {
     // this row runs with server_uid = TEST_RUN_UID: the same responses are trusted
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)
+    c.live_channel(C1, 0x4001, R1, P1)
 }
 
 fn refresh_zero_without_a_matching_request_deallocates(c: &Ctx) -> Result<()> {
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.live_channel(C1, 0x4001, R1, P1)?;
     // Refresh(600) and Refresh(0) under one transaction ID: the second looks like a
     // retransmission and is not recorded; the server answers both.
     let t = new_txid();
@@ -1095,9 +1098,7 @@ fn create_permission(c: &Ctx, peer: SocketAddrV4) -> Result<()> {
 
 /// Loaded with --channel-lifetime 2 (the agent stops at 1 s, coturn at 2 s).
 fn expired_channel_not_revived_by_permission(c: &Ctx) -> Result<()> {
-    c.allocate(C1, R1, 600)?;
-    c.bind(C1, 0x4001, P1)?;
-    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.live_channel(C1, 0x4001, R1, P1)?;
     std::thread::sleep(std::time::Duration::from_millis(2100));
     // the channel is gone at the server too; a CreatePermission for the peer now grants a
     // permission only (coturn refreshes channels it still has, and it has none)
