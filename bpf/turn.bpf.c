@@ -4,8 +4,8 @@
  *
  *   xdp_turn   (XDP, client-facing and relay interfaces)
  *     UDP to a TURN port:  STUN request   -> remember it (pending), pass
- *                          ChannelData    -> chan4_to_udp4 (cli2rem) or pass
- *     UDP to a relay port: from a bound peer -> udp4_to_chan4 (rem2cli) or pass
+ *                          ChannelData    -> chan4_to_udp4 (to peer) or pass
+ *     UDP to a relay port: from a bound peer -> udp4_to_chan4 (to client) or pass
  *     anything else: pass
  *   tc_snoop   (TC egress, client-facing interface)
  *     STUN response from a TURN port -> commit what it grants; never modifies or drops

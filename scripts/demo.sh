@@ -86,7 +86,7 @@ run() {
         kill -INT "$AGENT_PID"
         wait "$AGENT_PID" || true
         AGENT_PID=
-        relayed=$(awk '$1 == "CLI2REM" || $1 == "REM2CLI" { n += $2 } END { print n + 0 }' \
+        relayed=$(awk '$1 == "RELAYED_TO_PEER" || $1 == "RELAYED_TO_CLIENT" { n += $2 } END { print n + 0 }' \
             "$WORK/agent.log")
     fi
     local sent recv lost

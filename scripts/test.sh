@@ -55,18 +55,18 @@ else
     log "fmt: SKIPPED (rustfmt not available and rustup could not install it)"
 fi
 
-step build timeout --kill-after=30 "$BUILD_TIMEOUT" cargo build --release --all-targets
+step build timeout --kill-after=30 "$BUILD_TIMEOUT" cargo build --release --workspace --all-targets
 
 if have_component clippy clippy; then
     # --release shares the build scripts' output (libbpf, the BPF skeletons) with the build.
     step clippy timeout --kill-after=30 "$BUILD_TIMEOUT" \
-        cargo clippy --release --all-targets -- -D warnings
+        cargo clippy --release --workspace --all-targets -- -D warnings
 else
     log "clippy: SKIPPED (clippy not available and rustup could not install it)"
 fi
 
 step test timeout --kill-after=30 "$TEST_TIMEOUT" \
-    cargo test --release --no-fail-fast -- --test-threads=1
+    cargo test --release --workspace --no-fail-fast -- --test-threads=1
 
 # Tests tear their labs down themselves (also on panic); a killed run may leave some behind.
 leftover="$(ip netns list 2>/dev/null | grep -E '^tbt-' || true)"

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-/// Most TURN listening ports the BPF program matches (`TB_MAX_TURN_PORTS`).
-pub const MAX_TURN_PORTS: usize = 8;
+/// Most TURN listening ports the BPF program matches.
+pub const MAX_TURN_PORTS: usize = crate::consts::TB_MAX_TURN_PORTS as usize;
 
 /// Transparent XDP offload of TURN ChannelData beside an unmodified TURN server.
 ///

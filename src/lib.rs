@@ -1,16 +1,15 @@
 //! turn-bpf: a transparent eBPF/XDP offload for TURN ChannelData beside an unmodified TURN server.
 //!
-//! The binary (`src/main.rs`) is argument parsing and the run loop; everything it uses lives in
-//! these modules so the integration tests and the load generator reach the same code.
+//! The binary (`src/main.rs`) is argument parsing and the run loop; the agent's parts live in
+//! these modules, one for each thing they hold. The lab, the test client, the packet harness and
+//! the load generator are in the `turn-bpf-testkit` crate (`testkit/`), not here.
 
-pub mod agent;
 pub mod attach;
-pub mod baseline;
 pub mod cli;
-pub mod lab;
-pub mod load;
-pub mod progtest;
+pub mod consts;
+pub mod maps;
+pub mod offload;
+pub mod server;
 pub mod skel;
-pub mod state;
 pub mod stats;
-pub mod turn_client;
+pub mod sweep;

@@ -1,26 +1,19 @@
-//! `turn-bpf`: argument parsing and the run loop. Everything else lives in the library modules.
+//! `turn-bpf`: argument parsing and the run loop. Everything else lives in the library modules
+//! (`offload` starts, runs and stops the offload).
 
 use std::mem::MaybeUninit;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::PrintLevel;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 
-use turn_bpf::attach::{self, Attachments};
+use turn_bpf::attach;
 use turn_bpf::cli::Args;
-use turn_bpf::skel::{Settings, TurnSkelBuilder};
-use turn_bpf::state::{self, ServerWatch, StateMaps, Sweeper, UdpTable};
-use turn_bpf::stats::Counters;
-
-/// How often expired entries are swept and local addresses re-read. Correctness never waits for
-/// it: the fast path checks every deadline itself.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+use turn_bpf::offload::Offload;
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -114,182 +107,11 @@ fn run(args: &Args) -> Result<()> {
     }
     let stopped = || stop.load(Ordering::SeqCst);
 
-    let ifaces = args.xdp_ifaces();
-    let client_iface = ifaces[0].clone();
-    for iface in &ifaces {
-        attach::ifindex(iface)?;
-    }
-    // The server must already be running: everything is learned from its responses, and its
-    // sockets tell when it stops or restarts.
-    let socks = UdpTable::read()?;
-    let server = ServerWatch::new(&args.turn_ports, &socks)?;
-    debug!(
-        "watching the TURN server's sockets: {}",
-        server.describe(&socks)
-    );
-    let server_uid = match server.uid(&socks) {
-        Ok(uid) => Some(uid),
-        Err(uids) => {
-            warn!(
-                "the sockets on the TURN port(s) belong to several users ({uids:?}): the snooper \
-                 trusts responses from any local socket"
-            );
-            None
-        }
-    };
-
-    let mut attached = Attachments::default();
-    attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
-    if stopped() {
-        return stopped_during_start_up();
-    }
-
-    // Open, configure, load.
     let mut storage = MaybeUninit::uninit();
-    let mut open = TurnSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    {
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("the BPF object has no .rodata")?;
-        // Only responses sent from the server's user's sockets are trusted.
-        Settings {
-            turn_ports: args.turn_ports.clone(),
-            spill_every: args.spill_every,
-            channel_lifetime_s: args.channel_lifetime,
-            permission_lifetime_s: args.permission_lifetime,
-            server_uid,
-        }
-        .apply(rodata);
-    }
-    let mut skel = open.load().context(
-        "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
-         Linux 5.18 or later; run with -vv for the verifier's log)",
-    )?;
-    if stopped() {
-        return stopped_during_start_up();
-    }
-    // The allocation sequence the BPF program draws allocation IDs from, in its mmap-ed .bss.
-    let alloc_seq_ptr: *mut u64 = skel
-        .maps
-        .bss_data
-        .as_deref_mut()
-        .map(|b| std::ptr::addr_of_mut!(b.tb_alloc_seq))
-        .context("the BPF object has no mmap-ed .bss")?;
-    // SAFETY: the pointer is into the .bss mapping, which lives as long as `skel` (this whole
-    // function); it is 8-byte aligned (the mapping is page-aligned and tb_alloc_seq is a u64),
-    // and the BPF side only ever changes it atomically.
-    let alloc_seq = || unsafe { AtomicU64::from_ptr(alloc_seq_ptr) }.load(Ordering::SeqCst);
-
-    let external: Vec<_> = args
-        .external_ips
-        .iter()
-        .map(|e| (e.public, e.private))
-        .collect();
-    state::set_external_ips(&skel.maps.external_ips, &external)?;
-    let locals = state::local_addresses()?;
-    state::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
-    for e in &args.external_ips {
-        if !locals.contains(&e.private) {
-            warn!(
-                "--external-ip {}={}: {} is not a local address",
-                e.public, e.private, e.private
-            );
-        }
-    }
-
-    // Attach: XDP everywhere in one mode, then the snooper. A failure or a signal undoes what
-    // was done (drop).
-    let prog = attach::prog_fd(&skel.progs.xdp_turn);
-    let Some((_, links)) =
-        attach::attach_uniform(&ifaces, args.xdp_mode, &stopped, |iface, mode| {
-            attach::attach_xdp(prog, iface, mode)
-        })?
-    else {
+    let Some(mut offload) = Offload::start(args, &mut storage, &stopped)? else {
         return stopped_during_start_up();
     };
-    for link in links {
-        state::add_tx_port(&skel.maps.tx_ports, link.ifindex)?;
-        info!(
-            "attached XDP fast path to {} ({} mode)",
-            link.iface, link.mode
-        );
-        attached.xdp.push(link);
-    }
-    if stopped() {
-        return stopped_during_start_up();
-    }
-    let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), &client_iface)?;
-    info!("attached TC egress snooper to {client_iface}");
-    attached.tc.push(tc);
-    if stopped() {
-        return stopped_during_start_up();
-    }
-    info!(
-        "offloading TURN port(s) {:?}; stop with Ctrl+C",
-        args.turn_ports
-    );
-
-    let maps = StateMaps {
-        allocs: &skel.maps.allocs,
-        chans: &skel.maps.chans,
-        peers: &skel.maps.peers,
-        perms: &skel.maps.perms,
-        not_local: &skel.maps.not_local,
-    };
-    let mut sweeper = Sweeper::new(server);
-    // The sequence first, then the sockets: see Sweeper::sweep.
-    let sweep = |sweeper: &mut Sweeper| {
-        let seq = alloc_seq();
-        let socks = UdpTable::read()
-            .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
-            .ok();
-        if let Err(e) = sweeper.sweep(&maps, state::now_ns(), seq, socks.as_ref()) {
-            warn!("sweep: {e:#}");
-        }
-    };
-    let start_counters = Counters::read(&skel.maps.stats)?;
-    let mut last_print = Instant::now();
-    let mut last_counters = start_counters.clone();
-    let stats_every = Duration::from_secs(args.stats_interval);
-    let mut last_sweep = Instant::now();
-    while !stopped() {
-        std::thread::sleep(Duration::from_millis(200));
-        if last_sweep.elapsed() < SWEEP_EVERY {
-            continue;
-        }
-        last_sweep = Instant::now();
-        sweep(&mut sweeper);
-        match state::local_addresses() {
-            Ok(l) => {
-                if let Err(e) = state::sync_local_addrs(&skel.maps.local_addrs, &l) {
-                    warn!("{e:#}");
-                }
-            }
-            Err(e) => warn!("{e:#}"),
-        }
-        if args.verbose > 0 && last_print.elapsed() >= stats_every {
-            let now = Counters::read(&skel.maps.stats)?;
-            info!(
-                "counters over the last {}s:\n{}",
-                last_print.elapsed().as_secs(),
-                now.since(&last_counters).render()
-            );
-            last_counters = now;
-            last_print = Instant::now();
-        }
-    }
-
-    // One last look, so every channel learned since the last sweep is in the log.
-    sweep(&mut sweeper);
-    info!("stopping: detaching");
-    attached.detach_all();
-    match Counters::read(&skel.maps.stats) {
-        Ok(c) => println!("turn-bpf counters:\n{}", c.since(&start_counters).render()),
-        Err(e) => error!("reading counters: {e:#}"),
-    }
+    offload.run(args, &stopped)?;
+    offload.finish();
     Ok(())
 }

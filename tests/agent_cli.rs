@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use turn_bpf::agent::AgentProc;
-use turn_bpf::lab::{Host, Lab};
+use turn_bpf_testkit::agent::AgentProc;
+use turn_bpf_testkit::lab::{Host, Lab};
 
 use common::*;
 

@@ -23,9 +23,9 @@ use libbpf_rs::{MapCore, MapFlags};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
-use turn_bpf::progtest::*;
-use turn_bpf::state;
-use turn_bpf::turn_client::{
+use turn_bpf::maps;
+use turn_bpf_testkit::progtest::*;
+use turn_bpf_testkit::turn_client::{
     build_error_response, build_message, build_request, new_txid, Attr, Class, Family, TxId,
     ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
 };
@@ -1664,7 +1664,7 @@ fn fuzz_xdp_mutated_packets() {
         }
         if !bound {
             assert_eq!(after.committed(), (0, 0, 0, 0));
-            assert_eq!(d.get("CLI2REM") + d.get("REM2CLI"), 0);
+            assert_eq!(d.get("RELAYED_TO_PEER") + d.get("RELAYED_TO_CLIENT"), 0);
         }
     }
     println!(
@@ -1755,9 +1755,9 @@ fn fuzz_tc_mutated_responses() {
             .lookup(&k, MapFlags::ANY)
             .unwrap()
             .unwrap();
-        let a: turn_bpf::skel::types::tb_alloc = state::from_bytes(&v);
+        let a: turn_bpf::skel::types::tb_alloc = maps::from_bytes(&v);
         for r in &a.relay {
-            if let Some(s) = state::sockaddr(r) {
+            if let Some(s) = maps::sockaddr(r) {
                 let local = [SERVER.into(), RELAY.into()];
                 assert!(
                     local.contains(&s.ip()),
@@ -1785,7 +1785,7 @@ fn flood_random_transactions() {
     let bound = p.skel.maps.pending.max_entries() as usize;
     p.learn_allocation(&net, C1, R1, 600).unwrap();
     p.learn_channel(&net, C1, P1, 0x4001).unwrap();
-    p.expect_cli2rem(&net, C1, 0x4001, R1, P1, b"before")
+    p.expect_chan4_to_udp4(&net, C1, 0x4001, R1, P1, b"before")
         .unwrap();
     // a legitimate request in flight when the flood starts
     let early = new_txid();
@@ -1842,9 +1842,9 @@ fn flood_random_transactions() {
         assert_eq!(d.get(c), 0, "{c}");
     }
     // the binding learned before still relays both ways
-    p.expect_cli2rem(&net, C1, 0x4001, R1, P1, b"after the flood")
+    p.expect_chan4_to_udp4(&net, C1, 0x4001, R1, P1, b"after the flood")
         .unwrap();
-    p.expect_rem2cli(&net, P1, R1, C1, 0x4001, b"after the flood")
+    p.expect_udp4_to_chan4(&net, P1, R1, C1, 0x4001, b"after the flood")
         .unwrap();
     // the request in flight may have been evicted (LRU): its answer then commits nothing
     let c1 = p.counters();
@@ -1861,7 +1861,8 @@ fn flood_random_transactions() {
     let r3 = SocketAddrV4::new(RELAY, 50002);
     p.learn_allocation(&net, c3, r3, 600).unwrap();
     p.learn_channel(&net, c3, P2, 0x4002).unwrap();
-    p.expect_cli2rem(&net, c3, 0x4002, r3, P2, b"new").unwrap();
+    p.expect_chan4_to_udp4(&net, c3, 0x4002, r3, P2, b"new")
+        .unwrap();
     let m = p.map_counts();
     println!(
         "flood: {n} requests in {:.2} s ({:.0} k/s); pending bound {bound}, max seen {max_pending}; \
@@ -1999,7 +2000,7 @@ fn flood_full_state_maps() {
             &|| p.exchange(&net, client(3), &refresh_req(x, 1200), &refresh_ok(x, 1200)),
         )?;
         for i in 0..4 {
-            p.expect_cli2rem(
+            p.expect_chan4_to_udp4(
                 &net,
                 client(i),
                 0x4000 + i,
@@ -2007,7 +2008,7 @@ fn flood_full_state_maps() {
                 peer(i),
                 b"still here",
             )?;
-            p.expect_rem2cli(
+            p.expect_udp4_to_chan4(
                 &net,
                 peer(i),
                 relay(i),
@@ -2030,7 +2031,7 @@ fn flood_full_state_maps() {
             &|| p.exchange(&net, client(4), &alloc_req(x), &alloc_ok(x, relay(4))),
         )?;
         for i in 1..4 {
-            p.expect_cli2rem(
+            p.expect_chan4_to_udp4(
                 &net,
                 client(i),
                 0x4000 + i,

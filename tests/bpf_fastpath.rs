@@ -13,8 +13,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context, Result};
-use turn_bpf::progtest::*;
-use turn_bpf::turn_client::{build_request, new_txid, BINDING};
+use turn_bpf_testkit::progtest::*;
+use turn_bpf_testkit::turn_client::{build_request, new_txid, BINDING};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -79,7 +79,7 @@ const U: Chan = ch(
     0x4002,
     Life::Live,
 );
-/// A client without a neighbour entry (rem2cli NO_NEIGH).
+/// A client without a neighbour entry (udp4_to_chan4 NO_NEIGH).
 const NC: Chan = ch(
     CLIENT_NO_NEIGH,
     40003,
@@ -89,7 +89,7 @@ const NC: Chan = ch(
     0x4003,
     Life::Live,
 );
-/// A peer without a neighbour entry (cli2rem NO_NEIGH).
+/// A peer without a neighbour entry (chan4_to_udp4 NO_NEIGH).
 const NP: Chan = ch(
     CLIENT,
     40004,
@@ -242,9 +242,9 @@ fn keep_ip_fields(out: &mut Udp4Frame, inp: &Udp4Frame) {
     };
 }
 
-/// A cli2rem row: ChannelData on channel `c` (after `tweak` of the input frame) must come out as
+/// A chan4_to_udp4 row: ChannelData on channel `c` (after `tweak` of the input frame) must come out as
 /// the bare datagram relay -> peer, from the interface the peer is behind.
-fn cli2rem(
+fn chan4_to_udp4(
     name: impl Into<String>,
     c: &Chan,
     data: &[u8],
@@ -269,15 +269,15 @@ fn cli2rem(
         input: inp.build(),
         dev: Dev::Turn0,
         want,
-        counters: vec![("CLI2REM", 1)],
+        counters: vec![("RELAYED_TO_PEER", 1)],
         setup: None,
         fwd_off: None,
     }
 }
 
-/// A rem2cli row: a datagram from `c.peer` must come out as unpadded ChannelData server ->
+/// A udp4_to_chan4 row: a datagram from `c.peer` must come out as unpadded ChannelData server ->
 /// client on turn0.
-fn rem2cli(
+fn udp4_to_chan4(
     name: impl Into<String>,
     c: &Chan,
     data: &[u8],
@@ -304,22 +304,22 @@ fn rem2cli(
         input: inp.build(),
         dev,
         want,
-        counters: vec![("REM2CLI", 1)],
+        counters: vec![("RELAYED_TO_CLIENT", 1)],
         setup: None,
         fwd_off: None,
     }
 }
 
-/// Data for channel `c` whose cli2rem output's UDP checksum computes to 0 (sent as 0xFFFF).
-fn data_folding_to_zero_cli2rem(c: &Chan, len: usize) -> Vec<u8> {
+/// Data for channel `c` whose chan4_to_udp4 output's UDP checksum computes to 0 (sent as 0xFFFF).
+fn data_folding_to_zero_chan4_to_udp4(c: &Chan, len: usize) -> Vec<u8> {
     let (peer_mac, egress) = peer_side(*c.peer.ip());
     let mut out = Udp4Frame::new(egress.mac(), peer_mac, c.relay, c.peer, &data_of(len, 5));
     force_udp_sum_zero(&mut out, 0);
     out.payload
 }
 
-/// Data whose rem2cli output (ChannelData to the client) has a UDP checksum computing to 0.
-fn data_folding_to_zero_rem2cli(c: &Chan, len: usize) -> Vec<u8> {
+/// Data whose udp4_to_chan4 output (ChannelData to the client) has a UDP checksum computing to 0.
+fn data_folding_to_zero_udp4_to_chan4(c: &Chan, len: usize) -> Vec<u8> {
     let mut out = Udp4Frame::new(
         TURN0_MAC,
         CLIENT_MAC,
@@ -353,15 +353,15 @@ fn pass_peer(
 
 fn relay_rows() -> Vec<Row> {
     let mut rows = Vec::new();
-    // cli2rem: sizes x padding (0..3 bytes, zero and non-zero pad bytes; odd and even lengths)
+    // chan4_to_udp4: sizes x padding (0..3 bytes, zero and non-zero pad bytes; odd and even lengths)
     for len in [1usize, 2, 3, 4, 5, 7, 8, 64, 101, 512, 1171, 1172] {
         for pad in 0..=3usize {
             for pad_byte in [0u8, 0xff] {
                 if pad == 0 && pad_byte != 0 {
                     continue;
                 }
-                rows.push(cli2rem(
-                    format!("cli2rem len {len} pad {pad} x {pad_byte:#04x}"),
+                rows.push(chan4_to_udp4(
+                    format!("chan4_to_udp4 len {len} pad {pad} x {pad_byte:#04x}"),
                     &A,
                     &data_of(len, len as u8),
                     pad,
@@ -371,8 +371,8 @@ fn relay_rows() -> Vec<Row> {
             }
         }
     }
-    rows.push(cli2rem(
-        "cli2rem pad bytes 0xde 0xad 0xbe (odd data)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 pad bytes 0xde 0xad 0xbe (odd data)",
         &A,
         &data_of(13, 3),
         3,
@@ -382,8 +382,8 @@ fn relay_rows() -> Vec<Row> {
             f.payload[n - 3..].copy_from_slice(&[0xde, 0xad, 0xbe]);
         },
     ));
-    rows.push(cli2rem(
-        "cli2rem pad bytes 0x01 0x80 (even data)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 pad bytes 0x01 0x80 (even data)",
         &A,
         &data_of(14, 4),
         2,
@@ -393,56 +393,56 @@ fn relay_rows() -> Vec<Row> {
             f.payload[n - 2..].copy_from_slice(&[0x01, 0x80]);
         },
     ));
-    rows.push(cli2rem(
-        "cli2rem UDP checksum 0 stays 0",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 UDP checksum 0 stays 0",
         &A,
         &data_of(100, 7),
         2,
         0x11,
         |f| f.udp_check = UdpCheck::Zero,
     ));
-    rows.push(cli2rem(
-        "cli2rem UDP checksum 0 stays 0 (odd, padded)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 UDP checksum 0 stays 0 (odd, padded)",
         &A,
         &data_of(37, 7),
         3,
         0x77,
         |f| f.udp_check = UdpCheck::Zero,
     ));
-    rows.push(cli2rem(
-        "cli2rem output checksum folds to 0 -> 0xFFFF",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 output checksum folds to 0 -> 0xFFFF",
         &A,
-        &data_folding_to_zero_cli2rem(&A, 40),
+        &data_folding_to_zero_chan4_to_udp4(&A, 40),
         0,
         0,
         |_| {},
     ));
-    rows.push(cli2rem(
-        "cli2rem output checksum folds to 0 -> 0xFFFF (padded input)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 output checksum folds to 0 -> 0xFFFF (padded input)",
         &A,
-        &data_folding_to_zero_cli2rem(&A, 41),
+        &data_folding_to_zero_chan4_to_udp4(&A, 41),
         3,
         0xc3,
         |_| {},
     ));
-    rows.push(cli2rem(
-        "cli2rem input checksum 0xFFFF (sum folds to 0)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 input checksum 0xFFFF (sum folds to 0)",
         &A,
         &data_of(40, 8),
         1,
         0x5a,
         |f| force_udp_sum_zero(f, 4),
     ));
-    rows.push(cli2rem(
-        "cli2rem TTL 2 -> 1",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 TTL 2 -> 1",
         &A,
         &data_of(10, 0),
         0,
         0,
         |f| f.ttl = 2,
     ));
-    rows.push(cli2rem(
-        "cli2rem TTL 255, TOS 0xb9, ID 0xbeef, no DF kept",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 TTL 255, TOS 0xb9, ID 0xbeef, no DF kept",
         &A,
         &data_of(20, 0),
         0,
@@ -454,8 +454,8 @@ fn relay_rows() -> Vec<Row> {
             f.df = false;
         },
     ));
-    rows.push(cli2rem(
-        "cli2rem ID 0, DF, ECN CE kept",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 ID 0, DF, ECN CE kept",
         &A,
         &data_of(20, 0),
         1,
@@ -465,16 +465,16 @@ fn relay_rows() -> Vec<Row> {
             f.tos = 0x03;
         },
     ));
-    rows.push(cli2rem(
-        "cli2rem 1 byte in a 60-byte frame (Ethernet trailer cut)",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 1 byte in a 60-byte frame (Ethernet trailer cut)",
         &A,
         &[0x42],
         0,
         0,
         |f| f.trailer = vec![0xee; 60 - 47],
     ));
-    rows.push(cli2rem(
-        "cli2rem padded, with Ethernet trailer",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 padded, with Ethernet trailer",
         &A,
         &data_of(2, 6),
         2,
@@ -487,13 +487,20 @@ fn relay_rows() -> Vec<Row> {
         ..A
     };
     rows.push(
-        cli2rem("cli2rem channel 0x7FFF", &TOP, &data_of(9, 0), 3, 1, |_| {})
-            .with_setup(|p| install(p, &TOP)),
+        chan4_to_udp4(
+            "chan4_to_udp4 channel 0x7FFF",
+            &TOP,
+            &data_of(9, 0),
+            3,
+            1,
+            |_| {},
+        )
+        .with_setup(|p| install(p, &TOP)),
     );
     // the peer is behind the interface the ChannelData came in on: XDP_TX, 1400 bytes fit
     for (len, pad) in [(1usize, 3usize), (100, 0), (1400, 0), (1400, 2), (1472, 0)] {
-        rows.push(cli2rem(
-            format!("cli2rem to a peer behind turn0 (XDP_TX) len {len} pad {pad}"),
+        rows.push(chan4_to_udp4(
+            format!("chan4_to_udp4 to a peer behind turn0 (XDP_TX) len {len} pad {pad}"),
             &T,
             &data_of(len, 1),
             pad,
@@ -501,8 +508,8 @@ fn relay_rows() -> Vec<Row> {
             |_| {},
         ));
     }
-    rows.push(cli2rem(
-        "cli2rem XDP_TX, checksum 0",
+    rows.push(chan4_to_udp4(
+        "chan4_to_udp4 XDP_TX, checksum 0",
         &T,
         &data_of(77, 1),
         1,
@@ -511,8 +518,8 @@ fn relay_rows() -> Vec<Row> {
     ));
     // egress forwarding off does not matter: only the ingress device's setting is checked
     rows.push(
-        cli2rem(
-            "cli2rem with forwarding off on the egress relay0 still relays",
+        chan4_to_udp4(
+            "chan4_to_udp4 with forwarding off on the egress relay0 still relays",
             &A,
             &data_of(30, 1),
             0,
@@ -522,35 +529,35 @@ fn relay_rows() -> Vec<Row> {
         .fwd_off("relay0"),
     );
 
-    // rem2cli
+    // udp4_to_chan4
     for len in [1usize, 2, 3, 4, 5, 63, 64, 512, 1171, 1172] {
-        rows.push(rem2cli(
-            format!("rem2cli len {len}"),
+        rows.push(udp4_to_chan4(
+            format!("udp4_to_chan4 len {len}"),
             &A,
             &data_of(len, 3),
             |_| {},
         ));
     }
-    rows.push(rem2cli(
-        "rem2cli UDP checksum 0 stays 0",
+    rows.push(udp4_to_chan4(
+        "udp4_to_chan4 UDP checksum 0 stays 0",
         &A,
         &data_of(99, 4),
         |f| f.udp_check = UdpCheck::Zero,
     ));
-    rows.push(rem2cli(
-        "rem2cli output checksum folds to 0 -> 0xFFFF",
+    rows.push(udp4_to_chan4(
+        "udp4_to_chan4 output checksum folds to 0 -> 0xFFFF",
         &A,
-        &data_folding_to_zero_rem2cli(&A, 50),
+        &data_folding_to_zero_udp4_to_chan4(&A, 50),
         |_| {},
     ));
-    rows.push(rem2cli(
-        "rem2cli input checksum 0xFFFF (sum folds to 0)",
+    rows.push(udp4_to_chan4(
+        "udp4_to_chan4 input checksum 0xFFFF (sum folds to 0)",
         &A,
         &data_of(51, 4),
         |f| force_udp_sum_zero(f, 0),
     ));
-    rows.push(rem2cli(
-        "rem2cli TTL 2 -> 1, TOS/ID/no-DF kept",
+    rows.push(udp4_to_chan4(
+        "udp4_to_chan4 TTL 2 -> 1, TOS/ID/no-DF kept",
         &A,
         &data_of(21, 4),
         |f| {
@@ -560,15 +567,15 @@ fn relay_rows() -> Vec<Row> {
             f.df = false;
         },
     ));
-    rows.push(rem2cli(
-        "rem2cli 1 byte in a 60-byte frame (Ethernet trailer cut)",
+    rows.push(udp4_to_chan4(
+        "udp4_to_chan4 1 byte in a 60-byte frame (Ethernet trailer cut)",
         &A,
         &[0x42],
         |f| f.trailer = vec![0xee; 60 - 43],
     ));
     for len in [1usize, 1400, 1468] {
-        rows.push(rem2cli(
-            format!("rem2cli from a peer behind turn0 (XDP_TX) len {len}"),
+        rows.push(udp4_to_chan4(
+            format!("udp4_to_chan4 from a peer behind turn0 (XDP_TX) len {len}"),
             &T,
             &data_of(len, 8),
             |_| {},
@@ -625,13 +632,13 @@ fn pass_rows() -> Vec<Row> {
     // lifetimes
     for (c, what) in [(XA, "allocation"), (XP, "permission"), (XC, "channel")] {
         rows.push(pass_cd(
-            &format!("expired {what}: cli2rem"),
+            &format!("expired {what}: chan4_to_udp4"),
             &c,
             "PASS_EXPIRED",
             |_| {},
         ));
         rows.push(pass_peer(
-            &format!("expired {what}: rem2cli"),
+            &format!("expired {what}: udp4_to_chan4"),
             &c,
             "PASS_EXPIRED",
             |_| {},
@@ -648,12 +655,22 @@ fn pass_rows() -> Vec<Row> {
         )
     };
     rows.push(
-        pass_cd("allocation replaced: cli2rem", &A, "PASS_EXPIRED", |_| {})
-            .with_setup(replace_alloc),
+        pass_cd(
+            "allocation replaced: chan4_to_udp4",
+            &A,
+            "PASS_EXPIRED",
+            |_| {},
+        )
+        .with_setup(replace_alloc),
     );
     rows.push(
-        pass_peer("allocation replaced: rem2cli", &A, "PASS_EXPIRED", |_| {})
-            .with_setup(replace_alloc),
+        pass_peer(
+            "allocation replaced: udp4_to_chan4",
+            &A,
+            "PASS_EXPIRED",
+            |_| {},
+        )
+        .with_setup(replace_alloc),
     );
 
     // IP layer
@@ -674,19 +691,19 @@ fn pass_rows() -> Vec<Row> {
         },
     ));
     rows.push(pass_peer(
-        "fragment: rem2cli MF set",
+        "fragment: udp4_to_chan4 MF set",
         &A,
         "PASS_FRAGMENT",
         |f| f.mf = true,
     ));
     rows.push(pass_cd(
-        "IP options (ihl 6): cli2rem",
+        "IP options (ihl 6): chan4_to_udp4",
         &A,
         "PASS_IP_OPTIONS",
         |f| f.options = vec![0x94, 0x04, 0, 0],
     ));
     rows.push(pass_peer(
-        "IP options (ihl 6): rem2cli",
+        "IP options (ihl 6): udp4_to_chan4",
         &A,
         "PASS_IP_OPTIONS",
         |f| f.options = vec![1, 1, 1, 0],
@@ -697,9 +714,12 @@ fn pass_rows() -> Vec<Row> {
     rows.push(pass_cd("VLAN 802.1ad (QinQ)", &A, "PASS_VLAN", |f| {
         f.vlans = vec![(0x88a8, 200), (0x8100, 100)]
     }));
-    rows.push(pass_peer("VLAN 802.1Q: rem2cli", &A, "PASS_VLAN", |f| {
-        f.vlans = vec![(0x8100, 7)]
-    }));
+    rows.push(pass_peer(
+        "VLAN 802.1Q: udp4_to_chan4",
+        &A,
+        "PASS_VLAN",
+        |f| f.vlans = vec![(0x8100, 7)],
+    ));
 
     // lengths
     rows.push(pass_cd(
@@ -786,13 +806,13 @@ fn pass_rows() -> Vec<Row> {
         |f| f.ip_len_delta = -4,
     ));
     rows.push(pass_peer(
-        "bad length: rem2cli empty datagram",
+        "bad length: udp4_to_chan4 empty datagram",
         &A,
         "PASS_BAD_LENGTH",
         |f| f.payload.clear(),
     ));
     rows.push(pass_peer(
-        "bad length: rem2cli IP total length > frame",
+        "bad length: udp4_to_chan4 IP total length > frame",
         &A,
         "PASS_BAD_LENGTH",
         |f| {
@@ -801,7 +821,7 @@ fn pass_rows() -> Vec<Row> {
         },
     ));
     rows.push(pass_peer(
-        "bad length: rem2cli UDP length != IP length",
+        "bad length: udp4_to_chan4 UDP length != IP length",
         &A,
         "PASS_BAD_LENGTH",
         |f| f.udp_len_delta = -2,
@@ -810,25 +830,25 @@ fn pass_rows() -> Vec<Row> {
     // TTL
     for ttl in [1u8, 0] {
         rows.push(pass_cd(
-            &format!("TTL {ttl}: cli2rem"),
+            &format!("TTL {ttl}: chan4_to_udp4"),
             &A,
             "PASS_TTL",
             |f| f.ttl = ttl,
         ));
         rows.push(pass_peer(
-            &format!("TTL {ttl}: rem2cli"),
+            &format!("TTL {ttl}: udp4_to_chan4"),
             &A,
             "PASS_TTL",
             |f| f.ttl = ttl,
         ));
     }
 
-    // MTU: relay0 has MTU 1200, turn0 1500. cli2rem shrinks the packet but may leave through a
-    // smaller MTU; rem2cli grows it by 4 bytes.
+    // MTU: relay0 has MTU 1200, turn0 1500. chan4_to_udp4 shrinks the packet but may leave through a
+    // smaller MTU; udp4_to_chan4 grows it by 4 bytes.
     for len in [1173usize, 1400] {
         let f = cd_frame(&A, &data_of(len, 0), 0, 0);
         rows.push(Row::pass(
-            format!("MTU: cli2rem {len} bytes > relay0 MTU"),
+            format!("MTU: chan4_to_udp4 {len} bytes > relay0 MTU"),
             f.build(),
             Dev::Turn0,
             "PASS_MTU",
@@ -837,7 +857,7 @@ fn pass_rows() -> Vec<Row> {
     for len in [1469usize, 1472] {
         let (f, dev) = peer_frame(&T, &data_of(len, 0));
         rows.push(Row::pass(
-            format!("MTU: rem2cli {len} bytes + 4 > turn0 MTU"),
+            format!("MTU: udp4_to_chan4 {len} bytes + 4 > turn0 MTU"),
             f.build(),
             dev,
             "PASS_MTU",
@@ -846,20 +866,20 @@ fn pass_rows() -> Vec<Row> {
 
     // next hop
     rows.push(pass_cd(
-        "NO_NEIGH: cli2rem peer",
+        "NO_NEIGH: chan4_to_udp4 peer",
         &NP,
         "PASS_NO_NEIGH",
         |_| {},
     ));
     rows.push(pass_peer(
-        "NO_NEIGH: rem2cli client",
+        "NO_NEIGH: udp4_to_chan4 client",
         &NC,
         "PASS_NO_NEIGH",
         |_| {},
     ));
     rows.push(
         pass_cd(
-            "FWD_DISABLED: cli2rem, turn0 off",
+            "FWD_DISABLED: chan4_to_udp4, turn0 off",
             &A,
             "PASS_FWD_DISABLED",
             |_| {},
@@ -868,7 +888,7 @@ fn pass_rows() -> Vec<Row> {
     );
     rows.push(
         pass_peer(
-            "FWD_DISABLED: rem2cli, relay0 off",
+            "FWD_DISABLED: udp4_to_chan4, relay0 off",
             &A,
             "PASS_FWD_DISABLED",
             |_| {},
@@ -1171,7 +1191,7 @@ fn spill_every_third() {
         ) {
             failed.push(format!("ttl-1 before #{i}: {e}"));
         }
-        let row = cli2rem("spill", &A, &data_of(i * 10, i as u8), i % 4, 0x55, |_| {});
+        let row = chan4_to_udp4("spill", &A, &data_of(i * 10, i as u8), i % 4, 0x55, |_| {});
         let (want, counters) = if i % 3 == 0 {
             (Want::Pass, vec![("PASS_SPILL", 1)])
         } else {
@@ -1179,12 +1199,12 @@ fn spill_every_third() {
         };
         match check_step(&p, &net, &row.input, Dev::Turn0, &want, &counters) {
             Ok(v) => pattern.push(if v == XDP_PASS { 'P' } else { 'R' }),
-            Err(e) => failed.push(format!("cli2rem #{i}: {e}")),
+            Err(e) => failed.push(format!("chan4_to_udp4 #{i}: {e}")),
         }
     }
     pattern.push(' ');
     for i in 1..=12usize {
-        let row = rem2cli("spill", &A, &data_of(i * 7, i as u8), |_| {});
+        let row = udp4_to_chan4("spill", &A, &data_of(i * 7, i as u8), |_| {});
         let (want, counters) = if i % 3 == 0 {
             (Want::Pass, vec![("PASS_SPILL", 1)])
         } else {
@@ -1192,10 +1212,10 @@ fn spill_every_third() {
         };
         match check_step(&p, &net, &row.input, row.dev, &want, &counters) {
             Ok(v) => pattern.push(if v == XDP_PASS { 'P' } else { 'R' }),
-            Err(e) => failed.push(format!("rem2cli #{i}: {e}")),
+            Err(e) => failed.push(format!("udp4_to_chan4 #{i}: {e}")),
         }
     }
-    println!("spill pattern (cli2rem rem2cli): {pattern}");
+    println!("spill pattern (chan4_to_udp4 udp4_to_chan4): {pattern}");
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     assert_eq!(pattern, "RRPRRPRRPRRP RRPRRPRRPRRP");
 }

@@ -12,10 +12,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use turn_bpf::progtest::*;
+use turn_bpf::maps;
 use turn_bpf::skel::types;
-use turn_bpf::state;
-use turn_bpf::turn_client::{
+use turn_bpf_testkit::progtest::*;
+use turn_bpf_testkit::turn_client::{
     build_error_response, build_message, build_request, new_txid, Attr, Class, Family, TxId,
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
 };
@@ -171,11 +171,11 @@ impl Ctx<'_> {
         peer: SocketAddrV4,
     ) -> Result<()> {
         self.p
-            .expect_cli2rem(self.net, client, chan, relay, peer, b"client to peer")
-            .context("cli2rem")?;
+            .expect_chan4_to_udp4(self.net, client, chan, relay, peer, b"client to peer")
+            .context("chan4_to_udp4")?;
         self.p
-            .expect_rem2cli(self.net, peer, relay, client, chan, b"peer to client")
-            .context("rem2cli")
+            .expect_udp4_to_chan4(self.net, peer, relay, client, chan, b"peer to client")
+            .context("udp4_to_chan4")
     }
 
     fn channel_data_passes(&self, client: SocketAddrV4, chan: u16, counter: &str) -> Result<()> {
@@ -200,7 +200,7 @@ impl Ctx<'_> {
 
 /// `deadline` must be `lifetime_s` from (about) now, less the 1 s safety margin.
 fn expect_deadline(what: &str, deadline: u64, lifetime_s: u64) -> Result<()> {
-    let now = state::now_ns();
+    let now = maps::now_ns();
     let want = now + lifetime_s * 1_000_000_000 - 1_000_000_000;
     let slack = 500_000_000; // coarse clock and test run time
     ensure!(
@@ -213,11 +213,11 @@ fn expect_deadline(what: &str, deadline: u64, lifetime_s: u64) -> Result<()> {
 }
 
 fn ep(a: SocketAddrV4) -> types::tb_ep {
-    state::ep(a.into())
+    maps::ep(a.into())
 }
 
 fn same_ep(a: &types::tb_ep, b: &types::tb_ep) -> bool {
-    state::bytes_of(a) == state::bytes_of(b)
+    maps::bytes_of(a) == maps::bytes_of(b)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -331,11 +331,11 @@ fn create_permission_refreshes_bound_channel(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     c.bind(C1, 0x4001, P1)?;
     // age the channel: pretend it has 10 s left
-    let soon = state::now_ns() + 10_000_000_000;
+    let soon = maps::now_ns() + 10_000_000_000;
     for (map, key) in [
         (
             &c.p.skel.maps.chans,
-            state::bytes_of(&types::tb_chan_key {
+            maps::bytes_of(&types::tb_chan_key {
                 client: ep(C1),
                 server: ep(SERVER_EP),
                 chan: 0x4001u16.to_be(),
@@ -345,7 +345,7 @@ fn create_permission_refreshes_bound_channel(c: &Ctx) -> Result<()> {
         ),
         (
             &c.p.skel.maps.peers,
-            state::bytes_of(&types::tb_peer_key {
+            maps::bytes_of(&types::tb_peer_key {
                 peer: ep(P1),
                 relay: ep(R1),
             })
@@ -354,9 +354,9 @@ fn create_permission_refreshes_bound_channel(c: &Ctx) -> Result<()> {
     ] {
         use libbpf_rs::{MapCore, MapFlags};
         let v = map.lookup(&key, MapFlags::ANY)?.context("entry")?;
-        let mut ch: types::tb_chan = state::from_bytes(&v);
+        let mut ch: types::tb_chan = maps::from_bytes(&v);
         ch.chan_expires_ns = soon;
-        map.update(&key, state::bytes_of(&ch), MapFlags::ANY)?;
+        map.update(&key, maps::bytes_of(&ch), MapFlags::ANY)?;
     }
     let t = new_txid();
     c.request(C1, &perm_req(t, &[P1.into()]), true)?;
@@ -685,7 +685,7 @@ fn external_ip_mapping(c: &Ctx) -> Result<()> {
     ensure!(
         same_ep(&a.relay[0], &ep(R1)),
         "relay must be the private address, got {:?}",
-        state::sockaddr(&a.relay[0])
+        maps::sockaddr(&a.relay[0])
     );
     c.bind(C1, 0x4001, P1)?;
     c.relays_both_ways(C1, 0x4001, R1, P1)
@@ -754,9 +754,9 @@ fn dual_allocation(c: &Ctx) -> Result<()> {
     let a = c.alloc(C1)?;
     ensure!(same_ep(&a.relay[0], &ep(R1)), "relay[0]");
     ensure!(
-        state::sockaddr(&a.relay[1]) == Some(r6),
+        maps::sockaddr(&a.relay[1]) == Some(r6),
         "relay[1] {:?}",
-        state::sockaddr(&a.relay[1])
+        maps::sockaddr(&a.relay[1])
     );
     // an IPv6 peer binds on the IPv6 relayed address; that path is not offloaded (yet)
     let p6: SocketAddr = "[2001:db8:2::2]:6000".parse().unwrap();
@@ -764,7 +764,7 @@ fn dual_allocation(c: &Ctx) -> Result<()> {
     c.request(C1, &bind_req(t, 0x4006, p6), true)?;
     c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])?;
     let ch = c.p.channel(C1, SERVER_EP, 0x4006).context("v6 channel")?;
-    ensure!(state::sockaddr(&ch.relay) == Some(r6), "v6 channel relay");
+    ensure!(maps::sockaddr(&ch.relay) == Some(r6), "v6 channel relay");
     c.channel_data_passes(C1, 0x4006, "PASS_UNSUPPORTED")?;
     // the IPv4 side still works
     c.bind(C1, 0x4001, P1)?;
@@ -906,7 +906,7 @@ fn expire_allocation(c: &Ctx, ago_s: u64) -> Result<()> {
     c.p.skel
         .maps
         .allocs
-        .update(state::bytes_of(&k), state::bytes_of(&a), MapFlags::ANY)?;
+        .update(maps::bytes_of(&k), maps::bytes_of(&a), MapFlags::ANY)?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Smoke test of the BPF_PROG_TEST_RUN harness: one packet each way through an installed channel.
 use std::net::SocketAddrV4;
-use turn_bpf::progtest::*;
+use turn_bpf_testkit::progtest::*;
 
 #[test]
 fn one_packet_each_way() {
@@ -52,6 +52,6 @@ fn one_packet_each_way() {
         channel_data(0x4000, back, 0, 0)
     );
     let c = p.counters();
-    assert_eq!(c.get("CLI2REM"), 1);
-    assert_eq!(c.get("REM2CLI"), 1);
+    assert_eq!(c.get("RELAYED_TO_PEER"), 1);
+    assert_eq!(c.get("RELAYED_TO_CLIENT"), 1);
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::turn_client::{echo_peer, RelayFamily, TurnClient, TurnError};
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::turn_client::{echo_peer, RelayFamily, TurnClient, TurnError};
 
 const CHANNEL: u16 = 0x4000;
 

@@ -10,9 +10,9 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use turn_bpf::agent::{AgentExit, AgentProc};
-use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::turn_client::TurnClient;
+use turn_bpf_testkit::agent::{AgentExit, AgentProc};
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::turn_client::TurnClient;
 
 use common::*;
 
@@ -182,7 +182,7 @@ fn refresh_zero_stops_the_fast_path_at_once() {
     );
     let exit = stop(a);
     assert_eq!(exit.counter("LEARN_DEALLOC"), 1, "{}", exit.output);
-    assert_eq!(exit.counter("CLI2REM"), 20, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 20, "{}", exit.output);
     echo.stop();
 }
 
@@ -248,7 +248,7 @@ fn spoofed_channel_data_and_strange_peer_ports_are_not_relayed_by_the_fast_path(
     let before = lab.nstat_udp_in(Host::Peer);
     let saw = server_saw(&lab, || {
         for i in 0..10 {
-            let frame = turn_bpf::turn_client::channel_data(CHANNEL, &payload(i), false);
+            let frame = turn_bpf_testkit::turn_client::channel_data(CHANNEL, &payload(i), false);
             spoof.send_to(&frame, lab::TURN_SERVER_V4).unwrap();
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -333,7 +333,7 @@ fn requests_the_server_refuses_leave_nothing_behind() {
         "401s and 403s discarded: {}",
         exit.output
     );
-    assert_eq!(exit.counter("CLI2REM"), 0, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 0, "{}", exit.output);
     assert!(!exit.output.contains("channel learned"), "{}", exit.output);
     assert_eq!(echo.stop(), 0, "the denied peer received nothing");
 }

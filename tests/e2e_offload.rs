@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use turn_bpf::agent::AgentProc;
-use turn_bpf::lab::{self, Host, Lab};
+use turn_bpf_testkit::agent::AgentProc;
+use turn_bpf_testkit::lab::{self, Host, Lab};
 
 use common::*;
 
@@ -107,12 +107,15 @@ fn rust_client_datagrams_are_relayed_in_the_kernel_byte_exact() {
     let no_neigh = exit.counter("PASS_NO_NEIGH");
     assert!(no_neigh <= 2, "{}", exit.output);
     assert_eq!(
-        exit.counter("CLI2REM") + exit.counter("REM2CLI") + no_neigh,
+        exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT") + no_neigh,
         2 * N as u64,
         "{}",
         exit.output
     );
-    assert!(exit.counter("CLI2REM") >= N as u64 - 2 && exit.counter("REM2CLI") >= N as u64 - 2);
+    assert!(
+        exit.counter("RELAYED_TO_PEER") >= N as u64 - 2
+            && exit.counter("RELAYED_TO_CLIENT") >= N as u64 - 2
+    );
     assert_eq!(exit.counter("LEARN_ALLOC"), 1);
     assert_eq!(exit.counter("LEARN_CHANNEL"), 1);
     assert_eq!(exit.counter("ABORTED"), 0);
@@ -187,7 +190,7 @@ fn spill_every_n_goes_through_the_server() {
     );
     let no_neigh = exit.counter("PASS_NO_NEIGH");
     assert_eq!(
-        exit.counter("CLI2REM") + exit.counter("REM2CLI") + spilled + no_neigh,
+        exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT") + spilled + no_neigh,
         600
     );
     assert_eq!(
@@ -255,8 +258,16 @@ fn turnutils_uclient_loses_nothing_through_the_offload() {
     assert!(out.contains("Total lost packets 0 (0.000000%)"), "{out}");
     let no_neigh = exit.counter("PASS_NO_NEIGH");
     assert!(no_neigh <= 2, "{}", exit.output);
-    assert!(exit.counter("CLI2REM") + no_neigh >= 500, "{}", exit.output);
-    assert!(exit.counter("REM2CLI") + no_neigh >= 500, "{}", exit.output);
+    assert!(
+        exit.counter("RELAYED_TO_PEER") + no_neigh >= 500,
+        "{}",
+        exit.output
+    );
+    assert!(
+        exit.counter("RELAYED_TO_CLIENT") + no_neigh >= 500,
+        "{}",
+        exit.output
+    );
 }
 
 /// coturn behind 1:1 NAT: `--external-ip PUBLIC/PRIVATE` makes XOR-RELAYED-ADDRESS a public
@@ -296,8 +307,8 @@ fn external_ip_relayed_addresses_are_offloaded_only_when_mapped() {
         assert_eq!(exit.status.code(), Some(0));
         if mapped {
             assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
-            assert_eq!(exit.counter("CLI2REM"), 50, "{}", exit.output);
-            assert_eq!(exit.counter("REM2CLI"), 50, "{}", exit.output);
+            assert_eq!(exit.counter("RELAYED_TO_PEER"), 50, "{}", exit.output);
+            assert_eq!(exit.counter("RELAYED_TO_CLIENT"), 50, "{}", exit.output);
             assert_eq!(srv_seen, 0);
             assert!(
                 exit.output.contains("relay 198.51.100.1:"),
@@ -306,7 +317,7 @@ fn external_ip_relayed_addresses_are_offloaded_only_when_mapped() {
             );
         } else {
             assert_eq!(exit.counter("RELAY_NOT_LOCAL"), 1, "{}", exit.output);
-            assert_eq!(exit.counter("CLI2REM"), 0, "{}", exit.output);
+            assert_eq!(exit.counter("RELAYED_TO_PEER"), 0, "{}", exit.output);
             assert_eq!(srv_seen, 100, "all of it went through coturn");
             let warned = exit.output.matches("203.0.113.9 is not local").count();
             assert_eq!(warned, 1, "logged once: {}", exit.output);

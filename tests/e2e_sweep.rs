@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use turn_bpf::agent::AgentProc;
-use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::turn_client::TurnClient;
+use turn_bpf_testkit::agent::AgentProc;
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::turn_client::TurnClient;
 
 use common::*;
 
@@ -195,7 +195,7 @@ fn a_restarted_server_makes_the_agent_forget_every_binding() {
     let out = agent.output();
     assert!(
         out.contains(
-            "WARN  turn_bpf::state] the TURN server's socket on port 3478 went away: forgetting \
+            "WARN  turn_bpf::sweep] the TURN server's socket on port 3478 went away: forgetting \
              every binding (1 allocations, 1 channels, 1 permissions); new allocations will be \
              learned again"
         ) || out.contains("socket on port 3478 changed (the server restarted)"),

@@ -1,4 +1,4 @@
-//! Smoke test of the load generator (`turn_bpf::load`) through a lab with the real coturn: a few
+//! Smoke test of the load generator (`turn_bpf_testkit::load`) through a lab with the real coturn: a few
 //! seconds each with the agent attached, with coturn alone, and through the baseline forwarder.
 //! It asserts delivery and that the agent relayed the traffic, never speed.
 //!
@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use turn_bpf::baseline::AttachedForwarder;
-use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::load::{self, LoadConfig, LoadReport, PathMode};
+use turn_bpf_testkit::baseline::AttachedForwarder;
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::load::{self, LoadConfig, LoadReport, PathMode};
 
 fn config(net: &Lab) -> LoadConfig {
     let mut cfg = LoadConfig::for_lab(net);
@@ -92,15 +92,15 @@ fn generator_through_offload_coturn_and_forwarder() {
     let get = |n: &str| counters.get(n).copied().unwrap_or(0);
     assert_eq!(get("LEARN_CHANNEL"), cfg.allocations as u64, "{counters:?}");
     assert!(
-        get("CLI2REM") * 100 >= r.c2p.sent * 95,
-        "CLI2REM {} of {} sent: not offloaded ({counters:?})",
-        get("CLI2REM"),
+        get("RELAYED_TO_PEER") * 100 >= r.c2p.sent * 95,
+        "RELAYED_TO_PEER {} of {} sent: not offloaded ({counters:?})",
+        get("RELAYED_TO_PEER"),
         r.c2p.sent
     );
     assert!(
-        get("REM2CLI") * 100 >= r.p2c.sent * 95,
-        "REM2CLI {} of {} echoed: not offloaded ({counters:?})",
-        get("REM2CLI"),
+        get("RELAYED_TO_CLIENT") * 100 >= r.p2c.sent * 95,
+        "RELAYED_TO_CLIENT {} of {} echoed: not offloaded ({counters:?})",
+        get("RELAYED_TO_CLIENT"),
         r.p2c.sent
     );
 

@@ -2,8 +2,8 @@
 /*
  * The IPv4 <-> IPv4 rewrite paths.
  *
- *   chan4_to_udp4 (cli2rem): client --ChannelData--> server  =>  relay --UDP--> peer
- *   udp4_to_chan4 (rem2cli): peer --UDP--> relay             =>  server --ChannelData--> client
+ *   chan4_to_udp4 (to peer):   client --ChannelData--> server  =>  relay --UDP--> peer
+ *   udp4_to_chan4 (to client): peer --UDP--> relay             =>  server --ChannelData--> client
  *
  * Each path checks everything first (binding, lifetimes, lengths, TTL, next hop, MTU) while the
  * packet is untouched, computes the new headers and the checksum delta from the old fields, and
@@ -145,7 +145,7 @@ static __always_inline int spill_now(struct tb_chan *c)
 	return n % cfg_spill_every == 0;
 }
 
-/* cli2rem: ChannelData from a client to a peer. `ip`/`udp` are validated (no options, lengths). */
+/* To peer: ChannelData from a client to a peer. `ip`/`udp` are validated (no options, lengths). */
 static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
 					 __u16 udp_len)
 {
@@ -231,11 +231,11 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 		return xdp_pass(TB_STAT_ABORTED); /* nothing written yet */
 	if (write_hdrs4(ctx, &fib, &nip, &nudp) || trim_to(ctx, HDRS4_LEN + data_len))
 		return xdp_abort();
-	stat_inc(TB_STAT_CLI2REM);
+	stat_inc(TB_STAT_RELAYED_TO_PEER);
 	return fwd_verdict(ctx, &fib);
 }
 
-/* rem2cli: a datagram from a peer to a relayed address, to its client as ChannelData. */
+/* To client: a datagram from a peer to a relayed address, to its client as ChannelData. */
 static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
 					 __u16 udp_len)
 {
@@ -305,7 +305,7 @@ static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, s
 	}
 	if (trim_to(ctx, HDRS4_LEN + CHANNEL_HDR_LEN + data_len))
 		return xdp_abort();
-	stat_inc(TB_STAT_REM2CLI);
+	stat_inc(TB_STAT_RELAYED_TO_CLIENT);
 	return fwd_verdict(ctx, &fib);
 }
 

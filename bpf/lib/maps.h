@@ -40,7 +40,7 @@ struct {
 	__type(value, struct tb_alloc);
 } allocs SEC(".maps");
 
-/* Channels, client side: (client, server, channel) -> binding. The cli2rem lookup. */
+/* Channels, client side: (client, server, channel) -> binding. The to-peer lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TB_MAX_CHANNELS);
@@ -48,7 +48,7 @@ struct {
 	__type(value, struct tb_chan);
 } chans SEC(".maps");
 
-/* Channels, peer side: (peer, relay) -> binding. The rem2cli lookup. */
+/* Channels, peer side: (peer, relay) -> binding. The to-client lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TB_MAX_CHANNELS);

@@ -126,44 +126,45 @@ struct tb_pending {
 	__u8 peer_overflow;    /* CreatePermission named more peers than `peers` holds */
 };
 
-/* Counters: per-CPU array indexed by this enum. Codes are stable and never reused; the Rust side
- * mirrors them by name (src/stats.rs). */
+/* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
+ * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
+ * the TB_STAT_ prefix, meaning), which the agent prints and the tests look counters up in. */
 enum tb_stat {
-	TB_STAT_CLI2REM = 0,          /* ChannelData relayed client -> peer in XDP */
-	TB_STAT_REM2CLI = 1,          /* peer datagram relayed peer -> client in XDP */
-	TB_STAT_PASS_NOT_OURS = 2,    /* not IPv4/UDP to a TURN port or from a bound peer */
-	TB_STAT_PASS_STUN = 3,        /* STUN or other non-ChannelData to a TURN port */
-	TB_STAT_PASS_NO_CHANNEL = 4,  /* ChannelData / peer datagram with no binding */
-	TB_STAT_PASS_EXPIRED = 5,     /* allocation, permission or channel expired or gone */
-	TB_STAT_PASS_FRAGMENT = 6,
-	TB_STAT_PASS_IP_OPTIONS = 7,
-	TB_STAT_PASS_VLAN = 8,
-	TB_STAT_PASS_BAD_LENGTH = 9,  /* IP, UDP and ChannelData lengths disagree (GSO batches too) */
-	TB_STAT_PASS_TTL = 10,
-	TB_STAT_PASS_MTU = 11,
-	TB_STAT_PASS_NO_NEIGH = 12,
-	TB_STAT_PASS_FWD_DISABLED = 13,
-	TB_STAT_PASS_FIB_OTHER = 14,  /* no route, local destination, blackhole ... */
-	TB_STAT_PASS_EGRESS_UNMANAGED = 15, /* next hop leaves through an interface we are not on */
-	TB_STAT_PASS_SPILL = 16,      /* every Nth datagram goes to the server on purpose */
-	TB_STAT_PASS_UNSUPPORTED = 17, /* a path not offloaded (e.g. IPv6, cross-family) */
-	TB_STAT_PENDING_ADDED = 18,
-	TB_STAT_PENDING_CONFLICT = 19,
-	TB_STAT_LEARN_ALLOC = 20,
-	TB_STAT_LEARN_REFRESH = 21,
-	TB_STAT_LEARN_DEALLOC = 22,
-	TB_STAT_LEARN_PERM = 23,
-	TB_STAT_LEARN_CHANNEL = 24,
-	TB_STAT_LEARN_ERROR = 25,     /* error response: the pending request is discarded */
-	TB_STAT_LEARN_NO_PENDING = 26, /* a response with no matching request (or a mismatched one) */
-	TB_STAT_LEARN_NO_ALLOC = 27,  /* permission/channel for an allocation we never learned */
-	TB_STAT_STATE_FULL = 28,      /* committed maps full: the binding stays with the server */
-	TB_STAT_RELAY_NOT_LOCAL = 29, /* relayed address neither local nor mapped by --external-ip */
-	TB_STAT_STUN_MALFORMED = 30,  /* a STUN message we could not parse: nothing recorded */
-	TB_STAT_TC_NOT_LOCAL = 31,    /* a "response" that was forwarded, not sent by this host */
-	TB_STAT_ABORTED = 32,         /* a helper failed after the rewrite began (should never happen) */
-	TB_STAT_NOT_MIRRORED = 33,    /* a grant we cannot mirror exactly: the allocation is left to the server */
-	TB_STAT_TC_FOREIGN = 34,      /* a "response" from a socket not owned by the TURN server's user */
+	TB_STAT_RELAYED_TO_PEER = 0, /* ChannelData relayed client -> peer in XDP (paths chanN_to_udpM) */
+	TB_STAT_RELAYED_TO_CLIENT = 1, /* peer datagrams relayed peer -> client in XDP (paths udpN_to_chanM) */
+	TB_STAT_PASS_NOT_OURS = 2, /* not TURN traffic: passed */
+	TB_STAT_PASS_STUN = 3, /* STUN to a TURN port: passed to the server */
+	TB_STAT_PASS_NO_CHANNEL = 4, /* no channel binding: passed */
+	TB_STAT_PASS_EXPIRED = 5, /* allocation, permission or channel expired: passed */
+	TB_STAT_PASS_FRAGMENT = 6, /* IP fragments: passed */
+	TB_STAT_PASS_IP_OPTIONS = 7, /* IP options: passed */
+	TB_STAT_PASS_VLAN = 8, /* VLAN-tagged frames: passed */
+	TB_STAT_PASS_BAD_LENGTH = 9, /* lengths disagree (incl. GSO batches): passed */
+	TB_STAT_PASS_TTL = 10, /* TTL too low: passed */
+	TB_STAT_PASS_MTU = 11, /* too large for the egress MTU: passed */
+	TB_STAT_PASS_NO_NEIGH = 12, /* no neighbour entry yet: passed */
+	TB_STAT_PASS_FWD_DISABLED = 13, /* forwarding disabled on the interface: passed */
+	TB_STAT_PASS_FIB_OTHER = 14, /* no usable route: passed */
+	TB_STAT_PASS_EGRESS_UNMANAGED = 15, /* next hop on an interface we are not on: passed */
+	TB_STAT_PASS_SPILL = 16, /* spilled to the server on purpose */
+	TB_STAT_PASS_UNSUPPORTED = 17, /* a path not offloaded (IPv6, cross-family): passed */
+	TB_STAT_PENDING_ADDED = 18, /* requests remembered */
+	TB_STAT_PENDING_CONFLICT = 19, /* transaction IDs reused with other contents */
+	TB_STAT_LEARN_ALLOC = 20, /* allocations learned */
+	TB_STAT_LEARN_REFRESH = 21, /* allocation refreshes learned */
+	TB_STAT_LEARN_DEALLOC = 22, /* deallocations (Refresh 0) learned */
+	TB_STAT_LEARN_PERM = 23, /* permissions learned */
+	TB_STAT_LEARN_CHANNEL = 24, /* channel bindings learned */
+	TB_STAT_LEARN_ERROR = 25, /* error responses (request discarded) */
+	TB_STAT_LEARN_NO_PENDING = 26, /* responses without a matching request */
+	TB_STAT_LEARN_NO_ALLOC = 27, /* grants for an allocation we do not know */
+	TB_STAT_STATE_FULL = 28, /* maps full: binding left with the server */
+	TB_STAT_RELAY_NOT_LOCAL = 29, /* relayed address not local (see --external-ip) */
+	TB_STAT_STUN_MALFORMED = 30, /* malformed STUN: nothing recorded */
+	TB_STAT_TC_NOT_LOCAL = 31, /* forwarded 'responses' ignored */
+	TB_STAT_ABORTED = 32, /* rewrite aborted after it began (never expected) */
+	TB_STAT_NOT_MIRRORED = 33, /* grants we cannot mirror: allocation left to the server */
+	TB_STAT_TC_FOREIGN = 34, /* 'responses' from sockets of another user ignored */
 	TB_STAT__MAX
 };
 

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use turn_bpf::lab::{Host, Lab};
+use turn_bpf_testkit::lab::{Host, Lab};
 
 /// Why this test cannot run here (not root, coturn missing), or None.
 pub fn skip() -> Option<String> {
-    turn_bpf::lab::skip_reason()
+    turn_bpf_testkit::lab::skip_reason()
 }
 
 #[macro_export]
@@ -78,8 +78,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use turn_bpf::lab;
-use turn_bpf::turn_client::{echo_peer, TurnClient};
+use turn_bpf_testkit::lab;
+use turn_bpf_testkit::turn_client::{echo_peer, TurnClient};
 
 /// Sizes 1..=1400, every one of them over the first 1400 datagrams, in a scrambled order.
 pub fn size_of(i: usize) -> usize {

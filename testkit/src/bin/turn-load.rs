@@ -25,9 +25,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use turn_bpf::baseline::{self, AttachedForwarder, MicroReport};
-use turn_bpf::lab::{self, Host, Lab};
-use turn_bpf::load::{self, AgentCounters, LoadConfig, LoadReport, PathMode, Roles};
+use turn_bpf_testkit::baseline::{self, AttachedForwarder, MicroReport};
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::load::{self, AgentCounters, LoadConfig, LoadReport, PathMode, Roles};
 
 #[derive(Parser)]
 #[command(
@@ -250,7 +250,7 @@ fn measure(
                 &srv,
                 &["--enable-forwarding", lab::IFACE, lab::RELAY_IFACE],
             )?);
-            cfg.agent_pid = agent.as_ref().map(turn_bpf::agent::AgentProc::pid);
+            cfg.agent_pid = agent.as_ref().map(turn_bpf_testkit::agent::AgentProc::pid);
         }
         Mode::Forwarder => {
             cfg.path = PathMode::Plain;
@@ -593,8 +593,14 @@ fn ratios(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> BTreeMa
             o.max_delivered_pps / f.max_delivered_pps,
         );
     }
-    r.insert("cli2rem_over_baseline".into(), micro.cli2rem_vs_baseline);
-    r.insert("rem2cli_over_baseline".into(), micro.rem2cli_vs_baseline);
+    r.insert(
+        "chan4_to_udp4_over_baseline".into(),
+        micro.chan4_to_udp4_vs_baseline,
+    );
+    r.insert(
+        "udp4_to_chan4_over_baseline".into(),
+        micro.udp4_to_chan4_vs_baseline,
+    );
     r
 }
 
@@ -672,13 +678,13 @@ fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport, common: u64
         ),
         met: coturn_max < 1.0,
     });
-    let fast = micro.cli2rem_ns.max(micro.rem2cli_ns) / micro.baseline_ns;
+    let fast = micro.chan4_to_udp4_ns.max(micro.udp4_to_chan4_ns) / micro.baseline_ns;
     g.push(Goal {
         goal: "Fast path ≤ 1.3× the baseline forwarder".into(),
         target: "≤ 1.30×".into(),
         measured: format!(
-            "{:.2}× (cli2rem {:.0} ns, rem2cli {:.0} ns, baseline {:.0} ns)",
-            fast, micro.cli2rem_ns, micro.rem2cli_ns, micro.baseline_ns
+            "{:.2}× (chan4_to_udp4 {:.0} ns, udp4_to_chan4 {:.0} ns, baseline {:.0} ns)",
+            fast, micro.chan4_to_udp4_ns, micro.udp4_to_chan4_ns, micro.baseline_ns
         ),
         met: fast <= 1.3,
     });
@@ -763,8 +769,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 let (r, counters, other) = measure(&lab, mode, t, duration, quiet, &a.load)
                     .with_context(|| format!("{} at {}", mode.name(), label(t)))?;
                 let offloaded_pct = counters.as_ref().map(|c| {
-                    let xdp = c.get("CLI2REM").copied().unwrap_or(0)
-                        + c.get("REM2CLI").copied().unwrap_or(0);
+                    let xdp = c.get("RELAYED_TO_PEER").copied().unwrap_or(0)
+                        + c.get("RELAYED_TO_CLIENT").copied().unwrap_or(0);
                     100.0 * xdp as f64 / (r.c2p.sent + r.p2c.sent).max(1) as f64
                 });
                 println!(
@@ -962,7 +968,7 @@ fn render_micro(m: &MicroReport) -> String {
     let _ = writeln!(
         s,
         "\nRepeat {} per test run, median of {} trials. BPF_PROG_TEST_RUN's `repeat` re-runs a \
-         program on the same buffer, so the rewriting paths (cli2rem, rem2cli, baseline) run \
+         program on the same buffer, so the rewriting paths (chan4_to_udp4, udp4_to_chan4, baseline) run \
          behind a harness that restores the original frame and tail-calls the program; the \
          harness's own cost ({:.0} ns, measured in front of an XDP_PASS program in every trial, \
          test-run loop included) is subtracted. non_turn leaves the packet alone and is measured \

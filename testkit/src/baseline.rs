@@ -3,11 +3,11 @@
 //! [`Baseline`] loads the baseline object: `xdp_baseline_fwd` (parse Ethernet/IPv4/UDP, FIB
 //! lookup, TTL, MACs, redirect: the floor any XDP forwarder pays) and the measurement harness
 //! (`xdp_bench_restore` + `xdp_bench_nop`). [`run_micro`] times the real `xdp_turn` program for a
-//! client→peer datagram (cli2rem), a peer→client datagram (rem2cli) and an unrelated datagram,
+//! client→peer datagram (chan4_to_udp4), a peer→client datagram (udp4_to_chan4) and an unrelated datagram,
 //! and the baseline for a plain forwarded datagram, each with `repeat` runs per test run.
 //!
 //! Why the harness: `repeat` re-runs a program on the same buffer, so a program that rewrites the
-//! packet sees its own output from the second run on (cli2rem's output is "not ours" and passes:
+//! packet sees its own output from the second run on (chan4_to_udp4's output is "not ours" and passes:
 //! a naive average measures the wrong path, and the verdict of the last run gives it away). The
 //! harness restores the original frame before every run and tail-calls the program under test;
 //! the same harness in front of `xdp_bench_nop` is measured in every trial and subtracted. Every
@@ -25,7 +25,7 @@ use libbpf_rs::{MapCore, MapFlags, ProgramMut};
 use serde::{Deserialize, Serialize};
 
 use crate::progtest::{self, FibNet, Programs, RunResult};
-use crate::state::bytes_of;
+use turn_bpf::maps::bytes_of;
 
 /// The generated libbpf-rs skeleton of `bpf/baseline_fwd.bpf.c` (built by `build.rs`).
 #[allow(
@@ -176,7 +176,7 @@ impl AttachedForwarder {
         let _in = progtest::NsGuard::enter(ns)?;
         let idx: Vec<u32> = ifaces
             .iter()
-            .map(|d| crate::attach::ifindex(d))
+            .map(|d| turn_bpf::attach::ifindex(d))
             .collect::<Result<_>>()?;
         for i in &idx {
             fwd.base
@@ -219,7 +219,7 @@ fn prog_raw_fd(p: &ProgramMut<'_>) -> i32 {
 /// One measured case of the micro-benchmark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicroCase {
-    /// `cli2rem`, `rem2cli`, `non_turn`, `baseline`, `non_turn_direct`.
+    /// `chan4_to_udp4`, `udp4_to_chan4`, `non_turn`, `baseline`, `non_turn_direct`.
     pub name: String,
     /// What the frame is.
     pub what: String,
@@ -239,8 +239,11 @@ pub struct MicroReport {
     /// Trials per case (alternating between cases).
     pub trials: usize,
     /// `xdp_turn`, client→peer ChannelData relayed (XDP_REDIRECT).
-    pub cli2rem_ns: f64,
+    pub chan4_to_udp4_ns: f64,
     /// `xdp_turn`, peer→client datagram relayed (XDP_REDIRECT).
+    pub udp4_to_chan4_ns: f64,
+    /// The same two figures under the names earlier reports used.
+    pub cli2rem_ns: f64,
     pub rem2cli_ns: f64,
     /// `xdp_turn`, an unrelated UDP datagram (XDP_PASS). The program leaves such a packet
     /// alone, so `repeat` alone is valid: measured without the harness, minus the test-run loop
@@ -259,10 +262,10 @@ pub struct MicroReport {
     /// `xdp_bench_nop` without the harness: the test-run loop's own cost per run, included in
     /// any raw `repeat` figure and excluded from the figures above.
     pub loop_overhead_ns: f64,
-    /// cli2rem / baseline.
-    pub cli2rem_vs_baseline: f64,
-    /// rem2cli / baseline.
-    pub rem2cli_vs_baseline: f64,
+    /// chan4_to_udp4 / baseline.
+    pub chan4_to_udp4_vs_baseline: f64,
+    /// udp4_to_chan4 / baseline.
+    pub udp4_to_chan4_vs_baseline: f64,
     pub cases: Vec<MicroCase>,
 }
 
@@ -308,14 +311,14 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
     let frame4 = |src_mac, dst_mac, src, dst, payload: &[u8]| {
         progtest::udp4(src_mac, dst_mac, src, dst, 64, payload)
     };
-    let cli2rem = frame4(
+    let chan4_to_udp4 = frame4(
         progtest::CLIENT_MAC,
         progtest::TURN0_MAC,
         client,
         server,
         &progtest::channel_data(0x4000, &data, 0, 0),
     );
-    let rem2cli = frame4(progtest::PEER_MAC, progtest::RELAY0_MAC, peer, relay, &data);
+    let udp4_to_chan4 = frame4(progtest::PEER_MAC, progtest::RELAY0_MAC, peer, relay, &data);
     let non_turn = frame4(
         progtest::CLIENT_MAC,
         progtest::TURN0_MAC,
@@ -323,7 +326,7 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
         SocketAddrV4::new(progtest::SERVER, 5353),
         &data,
     );
-    // The baseline forwards what cli2rem produces, as a plain datagram: client -> peer.
+    // The baseline forwards what chan4_to_udp4 produces, as a plain datagram: client -> peer.
     let plain = frame4(
         progtest::CLIENT_MAC,
         progtest::TURN0_MAC,
@@ -333,22 +336,25 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
     );
 
     // One run each, with the output checked: the paths are the ones we mean.
-    let r = turn.xdp(&cli2rem, net.turn0)?;
+    let r = turn.xdp(&chan4_to_udp4, net.turn0)?;
     ensure!(
         r.verdict == progtest::XDP_REDIRECT,
-        "cli2rem: verdict {}",
+        "chan4_to_udp4: verdict {}",
         verdict_name(r.verdict)
     );
-    ensure!(progtest::verify_udp4(&r.out)? == data, "cli2rem: payload");
-    let r = turn.xdp(&rem2cli, net.relay0)?;
+    ensure!(
+        progtest::verify_udp4(&r.out)? == data,
+        "chan4_to_udp4: payload"
+    );
+    let r = turn.xdp(&udp4_to_chan4, net.relay0)?;
     ensure!(
         r.verdict == progtest::XDP_REDIRECT,
-        "rem2cli: verdict {}",
+        "udp4_to_chan4: verdict {}",
         verdict_name(r.verdict)
     );
     ensure!(
         progtest::verify_udp4(&r.out)? == progtest::channel_data(0x4000, &data, 0, 0),
-        "rem2cli: payload"
+        "udp4_to_chan4: payload"
     );
     let (r, _) = base.xdp_repeat(&plain, net.turn0, 1)?;
     ensure!(
@@ -385,22 +391,22 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
     };
     let mut cases = [
         mk(
-            "cli2rem",
+            "chan4_to_udp4",
             "client→peer ChannelData through xdp_turn (relayed)",
             Some(Target::Turn(&turn)),
-            &cli2rem[..],
+            &chan4_to_udp4[..],
             net.turn0,
             progtest::XDP_REDIRECT,
-            Some("CLI2REM"),
+            Some("RELAYED_TO_PEER"),
         ),
         mk(
-            "rem2cli",
+            "udp4_to_chan4",
             "peer→client datagram through xdp_turn (relayed)",
             Some(Target::Turn(&turn)),
-            &rem2cli[..],
+            &udp4_to_chan4[..],
             net.relay0,
             progtest::XDP_REDIRECT,
-            Some("REM2CLI"),
+            Some("RELAYED_TO_CLIENT"),
         ),
         mk(
             "non_turn",
@@ -492,8 +498,8 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
             .unwrap_or(f64::NAN)
     };
     let (cli, rem, non, base_ns, harnessed) = (
-        get("cli2rem"),
-        get("rem2cli"),
+        get("chan4_to_udp4"),
+        get("udp4_to_chan4"),
         get("non_turn"),
         get("baseline"),
         get("non_turn_harnessed"),
@@ -505,6 +511,8 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
     Ok(MicroReport {
         repeat,
         trials,
+        chan4_to_udp4_ns: cli,
+        udp4_to_chan4_ns: rem,
         cli2rem_ns: cli,
         rem2cli_ns: rem,
         non_turn_ns: non,
@@ -513,8 +521,8 @@ pub fn run_micro(ns: &str, repeat: u32, trials: usize) -> Result<MicroReport> {
         non_turn_raw_ns: non_raw,
         harness_ns: median(&harness),
         loop_overhead_ns: median(&overhead),
-        cli2rem_vs_baseline: cli / base_ns,
-        rem2cli_vs_baseline: rem / base_ns,
+        chan4_to_udp4_vs_baseline: cli / base_ns,
+        udp4_to_chan4_vs_baseline: rem / base_ns,
         cases: cases
             .iter()
             .map(|c| MicroCase {

@@ -10,9 +10,9 @@
  *   xdp_bench_nop      XDP_PASS: the harness's own cost, subtracted from every measurement.
  *
  * Why a harness: BPF_PROG_TEST_RUN with `repeat` runs the program again and again on the SAME
- * buffer (not live-frames mode). A program that rewrites the packet (cli2rem moves the head and
+ * buffer (not live-frames mode). A program that rewrites the packet (chan4_to_udp4 moves the head and
  * rewrites every header) sees its own output from the second run on, and the average then
- * measures whatever path that output takes (for cli2rem: "not ours, pass"). The harness puts the
+ * measures whatever path that output takes (for chan4_to_udp4: "not ours, pass"). The harness puts the
  * original bytes back before each run, so every run takes the path under test; running the same
  * harness in front of xdp_bench_nop measures the restore and the tail call, which are subtracted.
  */

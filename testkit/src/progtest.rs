@@ -26,10 +26,10 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, ProgramInput, ProgramMut};
 
-use crate::skel::types;
-use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
-use crate::state::{self, bytes_of, from_bytes};
-use crate::stats::Counters;
+use turn_bpf::maps::{self, bytes_of, from_bytes};
+use turn_bpf::skel::types;
+use turn_bpf::skel::{Settings, TurnSkel, TurnSkelBuilder};
+use turn_bpf::stats::Counters;
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -189,7 +189,7 @@ impl FibNet {
             return Err(e);
         }
         let _guard = NsGuard::enter(ns)?;
-        let idx = |n: &str| crate::attach::ifindex(n);
+        let idx = |n: &str| turn_bpf::attach::ifindex(n);
         Ok(FibNet {
             ns: ns.to_string(),
             turn0: idx("turn0")?,
@@ -294,7 +294,7 @@ pub struct Deadlines {
 impl Deadlines {
     /// All three `ttl_s` seconds from now.
     pub fn in_secs(ttl_s: u64) -> Deadlines {
-        let t = state::now_ns() + ttl_s * 1_000_000_000;
+        let t = maps::now_ns() + ttl_s * 1_000_000_000;
         Deadlines {
             alloc_ns: t,
             perm_ns: t,
@@ -304,7 +304,7 @@ impl Deadlines {
 
     /// A deadline `s` seconds ago (already expired).
     pub fn ago(s: u64) -> u64 {
-        state::now_ns().saturating_sub(s * 1_000_000_000)
+        maps::now_ns().saturating_sub(s * 1_000_000_000)
     }
 }
 
@@ -356,9 +356,9 @@ impl Programs {
         }
         let skel = open.load().context("loading the BPF programs")?;
         let addrs = local.iter().copied().collect();
-        state::sync_local_addrs(&skel.maps.local_addrs, &addrs)?;
+        maps::sync_local_addrs(&skel.maps.local_addrs, &addrs)?;
         for i in tx_ifindexes {
-            state::add_tx_port(&skel.maps.tx_ports, *i)?;
+            maps::add_tx_port(&skel.maps.tx_ports, *i)?;
         }
         Ok(Programs { skel })
     }
@@ -548,8 +548,8 @@ impl Programs {
         chan: u16,
     ) -> Option<types::tb_chan> {
         let k = types::tb_chan_key {
-            client: state::ep(client.into()),
-            server: state::ep(server.into()),
+            client: maps::ep(client.into()),
+            server: maps::ep(server.into()),
             chan: chan.to_be(),
             pad: [0; 2],
         };
@@ -568,8 +568,8 @@ impl Programs {
         server: SocketAddrV4,
     ) -> Option<types::tb_alloc> {
         let k = types::tb_alloc_key {
-            client: state::ep(client.into()),
-            server: state::ep(server.into()),
+            client: maps::ep(client.into()),
+            server: maps::ep(server.into()),
         };
         self.skel
             .maps
@@ -583,8 +583,8 @@ impl Programs {
     /// The peer-side channel entry for (peer, relay), if committed.
     pub fn peer_channel(&self, peer: SocketAddrV4, relay: SocketAddrV4) -> Option<types::tb_chan> {
         let k = types::tb_peer_key {
-            peer: state::ep(peer.into()),
-            relay: state::ep(relay.into()),
+            peer: maps::ep(peer.into()),
+            relay: maps::ep(relay.into()),
         };
         self.skel
             .maps
@@ -598,8 +598,8 @@ impl Programs {
     /// The permission of `relay`'s allocation for `peer`'s address, if committed.
     pub fn permission(&self, relay: SocketAddrV4, peer: Ipv4Addr) -> Option<types::tb_perm> {
         let k = types::tb_perm_key {
-            relay: state::ep(relay.into()),
-            peer: state::ep_ip(peer.into()),
+            relay: maps::ep(relay.into()),
+            peer: maps::ep_ip(peer.into()),
         };
         self.skel
             .maps
@@ -635,7 +635,7 @@ impl Programs {
 
     /// Map `public` (an --external-ip address) to the local `private` one.
     pub fn map_external_ip(&self, public: Ipv4Addr, private: Ipv4Addr) -> Result<()> {
-        state::set_external_ips(
+        maps::set_external_ips(
             &self.skel.maps.external_ips,
             &[(public.into(), private.into())],
         )
@@ -667,15 +667,15 @@ impl Programs {
         let server = SERVER_EP;
         let id = 1000 + u64::from(chan);
         let ak = types::tb_alloc_key {
-            client: state::ep(client.into()),
-            server: state::ep(server.into()),
+            client: maps::ep(client.into()),
+            server: maps::ep(server.into()),
         };
         let mut a = types::tb_alloc {
             id,
             expires_ns: d.alloc_ns,
             ..Default::default()
         };
-        a.relay[0] = state::ep(relay.into());
+        a.relay[0] = maps::ep(relay.into());
         self.skel
             .maps
             .allocs
@@ -684,7 +684,7 @@ impl Programs {
             client: ak.client,
             server: ak.server,
             relay: a.relay[0],
-            peer: state::ep(peer.into()),
+            peer: maps::ep(peer.into()),
             chan: chan.to_be(),
             alloc_id: id,
             chan_expires_ns: d.chan_ns,
@@ -733,8 +733,8 @@ impl Programs {
 
 impl Programs {
     /// ChannelData `data` on `chan` from `client` (on turn0) must be relayed as relay -> peer,
-    /// byte for byte (TTL 64 -> 63), with CLI2REM counted and nothing else.
-    pub fn expect_cli2rem(
+    /// byte for byte (TTL 64 -> 63), with RELAYED_TO_PEER counted and nothing else.
+    pub fn expect_chan4_to_udp4(
         &self,
         net: &FibNet,
         client: SocketAddrV4,
@@ -757,12 +757,18 @@ impl Programs {
         };
         let mut out = Udp4Frame::new(egress_mac, peer_mac, relay, peer, data);
         out.ttl = inp.ttl - 1;
-        self.expect_relay(&inp.build(), net.turn0, verdict, &out.build(), "CLI2REM")
+        self.expect_relay(
+            &inp.build(),
+            net.turn0,
+            verdict,
+            &out.build(),
+            "RELAYED_TO_PEER",
+        )
     }
 
     /// A datagram `data` from `peer` (behind relay0) to `relay` must reach `client` as
-    /// unpadded ChannelData on `chan`, byte for byte, with REM2CLI counted and nothing else.
-    pub fn expect_rem2cli(
+    /// unpadded ChannelData on `chan`, byte for byte, with RELAYED_TO_CLIENT counted and nothing else.
+    pub fn expect_udp4_to_chan4(
         &self,
         net: &FibNet,
         peer: SocketAddrV4,
@@ -785,7 +791,7 @@ impl Programs {
             net.relay0,
             XDP_REDIRECT,
             &out.build(),
-            "REM2CLI",
+            "RELAYED_TO_CLIENT",
         )
     }
 
@@ -1203,7 +1209,7 @@ pub fn hex_diff(want: &[u8], got: &[u8]) -> String {
 /// counter zero. Err explains every difference.
 pub fn expect_delta(delta: &Counters, want: &[(&str, u64)]) -> std::result::Result<(), String> {
     let mut errs = Vec::new();
-    for (i, (_, name, _)) in crate::stats::STATS.iter().enumerate() {
+    for (i, (_, name, _)) in turn_bpf::stats::STATS.iter().enumerate() {
         let w = want
             .iter()
             .filter(|(n, _)| n == name)
@@ -1214,7 +1220,7 @@ pub fn expect_delta(delta: &Counters, want: &[(&str, u64)]) -> std::result::Resu
         }
     }
     for (n, _) in want {
-        crate::stats::code(n); // panics on a misspelt name
+        turn_bpf::stats::code(n); // panics on a misspelt name
     }
     if errs.is_empty() {
         Ok(())

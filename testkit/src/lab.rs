@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use std::net::UdpSocket;
-//! use turn_bpf::lab::{self, Host, Lab};
+//! use turn_bpf_testkit::lab::{self, Host, Lab};
 //!
 //! let lab = Lab::up("tbt-doc", &["--channel-lifetime", "5"]).unwrap();
 //! let sock = lab::in_ns(&lab.ns(Host::Peer), || UdpSocket::bind((lab::PEER_V4, 0)).unwrap());
@@ -432,9 +432,17 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// The project's top-level directory (the testkit lives in `testkit/` beneath it).
+pub fn project_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ has a parent directory")
+        .to_path_buf()
+}
+
 /// Path of `scripts/lab.sh` in this source tree.
 pub fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh")
+    project_dir().join("scripts/lab.sh")
 }
 
 fn lab_script(name: &str) -> Command {

@@ -202,9 +202,9 @@ mod tests {
 
     #[test]
     fn parses_the_exit_counters() {
-        let out = "[..] INFO stopping\nturn-bpf counters:\n  CLI2REM        1000  ChannelData relayed\n  PASS_STUN   7  STUN\n";
+        let out = "[..] INFO stopping\nturn-bpf counters:\n  RELAYED_TO_PEER        1000  ChannelData relayed\n  PASS_STUN   7  STUN\n";
         let c = parse_counters(out);
-        assert_eq!(c.get("CLI2REM"), Some(&1000));
+        assert_eq!(c.get("RELAYED_TO_PEER"), Some(&1000));
         assert_eq!(c.get("PASS_STUN"), Some(&7));
         assert_eq!(c.len(), 2);
         assert!(parse_counters("no counters here").is_empty());

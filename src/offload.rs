@@ -1,0 +1,270 @@
+//! The running offload: find the server, load the programs with their configuration, attach
+//! them, then keep the mirrored state in step with the server (the sweep) until stopped.
+//!
+//! Open → configure → load → attach: every step checks the stop flag, and a failure or a signal
+//! at any point undoes what was done (the [`Attachments`] guard).
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::OpenObject;
+use log::{debug, error, info, warn};
+
+use crate::attach::{self, Attachments};
+use crate::cli::Args;
+use crate::maps;
+use crate::server::{ServerWatch, UdpTable};
+use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
+use crate::stats::Counters;
+use crate::sweep::{StateMaps, Sweeper};
+
+/// How often expired entries are swept and local addresses re-read. Correctness never waits for
+/// it: the fast path checks every deadline itself.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The loaded, attached programs and what keeps their state in step with the server.
+pub struct Offload<'obj> {
+    skel: TurnSkel<'obj>,
+    attached: Attachments,
+    sweeper: Sweeper,
+    start_counters: Counters,
+}
+
+impl<'obj> Offload<'obj> {
+    /// Find the server, load and attach. `Ok(None)`: `stopped()` turned true on the way, and
+    /// everything done so far has been undone.
+    pub fn start(
+        args: &Args,
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Option<Offload<'obj>>> {
+        let ifaces = args.xdp_ifaces();
+        for iface in &ifaces {
+            attach::ifindex(iface)?;
+        }
+        let (server, server_uid) = find_server(&args.turn_ports)?;
+
+        let mut attached = Attachments::default();
+        attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
+        if stopped() {
+            return Ok(None);
+        }
+        let skel = load(args, storage, server_uid)?;
+        if stopped() {
+            return Ok(None);
+        }
+        init_maps(&skel, args)?;
+        if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
+            return Ok(None);
+        }
+        info!(
+            "offloading TURN port(s) {:?}; stop with Ctrl+C",
+            args.turn_ports
+        );
+        let start_counters = Counters::read(&skel.maps.stats)?;
+        Ok(Some(Offload {
+            skel,
+            attached,
+            sweeper: Sweeper::new(server),
+            start_counters,
+        }))
+    }
+
+    /// Sweep once a second until `stopped()`; with `-v`, print the counters every
+    /// `--stats-interval`.
+    pub fn run(&mut self, args: &Args, stopped: &dyn Fn() -> bool) -> Result<()> {
+        let stats_every = Duration::from_secs(args.stats_interval);
+        let mut last_print = Instant::now();
+        let mut last_counters = self.start_counters.clone();
+        let mut last_sweep = Instant::now();
+        while !stopped() {
+            std::thread::sleep(Duration::from_millis(200));
+            if last_sweep.elapsed() < SWEEP_EVERY {
+                continue;
+            }
+            last_sweep = Instant::now();
+            self.sweep();
+            self.refresh_local_addrs();
+            if args.verbose > 0 && last_print.elapsed() >= stats_every {
+                let now = Counters::read(&self.skel.maps.stats)?;
+                info!(
+                    "counters over the last {}s:\n{}",
+                    last_print.elapsed().as_secs(),
+                    now.since(&last_counters).render()
+                );
+                last_counters = now;
+                last_print = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// One last sweep (so every channel learned since the last one is in the log), detach, and
+    /// print the counters of this run.
+    pub fn finish(mut self) {
+        self.sweep();
+        info!("stopping: detaching");
+        self.attached.detach_all();
+        match Counters::read(&self.skel.maps.stats) {
+            Ok(c) => println!(
+                "turn-bpf counters:\n{}",
+                c.since(&self.start_counters).render()
+            ),
+            Err(e) => error!("reading counters: {e:#}"),
+        }
+    }
+
+    /// One sweep. The allocation sequence is read first, then the sockets: see
+    /// [`Sweeper::sweep`].
+    fn sweep(&mut self) {
+        let seq = self.alloc_seq();
+        let socks = UdpTable::read()
+            .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
+            .ok();
+        let m = &self.skel.maps;
+        let state = StateMaps {
+            allocs: &m.allocs,
+            chans: &m.chans,
+            peers: &m.peers,
+            perms: &m.perms,
+            not_local: &m.not_local,
+        };
+        if let Err(e) = self
+            .sweeper
+            .sweep(&state, maps::now_ns(), seq, socks.as_ref())
+        {
+            warn!("sweep: {e:#}");
+        }
+    }
+
+    /// The allocation sequence the BPF program draws allocation IDs from (`tb_alloc_seq`, in its
+    /// mmap-ed .bss).
+    fn alloc_seq(&mut self) -> u64 {
+        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else {
+            return u64::MAX;
+        };
+        let ptr = std::ptr::addr_of_mut!(bss.tb_alloc_seq);
+        // SAFETY: the pointer is into the .bss mapping, which lives as long as the skeleton; it
+        // is 8-byte aligned (the mapping is page-aligned and tb_alloc_seq is a u64), and the BPF
+        // side only ever changes it atomically.
+        unsafe { AtomicU64::from_ptr(ptr) }.load(Ordering::SeqCst)
+    }
+
+    fn refresh_local_addrs(&self) {
+        let synced = maps::local_addresses()
+            .and_then(|l| maps::sync_local_addrs(&self.skel.maps.local_addrs, &l));
+        if let Err(e) = synced {
+            warn!("{e:#}");
+        }
+    }
+}
+
+/// The TURN server's listening sockets (it must be running: everything is learned from its
+/// responses, and its sockets tell when it stops or restarts), and the uid whose sockets the
+/// snooper trusts.
+fn find_server(turn_ports: &[u16]) -> Result<(ServerWatch, Option<u32>)> {
+    let socks = UdpTable::read()?;
+    let server = ServerWatch::new(turn_ports, &socks)?;
+    debug!(
+        "watching the TURN server's sockets: {}",
+        server.describe(&socks)
+    );
+    let uid = match server.uid(&socks) {
+        Ok(uid) => Some(uid),
+        Err(uids) => {
+            warn!(
+                "the sockets on the TURN port(s) belong to several users ({uids:?}): the snooper \
+                 trusts responses from any local socket"
+            );
+            None
+        }
+    };
+    Ok((server, uid))
+}
+
+/// Open the BPF object, write its load-time configuration, load it.
+fn load<'obj>(
+    args: &Args,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    server_uid: Option<u32>,
+) -> Result<TurnSkel<'obj>> {
+    let mut open = TurnSkelBuilder::default()
+        .open(storage)
+        .context("opening the BPF object")?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no .rodata")?;
+    Settings {
+        turn_ports: args.turn_ports.clone(),
+        spill_every: args.spill_every,
+        channel_lifetime_s: args.channel_lifetime,
+        permission_lifetime_s: args.permission_lifetime,
+        server_uid,
+    }
+    .apply(rodata);
+    open.load().context(
+        "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
+         Linux 5.18 or later; run with -vv for the verifier's log)",
+    )
+}
+
+/// The maps the loader keeps: --external-ip and this host's addresses.
+fn init_maps(skel: &TurnSkel<'_>, args: &Args) -> Result<()> {
+    let external: Vec<_> = args
+        .external_ips
+        .iter()
+        .map(|e| (e.public, e.private))
+        .collect();
+    maps::set_external_ips(&skel.maps.external_ips, &external)?;
+    let locals = maps::local_addresses()?;
+    maps::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
+    for e in &args.external_ips {
+        if !locals.contains(&e.private) {
+            warn!(
+                "--external-ip {}={}: {} is not a local address",
+                e.public, e.private, e.private
+            );
+        }
+    }
+    Ok(())
+}
+
+/// XDP everywhere in one mode, then the snooper on the client-facing interface. Returns false
+/// when `stopped()` turned true on the way (what was attached is undone by `attached`'s drop).
+fn attach_all(
+    skel: &TurnSkel<'_>,
+    ifaces: &[String],
+    args: &Args,
+    stopped: &dyn Fn() -> bool,
+    attached: &mut Attachments,
+) -> Result<bool> {
+    let prog = attach::prog_fd(&skel.progs.xdp_turn);
+    let Some((_, links)) =
+        attach::attach_uniform(ifaces, args.xdp_mode, stopped, |iface, mode| {
+            attach::attach_xdp(prog, iface, mode)
+        })?
+    else {
+        return Ok(false);
+    };
+    for link in links {
+        maps::add_tx_port(&skel.maps.tx_ports, link.ifindex)?;
+        info!(
+            "attached XDP fast path to {} ({} mode)",
+            link.iface, link.mode
+        );
+        attached.xdp.push(link);
+    }
+    if stopped() {
+        return Ok(false);
+    }
+    let client_iface = &ifaces[0];
+    let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), client_iface)?;
+    info!("attached TC egress snooper to {client_iface}");
+    attached.tc.push(tc);
+    Ok(!stopped())
+}
