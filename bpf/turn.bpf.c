@@ -3,7 +3,8 @@
  * turn-bpf: the XDP fast path and the TC egress snooper.
  *
  *   xdp_turn   (XDP, client-facing and relay interfaces)
- *     UDP to a TURN port:  STUN request   -> remember it (pending), pass
+ *     UDP to a TURN port:  STUN request   -> remember it (pending) if seen whole, else stamp
+ *                                            the client blind; pass
  *                          ChannelData    -> chan4_to_udp4 (to peer) or pass
  *     UDP to a relay port: from a bound peer -> udp4_to_chan4 (to client) or pass
  *     anything else: pass
@@ -51,19 +52,51 @@ static __always_inline bool maybe_relay_port(__u16 port)
 /* The offset of the UDP payload in an option-less IPv4 frame. */
 #define UDP4_PAYLOAD_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 
-/* A STUN message to a TURN port: remember it if it is a request we will want to commit.
- * A separate subprogram: the control path keeps its stack frame off the fast path's. */
+/* A STUN message to a TURN port: remember it if it is a request we will want to commit and we
+ * see exactly what the server will process: its UDP checksum verifies and it parses whole.
+ * Otherwise the client is stamped blind (state.h). A separate subprogram: the control path keeps
+ * its stack frame off the fast path's. */
 static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u32 ports,
 				     __u32 payload_len)
 {
 	__u16 sport = ports & 0xffff, dport = ports >> 16;
-	struct tb_scratch *s = scratch_get();
 	struct tb_ep client = {}, server = {};
+	struct tb_scratch *s;
+	struct udphdr udp;
 
-	if (!s)
+	if (payload_len > TB_MAX_STUN_REQUEST) {
+		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
 		return;
+	}
+	if (bpf_xdp_load_bytes(ctx, UDP4_PAYLOAD_OFF - sizeof(udp), &udp, sizeof(udp))) {
+		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
+		return;
+	}
+	/* A zero UDP checksum over IPv4 means "none"; anything else must verify, or the kernel
+	 * drops the datagram (or, for a partial checksum from a local sender, we cannot tell). */
+	if (udp.check) {
+		__u64 acc = 0;
+
+		acc = csum_add32(acc, saddr);
+		acc = csum_add32(acc, daddr);
+		acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
+		acc = csum_add16(acc, udp.len);
+		acc = csum_add16(acc, udp.source);
+		acc = csum_add16(acc, udp.dest);
+		acc = csum_add16(acc, udp.len);
+		acc = csum_add16(acc, udp.check);
+		if (xdp_sum(ctx, UDP4_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
+			blind_stamp4(saddr, daddr, TB_STAT_RECORD_BAD_CSUM);
+			return;
+		}
+	}
+	s = scratch_get();
+	if (!s) {
+		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
+		return;
+	}
 	if (stun_parse(ctx, true, UDP4_PAYLOAD_OFF, payload_len, &s->msg)) {
-		stat_inc(TB_STAT_STUN_MALFORMED);
+		blind_stamp4(saddr, daddr, TB_STAT_STUN_MALFORMED);
 		return;
 	}
 	if (s->msg.cls != STUN_REQUEST)
@@ -71,6 +104,48 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 	ep4(&client, saddr, sport);
 	ep4(&server, daddr, dport);
 	record_request(&client, &server, s);
+}
+
+/* The IPv4 header checksum of an option-less header verifies. */
+static __always_inline bool ip4_csum_ok(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u64 acc = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		acc += w[i];
+	return csum_fold64(acc) == 0xffff;
+}
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* A VLAN-tagged frame (one or two tags) carrying IPv4 UDP that may be a request to a TURN port
+ * (or a fragment of one): the recorder does not look inside tags, so its client is blind. */
+static __always_inline void vlan_blind(void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	struct vlan_tag *tag = (void *)(eth + 1);
+	__be16 proto;
+	struct iphdr *ip;
+
+	if ((void *)(tag + 1) > data_end)
+		return;
+	proto = tag->proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		tag++;
+		if ((void *)(tag + 1) > data_end)
+			return;
+		proto = tag->proto;
+	}
+	ip = (void *)(tag + 1);
+	if (proto != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > data_end ||
+	    ip->protocol != IPPROTO_UDP)
+		return;
+	blind_stamp4(ip->saddr, ip->daddr, 0);
 }
 
 SEC("xdp")
@@ -86,8 +161,10 @@ int xdp_turn(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > data_end)
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
-	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD))
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD)) {
+		vlan_blind(data, data_end);
 		return xdp_pass(TB_STAT_PASS_VLAN);
+	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		struct udphdr *u6 = (void *)(ip6 + 1);
@@ -103,10 +180,16 @@ int xdp_turn(struct xdp_md *ctx)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->protocol != IPPROTO_UDP)
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	/* Fragments and options: the recorder cannot see the request whole (a later fragment does
+	 * not even name its port), so the sender's requests stop counting. */
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		blind_stamp4(ip->saddr, ip->daddr, 0);
 		return xdp_pass(TB_STAT_PASS_FRAGMENT);
-	if (ip->ihl != 5)
+	}
+	if (ip->ihl != 5) {
+		blind_stamp4(ip->saddr, ip->daddr, 0);
 		return xdp_pass(TB_STAT_PASS_IP_OPTIONS);
+	}
 	udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > data_end)
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
@@ -132,9 +215,14 @@ int xdp_turn(struct xdp_md *ctx)
 			return xdp_pass(TB_STAT_PASS_STUN);
 		if ((payload[0] & 0xC0) == 0x40)
 			return chan4_to_udp4(ctx, ip, udp, udp_len);
-		if ((payload[0] & 0xC0) == 0x00)
-			stun_request4(ctx, ip->saddr, ip->daddr,
-				      udp->source | ((__u32)udp->dest << 16), udp_len - sizeof(*udp));
+		if ((payload[0] & 0xC0) == 0x00) {
+			if (ip4_csum_ok(ip))
+				stun_request4(ctx, ip->saddr, ip->daddr,
+					      udp->source | ((__u32)udp->dest << 16),
+					      udp_len - sizeof(*udp));
+			else
+				blind_stamp4(ip->saddr, ip->daddr, TB_STAT_RECORD_BAD_CSUM);
+		}
 		return xdp_pass(TB_STAT_PASS_STUN);
 	}
 }

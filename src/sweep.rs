@@ -484,6 +484,7 @@ mod tests {
             let pv = tb_perm {
                 alloc_id: id,
                 expires_ns: FAR,
+                epoch: 0,
             };
             Self::put(&self.perms, &pk, &pv);
             c

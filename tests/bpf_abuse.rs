@@ -192,8 +192,10 @@ fn refresh_ok(t: TxId, l: u32) -> Vec<u8> {
 /// What a request row must lead to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Req {
-    /// Malformed: STUN_MALFORMED counted, nothing recorded.
+    /// Malformed: STUN_MALFORMED counted, nothing recorded (the client is stamped blind).
     Malformed,
+    /// Longer than the recorder checks: RECORD_BLIND counted, nothing recorded.
+    TooLong,
     /// Parsed but not a request we keep (unknown method, missing attributes ...).
     Ignored,
     /// Not parsed at all (not STUN-shaped).
@@ -593,9 +595,9 @@ fn request_rows() -> Vec<Row> {
     );
     let x = t();
     push(
-        "200 attributes",
+        "200 attributes (longer than the recorder checks)",
         raw_bind(x, &[good_body.clone(), filler(198)].concat()),
-        Req::Malformed,
+        Req::TooLong,
         bind_ok(x),
         "LEARN_NO_PENDING",
     );
@@ -875,6 +877,7 @@ fn run_row(net: &FibNet, row: &Row) -> Result<()> {
             let d = p.counters().since(&c0);
             let counters: &[(&str, u64)] = match want {
                 Req::Malformed => &[("PASS_STUN", 1), ("STUN_MALFORMED", 1)],
+                Req::TooLong => &[("PASS_STUN", 1), ("RECORD_BLIND", 1)],
                 Req::Ignored | Req::NotStun => &[("PASS_STUN", 1)],
                 Req::Recorded => &[("PASS_STUN", 1), ("PENDING_ADDED", 1)],
             };
@@ -1955,7 +1958,7 @@ fn flood_full_state_maps() {
             "existing permission gone"
         );
         ensure!(
-            p.map_counts() == full,
+            p.map_counts().committed() == full.committed(),
             "maps after refused grants: {}",
             p.map_counts()
         );

@@ -18,6 +18,8 @@ volatile const __u64 cfg_channel_lifetime_ns = 600ULL * 1000000000ULL;
 volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
+/* A recorded request can be committed only if its answer comes within this time of it. */
+volatile const __u64 cfg_pending_lifetime_ns = 10ULL * 1000000000ULL;
 /* The uid owning the TURN server's sockets: only responses sent from its sockets are trusted
  * (TB_ANY_UID: any local socket, for tests without a server). */
 #define TB_ANY_UID 0xFFFFFFFFU
@@ -25,10 +27,13 @@ volatile const __u32 cfg_server_uid = TB_ANY_UID;
 
 /* --- global state --- */
 
-/* Bumped by every commit; a channel's cached validity holds only while this is unchanged. */
-__u64 tb_state_gen = 1;
+/* The last time (coarse ns) a commit shortened or removed a lifetime, an allocation or a
+ * permission: a channel's cached validity computed at or before it is void. Only ever raised. */
+__u64 tb_shortened_ns = 0;
 /* Source of tb_alloc.id. */
 __u64 tb_alloc_seq = 0;
+/* Source of tb_perm.epoch. */
+__u64 tb_epoch_seq = 0;
 
 /* --- committed state: written only from the server's own success responses --- */
 
@@ -72,6 +77,18 @@ struct {
 	__type(key, struct tb_pending_key);
 	__type(value, struct tb_pending);
 } pending SEC(".maps");
+
+/* Blind spots: per slot (a hash of the client and server addresses), the last time something from
+ * that client to a TURN port went past the recorder unseen (a fragment, IP options, a VLAN tag, a
+ * bad checksum, a message it could not parse). A request recorded at or before that time is never
+ * committed: the server may have processed another request under its transaction ID. An array,
+ * so a flood cannot evict a stamp; a collision only blinds another client too (learning less). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TB_BLIND_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} blind SEC(".maps");
 
 /* Relay ports (host order index) that have had an allocation: a cheap pre-filter that spares
  * unrelated UDP the peers lookup. Set at commit and never cleared while the agent runs (clearing

@@ -29,6 +29,12 @@
 #ifndef TB_MAX_PENDING
 #define TB_MAX_PENDING 8192
 #endif
+/* Slots of the blind-spot table: a hash of the (client address, server address) pair picks one. */
+#ifndef TB_BLIND_SLOTS
+#define TB_BLIND_SLOTS 65536
+#endif
+/* Largest STUN request the recorder checksums and records; a longer one is a blind spot. */
+#define TB_MAX_STUN_REQUEST 1280
 #define TB_MAX_TX_PORTS 64
 #define TB_MAX_EXTERNAL_IPS 64
 #define TB_MAX_LOCAL_ADDRS 1024
@@ -78,10 +84,10 @@ struct tb_peer_key {
  * The value of both channel maps: everything one direction needs to rewrite a packet and to check
  * that the server would still relay it.
  *
- * `cache` holds the last full check (allocation, permission and channel lifetimes): while the
- * global state generation is unchanged and the deadline is ahead, the fast path needs no other
- * lookup. Every commit bumps the generation, so a shortened lifetime is seen at once. Deadline
- * and generation share one word (see state.h) so that no CPU ever sees one without the other.
+ * `cache` holds the last full check (allocation, permission and channel lifetimes) in one word,
+ * so that no CPU ever sees half of it: the time it was computed and how long it holds (see
+ * state.h). It is valid while no lifetime was shortened since it was computed (`tb_shortened_ns`)
+ * and its deadline is ahead; then the fast path needs no other lookup.
  */
 struct tb_chan {
 	struct tb_ep client;   /* the allocation's 5-tuple ... */
@@ -92,8 +98,8 @@ struct tb_chan {
 	__u8 pad[6];
 	__u64 alloc_id;
 	__u64 chan_expires_ns; /* the channel's own lifetime */
-	__u64 cache;           /* min(allocation, permission, channel) >> 20, << 24 | generation */
-	__u64 reserved;
+	__u64 cache;           /* computed-at (2^20 ns units) << 20 | valid-for (units, < 2^20) */
+	__u64 perm_epoch;      /* the permission instance it was bound under (tb_perm.epoch) */
 	__u64 packets;         /* datagrams seen by the fast path (drives the spill) */
 };
 
@@ -106,6 +112,10 @@ struct tb_perm_key {
 struct tb_perm {
 	__u64 alloc_id;
 	__u64 expires_ns;
+	/* Which instance of the permission this is (unique, from tb_epoch_seq): it changes when a
+	 * permission that had expired is granted again. The server deletes a peer's channels when
+	 * its permission expires, so a channel bound under an earlier instance stays dead. */
+	__u64 epoch;
 };
 
 /* A request seen from a client, waiting for the server's answer. */
@@ -117,14 +127,18 @@ struct tb_pending_key {
 
 struct tb_pending {
 	struct tb_ep peers[TB_MAX_REQ_PEERS];
-	__u64 created_ns;
+	__u64 created_ns;      /* when the request was first seen (never moved by a copy) */
+	__u32 answered;        /* set atomically by the first answer: later ones change nothing */
 	__u16 method;          /* STUN method (0x003 Allocate ...) */
 	__u16 chan;            /* ChannelBind: network order */
 	__u8 npeers;
 	__u8 conflict;         /* the same transaction ID carried different contents: commit nothing */
 	__u8 family_sel;       /* Refresh names an address family (REQUESTED-ADDRESS-FAMILY, 0x8032) */
 	__u8 peer_overflow;    /* CreatePermission named more peers than `peers` holds */
+	__u32 lifetime;        /* the LIFETIME asked for, or TB_NO_LIFETIME: part of what must match */
 };
+
+#define TB_NO_LIFETIME 0xFFFFFFFFU
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
@@ -165,6 +179,10 @@ enum tb_stat {
 	TB_STAT_ABORTED = 32, /* rewrite aborted after it began (never expected) */
 	TB_STAT_NOT_MIRRORED = 33, /* grants we cannot mirror: allocation left to the server */
 	TB_STAT_TC_FOREIGN = 34, /* 'responses' from sockets of another user ignored */
+	TB_STAT_RECORD_BLIND = 35, /* STUN request longer than the recorder checks: not recorded, a blind spot (fragments, IP options, VLAN tags and malformed STUN blind the client too, counted as such) */
+	TB_STAT_RECORD_BAD_CSUM = 36, /* STUN request with a bad IP or UDP checksum (or a partial one): not recorded, a blind spot */
+	TB_STAT_LEARN_STALE = 37, /* answers to a request older than the pending lifetime or than a blind spot of its client: nothing committed */
+	TB_STAT_LEARN_DUPLICATE = 38, /* a second answer to an answered request (or a retransmitted Allocate): no change, as at the server */
 	TB_STAT__MAX
 };
 
@@ -175,8 +193,8 @@ _Static_assert(sizeof(struct tb_chan_key) == 44, "tb_chan_key layout");
 _Static_assert(sizeof(struct tb_peer_key) == 40, "tb_peer_key layout");
 _Static_assert(sizeof(struct tb_chan) == 128, "tb_chan layout");
 _Static_assert(sizeof(struct tb_perm_key) == 40, "tb_perm_key layout");
-_Static_assert(sizeof(struct tb_perm) == 16, "tb_perm layout");
+_Static_assert(sizeof(struct tb_perm) == 24, "tb_perm layout");
 _Static_assert(sizeof(struct tb_pending_key) == 52, "tb_pending_key layout");
-_Static_assert(sizeof(struct tb_pending) == 96, "tb_pending layout");
+_Static_assert(sizeof(struct tb_pending) == 104, "tb_pending layout");
 
 #endif /* TB_SHARED_H */

@@ -3,12 +3,24 @@
  * The mirrored TURN state: recording requests (XDP), committing the server's success responses
  * (TC), and the fast path's check that a binding is still live.
  *
+ * What may be committed: a success response the server sent, to a request recorded here whose
+ * exact bytes the server received. A request is recorded only when both checksums verify and the
+ * whole message parsed; anything to a TURN port the recorder cannot fully see stamps a blind time
+ * for that client (`blind`), and a request recorded at or before its client's last blind time, or
+ * answered later than cfg_pending_lifetime_ns after it was seen, commits nothing: under its
+ * transaction ID the server may have processed a request we never saw. The first answer commits;
+ * any later one changes nothing (the server repeats an Allocate's answer without changing it, and
+ * repeats the others with the same effect, a little later than ours).
+ *
  * Lifetimes follow coturn 4.6.1 (see README "How it works"):
- *   - allocation: the LIFETIME of each Allocate/Refresh success; Refresh 0 removes it;
- *   - channel: --channel-lifetime from each ChannelBind success;
- *   - permission: --permission-lifetime from CreatePermission success; a ChannelBind success sets
- *     the peer's permission to the channel lifetime, and a CreatePermission success for the exact
- *     address of a bound peer refreshes that channel (and its permission) to the channel lifetime.
+ *   - allocation: the LIFETIME of each Allocate/Refresh success (a retransmitted Allocate changes
+ *     nothing); Refresh 0 removes it;
+ *   - channel: --channel-lifetime from each ChannelBind success, which also sets the peer's
+ *     permission to the channel lifetime;
+ *   - permission: --permission-lifetime from each CreatePermission success, replacing whatever the
+ *     peer had (so it can shorten one a ChannelBind set); it never touches a channel, but when a
+ *     permission expires the server deletes that peer's channels, so a channel lives only as long
+ *     as the permission instance it was bound under (tb_perm.epoch).
  * Every deadline has cfg_margin_ns taken off, so the fast path always stops before the server.
  */
 #ifndef TB_STATE_H
@@ -34,6 +46,21 @@ struct {
 	__type(value, struct tb_scratch);
 } scratch SEC(".maps");
 
+/* Per-CPU room for one STUN request's bytes, to verify its UDP checksum. */
+struct tb_csum_buf {
+	__u8 b[TB_MAX_STUN_REQUEST + 4]; /* + room to zero-pad the last word */
+};
+
+_Static_assert(TB_MAX_STUN_REQUEST % 256 == 0, "summed in 256-byte chunks");
+_Static_assert((TB_BLIND_SLOTS & (TB_BLIND_SLOTS - 1)) == 0, "slots are picked with a mask");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tb_csum_buf);
+} csum_buf SEC(".maps");
+
 static __always_inline struct tb_scratch *scratch_get(void)
 {
 	__u32 zero = 0;
@@ -54,33 +81,52 @@ static __always_inline __u64 min_u64(__u64 a, __u64 b)
 	return a < b ? a : b;
 }
 
-static __always_inline void state_changed(void)
+/* A commit shortened or removed a lifetime, an allocation or a permission: every cached check
+ * computed up to now is void. tb_shortened_ns only ever grows (a compare-and-swap loop: two CPUs
+ * committing at once must not move it back). */
+static __always_inline void state_shortened(__u64 now)
 {
-	__sync_fetch_and_add(&tb_state_gen, 1);
+	__u64 old = *(volatile __u64 *)&tb_shortened_ns;
+
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		__u64 prev;
+
+		if (old >= now)
+			return;
+		prev = __sync_val_compare_and_swap(&tb_shortened_ns, old, now);
+		if (prev == old)
+			return;
+		old = prev;
+	}
 }
 
 /* ---------------------------------------------------------------------------------------------
  * Fast path: is this binding live? One lookup (the caller's) while the cache holds; on a miss of
  * the cache, the allocation and permission are looked up and the cache refreshed.
+ *
+ * The cache is one word: the time it was computed (in units of 2^20 ns, about 1 ms, rounded down)
+ * above how many units it stays valid (at most 2^20 - 1, about 18 minutes, rounded down: it ends
+ * early, never late). It holds while its computation time is after the last shortening, in whole
+ * units (a shortening in the same unit voids it), and its deadline is ahead. Times are full
+ * monotonic clock values: nothing wraps, and no CPU ever sees half of a cache.
  */
-/* The validity cache of a binding: the deadline in units of 2^20 ns (about 1 ms, rounded down:
- * the cache ends early, never late) above the low 24 bits of the state generation. */
-#define CACHE_GEN_BITS 24
-#define CACHE_GEN_MASK ((1ULL << CACHE_GEN_BITS) - 1)
-#define CACHE_TIME_SHIFT 20
+#define CACHE_UNIT_SHIFT 20
+#define CACHE_SPAN_BITS 20
+#define CACHE_SPAN_MAX ((1ULL << CACHE_SPAN_BITS) - 1)
 
 static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
 {
-	__u64 gen = *(volatile __u64 *)&tb_state_gen;
+	__u64 shortened = *(volatile __u64 *)&tb_shortened_ns >> CACHE_UNIT_SHIFT;
 	__u64 cache = *(volatile __u64 *)&c->cache;
+	__u64 at = cache >> CACHE_SPAN_BITS, now_u = now >> CACHE_UNIT_SHIFT;
 	struct tb_alloc_key ak = {};
 	struct tb_perm_key pk = {};
 	struct tb_alloc *a;
 	struct tb_perm *p;
-	__u64 until;
+	__u64 until, span;
 
-	if ((cache & CACHE_GEN_MASK) == (gen & CACHE_GEN_MASK) &&
-	    (now >> CACHE_TIME_SHIFT) < (cache >> CACHE_GEN_BITS))
+	if (at > shortened && now_u < at + (cache & CACHE_SPAN_MAX))
 		return true;
 
 	ak.client = c->client;
@@ -92,33 +138,128 @@ static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
 	pk.peer = c->peer;
 	pk.peer.port = 0;
 	p = bpf_map_lookup_elem(&perms, &pk);
-	if (!p || p->alloc_id != c->alloc_id)
+	if (!p || p->alloc_id != c->alloc_id || p->epoch != c->perm_epoch)
 		return false;
 	until = min_u64(min_u64(a->expires_ns, p->expires_ns), c->chan_expires_ns);
 	if (now >= until)
 		return false;
-	/* one store: a CPU refreshing the cache at another generation can overwrite it, but never
-	 * leave a deadline stamped with a generation it was not computed at */
-	*(volatile __u64 *)&c->cache =
-		((until >> CACHE_TIME_SHIFT) << CACHE_GEN_BITS) | (gen & CACHE_GEN_MASK);
+	span = (until >> CACHE_UNIT_SHIFT) - now_u;
+	if (span > CACHE_SPAN_MAX)
+		span = CACHE_SPAN_MAX;
+	/* one store: a CPU refreshing the cache at the same time can overwrite it, but each value
+	 * is whole and was true when computed */
+	*(volatile __u64 *)&c->cache = (now_u << CACHE_SPAN_BITS) | span;
 	return true;
 }
 
 /* ---------------------------------------------------------------------------------------------
- * XDP: remember a request until its response.
+ * XDP: remember a request until its response, and stamp what cannot be remembered.
  */
+
+/* The blind-spot slot of a (client address, server address) pair, for either family: IPv4
+ * addresses fill the first word of `ip` and leave the rest zero. */
+static __always_inline __u32 blind_slot(const __u32 *client_ip, const __u32 *server_ip)
+{
+	__u32 h = 0x9E3779B9;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = (h ^ client_ip[i]) * 0x85EBCA77;
+		h = (h ^ server_ip[i]) * 0xC2B2AE3D;
+	}
+	h ^= h >> 16;
+	return h & (TB_BLIND_SLOTS - 1);
+}
+
+static __always_inline void blind_stamp_slot(__u32 slot, __u32 reason)
+{
+	__u64 *t = bpf_map_lookup_elem(&blind, &slot);
+
+	if (t)
+		*(volatile __u64 *)t = tb_now();
+	if (reason)
+		stat_inc(reason);
+}
+
+/* Something from `saddr` to `daddr` (IPv4) went past the recorder unseen. */
+static __always_inline void blind_stamp4(__u32 saddr, __u32 daddr, __u32 reason)
+{
+	__u32 c[4] = { saddr, 0, 0, 0 }, s[4] = { daddr, 0, 0, 0 };
+
+	blind_stamp_slot(blind_slot(c, s), reason);
+}
+
+/* The last blind time of the client of `k` (0: never). */
+static __always_inline __u64 blind_since(const struct tb_ep *client, const struct tb_ep *server)
+{
+	__u32 c[4], s[4];
+	__u32 slot;
+	__u64 *t;
+
+	__builtin_memcpy(c, client->ip, sizeof(c));
+	__builtin_memcpy(s, server->ip, sizeof(s));
+	slot = blind_slot(c, s);
+	t = bpf_map_lookup_elem(&blind, &slot);
+	return t ? *(volatile __u64 *)t : ~0ULL;
+}
+
+/* Add to `acc` the one's complement sum of `len` bytes of packet data at `off` (zero-padded to
+ * a whole word). -1 when the bytes cannot be read or are more than we check. */
+static __always_inline int xdp_sum(struct xdp_md *ctx, __u32 off, __u32 len, __u64 *acc)
+{
+	__u32 zero = 0, total;
+	struct tb_csum_buf *buf = bpf_map_lookup_elem(&csum_buf, &zero);
+
+	if (!buf || len < 1 || len > TB_MAX_STUN_REQUEST)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, off, buf->b, len))
+		return -1;
+	/* zero the rest of the last 32-bit word: bpf_csum_diff sums whole words */
+	buf->b[len] = 0;
+	buf->b[len + 1] = 0;
+	buf->b[len + 2] = 0;
+	total = (len + 3) & ~3U;
+#pragma unroll
+	for (int i = 0; i < TB_MAX_STUN_REQUEST / 256; i++) {
+		__u32 at = (__u32)i * 256, n;
+		__s64 part;
+
+		if (at >= total)
+			break;
+		n = total - at;
+		if (n > 256)
+			n = 256;
+		part = bpf_csum_diff(0, 0, (__be32 *)&buf->b[at], n, 0);
+		if (part < 0)
+			return -1;
+		*acc += (__u32)part;
+	}
+	return 0;
+}
+
 static __always_inline bool pending_same(const struct tb_pending *a, const struct tb_pending *b)
 {
 	const __u32 *x = (const __u32 *)a->peers, *y = (const __u32 *)b->peers;
 
 	if (a->method != b->method || a->chan != b->chan || a->npeers != b->npeers ||
-	    a->family_sel != b->family_sel)
+	    a->family_sel != b->family_sel || a->peer_overflow != b->peer_overflow ||
+	    a->lifetime != b->lifetime)
 		return false;
 #pragma unroll
 	for (int i = 0; i < (int)(sizeof(a->peers) / 4); i++)
 		if (x[i] != y[i])
 			return false;
 	return true;
+}
+
+/* A copy of `v` arrived under the key of `old`: the same request again changes nothing (its
+ * first sighting keeps counting); another request under the same ID poisons the entry for good. */
+static __always_inline void pending_seen_again(struct tb_pending *old, const struct tb_pending *v)
+{
+	if (!pending_same(old, v)) {
+		old->conflict = 1;
+		stat_inc(TB_STAT_PENDING_CONFLICT);
+	}
 }
 
 static __always_inline void record_request(const struct tb_ep *client, const struct tb_ep *server,
@@ -153,20 +294,23 @@ static __always_inline void record_request(const struct tb_ep *client, const str
 	v->npeers = m->npeers;
 	v->family_sel = m->has_family;
 	v->peer_overflow = m->peer_overflow;
+	v->lifetime = m->has_lifetime ? m->lifetime : TB_NO_LIFETIME;
 	__builtin_memcpy(v->peers, m->peers, sizeof(v->peers));
 	v->created_ns = tb_now();
 
 	old = bpf_map_lookup_elem(&pending, k);
 	if (old) {
-		/* A retransmission is fine; a different request under the same ID poisons both. */
-		if (!pending_same(old, v)) {
-			old->conflict = 1;
-			stat_inc(TB_STAT_PENDING_CONFLICT);
-		}
+		pending_seen_again(old, v);
 		return;
 	}
-	if (bpf_map_update_elem(&pending, k, v, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(&pending, k, v, BPF_NOEXIST) == 0) {
 		stat_inc(TB_STAT_PENDING_ADDED);
+		return;
+	}
+	/* Another CPU inserted the same key first: compare with its request as above. */
+	old = bpf_map_lookup_elem(&pending, k);
+	if (old)
+		pending_seen_again(old, v);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -220,14 +364,18 @@ static __always_inline const struct tb_ep *relay_for(const struct tb_alloc *a, _
 
 /* Forget an allocation: its channels and permissions no longer validate (their alloc_id is
  * gone) and the loader's sweep removes them. Its traffic goes to the server from now on. */
-static __always_inline void drop_allocation(const struct tb_alloc_key *ak, __u32 reason)
+static __always_inline void drop_allocation(const struct tb_alloc_key *ak, __u32 reason, __u64 now)
 {
-	if (bpf_map_delete_elem(&allocs, ak) == 0)
+	if (bpf_map_delete_elem(&allocs, ak) == 0) {
 		stat_inc(reason);
+		state_shortened(now);
+	}
 }
 
+/* An Allocate success. `first`: the first answer to its request (it may create an allocation);
+ * otherwise a repeated answer, which may only confirm the live allocation or give it up. */
 static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const struct stun_msg *m,
-					    __u64 now)
+					    __u64 now, bool first)
 {
 	struct tb_alloc a = {};
 	struct tb_alloc *old;
@@ -239,7 +387,8 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 	if (m->has_mobility) {
 		/* With mobility the server may move the allocation to another 5-tuple by a
 		 * Refresh from there; we key allocations by 5-tuple, so leave it to the server. */
-		bpf_map_delete_elem(&allocs, ak);
+		if (bpf_map_delete_elem(&allocs, ak) == 0)
+			state_shortened(now);
 		stat_inc(TB_STAT_NOT_MIRRORED);
 		return;
 	}
@@ -251,16 +400,24 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		stat_inc(TB_STAT_RELAY_NOT_LOCAL);
 		return;
 	}
-	/* A live allocation granted again with the same relayed address(es) is the same one (the
-	 * server answered a retransmitted Allocate): its channels keep their allocation. Anything
-	 * else, or an allocation past its deadline here, is a new allocation. */
 	old = bpf_map_lookup_elem(&allocs, ak);
 	if (old && now < old->expires_ns && ep_same(&old->relay[0], &a.relay[0]) &&
-	    ep_same(&old->relay[1], &a.relay[1]))
-		a.id = old->id;
-	else
-		a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
+	    ep_same(&old->relay[1], &a.relay[1])) {
+		/* The server answered a retransmitted Allocate of a live allocation: it rebuilds the
+		 * answer (its LIFETIME is what is left, or the default when under a second is) and
+		 * changes nothing, so neither do we. */
+		stat_inc(TB_STAT_LEARN_DUPLICATE);
+		return;
+	}
+	if (!first) {
+		/* answered again with something else: we cannot tell what the server holds now */
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED, now);
+		return;
+	}
+	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
 	a.expires_ns = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
+	if (old)
+		state_shortened(now); /* the old allocation's channels end here */
 	if (bpf_map_update_elem(&allocs, ak, &a, BPF_ANY)) {
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
@@ -273,6 +430,14 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 			bpf_map_update_elem(&relay_ports, &port, &one, BPF_ANY);
 	}
 	stat_inc(TB_STAT_LEARN_ALLOC);
+}
+
+/* A Refresh's new deadline `exp` for `a`: shortening voids cached checks. */
+static __always_inline void set_alloc_deadline(struct tb_alloc *a, __u64 exp, __u64 now)
+{
+	if (exp < a->expires_ns)
+		state_shortened(now);
+	a->expires_ns = exp;
 }
 
 static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const struct stun_msg *m,
@@ -290,8 +455,8 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
 		 * validate (their alloc_id is gone) and the loader's sweep removes them. (With a
 		 * family named, coturn removes only that family's relayed address: removing all is
 		 * the safe side, the other family's traffic goes to the server.) */
-		if (bpf_map_delete_elem(&allocs, ak) == 0)
-			stat_inc(TB_STAT_LEARN_DEALLOC);
+		if (bpf_map_lookup_elem(&allocs, ak))
+			drop_allocation(ak, TB_STAT_LEARN_DEALLOC, now);
 		else
 			stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
@@ -317,22 +482,38 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
 		if (p->family_sel)
 			exp = min_u64(exp, a->expires_ns);
 	}
-	a->expires_ns = exp;
+	set_alloc_deadline(a, exp, now);
 	stat_inc(TB_STAT_LEARN_REFRESH);
 }
 
-static __always_inline int set_perm(const struct tb_ep *relay, const struct tb_ep *peer,
-				    __u64 alloc_id, __u64 expires)
+/*
+ * Set the permission of `peer` (address only) on `relay` to `expires`, replacing what it had, as
+ * the server does. A permission still live here keeps its epoch (its channels live on); one that
+ * had expired or belonged to another allocation gets a new one, and the channels bound under the
+ * old one stay dead. Returns the epoch (never 0), or 0 when the map is full.
+ */
+static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb_ep *peer,
+				      __u64 alloc_id, __u64 expires, __u64 now)
 {
 	struct tb_perm_key pk = {};
 	struct tb_perm pv = {};
+	struct tb_perm *old;
 
 	pk.relay = *relay;
 	pk.peer = *peer;
 	pk.peer.port = 0;
 	pv.alloc_id = alloc_id;
 	pv.expires_ns = expires;
-	return bpf_map_update_elem(&perms, &pk, &pv, BPF_ANY);
+	old = bpf_map_lookup_elem(&perms, &pk);
+	if (old && old->alloc_id == alloc_id && now < old->expires_ns)
+		pv.epoch = old->epoch;
+	else
+		pv.epoch = __sync_fetch_and_add(&tb_epoch_seq, 1) + 1;
+	if (old && (expires < old->expires_ns || pv.epoch != old->epoch))
+		state_shortened(now);
+	if (bpf_map_update_elem(&perms, &pk, &pv, BPF_ANY))
+		return 0;
+	return pv.epoch;
 }
 
 static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
@@ -340,7 +521,7 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 {
 	struct tb_alloc *a = bpf_map_lookup_elem(&allocs, ak);
 	__u64 perm_exp = deadline(now, cfg_permission_lifetime_ns);
-	__u64 chan_exp = deadline(now, cfg_channel_lifetime_ns);
+	__u64 id;
 
 	if (!a) {
 		stat_inc(TB_STAT_LEARN_NO_ALLOC);
@@ -348,49 +529,26 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 	}
 	if (p->peer_overflow) {
 		/* coturn resets the permission of every peer named, which can shorten one that a
-		 * ChannelBind had set to the channel lifetime (and its channel goes with it). We
+		 * ChannelBind had set to the channel lifetime (and its channels end with it). We
 		 * do not know the peers beyond the ones we keep: leave the allocation to it. */
-		drop_allocation(ak, TB_STAT_NOT_MIRRORED);
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED, now);
 		return;
 	}
+	id = a->id;
 #pragma unroll
 	for (int i = 0; i < TB_MAX_REQ_PEERS; i++) {
 		const struct tb_ep *peer = &p->peers[i];
 		const struct tb_ep *relay;
-		struct tb_peer_key rk = {};
-		struct tb_chan *c;
-		__u64 exp = perm_exp;
 
 		if (i >= p->npeers)
 			break;
 		relay = relay_for(a, peer->family);
 		if (!relay)
 			continue;
-		/* coturn: a permission for the exact address of a bound peer refreshes the
-		 * channel, and the permission then takes the channel lifetime. Only a channel the
-		 * server still has: one still live here whose client-side half still binds this
-		 * peer. An expired binding stays in the maps until the sweep, and its channel
-		 * number may since have been bound to another peer; reviving it would relay what
-		 * the server no longer relays (or deliver this peer's data as the other's). */
-		rk.peer = *peer;
-		rk.relay = *relay;
-		c = bpf_map_lookup_elem(&peers, &rk);
-		if (c && c->alloc_id == a->id && now < c->chan_expires_ns) {
-			struct tb_chan_key ck = {};
-			struct tb_chan *fwd;
-
-			ck.client = c->client;
-			ck.server = c->server;
-			ck.chan = c->chan;
-			fwd = bpf_map_lookup_elem(&chans, &ck);
-			if (fwd && fwd->alloc_id == a->id && now < fwd->chan_expires_ns &&
-			    ep_same(&fwd->peer, &c->peer)) {
-				c->chan_expires_ns = chan_exp;
-				fwd->chan_expires_ns = chan_exp;
-				exp = chan_exp;
-			}
-		}
-		if (set_perm(relay, peer, a->id, exp)) {
+		/* coturn: the permission is reset to --permission-lifetime, whatever it was (a
+		 * ChannelBind may have set it to the channel lifetime), and a bound channel is not
+		 * refreshed: it ends with this permission if that comes first. */
+		if (!set_perm(relay, peer, id, perm_exp, now)) {
 			stat_inc(TB_STAT_STATE_FULL);
 			continue;
 		}
@@ -424,6 +582,12 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	c.chan = p->chan;
 	c.alloc_id = a->id;
 	c.chan_expires_ns = exp;
+	/* coturn: ChannelBind sets the peer's permission to the channel lifetime. */
+	c.perm_epoch = set_perm(relay, &c.peer, a->id, exp, now);
+	if (!c.perm_epoch) {
+		stat_inc(TB_STAT_STATE_FULL);
+		return;
+	}
 
 	ck.client = ak->client;
 	ck.server = ak->server;
@@ -439,20 +603,15 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
 	}
-	/* coturn: ChannelBind sets the peer's permission to the channel lifetime. */
-	if (set_perm(relay, &c.peer, a->id, exp)) {
-		stat_inc(TB_STAT_STATE_FULL);
-		return;
-	}
 	stat_inc(TB_STAT_LEARN_CHANNEL);
 #undef c
 }
 
 /*
- * A response we cannot match to a request we understood: the pending entry was evicted, the
- * request was one we could not parse, its transaction ID was reused with other contents, or the
- * server answered twice. The server did it anyway, and it is the authority, so its answer may
- * still take state away, never add any:
+ * A response we cannot match to a request we understood and saw whole: the pending entry was
+ * evicted or is stale, the request was one we could not see or parse, or its transaction ID was
+ * reused with other contents. The server did it anyway, and it is the authority, so its answer
+ * may still take state away, never add any:
  *   - Refresh success: its LIFETIME applies if it shortens the allocation (0 removes it);
  *   - any other grant: we do not know what it changed (a CreatePermission may have shortened a
  *     permission, an Allocate replaced the allocation), so the allocation is left to the server.
@@ -470,18 +629,69 @@ static __always_inline void commit_unmatched(const struct tb_alloc_key *ak,
 		if (!m->has_lifetime)
 			return;
 		if (m->lifetime == 0) {
-			drop_allocation(ak, TB_STAT_LEARN_DEALLOC);
+			drop_allocation(ak, TB_STAT_LEARN_DEALLOC, now);
 			return;
 		}
 		a = bpf_map_lookup_elem(&allocs, ak);
 		exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
 		if (a && exp < a->expires_ns)
-			a->expires_ns = exp;
+			set_alloc_deadline(a, exp, now);
 		return;
 	case STUN_ALLOCATE:
 	case STUN_CREATE_PERMISSION:
 	case STUN_CHANNEL_BIND:
-		drop_allocation(ak, TB_STAT_NOT_MIRRORED);
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED, now);
+		return;
+	}
+}
+
+/* May the answer to pending request `p` be committed? It must be the first answer, to a request
+ * seen whole and without a conflicting copy, recorded after its client's last blind spot and
+ * answered within the pending lifetime. Anything else poisons the entry (later answers to it go
+ * the unmatched way) or, for a repeated answer, is a no-op. Returns 1 to commit, 0 for a no-op
+ * (already counted), -1 for the unmatched way. */
+static __always_inline int pending_usable(struct tb_pending *p, const struct stun_msg *m,
+					  const struct tb_ep *client, const struct tb_ep *server,
+					  __u64 now)
+{
+	if (p->conflict || p->method != m->method) {
+		p->conflict = 1;
+		stat_inc(TB_STAT_LEARN_NO_PENDING);
+		return -1;
+	}
+	if (now - p->created_ns > cfg_pending_lifetime_ns ||
+	    p->created_ns <= blind_since(client, server)) {
+		p->conflict = 1;
+		stat_inc(TB_STAT_LEARN_STALE);
+		return -1;
+	}
+	if (__sync_val_compare_and_swap(&p->answered, 0, 1) != 0)
+		return 0;
+	return 1;
+}
+
+/*
+ * A second answer to a request already answered (the request, or the answer, came twice). The
+ * server processed the same request again: an Allocate changes nothing there (a different relayed
+ * address gives the allocation up here); a Refresh applies again, so its LIFETIME may shorten
+ * (never extend) ours, and 0 removes it; a ChannelBind or CreatePermission applies again a moment
+ * after the first, and ours, which ends a moment earlier, stays; an error changes nothing.
+ */
+static __always_inline void commit_duplicate(const struct tb_alloc_key *ak,
+					     const struct stun_msg *m, __u64 now)
+{
+	if (m->cls != STUN_SUCCESS)
+		return;
+	switch (m->method) {
+	case STUN_ALLOCATE:
+		commit_allocate(ak, m, now, false);
+		return;
+	case STUN_REFRESH:
+		stat_inc(TB_STAT_LEARN_DUPLICATE);
+		commit_unmatched(ak, m, now);
+		return;
+	default:
+		stat_inc(TB_STAT_LEARN_DUPLICATE);
 		return;
 	}
 }
@@ -495,13 +705,11 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 	struct tb_alloc_key ak = {};
 	struct tb_pending *p;
 	__u64 now = tb_now();
+	int use;
 #define req (s->req)
 
 	if (m->cls != STUN_SUCCESS && m->cls != STUN_ERROR)
 		return;
-	k.client = *client;
-	k.server = *server;
-	__builtin_memcpy(k.txid, m->txid, sizeof(k.txid));
 	switch (m->method) {
 	case STUN_ALLOCATE:
 	case STUN_REFRESH:
@@ -511,24 +719,28 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 	default:
 		return;
 	}
+	k.client = *client;
+	k.server = *server;
+	__builtin_memcpy(k.txid, m->txid, sizeof(k.txid));
 	ak.client = *client;
 	ak.server = *server;
 	/* 437 Allocation Mismatch to a Refresh: the server has no allocation for this 5-tuple. */
-	if (m->cls == STUN_ERROR && m->method == STUN_REFRESH && m->error_code == 437) {
-		drop_allocation(&ak, TB_STAT_LEARN_DEALLOC);
-		state_changed();
-	}
+	if (m->cls == STUN_ERROR && m->method == STUN_REFRESH && m->error_code == 437)
+		drop_allocation(&ak, TB_STAT_LEARN_DEALLOC, now);
 	p = bpf_map_lookup_elem(&pending, &k);
-	if (p) {
-		req = *p;
-		bpf_map_delete_elem(&pending, &k);
-	}
-	if (!p || req.method != m->method || req.conflict) {
+	if (!p) {
 		stat_inc(TB_STAT_LEARN_NO_PENDING);
 		commit_unmatched(&ak, m, now);
-		state_changed();
 		return;
 	}
+	use = pending_usable(p, m, client, server, now);
+	if (use < 0)
+		commit_unmatched(&ak, m, now);
+	else if (use == 0)
+		commit_duplicate(&ak, m, now);
+	if (use <= 0)
+		return;
+	req = *p;
 	if (m->cls == STUN_ERROR) {
 		stat_inc(TB_STAT_LEARN_ERROR);
 		return;
@@ -536,7 +748,7 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 
 	switch (req.method) {
 	case STUN_ALLOCATE:
-		commit_allocate(&ak, m, now);
+		commit_allocate(&ak, m, now, true);
 		break;
 	case STUN_REFRESH:
 		commit_refresh(&ak, m, &req, now);
@@ -548,7 +760,6 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		commit_channel(&ak, &req, &s->chan, now);
 		break;
 	}
-	state_changed();
 #undef req
 }
 

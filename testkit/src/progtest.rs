@@ -713,9 +713,11 @@ impl Programs {
             peer: c.peer,
         };
         permk.peer.port = 0;
+        // epoch 0, as the channel's perm_epoch: the binding is under this permission
         let perm = types::tb_perm {
             alloc_id: id,
             expires_ns: d.perm_ns,
+            epoch: 0,
         };
         self.skel
             .maps
