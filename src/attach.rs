@@ -84,11 +84,54 @@ pub fn prog_name(id: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&name).into_owned())
 }
 
+/// The kernel's id of the program behind `prog`.
+pub fn prog_id(prog: BorrowedFd<'_>) -> Result<u32> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a properly sized struct and len says so.
+    let rc = unsafe {
+        libbpf_sys::bpf_obj_get_info_by_fd(
+            prog.as_raw_fd(),
+            (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).context("reading a program's id");
+    }
+    Ok(info.id)
+}
+
+/// Processes other than this one that hold a file descriptor of BPF program `id` (a running
+/// agent holds its programs; a filter left behind by a killed one is held by nobody).
+pub fn prog_holders(id: u32) -> Vec<u32> {
+    let me = std::process::id();
+    let want = format!("prog_id:\t{id}");
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    fs::read_to_string(fd.path())
+                        .is_ok_and(|t| t.lines().any(|l| l.trim_end() == want))
+                })
+            })
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// One XDP attachment: a BPF link; closing it detaches the program.
 pub struct XdpLink {
     pub iface: String,
     pub ifindex: u32,
     pub mode: &'static str,
+    prog_id: u32,
     _link: OwnedFd,
 }
 
@@ -229,6 +272,7 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLi
         iface: iface.to_string(),
         ifindex: idx,
         mode: mode.name(),
+        prog_id: prog_id(prog)?,
         _link: fd,
     })
 }
@@ -237,6 +281,7 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLi
 pub struct TcFilter {
     pub iface: String,
     pub ifindex: u32,
+    prog_id: u32,
     hook: TcHook,
     /// We created the clsact qdisc (it did not exist before).
     created_qdisc: bool,
@@ -292,6 +337,7 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
     Ok(TcFilter {
         iface: iface.to_string(),
         ifindex: idx,
+        prog_id: prog_id(prog)?,
         hook,
         created_qdisc,
     })
@@ -352,6 +398,21 @@ pub fn detach_leftovers(iface: &str) -> Result<String> {
                     name.unwrap_or_else(|| format!("program id {id}"))
                 );
             }
+            // The snooper of a running agent: removing it would leave that agent relaying
+            // blind. A running agent holds its program (and its XDP link on this interface).
+            let holders = prog_holders(id);
+            let xdp_live = matches!(xdp_attached(idx)?,
+                Some((x, _)) if prog_name(x).as_deref() == Some(XDP_PROG_NAME));
+            if !holders.is_empty() || xdp_live {
+                let who = holders.first().map_or_else(
+                    || "a running turn-bpf".to_string(),
+                    |pid| format!("running turn-bpf process {pid}"),
+                );
+                bail!(
+                    "the TC egress snooper on {iface} belongs to {who}: left alone (stop that \
+                     process with SIGINT or SIGTERM and it detaches itself)"
+                );
+            }
             hook.detach()
                 .with_context(|| format!("removing the TC filter from {iface}"))?;
             out.push("removed the TC egress snooper".to_string());
@@ -383,6 +444,32 @@ pub fn forwarding_enabled(iface: &str) -> Result<bool> {
 fn set_forwarding(iface: &str, on: bool) -> Result<()> {
     let path = forwarding_path(iface);
     fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
+}
+
+/// Interfaces of this network namespace that are up, not loopback, and not in `watched`: a TURN
+/// request that reaches the server through one of them goes past the recorder unseen.
+pub fn unwatched_interfaces(watched: &[String]) -> Vec<String> {
+    const IFF_UP: u32 = 0x1;
+    const ARPHRD_LOOPBACK: u32 = 772;
+    let read_num = |iface: &str, what: &str| -> Option<u32> {
+        let t = fs::read_to_string(format!("/sys/class/net/{iface}/{what}")).ok()?;
+        let t = t.trim();
+        match t.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => t.parse().ok(),
+        }
+    };
+    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| !watched.contains(name))
+        .filter(|name| read_num(name, "type") != Some(ARPHRD_LOOPBACK))
+        .filter(|name| read_num(name, "flags").is_some_and(|f| f & IFF_UP != 0))
+        .collect();
+    out.sort();
+    out
 }
 
 /// Everything this process attached or changed, undone on drop in reverse order.
@@ -417,6 +504,33 @@ impl Attachments {
             set_forwarding(iface, true)?;
             info!("enabled IPv4 forwarding on {iface} (restored on exit)");
             self.forwarding_enabled_by_us.push(iface.clone());
+        }
+        Ok(())
+    }
+
+    /// Every hook still in place with our programs? Someone may have deleted the clsact qdisc,
+    /// replaced a program or removed an interface. Returns what is missing.
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        for l in &self.xdp {
+            match ifindex(&l.iface).ok().filter(|i| *i == l.ifindex) {
+                None => return Err(format!("interface {} went away", l.iface)),
+                Some(idx) => match xdp_attached(idx) {
+                    Ok(Some((id, _))) if id == l.prog_id => {}
+                    _ => return Err(format!("the XDP fast path on {} is gone", l.iface)),
+                },
+            }
+        }
+        for f in &self.tc {
+            if ifindex(&f.iface).ok() != Some(f.ifindex) {
+                return Err(format!("interface {} went away", f.iface));
+            }
+            let mut hook = f.hook; // query needs a mutable handle; TcHook is a plain copy
+            if hook.query().ok() != Some(f.prog_id) {
+                return Err(format!(
+                    "the TC egress snooper on {} is gone (was the clsact qdisc deleted?)",
+                    f.iface
+                ));
+            }
         }
         Ok(())
     }

@@ -60,6 +60,15 @@ impl<'obj> Offload<'obj> {
         if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
             return Ok(None);
         }
+        let unwatched = attach::unwatched_interfaces(&ifaces);
+        if !unwatched.is_empty() {
+            warn!(
+                "interface(s) {} are up and not watched: a TURN request that reaches the server \
+                 through them is not seen by the recorder (README: \"Where the recorder must \
+                 run\"); attach turn-bpf there too if clients can reach the server that way",
+                unwatched.join(", ")
+            );
+        }
         info!(
             "offloading TURN port(s) {:?}; stop with Ctrl+C",
             args.turn_ports
@@ -86,6 +95,7 @@ impl<'obj> Offload<'obj> {
                 continue;
             }
             last_sweep = Instant::now();
+            self.guard_hooks()?;
             self.sweep();
             self.refresh_local_addrs();
             if args.verbose > 0 && last_print.elapsed() >= stats_every {
@@ -98,6 +108,17 @@ impl<'obj> Offload<'obj> {
                 last_counters = now;
                 last_print = Instant::now();
             }
+        }
+        Ok(())
+    }
+
+    /// Fail closed when a hook went away under us: without the snooper revocations go unseen,
+    /// so the fast path must stop; the server carries on alone.
+    fn guard_hooks(&mut self) -> Result<()> {
+        if let Err(why) = self.attached.verify() {
+            error!("{why}: detaching the fast path; the server carries on alone");
+            self.attached.detach_all();
+            anyhow::bail!("{why}: detached the fast path (the server carries on alone)");
         }
         Ok(())
     }

@@ -350,3 +350,58 @@ fn a_clsact_qdisc_and_filters_of_others_are_left_alone() {
     let f = tc_filters(&lab, "turn0", "egress");
     assert!(f.contains("u32") && !f.contains("tc_snoop"), "{f}");
 }
+
+#[test]
+fn detach_refuses_the_snooper_of_a_running_agent() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli6", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli6"),
+    )
+    .unwrap();
+    let (code, out, err) = run_once(Some(&ns), &["--detach", "turn0"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("belongs to running turn-bpf process"),
+        "{err}"
+    );
+    // untouched: the running agent keeps its snooper and its fast path
+    assert!(tc_filters(&lab, "turn0", "egress").contains("tc_snoop"));
+    assert!(xdp_attached(&lab, "turn0"));
+    let exit = agent.stop(Signal::SIGTERM).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_clean(&lab);
+}
+
+#[test]
+fn a_snooper_deleted_under_a_running_agent_detaches_the_fast_path() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-cli7", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &ns,
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("cli7"),
+    )
+    .unwrap();
+    // someone deletes the clsact qdisc (and with it the snooper)
+    lab.exec(Host::Srv, &["tc", "qdisc", "del", "dev", "turn0", "clsact"])
+        .unwrap();
+    let exit = agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("the agent must stop by itself within a few sweeps");
+    assert_ne!(exit.status.code(), Some(0), "{}", exit.output);
+    assert!(
+        exit.output
+            .contains("the TC egress snooper on turn0 is gone"),
+        "{}",
+        exit.output
+    );
+    assert!(!xdp_attached(&lab, "turn0") && !xdp_attached(&lab, "relay0"));
+    assert_clean(&lab);
+}
