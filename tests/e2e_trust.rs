@@ -1,0 +1,531 @@
+//! What a client can make the agent believe, checked against the real coturn.
+//!
+//! The agent learns from coturn's success responses, matched to the request XDP recorded by
+//! 5-tuple and transaction ID. That is only sound if the request XDP recorded is the request
+//! coturn answered, and if every answer coturn sends is mirrored with coturn's own meaning.
+//! These tests play a hostile or merely unlucky client against that:
+//!
+//! - **R1/R2**: R1 = ChannelBind(0x4000 -> a peer coturn denies) that XDP records but the kernel
+//!   drops (wrong UDP checksum, or a frame for another MAC), then R2 = ChannelBind(0x4000 -> an
+//!   allowed peer) with the same transaction ID, sent so that XDP cannot record it (IP fragments,
+//!   IP options, more attributes than the BPF parser walks). coturn grants R2; the agent must not
+//!   take that grant for R1's binding and relay to (or from) the denied address. Each attack
+//!   runs once against coturn alone, whose outcome is the expectation, then with the agent.
+//!
+//! "Relayed in XDP" is proven as in the other end-to-end tests: the server namespace's
+//! UdpInDatagrams does not grow while a datagram is delivered. Every test has a positive control
+//! in the same run (the fast path relays a healthy channel, the receivers are alive), so "nothing
+//! was relayed" cannot come from a dead peer or a dead agent.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use turn_bpf_testkit::agent::{AgentExit, AgentProc};
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::progtest::{Udp4Frame, UdpCheck};
+use turn_bpf_testkit::raw::{self, PacketSocket, RawIpSocket};
+use turn_bpf_testkit::turn_client::{
+    build_request, new_txid, parse_message, Attr, Auth, Class, StunMessage, TurnClient, TxId,
+    CHANNEL_BIND,
+};
+
+use common::*;
+
+const CHANNEL: u16 = 0x4000;
+/// The second address of the peer namespace, the one coturn is told to deny.
+const DENIED_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// The allowed peer: the peer namespace's own address.
+const ALLOWED_V4: Ipv4Addr = lab::PEER_V4;
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+
+fn start_agent(lab: &Lab, log: &str, extra: &[&str]) -> AgentProc {
+    let mut args = vec!["--enable-forwarding"];
+    args.extend_from_slice(extra);
+    args.extend(["turn0", "relay0"]);
+    AgentProc::start_ready(&agent_bin(), &lab.ns(Host::Srv), &args, &log_path(log))
+        .expect("starting the agent")
+}
+
+fn stop_agent(a: AgentProc) -> AgentExit {
+    let exit = a.stop(Signal::SIGINT).expect("stopping the agent");
+    assert_eq!(
+        exit.status.code(),
+        Some(0),
+        "the agent failed:\n{}",
+        exit.output
+    );
+    assert_eq!(exit.counter("ABORTED"), 0, "{}", exit.output);
+    exit
+}
+
+/// The counters that tell the story of a run, on one line.
+fn story(exit: &AgentExit) -> String {
+    [
+        "RELAYED_TO_PEER",
+        "RELAYED_TO_CLIENT",
+        "PENDING_ADDED",
+        "PENDING_CONFLICT",
+        "PASS_FRAGMENT",
+        "PASS_IP_OPTIONS",
+        "STUN_MALFORMED",
+        "LEARN_ALLOC",
+        "LEARN_CHANNEL",
+        "LEARN_PERM",
+        "LEARN_NO_PENDING",
+        "NOT_MIRRORED",
+    ]
+    .iter()
+    .map(|n| format!("{n}={}", exit.counter(n)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// Resolve the server's neighbours now, so the fast path never passes a datagram for want of
+/// an ARP entry (which would make "relayed in XDP" depend on timing).
+fn warm_neighbours(lab: &Lab, ips: &[Ipv4Addr]) {
+    for ip in ips {
+        lab.exec(Host::Srv, &["ping", "-c", "1", "-W", "1", &ip.to_string()])
+            .unwrap_or_else(|e| panic!("the server cannot reach {ip}: {e:#}"));
+    }
+}
+
+fn server_saw(lab: &Lab, f: impl FnOnce()) -> u64 {
+    let before = lab.nstat_udp_in(Host::Srv);
+    f();
+    lab.nstat_udp_in(Host::Srv) - before
+}
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => panic!("{a} is not IPv4"),
+    }
+}
+
+/// A UDP socket in the peer namespace that only receives (and can send, to play a peer).
+struct Sink {
+    sock: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl Sink {
+    fn bind(lab: &Lab, ip: Ipv4Addr, port: u16) -> Sink {
+        let sock = lab::in_ns(&lab.ns(Host::Peer), move || {
+            UdpSocket::bind((ip, port)).unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"))
+        });
+        let addr = sock.local_addr().unwrap();
+        Sink { sock, addr }
+    }
+
+    /// Every datagram that arrives until none has for `quiet`.
+    fn drain(&self, quiet: Duration) -> Vec<Vec<u8>> {
+        self.sock.set_read_timeout(Some(quiet)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+}
+
+/// The client's credentials with the REALM and NONCE it has learned.
+fn auth_of(c: &TurnClient) -> Auth {
+    let (realm, nonce) = c.realm_nonce().expect("the client has been challenged");
+    Auth {
+        user: lab::TURN_USER.into(),
+        pass: lab::TURN_PASS.into(),
+        realm: realm.into(),
+        nonce: nonce.into(),
+    }
+}
+
+/// The server's responses to transaction `txid` that arrive within `timeout` (at most `want`).
+fn responses(c: &TurnClient, txid: TxId, want: usize, timeout: Duration) -> Vec<StunMessage> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some((n, from)) = c.recv_raw(&mut buf, left).expect("receiving") else {
+            break;
+        };
+        if from != c.server() {
+            continue;
+        }
+        if let Ok(m) = parse_message(&buf[..n]) {
+            if m.txid == txid && matches!(m.class, Class::Success | Class::Error) {
+                got.push(m);
+            }
+        }
+    }
+    got
+}
+
+fn describe(m: &StunMessage) -> String {
+    match m.class {
+        Class::Success => format!("success (LIFETIME {:?})", m.lifetime()),
+        Class::Error => format!("error {:?}", m.error()),
+        c => format!("{c:?}"),
+    }
+}
+
+/// ChannelData that came back to `c` until none has for `quiet`.
+fn channel_data_received(c: &TurnClient, quiet: Duration) -> usize {
+    let mut buf = vec![0u8; 65536];
+    let mut n = 0;
+    while c.recv_channel_data(&mut buf, quiet).unwrap().is_some() {
+        n += 1;
+    }
+    n
+}
+
+/// A healthy channel on its own client, exchanged through an echo: the positive control that
+/// the fast path relays in this run. Returns the client (to repeat the check later).
+fn control_channel(lab: &Lab, echo: &Echo) -> TurnClient {
+    let mut ctl = client(lab);
+    ctl.allocate(None).expect("control: allocate");
+    ctl.channel_bind(CHANNEL, echo.addr)
+        .expect("control: channel bind");
+    check_control(lab, &ctl, 0, "before");
+    ctl
+}
+
+fn check_control(lab: &Lab, ctl: &TurnClient, from: usize, when: &str) {
+    let mut echoed = 0;
+    let saw = server_saw(lab, || echoed = exchange(ctl, CHANNEL, from, 20));
+    assert_eq!(
+        (echoed, saw),
+        (20, 0),
+        "positive control {when} the attack: a healthy channel must be echoed 20/20 with the \
+         server's sockets seeing none of it (relayed in XDP both ways); got {echoed} echoed and \
+         {saw} datagrams at the server"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. R1/R2: a grant for one request taken as the grant for another.
+
+/// How R1 (recorded by XDP, never seen by coturn) is made to vanish after XDP.
+#[derive(Debug, Clone, Copy)]
+enum R1 {
+    /// A wrong UDP checksum: the kernel drops it (UdpInCsumErrors).
+    BadUdpChecksum,
+    /// A correct packet in a frame for another MAC: the kernel drops it as PACKET_OTHERHOST.
+    WrongDstMac,
+}
+
+/// How R2 (answered by coturn) is kept from XDP's parser.
+#[derive(Debug, Clone, Copy)]
+enum R2 {
+    /// Two IPv4 fragments (the kernel reassembles them for coturn).
+    Fragments,
+    /// IP options NOP, NOP, NOP, EOL (IHL 6).
+    NopEolOptions,
+    /// IP option Router Alert (IHL 6).
+    RouterAlert,
+    /// 30 unknown comprehension-optional attributes before MESSAGE-INTEGRITY: more than the
+    /// BPF parser walks (24); coturn ignores them.
+    TooManyAttributes,
+}
+
+/// Attributes coturn 4.6.1 does not know, in the comprehension-optional range.
+fn padding_attrs(n: u16) -> Vec<Attr> {
+    (0..n)
+        .map(|i| Attr::Raw {
+            typ: 0xC0A0 + i,
+            value: vec![0xA5, i as u8, 0, 0],
+        })
+        .collect()
+}
+
+/// What the client and the two peers saw after one R1/R2 attack.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    /// Datagrams the denied address received (of the client's ChannelData on 0x4000).
+    to_denied: usize,
+    /// The datagrams the allowed peer received, in order.
+    to_allowed: Vec<Vec<u8>>,
+    /// ChannelData the client received after the denied address sent to its relayed address.
+    from_denied: usize,
+}
+
+/// ChannelData datagrams the attacker sends on the channel, and the denied peer sends back.
+const ATTACK_N: usize = 10;
+
+/// One attack by a fresh client; `seq` keeps the runs' payloads apart.
+fn attack_once(lab: &Lab, r1: R1, r2: R2, allowed: &Sink, denied: &Sink, seq: usize) -> Outcome {
+    let mut c = client(lab);
+    let alloc = c.allocate(None).expect("allocate");
+    let auth = auth_of(&c);
+    let me = v4(c.local_addr().unwrap());
+    let server = v4(lab::TURN_SERVER_V4);
+    let txid = new_txid();
+
+    // R1: ChannelBind 0x4000 -> the DENIED peer, seen by XDP and dropped by the kernel.
+    let r1_bytes = build_request(
+        CHANNEL_BIND,
+        txid,
+        &[
+            Attr::ChannelNumber(CHANNEL),
+            Attr::XorPeerAddress(denied.addr),
+        ],
+        Some(&auth),
+    );
+    let mut frame = Udp4Frame::new([0; 6], [0; 6], me, server, &r1_bytes);
+    frame.id = 0x5201;
+    let before = lab.udp_counters(Host::Srv).unwrap().v4;
+    match r1 {
+        R1::BadUdpChecksum => {
+            let good = frame.udp_bytes();
+            let sum = u16::from_be_bytes([good[6], good[7]]);
+            frame.udp_check = UdpCheck::Raw(sum ^ 0x5a5a);
+            let sock = lab::in_ns(&lab.ns(Host::Cli), || RawIpSocket::open().unwrap());
+            sock.send(&raw::ip_packet(&frame)).unwrap();
+        }
+        R1::WrongDstMac => {
+            let mac = |host, dev: &str| {
+                let text = lab
+                    .exec(host, &["cat", &format!("/sys/class/net/{dev}/address")])
+                    .unwrap();
+                raw::parse_mac(&text).unwrap_or_else(|| panic!("MAC of {dev}: {text:?}"))
+            };
+            frame.src_mac = mac(Host::Cli, lab::CLIENT_IFACE);
+            frame.dst_mac = mac(Host::Srv, lab::IFACE);
+            frame.dst_mac[5] ^= 0x01; // another unicast MAC: PACKET_OTHERHOST at turn0
+            let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+                PacketSocket::open(lab::CLIENT_IFACE).unwrap()
+            });
+            sock.send(&frame.build()).unwrap();
+        }
+    }
+    let r1_answers = responses(&c, txid, 1, Duration::from_millis(500));
+    let after = lab.udp_counters(Host::Srv).unwrap().v4;
+    assert!(
+        r1_answers.is_empty(),
+        "R1 ({r1:?}) must never reach coturn, yet it answered: {}",
+        describe(&r1_answers[0])
+    );
+    assert_eq!(
+        after.in_datagrams, before.in_datagrams,
+        "R1 ({r1:?}) must not be delivered to a socket"
+    );
+    if let R1::BadUdpChecksum = r1 {
+        assert_eq!(
+            after.in_csum_errors - before.in_csum_errors,
+            1,
+            "R1 must arrive at the server and be dropped for its checksum"
+        );
+    }
+
+    // R2: ChannelBind 0x4000 -> the ALLOWED peer, same transaction ID, hidden from XDP.
+    let mut attrs = vec![
+        Attr::ChannelNumber(CHANNEL),
+        Attr::XorPeerAddress(allowed.addr),
+    ];
+    if let R2::TooManyAttributes = r2 {
+        attrs.extend(padding_attrs(30));
+    }
+    let r2_bytes = build_request(CHANNEL_BIND, txid, &attrs, Some(&auth));
+    let mut frame = Udp4Frame::new([0; 6], [0; 6], me, server, &r2_bytes);
+    frame.id = 0x5202;
+    frame.df = false;
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || RawIpSocket::open().unwrap());
+    match r2 {
+        R2::Fragments => {
+            let ip = raw::ip_packet(&frame);
+            for f in raw::fragment(&ip, (ip.len() - 20) / 2) {
+                sock.send(&f).unwrap();
+            }
+        }
+        R2::NopEolOptions | R2::RouterAlert => {
+            frame.options = match r2 {
+                R2::RouterAlert => raw::OPTION_ROUTER_ALERT.to_vec(),
+                _ => raw::OPTIONS_NOP_EOL.to_vec(),
+            };
+            sock.send(&raw::ip_packet(&frame)).unwrap();
+        }
+        R2::TooManyAttributes => c.send_raw(&r2_bytes).unwrap(),
+    }
+    let r2_answers = responses(&c, txid, 1, Duration::from_secs(2));
+    let answer = r2_answers.first().unwrap_or_else(|| {
+        panic!("coturn did not answer R2 ({r2:?}): the crafted packet did not reach it")
+    });
+    assert!(
+        answer.class == Class::Success && answer.method == CHANNEL_BIND,
+        "coturn must grant R2 (ChannelBind to the allowed peer, sent as {r2:?}): {}",
+        describe(answer)
+    );
+
+    // ChannelData on 0x4000: coturn relays it to the allowed peer; nobody may relay it to the
+    // denied address.
+    for i in seq..seq + ATTACK_N {
+        c.send_channel_data(CHANNEL, &payload(i)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let to_denied = denied.drain(Duration::from_millis(200)).len();
+    let to_allowed = allowed.drain(Duration::from_millis(200));
+    // The denied address sends to the relayed address: coturn has no permission for it and
+    // drops it; nobody may hand it to the client as ChannelData.
+    let _ = channel_data_received(&c, Duration::from_millis(100));
+    for i in 0..ATTACK_N {
+        denied
+            .sock
+            .send_to(
+                format!("from the denied peer {i}").as_bytes(),
+                alloc.relayed,
+            )
+            .unwrap();
+    }
+    let from_denied = channel_data_received(&c, Duration::from_millis(500));
+    Outcome {
+        to_denied,
+        to_allowed,
+        from_denied,
+    }
+}
+
+/// What is wrong with an outcome: coturn bound the allowed peer, so only it may get the data,
+/// and the denied address may neither receive nor send.
+fn outcome_faults(
+    o: &Outcome,
+    r1: R1,
+    r2: R2,
+    seq: usize,
+    allowed: &Sink,
+    denied: &Sink,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if o.to_denied != 0 {
+        wrong.push(format!(
+            "the DENIED address {} received {} of the {ATTACK_N} ChannelData datagrams the \
+             client sent on {CHANNEL:#06x}: the agent took coturn's grant of R2 (-> {}) for the \
+             binding recorded from R1 (-> {}, same transaction ID), which the kernel dropped \
+             after XDP saw it ({r1:?}); R2 went unrecorded ({r2:?})",
+            denied.addr, o.to_denied, allowed.addr, denied.addr
+        ));
+    }
+    let expected: Vec<Vec<u8>> = (seq..seq + ATTACK_N).map(payload).collect();
+    if o.to_allowed != expected {
+        wrong.push(format!(
+            "the allowed peer {} (the one coturn bound) received {} of the {ATTACK_N} \
+             datagrams{}",
+            allowed.addr,
+            o.to_allowed.len(),
+            if o.to_allowed.len() == ATTACK_N {
+                ", not all intact and in order"
+            } else {
+                ""
+            }
+        ));
+    }
+    if o.from_denied != 0 {
+        wrong.push(format!(
+            "the client received {} ChannelData datagrams that the DENIED address sent to its \
+             relayed address (coturn has no permission for it)",
+            o.from_denied
+        ));
+    }
+    wrong
+}
+
+/// The attack once against coturn alone (what coturn does: the expectations) and once with
+/// the agent, whose outcome must be the same.
+fn r1_r2_attack(name: &str, r1: R1, r2: R2) {
+    let started = Instant::now();
+    let lab = Lab::up(name, &["--denied-peer-ip", &DENIED_V4.to_string()]).unwrap();
+    lab.exec(
+        Host::Peer,
+        &[
+            "ip",
+            "addr",
+            "replace",
+            &format!("{DENIED_V4}/24"),
+            "dev",
+            lab::PEER_IFACE,
+        ],
+    )
+    .unwrap();
+    warm_neighbours(&lab, &[lab::CLIENT_V4, ALLOWED_V4, DENIED_V4]);
+    let echo = Echo::start(&lab, 7200);
+    let allowed = Sink::bind(&lab, ALLOWED_V4, 7202);
+    let denied = Sink::bind(&lab, DENIED_V4, 7203);
+
+    // The denied receiver is alive: "it received nothing" must mean something.
+    let probe = lab::in_ns(&lab.ns(Host::Srv), || UdpSocket::bind("0.0.0.0:0").unwrap());
+    probe.send_to(b"alive?", denied.addr).unwrap();
+    assert_eq!(
+        denied.drain(Duration::from_millis(300)),
+        vec![b"alive?".to_vec()],
+        "the denied address's receiver must be reachable from the server"
+    );
+
+    let alone = attack_once(&lab, r1, r2, &allowed, &denied, 1000);
+    let faults = outcome_faults(&alone, r1, r2, 1000, &allowed, &denied);
+    assert!(
+        faults.is_empty(),
+        "coturn ALONE (no agent) does not behave as this test assumes:\n{}",
+        faults.join("\n")
+    );
+
+    let agent = start_agent(&lab, name, &[]);
+    let ctl = control_channel(&lab, &echo);
+    let with_agent = attack_once(&lab, r1, r2, &allowed, &denied, 2000);
+    check_control(&lab, &ctl, 100, "after");
+    let exit = stop_agent(agent);
+    echo.stop();
+    eprintln!(
+        "{name}: R1 {r1:?}, R2 {r2:?}: coturn alone: denied got {}, allowed got {}, client got \
+         {} from the denied address; with the agent: {}, {}, {}; agent {} ({:.1} s)",
+        alone.to_denied,
+        alone.to_allowed.len(),
+        alone.from_denied,
+        with_agent.to_denied,
+        with_agent.to_allowed.len(),
+        with_agent.from_denied,
+        story(&exit),
+        started.elapsed().as_secs_f64()
+    );
+    let faults = outcome_faults(&with_agent, r1, r2, 2000, &allowed, &denied);
+    assert!(
+        faults.is_empty(),
+        "with the agent (coturn alone got this right):\n{}\nagent counters: {}",
+        faults.join("\n"),
+        story(&exit)
+    );
+}
+
+#[test]
+fn r1_dropped_for_its_checksum_then_r2_in_fragments_cannot_bind_a_denied_peer() {
+    skip_unless_lab!();
+    r1_r2_attack("tbt-atk-r1frag", R1::BadUdpChecksum, R2::Fragments);
+}
+
+#[test]
+fn r1_dropped_for_its_checksum_then_r2_with_nop_eol_options_cannot_bind_a_denied_peer() {
+    skip_unless_lab!();
+    r1_r2_attack("tbt-atk-r1nop", R1::BadUdpChecksum, R2::NopEolOptions);
+}
+
+#[test]
+fn r1_dropped_for_its_checksum_then_r2_with_router_alert_cannot_bind_a_denied_peer() {
+    skip_unless_lab!();
+    r1_r2_attack("tbt-atk-r1ra", R1::BadUdpChecksum, R2::RouterAlert);
+}
+
+#[test]
+fn r1_dropped_for_its_checksum_then_r2_with_too_many_attributes_cannot_bind_a_denied_peer() {
+    skip_unless_lab!();
+    r1_r2_attack("tbt-atk-r1attrs", R1::BadUdpChecksum, R2::TooManyAttributes);
+}
+
+#[test]
+fn r1_for_another_mac_then_r2_in_fragments_cannot_bind_a_denied_peer() {
+    skip_unless_lab!();
+    r1_r2_attack("tbt-atk-r1mac", R1::WrongDstMac, R2::Fragments);
+}
