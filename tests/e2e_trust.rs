@@ -11,6 +11,9 @@
 //!   IP options, more attributes than the BPF parser walks). coturn grants R2; the agent must not
 //!   take that grant for R1's binding and relay to (or from) the denied address. Each attack
 //!   runs once against coturn alone, whose outcome is the expectation, then with the agent.
+//! - **CreatePermission on a bound peer**: coturn resets the peer's permission to
+//!   `--permission-lifetime` and deletes the channel when it runs out; the fast path must stop
+//!   no later than coturn does. The same timeline runs against coturn alone and with the agent.
 //!
 //! "Relayed in XDP" is proven as in the other end-to-end tests: the server namespace's
 //! UdpInDatagrams does not grow while a datagram is delivered. Every test has a positive control
@@ -131,6 +134,24 @@ impl Sink {
             got.push(buf[..n].to_vec());
         }
         got
+    }
+
+    /// Waits up to `timeout` for a datagram holding exactly `want` (others are dropped).
+    fn wait_for(&self, want: &[u8], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) if &buf[..n] == want => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
     }
 }
 
@@ -528,4 +549,194 @@ fn r1_dropped_for_its_checksum_then_r2_with_too_many_attributes_cannot_bind_a_de
 fn r1_for_another_mac_then_r2_in_fragments_cannot_bind_a_denied_peer() {
     skip_unless_lab!();
     r1_r2_attack("tbt-atk-r1mac", R1::WrongDstMac, R2::Fragments);
+}
+
+// ------------------------------------------------------------------------------------------
+// Timelines: one datagram at a time, to a sink peer, each classified.
+
+/// One ChannelData datagram sent to a sink peer at `at` seconds into a timeline.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    at: f64,
+    /// The sink received it.
+    delivered: bool,
+    /// Datagrams the server's sockets received meanwhile (0: it never went up the stack).
+    server_saw: u64,
+}
+
+impl Probe {
+    /// Delivered without the server's sockets seeing it: relayed in XDP.
+    fn in_xdp(&self) -> bool {
+        self.delivered && self.server_saw == 0
+    }
+}
+
+fn sleep_until(t0: Instant, at: f64) {
+    let when = t0 + Duration::from_secs_f64(at);
+    std::thread::sleep(when.saturating_duration_since(Instant::now()));
+}
+
+/// Sends ChannelData datagram `seq` on `c` and classifies it. A datagram that is not delivered
+/// gets 200 ms to reach the server's sockets before they are read.
+fn probe(lab: &Lab, c: &TurnClient, sink: &Sink, seq: usize, t0: Instant) -> Probe {
+    let p = payload(seq);
+    let before = lab.nstat_udp_in(Host::Srv);
+    let at = t0.elapsed().as_secs_f64();
+    c.send_channel_data(CHANNEL, &p).unwrap();
+    let delivered = sink.wait_for(&p, Duration::from_millis(200));
+    Probe {
+        at,
+        delivered,
+        server_saw: lab.nstat_udp_in(Host::Srv) - before,
+    }
+}
+
+/// `n` probes from `at` seconds into the timeline on.
+fn probes_at(
+    lab: &Lab,
+    c: &TurnClient,
+    sink: &Sink,
+    t0: Instant,
+    at: f64,
+    n: usize,
+    seq: &mut usize,
+) -> Vec<Probe> {
+    sleep_until(t0, at);
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            probe(lab, c, sink, *seq, t0)
+        })
+        .collect()
+}
+
+fn show(probes: &[Probe]) -> String {
+    probes
+        .iter()
+        .map(|p| {
+            format!(
+                "{:.2}s:{}",
+                p.at,
+                match (p.delivered, p.server_saw) {
+                    (true, 0) => "xdp",
+                    (true, _) => "server",
+                    (false, 0) => "LOST",
+                    (false, _) => "dropped",
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// coturn's log lines that hold any of `words`.
+fn coturn_log(lab: &Lab, words: &[&str]) -> String {
+    std::fs::read_to_string(lab.turnserver_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| words.iter().any(|w| l.contains(w)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. CreatePermission for the exact address of a bound peer, as coturn does it.
+
+const CP_CHANNEL_LIFETIME: &str = "20";
+const CP_PERMISSION_LIFETIME: &str = "8";
+
+/// Probe slots of the CreatePermission timeline: (seconds after the ChannelBind, datagrams).
+const CP_SLOTS: [(f64, usize); 4] = [(4.0, 5), (13.0, 3), (14.5, 3), (16.0, 3)];
+
+/// ChannelBind at t=0, CreatePermission for the same peer (address and port) at t=2, then the
+/// probes of [`CP_SLOTS`].
+fn create_permission_timeline(lab: &Lab, sink: &Sink, mut seq: usize) -> Vec<Vec<Probe>> {
+    let mut c = client(lab);
+    c.allocate(None).expect("allocate");
+    let t0 = Instant::now();
+    c.channel_bind(CHANNEL, sink.addr).expect("channel bind");
+    sleep_until(t0, 2.0);
+    c.create_permission(&[sink.addr])
+        .expect("CreatePermission for the bound peer");
+    CP_SLOTS
+        .iter()
+        .map(|&(at, n)| probes_at(lab, &c, sink, t0, at, n, &mut seq))
+        .collect()
+}
+
+#[test]
+fn create_permission_on_a_bound_peer_ends_its_channel_with_the_permission_as_coturn_does() {
+    skip_unless_lab!();
+    let started = Instant::now();
+    let lifetimes = [
+        "--channel-lifetime",
+        CP_CHANNEL_LIFETIME,
+        "--permission-lifetime",
+        CP_PERMISSION_LIFETIME,
+    ];
+    let mut turn_args = lifetimes.to_vec();
+    turn_args.push("--verbose");
+    let lab = Lab::up("tbt-atk-cperm", &turn_args).unwrap();
+    warm_neighbours(&lab, &[lab::CLIENT_V4, lab::PEER_V4]);
+
+    let sink = Sink::bind(&lab, lab::PEER_V4, 7400);
+    let alone = create_permission_timeline(&lab, &sink, 0);
+    let agent = start_agent(&lab, "tbt-atk-cperm", &lifetimes);
+    let with_agent = create_permission_timeline(&lab, &sink, 100);
+    let exit = stop_agent(agent);
+
+    eprintln!("CreatePermission on a bound peer (channel {CP_CHANNEL_LIFETIME} s, permission {CP_PERMISSION_LIFETIME} s, CreatePermission at t=2):");
+    for (i, (at, _)) in CP_SLOTS.iter().enumerate() {
+        eprintln!("  t≈{at:>4}: coturn alone {}", show(&alone[i]));
+        eprintln!("          with agent   {}", show(&with_agent[i]));
+    }
+    eprintln!(
+        "  agent {}\n  coturn's log:\n{}\n  ({:.1} s)",
+        story(&exit),
+        coturn_log(&lab, &["lifetime updated", "deleted", "channel"]),
+        started.elapsed().as_secs_f64()
+    );
+
+    // What coturn does (the premise): relays at t≈4, has deleted the channel by t≈13.
+    assert!(
+        alone[0].iter().all(|p| p.delivered),
+        "coturn alone must relay at t≈4: {}",
+        show(&alone[0])
+    );
+    for slot in &alone[1..] {
+        assert!(
+            slot.iter().all(|p| !p.delivered),
+            "coturn alone has deleted the channel (its peer's permission, reset to \
+             {CP_PERMISSION_LIFETIME} s at t=2, ran out at t≈10): {}",
+            show(slot)
+        );
+    }
+    // Positive control: the agent relays the live channel in XDP.
+    assert!(
+        with_agent[0].iter().all(Probe::in_xdp),
+        "at t≈4 the channel is live and must be relayed in XDP: {}",
+        show(&with_agent[0])
+    );
+    // Never delivered where coturn alone did not, and nothing relayed in XDP after coturn's end.
+    for (i, (at, _)) in CP_SLOTS.iter().enumerate().skip(1) {
+        let xdp = with_agent[i].iter().filter(|p| p.in_xdp()).count();
+        let delivered = with_agent[i].iter().filter(|p| p.delivered).count();
+        assert!(
+            xdp == 0 && delivered == 0,
+            "at t≈{at} coturn alone relays nothing (it deleted the channel when the peer's \
+             permission, reset to {CP_PERMISSION_LIFETIME} s by the CreatePermission at t=2, \
+             expired at t≈10), but with the agent {delivered} of {} datagrams reached the peer, \
+             {xdp} of them relayed in XDP: the agent took the CreatePermission as a refresh of \
+             the channel ({CP_CHANNEL_LIFETIME} s) instead of shortening the peer's permission \
+             to {CP_PERMISSION_LIFETIME} s: {}\nagent counters: {}",
+            with_agent[i].len(),
+            show(&with_agent[i]),
+            story(&exit)
+        );
+    }
+    assert_eq!(
+        exit.counter("RELAYED_TO_PEER"),
+        with_agent.iter().flatten().filter(|p| p.in_xdp()).count() as u64,
+        "the agent's count of datagrams relayed to the peer agrees with what the probes saw"
+    );
 }
