@@ -14,6 +14,8 @@
 //! - **CreatePermission on a bound peer**: coturn resets the peer's permission to
 //!   `--permission-lifetime` and deletes the channel when it runs out; the fast path must stop
 //!   no later than coturn does. The same timeline runs against coturn alone and with the agent.
+//! - **Duplicated requests**: the same ChannelBind (or Allocate) twice, byte for byte, is
+//!   answered twice; the channel (or allocation) must stay offloaded.
 //!
 //! "Relayed in XDP" is proven as in the other end-to-end tests: the server namespace's
 //! UdpInDatagrams does not grow while a datagram is delivered. Every test has a positive control
@@ -32,7 +34,7 @@ use turn_bpf_testkit::progtest::{Udp4Frame, UdpCheck};
 use turn_bpf_testkit::raw::{self, PacketSocket, RawIpSocket};
 use turn_bpf_testkit::turn_client::{
     build_request, new_txid, parse_message, Attr, Auth, Class, StunMessage, TurnClient, TxId,
-    CHANNEL_BIND,
+    ALLOCATE, CHANNEL_BIND,
 };
 
 use common::*;
@@ -193,6 +195,30 @@ fn describe(m: &StunMessage) -> String {
         Class::Success => format!("success (LIFETIME {:?})", m.lifetime()),
         Class::Error => format!("error {:?}", m.error()),
         c => format!("{c:?}"),
+    }
+}
+
+/// An unauthenticated Allocate on `c`'s socket, for the 401 that teaches REALM and NONCE (what
+/// `TurnClient` does inside `allocate`, done by hand so the signed Allocate can be kept).
+fn challenge(c: &TurnClient) -> Auth {
+    let txid = new_txid();
+    c.send_raw(&build_request(
+        ALLOCATE,
+        txid,
+        &[Attr::RequestedTransport(17)],
+        None,
+    ))
+    .unwrap();
+    let r = responses(c, txid, 1, Duration::from_secs(2));
+    let m = r
+        .first()
+        .expect("coturn answered the unauthenticated Allocate");
+    assert_eq!(m.error().map(|e| e.0), Some(401), "{}", describe(m));
+    Auth {
+        user: lab::TURN_USER.into(),
+        pass: lab::TURN_PASS.into(),
+        realm: m.realm().expect("REALM in the 401"),
+        nonce: m.nonce().expect("NONCE in the 401"),
     }
 }
 
@@ -738,5 +764,126 @@ fn create_permission_on_a_bound_peer_ends_its_channel_with_the_permission_as_cot
         exit.counter("RELAYED_TO_PEER"),
         with_agent.iter().flatten().filter(|p| p.in_xdp()).count() as u64,
         "the agent's count of datagrams relayed to the peer agrees with what the probes saw"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. The same request twice: two answers, one binding.
+
+const DUP_N: usize = 100;
+
+/// Exchanges [`DUP_N`] datagrams with the echo on `c`'s channel: how many came back, and how
+/// many datagrams the server's sockets saw meanwhile (0: all relayed in XDP, both ways).
+fn offloaded(lab: &Lab, c: &TurnClient, from: usize) -> (usize, u64) {
+    let mut echoed = 0;
+    let saw = server_saw(lab, || echoed = exchange(c, CHANNEL, from, DUP_N));
+    (echoed, saw)
+}
+
+/// Sends `req` twice back to back on `c` and returns coturn's two answers (both must succeed).
+fn send_twice(c: &TurnClient, req: &[u8], txid: TxId, what: &str) -> Vec<StunMessage> {
+    c.send_raw(req).unwrap();
+    c.send_raw(req).unwrap();
+    let answers = responses(c, txid, 2, Duration::from_secs(2));
+    eprintln!(
+        "coturn answered the duplicated {what}: {}",
+        answers.iter().map(describe).collect::<Vec<_>>().join(", ")
+    );
+    assert!(
+        answers.len() == 2 && answers.iter().all(|m| m.class == Class::Success),
+        "coturn must answer both copies of the {what} with a success: {}",
+        answers.iter().map(describe).collect::<Vec<_>>().join(", ")
+    );
+    answers
+}
+
+#[test]
+fn a_duplicated_channel_bind_keeps_the_channel_offloaded() {
+    skip_unless_lab!();
+    let started = Instant::now();
+    let lab = Lab::up("tbt-atk-dupcb", &[]).unwrap();
+    warm_neighbours(&lab, &[lab::CLIENT_V4, lab::PEER_V4]);
+    let echo = Echo::start(&lab, 7300);
+    let agent = start_agent(&lab, "tbt-atk-dupcb", &[]);
+    let _ctl = control_channel(&lab, &echo);
+
+    let mut c = client(&lab);
+    c.allocate(None).expect("allocate");
+    let txid = new_txid();
+    let req = build_request(
+        CHANNEL_BIND,
+        txid,
+        &[
+            Attr::ChannelNumber(CHANNEL),
+            Attr::XorPeerAddress(echo.addr),
+        ],
+        Some(&auth_of(&c)),
+    );
+    send_twice(&c, &req, txid, "ChannelBind");
+    let (echoed, saw) = offloaded(&lab, &c, 0);
+    let exit = stop_agent(agent);
+    echo.stop();
+    eprintln!(
+        "duplicated ChannelBind: {echoed}/{DUP_N} echoed, {saw} datagrams at the server; \
+         agent {} ({:.1} s)",
+        story(&exit),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(echoed, DUP_N, "the channel coturn bound relays");
+    assert_eq!(
+        saw,
+        0,
+        "after a ChannelBind sent twice (same bytes, same transaction ID) and answered twice, \
+         {saw} of the {} datagrams of the exchange reached the server's sockets instead of \
+         being relayed in XDP (the cause seen so far: the second answer matches no pending \
+         request and the agent gives the allocation up, NOT_MIRRORED={})\nagent counters: {}",
+        2 * DUP_N,
+        exit.counter("NOT_MIRRORED"),
+        story(&exit)
+    );
+}
+
+#[test]
+fn a_duplicated_allocate_keeps_the_allocation_offloaded() {
+    skip_unless_lab!();
+    let started = Instant::now();
+    let lab = Lab::up("tbt-atk-dupal", &[]).unwrap();
+    warm_neighbours(&lab, &[lab::CLIENT_V4, lab::PEER_V4]);
+    let echo = Echo::start(&lab, 7301);
+    let agent = start_agent(&lab, "tbt-atk-dupal", &[]);
+    let _ctl = control_channel(&lab, &echo);
+
+    let mut c = client(&lab);
+    let auth = challenge(&c);
+    let txid = new_txid();
+    let req = build_request(ALLOCATE, txid, &[Attr::RequestedTransport(17)], Some(&auth));
+    let answers = send_twice(&c, &req, txid, "Allocate");
+    assert_eq!(
+        answers[0].relayed_addrs(),
+        answers[1].relayed_addrs(),
+        "both answers name the same relayed address (one allocation)"
+    );
+    c.channel_bind(CHANNEL, echo.addr).expect("channel bind");
+    let (echoed, saw) = offloaded(&lab, &c, 0);
+    let exit = stop_agent(agent);
+    echo.stop();
+    eprintln!(
+        "duplicated Allocate: {echoed}/{DUP_N} echoed, {saw} datagrams at the server; agent {} \
+         ({:.1} s)",
+        story(&exit),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(echoed, DUP_N, "the channel coturn bound relays");
+    assert_eq!(
+        saw,
+        0,
+        "after an Allocate sent twice (same bytes, same transaction ID) and answered twice with \
+         the same relayed address, {saw} of the {} datagrams of the exchange on a channel bound \
+         afterwards reached the server's sockets instead of being relayed in XDP (the cause \
+         seen so far: the second answer matches no pending request and the agent gives the \
+         allocation up, NOT_MIRRORED={})\nagent counters: {}",
+        2 * DUP_N,
+        exit.counter("NOT_MIRRORED"),
+        story(&exit)
     );
 }
