@@ -16,6 +16,9 @@
 //!   no later than coturn does. The same timeline runs against coturn alone and with the agent.
 //! - **Duplicated requests**: the same ChannelBind (or Allocate) twice, byte for byte, is
 //!   answered twice; the channel (or allocation) must stay offloaded.
+//! - **A late duplicated Allocate**: coturn answers a retransmitted Allocate in the allocation's
+//!   last second with LIFETIME 600 (its default, for the 0 s left) without extending the
+//!   allocation; the fast path must not outlive it. Side by side with coturn alone.
 //!
 //! "Relayed in XDP" is proven as in the other end-to-end tests: the server namespace's
 //! UdpInDatagrams does not grow while a datagram is delivered. Every test has a positive control
@@ -886,4 +889,248 @@ fn a_duplicated_allocate_keeps_the_allocation_offloaded() {
         exit.counter("NOT_MIRRORED"),
         story(&exit)
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. A duplicated Allocate near the end of the allocation's life.
+
+/// coturn's --max-allocate-lifetime here, and the LIFETIME the Allocate asks for.
+const LATE_LIFETIME: u32 = 6;
+
+/// How the client repeats its Allocate near the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// The original Allocate bytes once more at t≈5.3.
+    ResendOnce,
+    /// The original Allocate bytes every 10 ms from t≈5.0 until coturn answers with more than
+    /// the time left (its default 600: in the allocation's last second by coturn's clock), then
+    /// at once a ChannelBind refreshing the channel, which coturn grants (it still has the
+    /// allocation). The client keeps its channel alive, as clients do.
+    ResendUntilDefaultThenRefresh,
+}
+
+#[derive(Debug)]
+struct LateRun {
+    /// How many resent Allocates coturn answered, and with which LIFETIMEs.
+    answered: Vec<(f64, Option<u32>)>,
+    /// When coturn first answered a resent Allocate with more than the time left (600).
+    default_at: Option<f64>,
+    /// The channel refresh after it: when, and whether coturn granted it.
+    refresh: Option<(f64, Result<(), String>)>,
+    /// Probes at t≈1 (the allocation is live).
+    early: Vec<Probe>,
+    /// Probes every 100 ms (200 ms when they go unanswered) from t=6.0, coturn's end of the
+    /// allocation, to t≈8.5.
+    late: Vec<Probe>,
+}
+
+impl LateRun {
+    fn answers(&self) -> String {
+        let ones = self.answered.iter().filter(|a| a.1 == Some(1)).count();
+        let others: Vec<String> = self
+            .answered
+            .iter()
+            .filter(|a| a.1 != Some(1))
+            .map(|(at, l)| format!("{l:?} at {at:.2}s"))
+            .collect();
+        format!(
+            "{} answered ({ones} with LIFETIME 1{}{})",
+            self.answered.len(),
+            if others.is_empty() { "" } else { ", " },
+            others.join(", ")
+        )
+    }
+}
+
+/// Allocate (LIFETIME 6) at t=0 keeping the request's bytes, bind a channel to `sink`, probe
+/// at t≈1, repeat the Allocate near the end as `mode` says, probe from t=6.0 on.
+fn late_duplicate_timeline(lab: &Lab, sink: &Sink, mut seq: usize, mode: Late) -> LateRun {
+    let mut c = client(lab);
+    let auth = challenge(&c);
+    let txid = new_txid();
+    let req = build_request(
+        ALLOCATE,
+        txid,
+        &[Attr::RequestedTransport(17), Attr::Lifetime(LATE_LIFETIME)],
+        Some(&auth),
+    );
+    // t0 before the request: coturn's allocation ends no earlier than t0 + 6 s.
+    let t0 = Instant::now();
+    c.send_raw(&req).unwrap();
+    let first = responses(&c, txid, 1, Duration::from_secs(2));
+    let granted = first.first().expect("coturn answered the Allocate");
+    assert_eq!(
+        (granted.class, granted.lifetime()),
+        (Class::Success, Some(LATE_LIFETIME)),
+        "coturn grants {LATE_LIFETIME} s: {}",
+        describe(granted)
+    );
+    c.channel_bind(CHANNEL, sink.addr).expect("channel bind");
+    let early = probes_at(lab, &c, sink, t0, 1.0, 5, &mut seq);
+
+    let mut answered = Vec::new();
+    let mut default_at = None;
+    let mut refresh = None;
+    let (from, until, step) = match mode {
+        Late::ResendOnce => (5.3, 5.3, 1.0),
+        Late::ResendUntilDefaultThenRefresh => (5.0, 5.97, 0.01),
+    };
+    let mut at = from;
+    while at <= until {
+        sleep_until(t0, at);
+        let sent = t0.elapsed().as_secs_f64();
+        c.send_raw(&req).unwrap();
+        let wait = if mode == Late::ResendOnce { 500 } else { 8 };
+        if let Some(m) = responses(&c, txid, 1, Duration::from_millis(wait)).first() {
+            answered.push((sent, m.lifetime()));
+            if m.lifetime().is_some_and(|l| l > LATE_LIFETIME) && default_at.is_none() {
+                default_at = Some(sent);
+                if mode == Late::ResendUntilDefaultThenRefresh {
+                    c.set_retransmit(1, Duration::from_millis(300));
+                    let when = t0.elapsed().as_secs_f64();
+                    let r = c.channel_bind(CHANNEL, sink.addr);
+                    refresh = Some((when, r.map_err(|e| e.to_string())));
+                    break;
+                }
+            }
+        }
+        at += step;
+    }
+
+    let mut late = Vec::new();
+    let mut at = 6.0;
+    while at < 8.6 {
+        sleep_until(t0, at);
+        seq += 1;
+        late.push(probe(lab, &c, sink, seq, t0));
+        at = (at + 0.1).max(t0.elapsed().as_secs_f64());
+    }
+    LateRun {
+        answered,
+        default_at,
+        refresh,
+        early,
+        late,
+    }
+}
+
+/// The timeline, once more if `mode` needs coturn's LIFETIME 600 answer and it never came (its
+/// window is the part of the last second after coturn's one-second clock ticks, which can be
+/// a few milliseconds).
+fn late_run(lab: &Lab, sink: &Sink, seq: usize, mode: Late, who: &str) -> LateRun {
+    let run = late_duplicate_timeline(lab, sink, seq, mode);
+    if mode == Late::ResendOnce || run.default_at.is_some() {
+        return run;
+    }
+    eprintln!(
+        "{who}: coturn never answered 600 ({}); once more",
+        run.answers()
+    );
+    let run = late_duplicate_timeline(lab, sink, seq + 50, mode);
+    assert!(
+        run.default_at.is_some(),
+        "{who}: twice coturn never answered a resent Allocate with LIFETIME 600 in the \
+         allocation's last second ({}): this test cannot set its scene",
+        run.answers()
+    );
+    run
+}
+
+fn late_duplicate(name: &str, mode: Late) {
+    let started = Instant::now();
+    let lab = Lab::up(
+        name,
+        &[
+            "--max-allocate-lifetime",
+            &LATE_LIFETIME.to_string(),
+            "--verbose",
+        ],
+    )
+    .unwrap();
+    warm_neighbours(&lab, &[lab::CLIENT_V4, lab::PEER_V4]);
+    let sink = Sink::bind(&lab, lab::PEER_V4, 7500);
+
+    let alone = late_run(&lab, &sink, 0, mode, "coturn alone");
+    let agent = start_agent(&lab, name, &[]);
+    let with_agent = late_run(&lab, &sink, 200, mode, "with the agent");
+    let exit = stop_agent(agent);
+
+    eprintln!("{name}: Allocate (LIFETIME {LATE_LIFETIME}) at t=0, {mode:?}:");
+    for (what, run) in [("coturn alone", &alone), ("with agent", &with_agent)] {
+        eprintln!(
+            "  {what}: resent Allocates: {}; channel refresh: {:?}\n    t≈1: {}\n    t≥6: {}",
+            run.answers(),
+            run.refresh,
+            show(&run.early),
+            show(&run.late)
+        );
+    }
+    eprintln!(
+        "  agent {}\n  coturn's log:\n{}\n  ({:.1} s)",
+        story(&exit),
+        coturn_log(&lab, &["lifetime updated", "closed", "delete"]),
+        started.elapsed().as_secs_f64()
+    );
+
+    // The premise: coturn relays while the allocation lives, not once it has ended.
+    assert!(
+        alone.early.iter().all(|p| p.delivered),
+        "coturn alone relays at t≈1: {}",
+        show(&alone.early)
+    );
+    if let Some((_, Err(e))) = &alone.refresh {
+        panic!("coturn alone refused the channel refresh in the allocation's last second: {e}");
+    }
+    let after = |run: &LateRun, t: f64| -> Vec<Probe> {
+        run.late.iter().filter(|p| p.at >= t).copied().collect()
+    };
+    assert!(
+        after(&alone, 7.5).iter().all(|p| !p.delivered),
+        "coturn alone has ended the allocation by t≈7.5 (granted {LATE_LIFETIME} s at t=0; a \
+         resent Allocate does not extend it): {}",
+        show(&alone.late)
+    );
+    // Positive control.
+    assert!(
+        with_agent.early.iter().all(Probe::in_xdp),
+        "at t≈1 the allocation is live and its channel must be relayed in XDP: {}",
+        show(&with_agent.early)
+    );
+    let xdp: Vec<Probe> = with_agent
+        .late
+        .iter()
+        .filter(|p| p.in_xdp())
+        .copied()
+        .collect();
+    assert!(
+        xdp.is_empty(),
+        "{} datagrams sent after coturn's allocation ended (granted {LATE_LIFETIME} s at t=0, \
+         'allocation timeout' at t≈6) were relayed in XDP, at {}: the agent took coturn's answer \
+         to the resent Allocate ({}) for a new allocation of that LIFETIME{}\nagent counters: {}",
+        xdp.len(),
+        show(&xdp),
+        with_agent.answers(),
+        match &with_agent.refresh {
+            Some((at, _)) => format!(", and bound the channel refreshed at t={at:.2}s to it"),
+            None => String::new(),
+        },
+        story(&exit)
+    );
+    assert!(
+        after(&with_agent, 7.5).iter().all(|p| !p.delivered),
+        "with the agent nothing is delivered at t≈8 either (coturn alone delivered nothing): {}",
+        show(&with_agent.late)
+    );
+}
+
+#[test]
+fn a_late_resent_allocate_does_not_extend_the_allocation() {
+    skip_unless_lab!();
+    late_duplicate("tbt-atk-late1", Late::ResendOnce);
+}
+
+#[test]
+fn a_late_resent_allocate_answered_600_does_not_extend_a_refreshed_channel() {
+    skip_unless_lab!();
+    late_duplicate("tbt-atk-late2", Late::ResendUntilDefaultThenRefresh);
 }
