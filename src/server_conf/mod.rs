@@ -4,7 +4,7 @@
 //! command line wins for a single value and lists add up), on top of coturn's defaults.
 //! [`effective`] then merges them with the agent's own options.
 
-
+pub mod effective;
 pub mod options;
 pub mod peers;
 
