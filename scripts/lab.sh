@@ -12,9 +12,13 @@
 #
 # Usage: scripts/lab.sh up [-- COTURN-ARGS...] | down | status
 #   LAB=name (default tb) picks the namespace prefix and the state dir /run/turn-bpf-lab/$LAB/.
+#   LAB_VERBATIM=1 passes COTURN-ARGS to coturn exactly as given (no `--opt value` -> `--opt=value`
+#   rewrite, see join_option_values) and accepts coturn's "Unknown argument" alerts: for tests of
+#   how coturn itself reads its command line.
 set -euo pipefail
 
 LAB="${LAB:-tb}"
+LAB_VERBATIM="${LAB_VERBATIM:-0}"
 # ip, ss and ethtool live in /usr/sbin, which a non-login root PATH may lack.
 PATH="$PATH:/usr/sbin:/sbin"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,7 +38,7 @@ say() { echo "lab[$LAB]: $*"; }
 die() { echo "lab[$LAB]: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: [LAB=name] $0 up [-- COTURN-ARGS...] | down | status" >&2
+    echo "usage: [LAB=name] [LAB_VERBATIM=1] $0 up [-- COTURN-ARGS...] | down | status" >&2
     exit 2
 }
 
@@ -200,9 +204,21 @@ show_log() {
     } >&2
 }
 
+# A configuration alert that makes the lab refuse to start. A verbatim lab expects coturn's
+# "Unknown argument" alerts (a value coturn took as a stray word): that is what it is for.
+coturn_rejected() {
+    if [[ $LAB_VERBATIM == 1 ]]; then
+        [[ -n "$(grep 'CONFIGURATION ALERT' "$LOGFILE" | grep -v 'Unknown argument')" ]]
+    else
+        grep -q 'CONFIGURATION ALERT' "$LOGFILE"
+    fi
+}
+
 start_coturn() {
     local pid i extra=()
-    if (($#)); then
+    if [[ $LAB_VERBATIM == 1 ]]; then
+        extra=("$@")
+    elif (($#)); then
         mapfile -t extra < <(join_option_values "$@")
     fi
     say "starting coturn in $NS_SRV${extra[*]:+ with extra args: ${extra[*]}}"
@@ -215,7 +231,7 @@ start_coturn() {
         "${extra[@]}" </dev/null >>"$LOGFILE" 2>&1 &
     pid=$!
     for ((i = 0; i < READY_SECS * 10; i++)); do
-        if grep -q 'CONFIGURATION ALERT' "$LOGFILE"; then
+        if coturn_rejected; then
             echo "lab[$LAB]: error: coturn rejected its configuration" >&2
             show_log
             stop_pid "$pid"
@@ -246,6 +262,10 @@ lab_up() {
     local args_now="" ns complete=1
     if (($#)); then
         args_now="$(printf '%q ' "$@")"
+    fi
+    # a verbatim lab is not the same lab as a rewritten one with the same arguments
+    if [[ $LAB_VERBATIM == 1 ]]; then
+        args_now="verbatim: $args_now"
     fi
     for ns in "${ALL_NS[@]}"; do
         ns_exists "$ns" || complete=0
@@ -323,6 +343,7 @@ main() {
     local cmd="${1:-}"
     # LAB names namespaces and a directory that `down` removes: keep it plain.
     [[ $LAB =~ ^[A-Za-z0-9_-]{1,32}$ ]] || die "LAB must be 1-32 characters of [A-Za-z0-9_-]"
+    [[ $LAB_VERBATIM == 0 || $LAB_VERBATIM == 1 ]] || die "LAB_VERBATIM must be 0 or 1"
     [[ -n $cmd ]] || usage
     shift
     case "$cmd" in

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{ArgAction, Parser, ValueEnum};
@@ -25,8 +26,9 @@ pub struct Args {
     #[arg(value_name = "RELAY_IFACE")]
     pub relay_ifaces: Vec<String>,
 
-    /// TURN listening port (repeatable, up to 8).
-    #[arg(long = "turn-port", value_name = "PORT", default_values_t = [3478u16],
+    /// TURN listening port (repeatable, up to 8) [default: every UDP port the server listens on
+    /// for TURN: its listening port, and its alternate port when open].
+    #[arg(long = "turn-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub turn_ports: Vec<u16>,
 
@@ -35,7 +37,7 @@ pub struct Args {
     pub xdp_mode: XdpMode,
 
     /// Map a public relayed address to the local one it arrives at (as coturn's --external-ip
-    /// PUBLIC/PRIVATE); repeatable.
+    /// PUBLIC/PRIVATE); repeatable [default: the server's mappings].
     #[arg(long = "external-ip", value_name = "PUBLIC=PRIVATE")]
     pub external_ips: Vec<ExternalIp>,
 
@@ -43,15 +45,23 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub spill_every: u32,
 
-    /// Channel lifetime in seconds; must match the server's --channel-lifetime.
-    #[arg(long, value_name = "SECS", default_value_t = 600,
+    /// Channel lifetime in seconds [default: the server's channel-lifetime]. Never longer
+    /// than the server's: a longer value yields to it (with a warning).
+    #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub channel_lifetime: u64,
+    pub channel_lifetime: Option<u64>,
 
-    /// Permission lifetime in seconds; must match the server's --permission-lifetime.
-    #[arg(long, value_name = "SECS", default_value_t = 300,
+    /// Permission lifetime in seconds [default: the server's permission-lifetime]. Never
+    /// longer than the server's: a longer value yields to it (with a warning).
+    #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub permission_lifetime: u64,
+    pub permission_lifetime: Option<u64>,
+
+    /// coturn's config file, when its command line names none (-c): read instead of looking
+    /// in coturn's default places [default: what the server's -c names, else turnserver.conf
+    /// where coturn finds it].
+    #[arg(long, value_name = "PATH")]
+    pub turnserver_conf: Option<PathBuf>,
 
     /// Enable IPv4 forwarding on the interfaces (needed by the fast path's FIB lookups);
     /// the previous setting is restored on exit. See README "Forwarding and firewalling".
@@ -170,11 +180,12 @@ mod tests {
         let a = parse(&["eth0"]).unwrap();
         assert_eq!(a.iface.as_deref(), Some("eth0"));
         assert!(a.relay_ifaces.is_empty());
-        assert_eq!(a.turn_ports, vec![3478]);
+        assert!(a.turn_ports.is_empty(), "the server's ports");
         assert_eq!(a.xdp_mode, XdpMode::Auto);
         assert_eq!(a.spill_every, 0);
-        assert_eq!(a.channel_lifetime, 600);
-        assert_eq!(a.permission_lifetime, 300);
+        assert_eq!(a.channel_lifetime, None, "the server's");
+        assert_eq!(a.permission_lifetime, None, "the server's");
+        assert_eq!(a.turnserver_conf, None);
         assert!(!a.enable_forwarding);
         assert_eq!(a.xdp_ifaces(), vec!["eth0"]);
     }
@@ -201,6 +212,8 @@ mod tests {
             "60",
             "--permission-lifetime",
             "30",
+            "--turnserver-conf",
+            "/etc/coturn/turnserver.conf",
             "--enable-forwarding",
             "-vv",
         ])
@@ -218,8 +231,12 @@ mod tests {
             "fd00::1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(a.spill_every, 100);
-        assert_eq!(a.channel_lifetime, 60);
-        assert_eq!(a.permission_lifetime, 30);
+        assert_eq!(a.channel_lifetime, Some(60));
+        assert_eq!(a.permission_lifetime, Some(30));
+        assert_eq!(
+            a.turnserver_conf.as_deref(),
+            Some(std::path::Path::new("/etc/coturn/turnserver.conf"))
+        );
         assert!(a.enable_forwarding);
         assert_eq!(a.verbose, 2);
     }
@@ -240,6 +257,7 @@ mod tests {
             (&["eth0", "--external-ip", "1.2.3.4=::1"], "same family"),
             (&["eth0", "--external-ip", "x=1.2.3.4"], "not an IP"),
             (&["eth0", "--channel-lifetime", "0"], "0"),
+            (&["eth0", "--permission-lifetime", "86401"], "86401"),
             (&["eth0", "-v", "-q"], "cannot be used"),
             (&["this-name-is-far-too-long"], "not a valid interface"),
             (&["eth0", "--detach", "eth1"], "cannot be used"),

@@ -10,6 +10,7 @@ pub mod consts;
 pub mod maps;
 pub mod offload;
 pub mod server;
+pub mod server_conf;
 pub mod skel;
 pub mod stats;
 pub mod sweep;

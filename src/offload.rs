@@ -17,6 +17,7 @@ use crate::attach::{self, Attachments};
 use crate::cli::Args;
 use crate::maps;
 use crate::server::{ServerWatch, UdpTable};
+use crate::server_conf::effective::{self, Effective};
 use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
@@ -45,18 +46,20 @@ impl<'obj> Offload<'obj> {
         for iface in &ifaces {
             attach::ifindex(iface)?;
         }
-        let (server, server_uid) = find_server(&args.turn_ports)?;
+        // The server's own settings, merged with ours; refuses a server with bandwidth limits.
+        let settings = effective::resolve(args, &UdpTable::read()?)?;
+        let (server, server_uid) = find_server(&settings.turn_ports)?;
 
         let mut attached = Attachments::default();
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
         if stopped() {
             return Ok(None);
         }
-        let skel = load(args, storage, server_uid)?;
+        let skel = load(args, &settings, storage, server_uid)?;
         if stopped() {
             return Ok(None);
         }
-        init_maps(&skel, args)?;
+        init_maps(&skel, &settings)?;
         if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
             return Ok(None);
         }
@@ -69,9 +72,10 @@ impl<'obj> Offload<'obj> {
                 unwatched.join(", ")
             );
         }
+        info!("{}", settings.summary);
         info!(
             "offloading TURN port(s) {:?}; stop with Ctrl+C",
-            args.turn_ports
+            settings.turn_ports
         );
         let start_counters = Counters::read(&skel.maps.stats)?;
         Ok(Some(Offload {
@@ -209,6 +213,7 @@ fn find_server(turn_ports: &[u16]) -> Result<(ServerWatch, Option<u32>)> {
 /// Open the BPF object, write its load-time configuration, load it.
 fn load<'obj>(
     args: &Args,
+    settings: &Effective,
     storage: &'obj mut MaybeUninit<OpenObject>,
     server_uid: Option<u32>,
 ) -> Result<TurnSkel<'obj>> {
@@ -221,10 +226,10 @@ fn load<'obj>(
         .as_deref_mut()
         .context("the BPF object has no .rodata")?;
     Settings {
-        turn_ports: args.turn_ports.clone(),
+        turn_ports: settings.turn_ports.clone(),
         spill_every: args.spill_every,
-        channel_lifetime_s: args.channel_lifetime,
-        permission_lifetime_s: args.permission_lifetime,
+        channel_lifetime_s: settings.channel_lifetime,
+        permission_lifetime_s: settings.permission_lifetime,
         server_uid,
     }
     .apply(rodata);
@@ -234,9 +239,9 @@ fn load<'obj>(
     )
 }
 
-/// The maps the loader keeps: --external-ip and this host's addresses.
-fn init_maps(skel: &TurnSkel<'_>, args: &Args) -> Result<()> {
-    let external: Vec<_> = args
+/// The maps the loader keeps: the external-ip mappings and this host's addresses.
+fn init_maps(skel: &TurnSkel<'_>, settings: &Effective) -> Result<()> {
+    let external: Vec<_> = settings
         .external_ips
         .iter()
         .map(|e| (e.public, e.private))
@@ -244,7 +249,7 @@ fn init_maps(skel: &TurnSkel<'_>, args: &Args) -> Result<()> {
     maps::set_external_ips(&skel.maps.external_ips, &external)?;
     let locals = maps::local_addresses()?;
     maps::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
-    for e in &args.external_ips {
+    for e in &settings.external_ips {
         if !locals.contains(&e.private) {
             warn!(
                 "--external-ip {}={}: {} is not a local address",
