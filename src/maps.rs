@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::skel::types::tb_ep;
+use crate::skel::types::{tb_ep, tb_peer_prefix};
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
@@ -119,6 +119,27 @@ pub fn set_external_ips(map: &impl MapCore, pairs: &[(IpAddr, IpAddr)]) -> Resul
             MapFlags::ANY,
         )
         .with_context(|| format!("mapping external address {public}"))?;
+    }
+    Ok(())
+}
+
+/// Fill `refused_peers` with the prefixes of peer addresses the server's policy refuses.
+pub fn set_refused_peers(map: &impl MapCore, prefixes: &[(IpAddr, u8)]) -> Result<()> {
+    for (net, len) in prefixes {
+        let e = ep_ip(*net);
+        let bits = if e.family == AF_INET {
+            (*len).min(32)
+        } else {
+            *len
+        };
+        let key = tb_peer_prefix {
+            prefixlen: 32 + u32::from(bits),
+            family: e.family,
+            ip: e.ip,
+            ..Default::default()
+        };
+        map.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("adding refused peers {net}/{len}"))?;
     }
     Ok(())
 }

@@ -247,6 +247,7 @@ fn init_maps(skel: &TurnSkel<'_>, settings: &Effective) -> Result<()> {
         .map(|e| (e.public, e.private))
         .collect();
     maps::set_external_ips(&skel.maps.external_ips, &external)?;
+    maps::set_refused_peers(&skel.maps.refused_peers, &settings.peers.refused_prefixes())?;
     let locals = maps::local_addresses()?;
     maps::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
     for e in &settings.external_ips {

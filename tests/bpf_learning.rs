@@ -628,6 +628,31 @@ fn requests_are_recorded_only_with_good_checksums(c: &Ctx) -> Result<()> {
     c.relays_both_ways(C1, 0x4001, R1, P1)
 }
 
+/// Defence in depth behind the recorder: a grant for a peer the server's static policy refuses
+/// (here a denied-peer-ip address) is never mirrored, whatever the answer says.
+fn refused_peers_are_never_mirrored(c: &Ctx) -> Result<()> {
+    use libbpf_rs::MapCore;
+    let map = &c.p.skel.maps.refused_peers;
+    maps::set_refused_peers(map, &[(IpAddr::V4(PEER), 32)])?;
+    c.allocate(C1, R1, 600)?;
+    let t = new_txid();
+    c.request(C1, &bind_req(t, 0x4001, P1.into()), true)?;
+    c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("PEER_REFUSED", 1)])?;
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &[P2.into()]), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("PEER_REFUSED", 1)])?;
+    let m = c.counts();
+    ensure!((m.chans, m.peers, m.perms) == (0, 0, 0), "mirrored: {m}");
+    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")?;
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")?;
+    // control: without the policy entry the same grant is mirrored
+    for k in map.keys().collect::<Vec<_>>() {
+        map.delete(&k)?;
+    }
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
 /// An answer later than the pending lifetime after its request was first seen commits nothing
 /// (and a copy of the request does not make it younger).
 fn stale_pending_commits_nothing(c: &Ctx) -> Result<()> {
@@ -1544,6 +1569,11 @@ fn learning_table() {
         (
             "requests are recorded only with good checksums",
             requests_are_recorded_only_with_good_checksums,
+            Config::default(),
+        ),
+        (
+            "peers the server's static policy refuses are never mirrored",
+            refused_peers_are_never_mirrored,
             Config::default(),
         ),
         (

@@ -90,6 +90,18 @@ struct {
 	__type(value, __u64);
 } blind SEC(".maps");
 
+/* Peer addresses the server's static policy refuses (multicast with no-multicast-peers, loopback
+ * unless allow-loopback-peers, the zero address, denied-peer-ip ranges), set by the loader. A
+ * grant naming one is not mirrored: defence in depth behind the recorder. (The allowed list is
+ * not mirrored: it only ever allows more, so leaving it out only offloads less.) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TB_MAX_PEER_POLICY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tb_peer_prefix);
+	__type(value, __u32);
+} refused_peers SEC(".maps");
+
 /* Relay ports (host order index) that have had an allocation: a cheap pre-filter that spares
  * unrelated UDP the peers lookup. Set at commit and never cleared while the agent runs (clearing
  * would race new commits): unrelated UDP to a port that once relayed pays one missed lookup. */

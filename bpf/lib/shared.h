@@ -33,6 +33,10 @@
 #ifndef TB_BLIND_SLOTS
 #define TB_BLIND_SLOTS 65536
 #endif
+/* Prefixes of peer addresses the server's static policy refuses. */
+#ifndef TB_MAX_PEER_POLICY
+#define TB_MAX_PEER_POLICY 4096
+#endif
 /* Largest STUN request the recorder checksums and records; a longer one is a blind spot. */
 #define TB_MAX_STUN_REQUEST 1280
 #define TB_MAX_TX_PORTS 64
@@ -52,6 +56,15 @@ struct tb_ep {
 	__u16 port;    /* network order; 0 where only the address matters */
 	__u8 family;   /* TB_AF_INET or TB_AF_INET6 */
 	__u8 pad;
+};
+
+/* A peer address prefix (LPM trie key): `prefixlen` counts bits from `family` on, so an IPv4
+ * /24 is 32 + 24 and a full IPv6 address 32 + 128. */
+struct tb_peer_prefix {
+	__u32 prefixlen;
+	__u8 family;           /* TB_AF_INET or TB_AF_INET6 */
+	__u8 pad[3];
+	__u8 ip[16];
 };
 
 /* An allocation, identified by the client's 5-tuple as the server sees it (transport UDP). */
@@ -183,10 +196,12 @@ enum tb_stat {
 	TB_STAT_RECORD_BAD_CSUM = 36, /* STUN request with a bad IP or UDP checksum (or a partial one): not recorded, a blind spot */
 	TB_STAT_LEARN_STALE = 37, /* answers to a request older than the pending lifetime or than a blind spot of its client: nothing committed */
 	TB_STAT_LEARN_DUPLICATE = 38, /* a second answer to an answered request (or a retransmitted Allocate): no change, as at the server */
+	TB_STAT_PEER_REFUSED = 39, /* grants for a peer the server's static peer policy refuses (multicast, loopback, zero, denied-peer-ip): not mirrored */
 	TB_STAT__MAX
 };
 
 _Static_assert(sizeof(struct tb_ep) == 20, "tb_ep layout");
+_Static_assert(sizeof(struct tb_peer_prefix) == 24, "tb_peer_prefix layout");
 _Static_assert(sizeof(struct tb_alloc_key) == 40, "tb_alloc_key layout");
 _Static_assert(sizeof(struct tb_alloc) == 56, "tb_alloc layout");
 _Static_assert(sizeof(struct tb_chan_key) == 44, "tb_chan_key layout");

@@ -352,6 +352,20 @@ static __always_inline bool ep_same(const struct tb_ep *a, const struct tb_ep *b
 	return true;
 }
 
+/* Does the server's static peer policy refuse this peer address? (Counted when it does.) */
+static __always_inline bool peer_refused(const struct tb_ep *peer)
+{
+	struct tb_peer_prefix k = {};
+
+	k.prefixlen = 32 + (peer->family == TB_AF_INET ? 32 : 128);
+	k.family = peer->family;
+	__builtin_memcpy(k.ip, peer->ip, sizeof(k.ip));
+	if (!bpf_map_lookup_elem(&refused_peers, &k))
+		return false;
+	stat_inc(TB_STAT_PEER_REFUSED);
+	return true;
+}
+
 /* The relayed endpoint of `a` that serves peers of `family`. */
 static __always_inline const struct tb_ep *relay_for(const struct tb_alloc *a, __u8 family)
 {
@@ -543,7 +557,7 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 		if (i >= p->npeers)
 			break;
 		relay = relay_for(a, peer->family);
-		if (!relay)
+		if (!relay || peer_refused(peer))
 			continue;
 		/* coturn: the permission is reset to --permission-lifetime, whatever it was (a
 		 * ChannelBind may have set it to the channel lifetime), and a bound channel is not
@@ -575,6 +589,8 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
 	}
+	if (peer_refused(&p->peers[0]))
+		return;
 	c.client = ak->client;
 	c.server = ak->server;
 	c.relay = *relay;

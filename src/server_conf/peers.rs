@@ -156,6 +156,121 @@ impl PeerPolicy {
     }
 }
 
+impl PeerPolicy {
+    /// Address prefixes that cover every peer this policy refuses whatever the allowed list
+    /// says, plus the denied ranges taken numerically: a superset of what coturn denies from
+    /// these lists (its IPv6 ranges compare byte by byte, which denies a subset of the numeric
+    /// range). The fast path refuses to mirror grants for these peers; leaving the allowed list
+    /// out only makes it offload less.
+    pub fn refused_prefixes(&self) -> Vec<(IpAddr, u8)> {
+        let mut out: Vec<(IpAddr, u8)> = vec![
+            (Ipv4Addr::UNSPECIFIED.into(), 8),
+            (std::net::Ipv6Addr::UNSPECIFIED.into(), 128),
+        ];
+        if self.no_multicast_peers {
+            out.push((Ipv4Addr::new(224, 0, 0, 0).into(), 3));
+            out.push((
+                std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(),
+                8,
+            ));
+        }
+        if !self.allow_loopback_peers {
+            out.push((Ipv4Addr::new(127, 0, 0, 0).into(), 8));
+            out.push((std::net::Ipv6Addr::LOCALHOST.into(), 128));
+        }
+        for r in &self.denied {
+            out.extend(range_prefixes(r));
+        }
+        out
+    }
+}
+
+/// The prefixes covering `r` as numeric ranges per family (an open bound runs to the end of its
+/// family; a range from an IPv4 to an IPv6 address covers the IPv4 addresses from its start
+/// and the IPv6 addresses up to its end, as coturn orders IPv4 before IPv6).
+fn range_prefixes(r: &AddrRange) -> Vec<(IpAddr, u8)> {
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => Some(u128::from(u32::from(a))),
+        IpAddr::V6(_) => None,
+    };
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V6(a) => Some(u128::from(a)),
+        IpAddr::V4(_) => None,
+    };
+    let lo = |ip: IpAddr, f: &dyn Fn(IpAddr) -> Option<u128>| {
+        if ip.is_unspecified() {
+            Some(0)
+        } else {
+            f(ip)
+        }
+    };
+    let mut out = Vec::new();
+    let (min4, max4) = (
+        lo(r.min, &v4),
+        if r.max.is_unspecified() || r.max.is_ipv6() {
+            Some(u128::from(u32::MAX))
+        } else {
+            v4(r.max)
+        },
+    );
+    if let (Some(a), Some(b)) = (min4, max4) {
+        for (n, len) in cover(a, b, 32) {
+            out.push((IpAddr::V4(Ipv4Addr::from(n as u32)), len));
+        }
+    }
+    let (min6, max6) = (
+        if r.min.is_unspecified() || r.min.is_ipv4() {
+            Some(0)
+        } else {
+            v6(r.min)
+        },
+        if r.max.is_unspecified() {
+            Some(u128::MAX)
+        } else {
+            v6(r.max)
+        },
+    );
+    if let (Some(a), Some(b)) = (min6, max6) {
+        for (n, len) in cover(a, b, 128) {
+            out.push((IpAddr::V6(std::net::Ipv6Addr::from(n)), len));
+        }
+    }
+    out
+}
+
+/// The fewest prefixes of a `bits`-bit space that cover exactly `lo..=hi`: (start, prefix
+/// length) pairs, in order.
+fn cover(mut lo: u128, hi: u128, bits: u32) -> Vec<(u128, u8)> {
+    let mut out = Vec::new();
+    if lo > hi {
+        return out;
+    }
+    loop {
+        // the largest aligned block at `lo` that does not pass `hi`
+        let mut size_log = if lo == 0 {
+            bits
+        } else {
+            lo.trailing_zeros().min(bits)
+        };
+        while size_log > 0 && (size_log >= 128 || lo + ((1u128 << size_log) - 1) > hi) {
+            if size_log >= 128 && lo == 0 && hi == u128::MAX {
+                break;
+            }
+            size_log -= 1;
+        }
+        out.push((lo, (bits - size_log) as u8));
+        let last = if size_log >= 128 {
+            u128::MAX
+        } else {
+            lo + ((1u128 << size_log) - 1)
+        };
+        if last >= hi {
+            return out;
+        }
+        lo = last + 1;
+    }
+}
+
 impl fmt::Display for PeerPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let list = |v: &[AddrRange]| -> String {
@@ -198,6 +313,73 @@ impl fmt::Display for PeerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_cover_is_exact_and_minimal() {
+        assert_eq!(cover(0, u128::from(u32::MAX), 32), vec![(0, 0)]);
+        assert_eq!(cover(0, u128::MAX, 128), vec![(0, 0)]);
+        assert_eq!(cover(10, 10, 32), vec![(10, 32)]);
+        // 10.0.0.0-10.255.255.255 is one /8
+        let a = u128::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)));
+        let b = u128::from(u32::from(Ipv4Addr::new(10, 255, 255, 255)));
+        assert_eq!(cover(a, b, 32), vec![(a, 8)]);
+        // 1..=6: 1/32, 2/31, 4/31, 6/32
+        assert_eq!(cover(1, 6, 32), vec![(1, 32), (2, 31), (4, 31), (6, 32)]);
+        // every address of a random range is covered, and nothing outside it
+        for (lo, hi) in [(5u128, 77u128), (0, 1000), (255, 256), (1023, 4097)] {
+            let blocks = cover(lo, hi, 32);
+            for x in 0..5000u128 {
+                let inside = blocks
+                    .iter()
+                    .any(|(s, len)| x >= *s && x < s + (1u128 << (32 - u32::from(*len))));
+                assert_eq!(inside, (lo..=hi).contains(&x), "{x} in {lo}..={hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn refused_prefixes_cover_what_coturn_refuses() {
+        let mut p = PeerPolicy {
+            no_multicast_peers: true,
+            ..PeerPolicy::default()
+        };
+        let none = |_: &str| None;
+        p.add(false, "198.51.100.3", &none);
+        p.add(false, "203.0.113.0-203.0.113.127", &none);
+        let pre = p.refused_prefixes();
+        let refused = |ip: IpAddr| {
+            pre.iter().any(|(net, len)| match (net, ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => {
+                    *len == 0 || (u32::from(*n) ^ u32::from(a)) >> (32 - u32::from(*len)) == 0
+                }
+                (IpAddr::V6(n), IpAddr::V6(a)) => {
+                    *len == 0 || (u128::from(*n) ^ u128::from(a)) >> (128 - u32::from(*len)) == 0
+                }
+                _ => false,
+            })
+        };
+        for ip in [
+            "198.51.100.3",
+            "203.0.113.0",
+            "203.0.113.127",
+            "127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "ff02::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(refused(ip), "{ip} must be refused");
+            assert!(!p.peer_allowed(ip), "coturn refuses {ip} too");
+        }
+        for ip in ["198.51.100.2", "203.0.113.128", "2001:db8::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!refused(ip), "{ip} must not be refused");
+            assert!(p.peer_allowed(ip));
+        }
+    }
 
     fn no_dns(_: &str) -> Option<IpAddr> {
         None
