@@ -2,11 +2,11 @@
 /*
  * turn-bpf: the XDP fast path and the TC egress snooper.
  *
- *   xdp_turn   (XDP, client-facing and relay interfaces)
+ *   xdp_turn   (XDP, client-facing and relay interfaces), IPv4 and IPv6
  *     UDP to a TURN port:  STUN request   -> remember it (pending) if seen whole, else stamp
  *                                            the client blind; pass
- *                          ChannelData    -> chan4_to_udp4 (to peer) or pass
- *     UDP to a relay port: from a bound peer -> udp4_to_chan4 (to client) or pass
+ *                          ChannelData    -> to peer: chanN_to_udpM (relay.h) or pass
+ *     UDP to a relay port: from a bound peer -> to client: udpN_to_chanM (relay.h) or pass
  *     anything else: pass
  *   tc_snoop   (TC egress, client-facing interface)
  *     STUN response from a TURN port -> commit what it grants; never modifies or drops
@@ -25,7 +25,7 @@
 #include "lib/maps.h"
 #include "lib/stun.h"
 #include "lib/state.h"
-#include "lib/chan4.h"
+#include "lib/relay.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -60,7 +60,6 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 				     __u32 payload_len)
 {
 	__u16 sport = ports & 0xffff, dport = ports >> 16;
-	struct tb_ep client = {}, server = {};
 	struct tb_scratch *s;
 	struct udphdr udp;
 
@@ -101,9 +100,122 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 	}
 	if (s->msg.cls != STUN_REQUEST)
 		return;
-	ep4(&client, saddr, sport);
-	ep4(&server, daddr, dport);
-	record_request(&client, &server, s);
+	ep4(&s->req_key.client, saddr, sport);
+	ep4(&s->req_key.server, daddr, dport);
+	record_request(s);
+}
+
+/* Something from `ip6`'s source to its destination went past the recorder unseen. */
+static __always_inline void blind_stamp6(const struct ipv6hdr *ip6, __u32 reason)
+{
+	blind_stamp_slot(blind_slot(ip6->saddr.in6_u.u6_addr32, ip6->daddr.in6_u.u6_addr32),
+			 reason);
+}
+
+#define UDP6_PAYLOAD_OFF (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
+
+/* stun_request4 for IPv6 (no extension headers, UDP checksum non-zero: checked by the caller). */
+static __noinline void stun_request6(struct xdp_md *ctx, __u32 payload_len)
+{
+	struct ipv6hdr ip6;
+	struct udphdr udp;
+	struct tb_scratch *s;
+	__u64 acc = 0;
+
+	if (bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr), &ip6, sizeof(ip6)) ||
+	    bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr) + sizeof(ip6), &udp, sizeof(udp)))
+		return; /* cannot happen: the caller read both */
+	if (payload_len > TB_MAX_STUN_REQUEST) {
+		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		acc = csum_add32(acc, ip6.saddr.in6_u.u6_addr32[i]);
+		acc = csum_add32(acc, ip6.daddr.in6_u.u6_addr32[i]);
+	}
+	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
+	acc = csum_add16(acc, udp.len);
+	acc = csum_add16(acc, udp.source);
+	acc = csum_add16(acc, udp.dest);
+	acc = csum_add16(acc, udp.len);
+	acc = csum_add16(acc, udp.check);
+	if (xdp_sum(ctx, UDP6_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
+		blind_stamp6(&ip6, TB_STAT_RECORD_BAD_CSUM);
+		return;
+	}
+	s = scratch_get();
+	if (!s) {
+		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
+		return;
+	}
+	if (stun_parse(ctx, true, UDP6_PAYLOAD_OFF, payload_len, &s->msg)) {
+		blind_stamp6(&ip6, TB_STAT_STUN_MALFORMED);
+		return;
+	}
+	if (s->msg.cls != STUN_REQUEST)
+		return;
+	__builtin_memcpy(s->req_key.client.ip, &ip6.saddr, 16);
+	s->req_key.client.port = udp.source;
+	s->req_key.client.family = TB_AF_INET6;
+	__builtin_memcpy(s->req_key.server.ip, &ip6.daddr, 16);
+	s->req_key.server.port = udp.dest;
+	s->req_key.server.family = TB_AF_INET6;
+	record_request(s);
+}
+
+/* An IPv6 packet: the same as the IPv4 part of xdp_turn. Extension headers (the fragment header
+ * among them) are not looked through: passed, and their sender stamped blind. */
+static __always_inline int xdp_turn6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end)
+{
+	struct udphdr *udp = (void *)(ip6 + 1);
+	__u8 *payload = (void *)(udp + 1);
+	struct pkt in;
+	__u16 udp_len;
+	bool to_turn;
+
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	switch (ip6->nexthdr) {
+	case IPPROTO_UDP:
+		break;
+	case 44: /* Fragment */
+		blind_stamp6(ip6, 0);
+		return xdp_pass(TB_STAT_PASS_FRAGMENT);
+	case 0:   /* Hop-by-Hop Options */
+	case 43:  /* Routing */
+	case 60:  /* Destination Options */
+	case 51:  /* Authentication Header */
+	case 135: /* Mobility */
+	case 139: /* Host Identity Protocol */
+	case 140: /* Shim6 */
+		blind_stamp6(ip6, 0);
+		return xdp_pass(TB_STAT_PASS_IP_OPTIONS);
+	default:
+		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	}
+	if ((void *)(udp + 1) > data_end)
+		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	to_turn = is_turn_port(udp->dest);
+	if (!to_turn && !maybe_relay_port(udp->dest))
+		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	udp_len = bpf_ntohs(udp->len);
+	if (udp_len < sizeof(*udp) || udp_len != bpf_ntohs(ip6->payload_len) ||
+	    (void *)udp + udp_len > data_end)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	/* IPv6 UDP without a checksum is invalid: the kernel drops it, we do not touch it. */
+	if (!udp->check)
+		return xdp_pass(TB_STAT_PASS_NO_CSUM);
+	pkt_from6(&in, ip6, udp, udp_len);
+	if (!to_turn)
+		return to_client(ctx, &in, ip6, udp);
+	if (payload + 1 > (__u8 *)data_end)
+		return xdp_pass(TB_STAT_PASS_STUN);
+	if ((payload[0] & 0xC0) == 0x40)
+		return to_peer(ctx, &in, ip6, udp);
+	if ((payload[0] & 0xC0) == 0x00)
+		stun_request6(ctx, udp_len - sizeof(*udp));
+	return xdp_pass(TB_STAT_PASS_STUN);
 }
 
 /* The IPv4 header checksum of an option-less header verifies. */
@@ -156,6 +268,7 @@ int xdp_turn(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	struct udphdr *udp;
+	struct pkt in;
 	__u16 ip_len, udp_len;
 	bool to_turn;
 
@@ -165,15 +278,8 @@ int xdp_turn(struct xdp_md *ctx)
 		vlan_blind(data, data_end);
 		return xdp_pass(TB_STAT_PASS_VLAN);
 	}
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		struct udphdr *u6 = (void *)(ip6 + 1);
-
-		if ((void *)(u6 + 1) <= data_end && ip6->nexthdr == IPPROTO_UDP &&
-		    (is_turn_port(u6->dest) || maybe_relay_port(u6->dest)))
-			return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-		return xdp_pass(TB_STAT_PASS_NOT_OURS);
-	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return xdp_turn6(ctx, (void *)(eth + 1), data_end);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
 
@@ -205,8 +311,9 @@ int xdp_turn(struct xdp_md *ctx)
 	    udp_len != ip_len - sizeof(*ip))
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 
+	pkt_from4(&in, ip, udp, udp_len);
 	if (!to_turn)
-		return udp4_to_chan4(ctx, ip, udp, udp_len);
+		return to_client(ctx, &in, ip, udp);
 
 	{
 		__u8 *payload = (void *)(udp + 1);
@@ -214,7 +321,7 @@ int xdp_turn(struct xdp_md *ctx)
 		if (payload + 1 > (__u8 *)data_end)
 			return xdp_pass(TB_STAT_PASS_STUN);
 		if ((payload[0] & 0xC0) == 0x40)
-			return chan4_to_udp4(ctx, ip, udp, udp_len);
+			return to_peer(ctx, &in, ip, udp);
 		if ((payload[0] & 0xC0) == 0x00) {
 			if (ip4_csum_ok(ip))
 				stun_request4(ctx, ip->saddr, ip->daddr,

@@ -989,7 +989,7 @@ fn pass_rows() -> Vec<Row> {
     let r6 = "[2001:db8:2::1]:50000".parse::<SocketAddrV6>().unwrap();
     let p6 = "[2001:db8:2::2]:6000".parse::<SocketAddrV6>().unwrap();
     rows.push(Row::pass(
-        "IPv6 ChannelData to the TURN port",
+        "IPv6 ChannelData to the TURN port, no binding",
         udp6(
             CLIENT_MAC,
             TURN0_MAC,
@@ -998,13 +998,13 @@ fn pass_rows() -> Vec<Row> {
             &channel_data(A.chan, b"v6", 2, 0),
         ),
         Dev::Turn0,
-        "PASS_UNSUPPORTED",
+        "PASS_NO_CHANNEL",
     ));
     rows.push(Row::pass(
-        "IPv6 UDP to a marked relay port",
+        "IPv6 UDP to a marked relay port, no binding",
         udp6(PEER_MAC, RELAY0_MAC, p6, r6, b"v6 data"),
         Dev::Relay0,
-        "PASS_UNSUPPORTED",
+        "PASS_NO_CHANNEL",
     ));
     rows.push(Row::pass(
         "IPv6 UDP to port 53",

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (MIT OR Apache-2.0) */
 /*
- * The IPv4 <-> IPv4 rewrite paths.
+ * The IPv4 <-> IPv4 rewrite paths, and what every path shares: the packet view, the ChannelData
+ * checks, the checksum helpers and the spill.
  *
  *   chan4_to_udp4 (to peer):   client --ChannelData--> server  =>  relay --UDP--> peer
  *   udp4_to_chan4 (to client): peer --UDP--> relay             =>  server --ChannelData--> client
@@ -145,50 +146,122 @@ static __always_inline int spill_now(struct tb_chan *c)
 	return n % cfg_spill_every == 0;
 }
 
-/* To peer: ChannelData from a client to a peer. `ip`/`udp` are validated (no options, lengths). */
+/* The network and transport fields of a UDP packet on the fast path, either family. */
+struct pkt {
+	__u32 saddr[4];        /* network order; IPv4 in [0], the rest zero */
+	__u32 daddr[4];
+	__u16 sport;           /* network order */
+	__u16 dport;
+	__u16 udp_len;         /* host order, checked against the packet */
+	__u16 check;           /* the UDP checksum as found */
+	__u8 family;           /* TB_AF_INET or TB_AF_INET6 */
+	__u8 l3_len;           /* 20 or 40 */
+	__u8 ttl;              /* TTL or hop limit */
+	__u8 tos;              /* TOS or traffic class */
+};
+
+static __always_inline void pkt_udp(struct pkt *p, const struct udphdr *udp, __u16 udp_len)
+{
+	p->sport = udp->source;
+	p->dport = udp->dest;
+	p->udp_len = udp_len;
+	p->check = udp->check;
+}
+
+static __always_inline void pkt_from4(struct pkt *p, const struct iphdr *ip,
+				      const struct udphdr *udp, __u16 udp_len)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	p->saddr[0] = ip->saddr;
+	p->daddr[0] = ip->daddr;
+	p->family = TB_AF_INET;
+	p->l3_len = sizeof(struct iphdr);
+	p->ttl = ip->ttl;
+	p->tos = ip->tos;
+	pkt_udp(p, udp, udp_len);
+}
+
+/* An endpoint from one side of `p` (`src`: its source, else its destination). */
+static __always_inline void ep_of(struct tb_ep *ep, const struct pkt *p, bool src)
+{
+	__builtin_memcpy(ep->ip, src ? p->saddr : p->daddr, sizeof(ep->ip));
+	ep->port = src ? p->sport : p->dport;
+	ep->family = p->family;
+}
+
+/* The ChannelData header and padding of a to-peer packet, checked against the UDP payload. */
+struct chan_in {
+	__u16 chan_word;       /* as found (network order) */
+	__u16 len_word;
+	__u16 data_len;        /* host order */
+	__u16 pad;             /* 0-3 bytes after the data */
+};
+
+/* 0, or the pass reason. coturn accepts 0-3 bytes of padding over UDP; anything else (a GSO
+ * batch in one frame, a truncated message) is the server's to judge. */
+static __always_inline __u32 chan_in_parse(struct chan_in *ch, const __u8 *payload,
+					   const void *data_end, __u16 payload_len)
+{
+	if (payload + CHANNEL_HDR_LEN > (const __u8 *)data_end)
+		return TB_STAT_PASS_BAD_LENGTH;
+	ch->chan_word = *(const __u16 *)payload;
+	ch->len_word = *(const __u16 *)(payload + 2);
+	ch->data_len = bpf_ntohs(ch->len_word);
+	if (ch->data_len == 0 || ch->data_len > TB_MAX_DATAGRAM ||
+	    CHANNEL_HDR_LEN + ch->data_len > payload_len)
+		return TB_STAT_PASS_BAD_LENGTH;
+	ch->pad = payload_len - CHANNEL_HDR_LEN - ch->data_len;
+	if (ch->pad > 3)
+		return TB_STAT_PASS_BAD_LENGTH;
+	return 0;
+}
+
+/* Take the ChannelData header and padding out of a UDP checksum accumulator. -1 if a padding
+ * byte cannot be read (cannot happen after chan_in_parse). Padding: a byte at an even offset
+ * from the data start is the high-order byte of its 16-bit word (the header is 4 bytes, so data
+ * keeps its alignment). */
+static __always_inline int csum_sub_channel(__u64 *acc, const struct chan_in *ch,
+					    const __u8 *payload, const void *data_end)
+{
+	__u32 data_len = ch->data_len;
+	const __u8 *tail;
+
+	/* checked in chan_in_parse, again here for the verifier (the bound does not survive the
+	 * stack) */
+	if (data_len > TB_MAX_DATAGRAM)
+		return -1;
+	tail = payload + CHANNEL_HDR_LEN + data_len;
+
+	*acc = csum_sub16(*acc, ch->chan_word);
+	*acc = csum_sub16(*acc, ch->len_word);
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		const __u8 *b = tail + i;
+
+		if (i >= ch->pad)
+			break;
+		if (b + 1 > (const __u8 *)data_end)
+			return -1;
+		if ((data_len + i) & 1)
+			*acc = csum_sub16(*acc, bpf_htons(*b));
+		else
+			*acc = csum_sub16(*acc, bpf_htons((__u16)*b << 8));
+	}
+	return 0;
+}
+
+/* To peer, IPv4 -> IPv4: ChannelData from a client to a peer. `c` is live and the TTL allows. */
 static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
-					 __u16 udp_len)
+					 struct tb_chan *c, const struct chan_in *ch)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	__u8 *payload = (void *)(udp + 1);
-	__u16 payload_len = udp_len - sizeof(*udp);
-	struct tb_chan_key key = {};
 	struct bpf_fib_lookup fib;
 	struct iphdr nip;
 	struct udphdr nudp;
-	struct tb_chan *c;
-	__u16 data_len, pad, chan_word, len_word, new_udp_len;
-	__u32 relay, peer, reason;
+	__u16 new_udp_len = sizeof(struct udphdr) + ch->data_len;
+	__u32 relay = ep4_addr(&c->relay), peer = ep4_addr(&c->peer), reason;
 
-	if (payload + CHANNEL_HDR_LEN > (__u8 *)data_end)
-		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
-	chan_word = *(__u16 *)payload;
-	len_word = *(__u16 *)(payload + 2);
-	data_len = bpf_ntohs(len_word);
-	/* coturn accepts 0-3 bytes of padding over UDP; anything else (a GSO batch in one frame,
-	 * a truncated message) is the server's to judge. */
-	if (data_len == 0 || data_len > TB_MAX_DATAGRAM || CHANNEL_HDR_LEN + data_len > payload_len)
-		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
-	pad = payload_len - CHANNEL_HDR_LEN - data_len;
-	if (pad > 3)
-		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
-
-	ep4(&key.client, ip->saddr, udp->source);
-	ep4(&key.server, ip->daddr, udp->dest);
-	key.chan = chan_word;
-	c = bpf_map_lookup_elem(&chans, &key);
-	if (!c)
-		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
-	if (c->relay.family != TB_AF_INET || c->peer.family != TB_AF_INET)
-		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-	if (!chan_live(c, tb_now()))
-		return xdp_pass(TB_STAT_PASS_EXPIRED);
-	if (ip->ttl <= 1)
-		return xdp_pass(TB_STAT_PASS_TTL);
-
-	relay = ep4_addr(&c->relay);
-	peer = ep4_addr(&c->peer);
-	new_udp_len = sizeof(struct udphdr) + data_len;
 	reason = fib4(ctx, &fib, relay, peer, c->relay.port, c->peer.port,
 		      sizeof(struct iphdr) + new_udp_len, ip->tos);
 	if (reason != TB_STAT__MAX)
@@ -202,26 +275,10 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 	nudp.check = 0;
 	if (udp->check) {
 		__u64 acc = csum_start(udp->check);
-		__u8 *tail = payload + CHANNEL_HDR_LEN + data_len;
 
 		acc = csum_nat_udp4(acc, ip, udp, relay, peer, &nudp);
-		acc = csum_sub16(acc, chan_word);
-		acc = csum_sub16(acc, len_word);
-		/* Padding: a byte at an even offset from the data start is the high-order byte
-		 * of its 16-bit word (the header is 4 bytes, so data keeps its alignment). */
-#pragma unroll
-		for (int i = 0; i < 3; i++) {
-			__u8 *b = tail + i;
-
-			if (i >= pad)
-				break;
-			if (b + 1 > (__u8 *)data_end)
-				return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
-			if ((data_len + i) & 1)
-				acc = csum_sub16(acc, bpf_htons(*b));
-			else
-				acc = csum_sub16(acc, bpf_htons((__u16)*b << 8));
-		}
+		if (csum_sub_channel(&acc, ch, payload, data_end))
+			return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 		nudp.check = csum_udp_finish(acc);
 	}
 	ip4_rewrite(&nip, ip, relay, peer, sizeof(struct iphdr) + new_udp_len);
@@ -229,38 +286,23 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 	/* --- the packet changes from here on --- */
 	if (bpf_xdp_adjust_head(ctx, CHANNEL_HDR_LEN))
 		return xdp_pass(TB_STAT_ABORTED); /* nothing written yet */
-	if (write_hdrs4(ctx, &fib, &nip, &nudp) || trim_to(ctx, HDRS4_LEN + data_len))
+	if (write_hdrs4(ctx, &fib, &nip, &nudp) || trim_to(ctx, HDRS4_LEN + ch->data_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_TO_PEER);
 	return fwd_verdict(ctx, &fib);
 }
 
-/* To client: a datagram from a peer to a relayed address, to its client as ChannelData. */
+/* To client, IPv4 -> IPv4: a datagram from a peer to a relayed address, to its client as
+ * ChannelData. `c` is live and the TTL allows. */
 static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
-					 __u16 udp_len)
+					 __u16 udp_len, struct tb_chan *c)
 {
-	struct tb_peer_key key = {};
 	struct bpf_fib_lookup fib;
 	struct iphdr nip;
 	struct udphdr nudp;
-	struct tb_chan *c;
 	__u16 data_len = udp_len - sizeof(*udp), new_udp_len;
 	__u16 chan_hdr[2];
 	__u32 server, client, reason;
-
-	ep4(&key.peer, ip->saddr, udp->source);
-	ep4(&key.relay, ip->daddr, udp->dest);
-	c = bpf_map_lookup_elem(&peers, &key);
-	if (!c)
-		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
-	if (c->client.family != TB_AF_INET || c->server.family != TB_AF_INET)
-		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
-		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
-	if (!chan_live(c, tb_now()))
-		return xdp_pass(TB_STAT_PASS_EXPIRED);
-	if (ip->ttl <= 1)
-		return xdp_pass(TB_STAT_PASS_TTL);
 
 	server = ep4_addr(&c->server);
 	client = ep4_addr(&c->client);
@@ -296,12 +338,12 @@ static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, s
 	{
 		void *data = (void *)(long)ctx->data;
 		void *data_end = (void *)(long)ctx->data_end;
-		__u16 *ch = data + HDRS4_LEN;
+		__u16 *chh = data + HDRS4_LEN;
 
-		if ((void *)(ch + 2) > data_end)
+		if ((void *)(chh + 2) > data_end)
 			return xdp_abort();
-		ch[0] = chan_hdr[0];
-		ch[1] = chan_hdr[1];
+		chh[0] = chan_hdr[0];
+		chh[1] = chan_hdr[1];
 	}
 	if (trim_to(ctx, HDRS4_LEN + CHANNEL_HDR_LEN + data_len))
 		return xdp_abort();

@@ -11,29 +11,14 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
-/*
- * Resolve the next hop of an IPv4 packet about to leave with these addresses and total length.
- * Returns TB_STAT__MAX when the packet can go, otherwise the pass reason. On success `fib`
- * holds the egress ifindex and both MACs.
- */
-static __always_inline __u32 fib4(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u32 src,
-				  __u32 dst, __u16 sport, __u16 dport, __u16 tot_len, __u8 tos)
+/* The pass reason for a bpf_fib_lookup result, or TB_STAT__MAX when the packet can go (and then
+ * only through an interface we are attached to). */
+static __always_inline __u32 fib_verdict(struct xdp_md *ctx, struct bpf_fib_lookup *fib, long rc)
 {
-	long rc;
-
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->family = AF_INET;
-	fib->l4_protocol = 17; /* IPPROTO_UDP */
-	fib->sport = sport;
-	fib->dport = dport;
-	fib->tot_len = tot_len;
-	fib->tos = tos;
-	fib->ifindex = ctx->ingress_ifindex;
-	fib->ipv4_src = src;
-	fib->ipv4_dst = dst;
-
-	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		break;
@@ -49,6 +34,46 @@ static __always_inline __u32 fib4(struct xdp_md *ctx, struct bpf_fib_lookup *fib
 	if (fib->ifindex != ctx->ingress_ifindex && !bpf_map_lookup_elem(&tx_ports, &fib->ifindex))
 		return TB_STAT_PASS_EGRESS_UNMANAGED;
 	return TB_STAT__MAX;
+}
+
+/*
+ * Resolve the next hop of an IPv4 packet about to leave with these addresses and total length.
+ * Returns TB_STAT__MAX when the packet can go, otherwise the pass reason. On success `fib`
+ * holds the egress ifindex and both MACs.
+ */
+static __always_inline __u32 fib4(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u32 src,
+				  __u32 dst, __u16 sport, __u16 dport, __u16 tot_len, __u8 tos)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->l4_protocol = 17; /* IPPROTO_UDP */
+	fib->sport = sport;
+	fib->dport = dport;
+	fib->tot_len = tot_len;
+	fib->tos = tos;
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->ipv4_src = src;
+	fib->ipv4_dst = dst;
+	return fib_verdict(ctx, fib, bpf_fib_lookup(ctx, fib, sizeof(*fib), 0));
+}
+
+/* The same for an IPv6 packet; `tot_len` is the whole packet from the IPv6 header on, so the
+ * MTU check counts the header too. The flow label is left out (we send 0). */
+static __always_inline __u32 fib6(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
+				  const __u32 *src, const __u32 *dst, __u16 sport, __u16 dport,
+				  __u16 tot_len, __u8 tclass)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET6;
+	fib->l4_protocol = 17; /* IPPROTO_UDP */
+	fib->sport = sport;
+	fib->dport = dport;
+	fib->tot_len = tot_len;
+	fib->flowinfo = bpf_htonl((__u32)tclass << 20);
+	fib->ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(fib->ipv6_src, src, 16);
+	__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	return fib_verdict(ctx, fib, bpf_fib_lookup(ctx, fib, sizeof(*fib), 0));
 }
 
 /* The verdict for a rewritten packet whose next hop `fib4` resolved. */

@@ -197,6 +197,7 @@ enum tb_stat {
 	TB_STAT_LEARN_STALE = 37, /* answers to a request older than the pending lifetime or than a blind spot of its client: nothing committed */
 	TB_STAT_LEARN_DUPLICATE = 38, /* a second answer to an answered request (or a retransmitted Allocate): no change, as at the server */
 	TB_STAT_PEER_REFUSED = 39, /* grants for a peer the server's static peer policy refuses (multicast, loopback, zero, denied-peer-ip): not mirrored */
+	TB_STAT_PASS_NO_CSUM = 40, /* no UDP checksum where one is needed (IPv6, or IPv4 leaving as IPv6): passed */
 	TB_STAT__MAX
 };
 

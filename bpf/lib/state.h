@@ -262,8 +262,8 @@ static __always_inline void pending_seen_again(struct tb_pending *old, const str
 	}
 }
 
-static __always_inline void record_request(const struct tb_ep *client, const struct tb_ep *server,
-					   struct tb_scratch *s)
+/* Record the request parsed into `s->msg`, from `s->req_key.client` to `s->req_key.server`. */
+static __always_inline void record_request(struct tb_scratch *s)
 {
 	const struct stun_msg *m = &s->msg;
 	struct tb_pending_key *k = &s->req_key;
@@ -286,8 +286,6 @@ static __always_inline void record_request(const struct tb_ep *client, const str
 		return;
 	}
 
-	k->client = *client;
-	k->server = *server;
 	__builtin_memcpy(k->txid, m->txid, sizeof(k->txid));
 	v->method = m->method;
 	v->chan = m->chan;

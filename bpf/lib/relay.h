@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: (MIT OR Apache-2.0) */
+/*
+ * The two directions of the fast path: the checks every family pair shares (the binding, its
+ * lifetimes, the lengths, the TTL or hop limit), then the unit for the pair, chosen by the
+ * input's family and the binding's (chan4.h, chan6.h). Nothing here changes the packet.
+ */
+#ifndef TB_RELAY_H
+#define TB_RELAY_H
+
+#include "chan4.h"
+#include "chan6.h"
+
+/* To peer: UDP to a TURN port whose payload starts like ChannelData. `l3` is the IPv4 or IPv6
+ * header `in` was read from; `udp` and `in->udp_len` are checked against the packet. */
+static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, void *l3,
+				   struct udphdr *udp)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tb_chan_key key = {};
+	struct chan_in ch;
+	struct tb_chan *c;
+	__u32 reason;
+
+	reason = chan_in_parse(&ch, (const __u8 *)(udp + 1), data_end,
+			       in->udp_len - sizeof(struct udphdr));
+	if (reason)
+		return xdp_pass(reason);
+	ep_of(&key.client, in, true);
+	ep_of(&key.server, in, false);
+	key.chan = ch.chan_word;
+	c = bpf_map_lookup_elem(&chans, &key);
+	if (!c)
+		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
+	if (c->relay.family != c->peer.family)
+		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (!chan_live(c, tb_now()))
+		return xdp_pass(TB_STAT_PASS_EXPIRED);
+	if (in->ttl <= 1)
+		return xdp_pass(TB_STAT_PASS_TTL);
+	if (in->family == TB_AF_INET) {
+		if (c->peer.family == TB_AF_INET)
+			return chan4_to_udp4(ctx, l3, udp, c, &ch);
+		return chan4_to_udp6(ctx, in, udp, c, &ch);
+	}
+	if (c->peer.family == TB_AF_INET)
+		return chan6_to_udp4(ctx, in, udp, c, &ch);
+	return chan6_to_udp6(ctx, in, udp, c, &ch);
+}
+
+/* To client: UDP to a relay port, from a bound peer. */
+static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, void *l3,
+				     struct udphdr *udp)
+{
+	struct tb_peer_key key = {};
+	struct tb_chan *c;
+	__u16 data_len = in->udp_len - sizeof(struct udphdr);
+
+	ep_of(&key.peer, in, true);
+	ep_of(&key.relay, in, false);
+	c = bpf_map_lookup_elem(&peers, &key);
+	if (!c)
+		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
+	if (c->client.family != c->server.family)
+		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
+		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	if (!chan_live(c, tb_now()))
+		return xdp_pass(TB_STAT_PASS_EXPIRED);
+	if (in->ttl <= 1)
+		return xdp_pass(TB_STAT_PASS_TTL);
+	if (in->family == TB_AF_INET) {
+		if (c->client.family == TB_AF_INET)
+			return udp4_to_chan4(ctx, l3, udp, in->udp_len, c);
+		return udp4_to_chan6(ctx, in, c);
+	}
+	if (c->client.family == TB_AF_INET)
+		return udp6_to_chan4(ctx, in, c);
+	return udp6_to_chan6(ctx, in, c);
+}
+
+#endif /* TB_RELAY_H */
