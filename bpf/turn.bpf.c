@@ -185,6 +185,7 @@ static __always_inline int xdp_turn6(struct xdp_md *ctx, struct ipv6hdr *ip6, vo
 	case 0:   /* Hop-by-Hop Options */
 	case 43:  /* Routing */
 	case 60:  /* Destination Options */
+	case 50:  /* Encapsulating Security Payload */
 	case 51:  /* Authentication Header */
 	case 135: /* Mobility */
 	case 139: /* Host Identity Protocol */
@@ -201,8 +202,11 @@ static __always_inline int xdp_turn6(struct xdp_md *ctx, struct ipv6hdr *ip6, vo
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
 	udp_len = bpf_ntohs(udp->len);
 	if (udp_len < sizeof(*udp) || udp_len != bpf_ntohs(ip6->payload_len) ||
-	    (void *)udp + udp_len > data_end)
+	    (void *)udp + udp_len > data_end) {
+		if (to_turn)
+			blind_stamp6(ip6, 0);
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	}
 	/* IPv6 UDP without a checksum is invalid: the kernel drops it, we do not touch it. */
 	if (!udp->check)
 		return xdp_pass(TB_STAT_PASS_NO_CSUM);
@@ -284,8 +288,15 @@ int xdp_turn(struct xdp_md *ctx)
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
 
 	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->protocol != IPPROTO_UDP)
+	if ((void *)(ip + 1) > data_end || ip->version != 4)
 		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	if (ip->protocol != IPPROTO_UDP) {
+		/* IPsec ends on the host without a device the agent could watch: what it carries
+		 * reaches the server unseen. */
+		if (ip->protocol == IPPROTO_ESP || ip->protocol == IPPROTO_AH)
+			blind_stamp4(ip->saddr, ip->daddr, 0);
+		return xdp_pass(TB_STAT_PASS_NOT_OURS);
+	}
 	/* Fragments and options: the recorder cannot see the request whole (a later fragment does
 	 * not even name its port), so the sender's requests stop counting. */
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
@@ -308,8 +319,13 @@ int xdp_turn(struct xdp_md *ctx)
 	ip_len = bpf_ntohs(ip->tot_len);
 	udp_len = bpf_ntohs(udp->len);
 	if (ip_len < sizeof(*ip) + sizeof(*udp) || (void *)ip + ip_len > data_end ||
-	    udp_len != ip_len - sizeof(*ip))
+	    udp_len != ip_len - sizeof(*ip)) {
+		/* The kernel trims an IP packet longer than its UDP datagram and delivers it: a
+		 * request to the server we do not record must leave its client blind. */
+		if (to_turn)
+			blind_stamp4(ip->saddr, ip->daddr, 0);
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	}
 
 	pkt_from4(&in, ip, udp, udp_len);
 	if (!to_turn)

@@ -183,7 +183,7 @@ mod tests {
         use std::mem::size_of;
         assert_eq!(size_of::<tb_ep>(), 20);
         assert_eq!(size_of::<tb_alloc_key>(), 40);
-        assert_eq!(size_of::<tb_alloc>(), 56);
+        assert_eq!(size_of::<tb_alloc>(), 80);
         assert_eq!(size_of::<tb_chan_key>(), 44);
         assert_eq!(size_of::<tb_peer_key>(), 40);
         assert_eq!(size_of::<tb_chan>(), 128);

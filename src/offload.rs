@@ -56,6 +56,10 @@ impl<'obj> Offload<'obj> {
             return Ok(None);
         }
         let skel = load(args, &settings, storage, server_uid)?;
+        skel.maps
+            .bss_data
+            .as_deref()
+            .context("the BPF object has no mmap-ed .bss")?;
         if stopped() {
             return Ok(None);
         }
@@ -149,13 +153,22 @@ impl<'obj> Offload<'obj> {
         let socks = UdpTable::read()
             .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
             .ok();
+        let shortened = self.shortened_ptr();
+        let raise = || {
+            // SAFETY: as in alloc_seq: an 8-byte aligned u64 in the skeleton's .bss mapping,
+            // changed by the BPF side only atomically.
+            let s = unsafe { AtomicU64::from_ptr(shortened) };
+            s.fetch_max(maps::now_ns(), Ordering::SeqCst);
+        };
         let m = &self.skel.maps;
         let state = StateMaps {
             allocs: &m.allocs,
             chans: &m.chans,
             peers: &m.peers,
             perms: &m.perms,
+            pending: &m.pending,
             not_local: &m.not_local,
+            raise_shortened: &raise,
         };
         if let Err(e) = self
             .sweeper
@@ -163,6 +176,17 @@ impl<'obj> Offload<'obj> {
         {
             warn!("sweep: {e:#}");
         }
+    }
+
+    /// `tb_shortened_ns` in the BPF program's mmap-ed .bss (see `state_shortened` in state.h).
+    fn shortened_ptr(&mut self) -> *mut u64 {
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .expect("the BPF object has an mmap-ed .bss (checked at start-up)");
+        std::ptr::addr_of_mut!(bss.tb_shortened_ns)
     }
 
     /// The allocation sequence the BPF program draws allocation IDs from (`tb_alloc_seq`, in its
@@ -231,6 +255,7 @@ fn load<'obj>(
         channel_lifetime_s: settings.channel_lifetime,
         permission_lifetime_s: settings.permission_lifetime,
         server_uid,
+        pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
     }
     .apply(rodata);
     open.load().context(

@@ -25,6 +25,9 @@ pub struct Settings {
     pub permission_lifetime_s: u64,
     /// Trust only responses from sockets of this uid (None: any local socket).
     pub server_uid: Option<u32>,
+    /// How long a recorded request can be answered, and how far a blind spot reaches
+    /// (`TB_PENDING_LIFETIME_MS` in the agent; the packet tests shorten it).
+    pub pending_lifetime_ms: u64,
 }
 
 impl Settings {
@@ -37,5 +40,6 @@ impl Settings {
         ro.cfg_channel_lifetime_ns = self.channel_lifetime_s * 1_000_000_000;
         ro.cfg_permission_lifetime_ns = self.permission_lifetime_s * 1_000_000_000;
         ro.cfg_server_uid = self.server_uid.unwrap_or(u32::MAX);
+        ro.cfg_pending_lifetime_ns = self.pending_lifetime_ms * 1_000_000;
     }
 }

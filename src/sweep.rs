@@ -16,7 +16,8 @@ use log::{debug, info, warn};
 use crate::maps::{bytes_of, from_bytes, show, sockaddr};
 use crate::server::{ServerWatch, UdpTable};
 use crate::skel::types::{
-    tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_perm, tb_perm_key,
+    tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_pending, tb_perm,
+    tb_perm_key,
 };
 
 /// Most entries of each kind one sweep deletes: bounded work per tick.
@@ -88,14 +89,20 @@ pub fn bindings(chans: &impl MapCore) -> Vec<Binding> {
         .collect()
 }
 
-/// The maps the sweep works on.
+/// The maps the sweep works on, and how it voids the fast path's cached checks after removing
+/// state that had not expired (raising `tb_shortened_ns`, as a shortening commit does).
 pub struct StateMaps<'a, M: MapCore> {
     pub allocs: &'a M,
     pub chans: &'a M,
     pub peers: &'a M,
     pub perms: &'a M,
+    pub pending: &'a M,
     pub not_local: &'a M,
+    pub raise_shortened: &'a dyn Fn(),
 }
+
+/// A recorded request older than this is past any answer (twice the pending lifetime): removed.
+const PENDING_KEEP_NS: u64 = 2 * crate::consts::TB_PENDING_LIFETIME_MS * 1_000_000;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -106,6 +113,8 @@ pub struct SweepReport {
     pub allocs_ended: usize,
     pub chans_removed: usize,
     pub perms_removed: usize,
+    /// Recorded requests past any answer.
+    pub pending_removed: usize,
     /// Why every binding was forgotten (the server's listening socket went away or changed).
     pub forgot_all: Option<String>,
     pub learned: Vec<Binding>,
@@ -195,6 +204,7 @@ impl Sweeper {
                 let chans = delete_all(m.chans);
                 r.chans_removed = chans + delete_all(m.peers);
                 r.perms_removed = delete_all(m.perms);
+                (m.raise_shortened)();
                 warn!(
                     "the TURN server's {why}: forgetting every binding ({} allocations, {chans} \
                      channels, {} permissions); new allocations will be learned again",
@@ -222,16 +232,21 @@ impl Sweeper {
                 _ => None,
             };
             let budget = r.allocs_removed < SWEEP_BUDGET;
-            if a.expires_ns <= now && budget {
+            // An allocation that ended (deadline passed, or ended here: 0) stays, dead, until
+            // the server surely holds it no more, so that a retransmitted Allocate is known.
+            if a.keep_until_ns <= now && budget {
                 m.allocs.delete(&k).ok();
                 r.allocs_removed += 1;
                 info!(
-                    "allocation expired: client {} relay {}",
+                    "allocation ended: client {} relay {}",
                     show(&key.client),
                     show(&a.relay[0])
                 );
             } else if let (Some(relay), true) = (ended, budget) {
                 m.allocs.delete(&k).ok();
+                if a.expires_ns > now {
+                    (m.raise_shortened)();
+                }
                 r.allocs_removed += 1;
                 r.allocs_ended += 1;
                 info!(
@@ -239,7 +254,7 @@ impl Sweeper {
                      is gone)",
                     show(&key.client)
                 );
-            } else {
+            } else if a.expires_ns > now {
                 live_allocs.insert(k, a.id);
             }
         }
@@ -343,6 +358,21 @@ impl Sweeper {
             }
         }
 
+        // Recorded requests past any answer.
+        for k in collect_keys(m.pending) {
+            if r.pending_removed >= SWEEP_BUDGET {
+                break;
+            }
+            let Some(v) = m.pending.lookup(&k, MapFlags::ANY)? else {
+                continue;
+            };
+            let p: tb_pending = from_bytes(&v);
+            if p.created_ns.saturating_add(PENDING_KEEP_NS) < now {
+                m.pending.delete(&k).ok();
+                r.pending_removed += 1;
+            }
+        }
+
         // Relayed addresses we could not offload: say so once each.
         for k in collect_keys(m.not_local) {
             if self.reported_not_local.insert(k.clone()) {
@@ -377,6 +407,7 @@ mod tests {
     use super::*;
     use crate::maps::{ep, ep_ip};
     use crate::server::UdpSock;
+    use crate::skel::types::tb_pending_key;
     use std::net::IpAddr;
 
     fn sock(addr: &str, inode: u64) -> UdpSock {
@@ -390,6 +421,7 @@ mod tests {
         chans: libbpf_rs::MapHandle,
         peers: libbpf_rs::MapHandle,
         perms: libbpf_rs::MapHandle,
+        pending: libbpf_rs::MapHandle,
         not_local: libbpf_rs::MapHandle,
     }
 
@@ -420,6 +452,7 @@ mod tests {
                 chans: hash(size_of::<tb_chan_key>(), size_of::<tb_chan>()),
                 peers: hash(size_of::<tb_peer_key>(), size_of::<tb_chan>()),
                 perms: hash(size_of::<tb_perm_key>(), size_of::<tb_perm>()),
+                pending: hash(size_of::<tb_pending_key>(), size_of::<tb_pending>()),
                 not_local: hash(size_of::<tb_ep>(), 8),
             })
         }
@@ -430,7 +463,9 @@ mod tests {
                 chans: &self.chans,
                 peers: &self.peers,
                 perms: &self.perms,
+                pending: &self.pending,
                 not_local: &self.not_local,
+                raise_shortened: &|| {},
             }
         }
 
@@ -457,6 +492,7 @@ mod tests {
             let mut a = tb_alloc {
                 id,
                 expires_ns,
+                keep_until_ns: expires_ns,
                 ..Default::default()
             };
             a.relay[0] = ep(relay.parse().unwrap());
@@ -671,9 +707,11 @@ mod tests {
                 ))),
                 server: ep(SERVER.parse().unwrap()),
             };
+            let expires_ns = if i % 2 == 0 { NOW - 1 } else { FAR };
             let a = tb_alloc {
                 id: i as u64 + 1,
-                expires_ns: if i % 2 == 0 { NOW - 1 } else { FAR },
+                expires_ns,
+                keep_until_ns: expires_ns,
                 ..Default::default()
             };
             Maps::put(&m.allocs, &k, &a);

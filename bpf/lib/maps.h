@@ -18,8 +18,9 @@ volatile const __u64 cfg_channel_lifetime_ns = 600ULL * 1000000000ULL;
 volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
-/* A recorded request can be committed only if its answer comes within this time of it. */
-volatile const __u64 cfg_pending_lifetime_ns = 10ULL * 1000000000ULL;
+/* A recorded request can be committed only if its answer comes within this time of it, and no
+ * blind spot of its client lies within this time of it, before or after. */
+volatile const __u64 cfg_pending_lifetime_ns = TB_PENDING_LIFETIME_MS * 1000000ULL;
 /* The uid owning the TURN server's sockets: only responses sent from its sockets are trusted
  * (TB_ANY_UID: any local socket, for tests without a server). */
 #define TB_ANY_UID 0xFFFFFFFFU
@@ -69,10 +70,13 @@ struct {
 	__type(value, struct tb_perm);
 } perms SEC(".maps");
 
-/* Requests waiting for their response. LRU and separate from committed state: a flood of requests
- * only evicts other pending requests. */
+/* Requests waiting for their response, and answered ones (a repeated answer must find them). A
+ * plain hash, never evicted: what it says is evidence (an answer, a conflicting copy), and losing
+ * it would let a later copy look new. When it is full a request is not recorded and its client
+ * is blind; the loader removes entries past twice the pending lifetime. Separate from committed
+ * state: a flood of requests cannot push committed bindings out. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TB_MAX_PENDING);
 	__type(key, struct tb_pending_key);
 	__type(value, struct tb_pending);

@@ -37,6 +37,9 @@
 #ifndef TB_MAX_PEER_POLICY
 #define TB_MAX_PEER_POLICY 4096
 #endif
+/* How long after it was first seen a recorded request can still be answered (and how far a
+ * blind spot reaches back and forward), in ms; overridable at load time. */
+#define TB_PENDING_LIFETIME_MS 10000
 /* Largest STUN request the recorder checksums and records; a longer one is a blind spot. */
 #define TB_MAX_STUN_REQUEST 1280
 #define TB_MAX_TX_PORTS 64
@@ -76,7 +79,12 @@ struct tb_alloc_key {
 struct tb_alloc {
 	struct tb_ep relay[2]; /* [1] is the second family of a dual allocation (family 0: none) */
 	__u64 id;              /* unique per commit: stale channels of an older allocation never match */
-	__u64 expires_ns;      /* bpf_ktime_get_ns() deadline, safety margin already subtracted */
+	__u64 expires_ns;      /* bpf_ktime_get_ns() deadline, safety margin already subtracted; 0
+				* once it ended here (Refresh 0, given up): the entry stays until
+				* keep_until_ns so that a retransmitted Allocate is still known */
+	__u64 keep_until_ns;   /* when the server surely holds this allocation no more */
+	__u8 txid[12];         /* the Allocate transaction that created it */
+	__u8 pad[4];
 };
 
 /* Client -> peer: ChannelData arriving from `client` at `server` on channel `chan`. */
@@ -198,13 +206,14 @@ enum tb_stat {
 	TB_STAT_LEARN_DUPLICATE = 38, /* a second answer to an answered request (or a retransmitted Allocate): no change, as at the server */
 	TB_STAT_PEER_REFUSED = 39, /* grants for a peer the server's static peer policy refuses (multicast, loopback, zero, denied-peer-ip): not mirrored */
 	TB_STAT_PASS_NO_CSUM = 40, /* no UDP checksum where one is needed (IPv6, or IPv4 leaving as IPv6): passed */
+	TB_STAT_RECORD_FULL = 41, /* requests not recorded because the pending table is full: a blind spot for their client */
 	TB_STAT__MAX
 };
 
 _Static_assert(sizeof(struct tb_ep) == 20, "tb_ep layout");
 _Static_assert(sizeof(struct tb_peer_prefix) == 24, "tb_peer_prefix layout");
 _Static_assert(sizeof(struct tb_alloc_key) == 40, "tb_alloc_key layout");
-_Static_assert(sizeof(struct tb_alloc) == 56, "tb_alloc layout");
+_Static_assert(sizeof(struct tb_alloc) == 80, "tb_alloc layout");
 _Static_assert(sizeof(struct tb_chan_key) == 44, "tb_chan_key layout");
 _Static_assert(sizeof(struct tb_peer_key) == 40, "tb_peer_key layout");
 _Static_assert(sizeof(struct tb_chan) == 128, "tb_chan layout");

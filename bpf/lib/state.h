@@ -81,15 +81,17 @@ static __always_inline __u64 min_u64(__u64 a, __u64 b)
 	return a < b ? a : b;
 }
 
-/* A commit shortened or removed a lifetime, an allocation or a permission: every cached check
- * computed up to now is void. tb_shortened_ns only ever grows (a compare-and-swap loop: two CPUs
- * committing at once must not move it back). */
-static __always_inline void state_shortened(__u64 now)
+/* A commit has just shortened or removed a lifetime, an allocation or a permission (call this
+ * after the map write): every cached check computed up to now is void. The clock is read here,
+ * after the write, so a reader that saw the old value computed its cache at or before it.
+ * tb_shortened_ns only ever grows (compare-and-swap: two CPUs committing at once must not move it
+ * back); if the swap keeps failing, caching is given up for good rather than risked. */
+static __always_inline void state_shortened(void)
 {
+	__u64 now = tb_now();
 	__u64 old = *(volatile __u64 *)&tb_shortened_ns;
 
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
+	for (int i = 0; i < 64; i++) {
 		__u64 prev;
 
 		if (old >= now)
@@ -99,6 +101,7 @@ static __always_inline void state_shortened(__u64 now)
 			return;
 		old = prev;
 	}
+	__sync_lock_test_and_set(&tb_shortened_ns, ~0ULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -262,25 +265,43 @@ static __always_inline void pending_seen_again(struct tb_pending *old, const str
 	}
 }
 
-/* Record the request parsed into `s->msg`, from `s->req_key.client` to `s->req_key.server`. */
+/* The client of `k` is blind: something of it went past the recorder unseen. */
+static __always_inline void blind_stamp_key(const struct tb_pending_key *k, __u32 reason)
+{
+	__u32 c[4], sv[4];
+
+	__builtin_memcpy(c, k->client.ip, sizeof(c));
+	__builtin_memcpy(sv, k->server.ip, sizeof(sv));
+	blind_stamp_slot(blind_slot(c, sv), reason);
+}
+
+/* Record the request parsed into `s->msg`, from `s->req_key.client` to `s->req_key.server`. A
+ * request of a method we commit that is not recorded for any reason (one we do not mirror, such as
+ * a ChannelBind naming two peers, which coturn binds to the last; a full table) leaves its client
+ * blind: the server processes it, and its answer must not be taken for another request's. */
 static __always_inline void record_request(struct tb_scratch *s)
 {
 	const struct stun_msg *m = &s->msg;
 	struct tb_pending_key *k = &s->req_key;
 	struct tb_pending *v = &s->req;
 	struct tb_pending *old;
+	__u64 now = tb_now();
 
 	switch (m->method) {
 	case STUN_ALLOCATE:
 	case STUN_REFRESH:
 		break;
 	case STUN_CREATE_PERMISSION:
-		if (!m->npeers)
+		if (!m->npeers) {
+			blind_stamp_key(k, 0);
 			return;
+		}
 		break;
 	case STUN_CHANNEL_BIND:
-		if (!m->has_chan || m->npeers != 1)
+		if (!m->has_chan || m->npeers != 1) {
+			blind_stamp_key(k, 0);
 			return;
+		}
 		break;
 	default:
 		return;
@@ -294,9 +315,17 @@ static __always_inline void record_request(struct tb_scratch *s)
 	v->peer_overflow = m->peer_overflow;
 	v->lifetime = m->has_lifetime ? m->lifetime : TB_NO_LIFETIME;
 	__builtin_memcpy(v->peers, m->peers, sizeof(v->peers));
-	v->created_ns = tb_now();
+	v->created_ns = now;
 
 	old = bpf_map_lookup_elem(&pending, k);
+	if (old && now - old->created_ns > 2 * cfg_pending_lifetime_ns) {
+		/* long past any answer: this transaction ID is used again, start afresh */
+		if (bpf_map_update_elem(&pending, k, v, BPF_EXIST) == 0) {
+			stat_inc(TB_STAT_PENDING_ADDED);
+			return;
+		}
+		old = bpf_map_lookup_elem(&pending, k);
+	}
 	if (old) {
 		pending_seen_again(old, v);
 		return;
@@ -307,8 +336,11 @@ static __always_inline void record_request(struct tb_scratch *s)
 	}
 	/* Another CPU inserted the same key first: compare with its request as above. */
 	old = bpf_map_lookup_elem(&pending, k);
-	if (old)
+	if (old) {
 		pending_seen_again(old, v);
+		return;
+	}
+	blind_stamp_key(k, TB_STAT_RECORD_FULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -374,18 +406,58 @@ static __always_inline const struct tb_ep *relay_for(const struct tb_alloc *a, _
 	return 0;
 }
 
-/* Forget an allocation: its channels and permissions no longer validate (their alloc_id is
- * gone) and the loader's sweep removes them. Its traffic goes to the server from now on. */
-static __always_inline void drop_allocation(const struct tb_alloc_key *ak, __u32 reason, __u64 now)
+/* The live allocation of `ak` (not ended here, deadline ahead), or 0. */
+static __always_inline struct tb_alloc *alloc_live(const struct tb_alloc_key *ak, __u64 now)
 {
-	if (bpf_map_delete_elem(&allocs, ak) == 0) {
-		stat_inc(reason);
-		state_shortened(now);
-	}
+	struct tb_alloc *a = bpf_map_lookup_elem(&allocs, ak);
+
+	return a && now < a->expires_ns ? a : 0;
 }
 
-/* An Allocate success. `first`: the first answer to its request (it may create an allocation);
- * otherwise a repeated answer, which may only confirm the live allocation or give it up. */
+/* How long after our deadline the server may still hold an allocation: our margin, and slack for
+ * its timers and the answer's way out. */
+#define ALLOC_KEEP_NS (cfg_margin_ns + 2 * NS_PER_SEC)
+
+/* An allocation ends here: its channels and permissions no longer validate (its deadline is 0)
+ * and its traffic goes to the server from now on. The entry stays until keep_until_ns, so that a
+ * retransmitted Allocate is still recognised; the loader's sweep removes it then. `gone`: the
+ * server deletes it too (Refresh 0, 437), so it need not be remembered past ALLOC_KEEP_NS. */
+static __always_inline void end_allocation(const struct tb_alloc_key *ak, __u32 reason, __u64 now,
+					   bool gone)
+{
+	struct tb_alloc *a = bpf_map_lookup_elem(&allocs, ak);
+
+	if (!a)
+		return;
+	if (gone && now + ALLOC_KEEP_NS < a->keep_until_ns)
+		a->keep_until_ns = now + ALLOC_KEEP_NS;
+	if (now >= a->expires_ns)
+		return;
+	a->expires_ns = 0;
+	state_shortened();
+	stat_inc(reason);
+}
+
+/* The server holds the allocation still, but we give it up (we cannot mirror what it did). */
+static __always_inline void drop_allocation(const struct tb_alloc_key *ak, __u32 reason, __u64 now)
+{
+	end_allocation(ak, reason, now, false);
+}
+
+static __always_inline bool txid_same(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
+}
+
+/*
+ * An Allocate success. coturn answers a retransmitted Allocate (the transaction that created the
+ * allocation) with a rebuilt answer and changes nothing (its LIFETIME then reads what is left, or
+ * the default in the last second), so neither do we; it answers another transaction on a live
+ * allocation with 437. `first`: the first answer to its request (it may create an allocation);
+ * otherwise a repeated answer, which may only confirm or give up.
+ */
 static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const struct stun_msg *m,
 					    __u64 now, bool first)
 {
@@ -396,12 +468,28 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		stat_inc(TB_STAT_STUN_MALFORMED);
 		return;
 	}
+	old = bpf_map_lookup_elem(&allocs, ak);
+	if (old && txid_same(old->txid, m->txid)) {
+		stat_inc(TB_STAT_LEARN_DUPLICATE);
+		return;
+	}
 	if (m->has_mobility) {
-		/* With mobility the server may move the allocation to another 5-tuple by a
-		 * Refresh from there; we key allocations by 5-tuple, so leave it to the server. */
-		if (bpf_map_delete_elem(&allocs, ak) == 0)
-			state_shortened(now);
+		/* With mobility the server may move the allocation to another 5-tuple by a Refresh
+		 * from there; we key allocations by 5-tuple, so leave it to the server. */
+		struct tb_alloc *live = alloc_live(ak, now);
+
+		if (live) {
+			live->expires_ns = 0;
+			state_shortened();
+		}
 		stat_inc(TB_STAT_NOT_MIRRORED);
+		return;
+	}
+	if (!first || (old && now < old->expires_ns)) {
+		/* Answered again with something else, or another transaction granted on an
+		 * allocation live here (coturn answers that with 437): we cannot tell what the
+		 * server holds. */
+		drop_allocation(ak, TB_STAT_NOT_MIRRORED, now);
 		return;
 	}
 	if (!relay_local(&m->relay[0], &a.relay[0])) {
@@ -412,28 +500,16 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		stat_inc(TB_STAT_RELAY_NOT_LOCAL);
 		return;
 	}
-	old = bpf_map_lookup_elem(&allocs, ak);
-	if (old && now < old->expires_ns && ep_same(&old->relay[0], &a.relay[0]) &&
-	    ep_same(&old->relay[1], &a.relay[1])) {
-		/* The server answered a retransmitted Allocate of a live allocation: it rebuilds the
-		 * answer (its LIFETIME is what is left, or the default when under a second is) and
-		 * changes nothing, so neither do we. */
-		stat_inc(TB_STAT_LEARN_DUPLICATE);
-		return;
-	}
-	if (!first) {
-		/* answered again with something else: we cannot tell what the server holds now */
-		drop_allocation(ak, TB_STAT_NOT_MIRRORED, now);
-		return;
-	}
 	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
 	a.expires_ns = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
-	if (old)
-		state_shortened(now); /* the old allocation's channels end here */
+	a.keep_until_ns = a.expires_ns + ALLOC_KEEP_NS;
+	__builtin_memcpy(a.txid, m->txid, sizeof(a.txid));
 	if (bpf_map_update_elem(&allocs, ak, &a, BPF_ANY)) {
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
 	}
+	if (old)
+		state_shortened(); /* the ended allocation's channels stay dead (another id) */
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
 		__u32 port = bpf_ntohs(a.relay[i].port), one = 1;
@@ -444,12 +520,16 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 	stat_inc(TB_STAT_LEARN_ALLOC);
 }
 
-/* A Refresh's new deadline `exp` for `a`: shortening voids cached checks. */
-static __always_inline void set_alloc_deadline(struct tb_alloc *a, __u64 exp, __u64 now)
+/* A Refresh's new deadline `exp` for the live allocation `a`. */
+static __always_inline void set_alloc_deadline(struct tb_alloc *a, __u64 exp)
 {
-	if (exp < a->expires_ns)
-		state_shortened(now);
+	bool shorter = exp < a->expires_ns;
+
 	a->expires_ns = exp;
+	if (exp + ALLOC_KEEP_NS > a->keep_until_ns)
+		a->keep_until_ns = exp + ALLOC_KEEP_NS;
+	if (shorter)
+		state_shortened();
 }
 
 static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const struct stun_msg *m,
@@ -462,54 +542,46 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
 		stat_inc(TB_STAT_STUN_MALFORMED);
 		return;
 	}
-	if (m->lifetime == 0) {
-		/* Deallocation: the allocation goes now; its channels and permissions no longer
-		 * validate (their alloc_id is gone) and the loader's sweep removes them. (With a
-		 * family named, coturn removes only that family's relayed address: removing all is
-		 * the safe side, the other family's traffic goes to the server.) */
-		if (bpf_map_lookup_elem(&allocs, ak))
-			drop_allocation(ak, TB_STAT_LEARN_DEALLOC, now);
-		else
-			stat_inc(TB_STAT_LEARN_NO_ALLOC);
-		return;
-	}
-	a = bpf_map_lookup_elem(&allocs, ak);
+	/* An allocation that ended here, or whose deadline has passed (the server's may not have:
+	 * our margin), is never revived: we may not know what the server did meanwhile. */
+	a = alloc_live(ak, now);
 	if (!a) {
 		stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
 	}
-	exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
-	if (a->relay[1].family) {
-		/* A dual allocation has a deadline per family at the server, one here. coturn
-		 * refreshes only the family a REQUESTED-ADDRESS-FAMILY (or its 0x8032) names, and
-		 * a Refresh without one only the families still alive (checked with coturn 4.6.1:
-		 * after Refresh(IPv6) the IPv4 relayed address ends at its old time, although the
-		 * response carries the new LIFETIME). So a family-selective Refresh may shorten
-		 * our deadline but never extend it, and once it has passed (one family may be gone
-		 * at the server) no Refresh revives the allocation. */
-		if (now >= a->expires_ns) {
-			stat_inc(TB_STAT_LEARN_NO_ALLOC);
-			return;
-		}
-		if (p->family_sel)
-			exp = min_u64(exp, a->expires_ns);
+	if (m->lifetime == 0) {
+		/* Deallocation: the allocation ends now. (With a family named, coturn removes only
+		 * that family's relayed address: ending both is the safe side, the other family's
+		 * traffic goes to the server.) */
+		end_allocation(ak, TB_STAT_LEARN_DEALLOC, now, true);
+		return;
 	}
-	set_alloc_deadline(a, exp, now);
+	exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
+	/* A dual allocation has a deadline per family at the server, one here. coturn refreshes
+	 * only the family a REQUESTED-ADDRESS-FAMILY (or its 0x8032) names, and a Refresh without
+	 * one only the families still alive (checked with coturn 4.6.1: after Refresh(IPv6) the
+	 * IPv4 relayed address ends at its old time, although the response carries the new
+	 * LIFETIME). So a family-selective Refresh may shorten our deadline but never extend it. */
+	if (a->relay[1].family && p->family_sel)
+		exp = min_u64(exp, a->expires_ns);
+	set_alloc_deadline(a, exp);
 	stat_inc(TB_STAT_LEARN_REFRESH);
 }
 
 /*
  * Set the permission of `peer` (address only) on `relay` to `expires`, replacing what it had, as
- * the server does. A permission still live here keeps its epoch (its channels live on); one that
- * had expired or belonged to another allocation gets a new one, and the channels bound under the
- * old one stay dead. Returns the epoch (never 0), or 0 when the map is full.
+ * the server does (`shorten_only`: only if that is sooner, for a request the server applied again).
+ * A permission still live here keeps its epoch (its channels live on); one that had expired or
+ * belonged to another allocation gets a new one, and the channels bound under the old one stay
+ * dead. Returns the epoch (never 0), or 0 when the map is full or there was nothing to shorten.
  */
 static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb_ep *peer,
-				      __u64 alloc_id, __u64 expires, __u64 now)
+				      __u64 alloc_id, __u64 expires, __u64 now, bool shorten_only)
 {
 	struct tb_perm_key pk = {};
 	struct tb_perm pv = {};
 	struct tb_perm *old;
+	bool shorter;
 
 	pk.relay = *relay;
 	pk.peer = *peer;
@@ -519,24 +591,32 @@ static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb
 	old = bpf_map_lookup_elem(&perms, &pk);
 	if (old && old->alloc_id == alloc_id && now < old->expires_ns)
 		pv.epoch = old->epoch;
+	else if (shorten_only)
+		return 0;
 	else
 		pv.epoch = __sync_fetch_and_add(&tb_epoch_seq, 1) + 1;
-	if (old && (expires < old->expires_ns || pv.epoch != old->epoch))
-		state_shortened(now);
+	if (shorten_only && old && expires >= old->expires_ns)
+		return pv.epoch;
+	shorter = old && (expires < old->expires_ns || pv.epoch != old->epoch);
 	if (bpf_map_update_elem(&perms, &pk, &pv, BPF_ANY))
 		return 0;
+	if (shorter)
+		state_shortened();
 	return pv.epoch;
 }
 
+/* A CreatePermission success for the peers of `p` (`again`: a repeated answer, which may only
+ * shorten). */
 static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
-					       const struct tb_pending *p, __u64 now)
+					       const struct tb_pending *p, __u64 now, bool again)
 {
-	struct tb_alloc *a = bpf_map_lookup_elem(&allocs, ak);
+	struct tb_alloc *a = alloc_live(ak, now);
 	__u64 perm_exp = deadline(now, cfg_permission_lifetime_ns);
 	__u64 id;
 
 	if (!a) {
-		stat_inc(TB_STAT_LEARN_NO_ALLOC);
+		if (!again)
+			stat_inc(TB_STAT_LEARN_NO_ALLOC);
 		return;
 	}
 	if (p->peer_overflow) {
@@ -555,12 +635,18 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 		if (i >= p->npeers)
 			break;
 		relay = relay_for(a, peer->family);
-		if (!relay || peer_refused(peer))
+		if (!relay)
+			continue;
+		if (again) {
+			set_perm(relay, peer, id, perm_exp, now, true);
+			continue;
+		}
+		if (peer_refused(peer))
 			continue;
 		/* coturn: the permission is reset to --permission-lifetime, whatever it was (a
 		 * ChannelBind may have set it to the channel lifetime), and a bound channel is not
 		 * refreshed: it ends with this permission if that comes first. */
-		if (!set_perm(relay, peer, id, perm_exp, now)) {
+		if (!set_perm(relay, peer, id, perm_exp, now, false)) {
 			stat_inc(TB_STAT_STATE_FULL);
 			continue;
 		}
@@ -571,7 +657,7 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 					   const struct tb_pending *p, struct tb_chan *cp, __u64 now)
 {
-	struct tb_alloc *a = bpf_map_lookup_elem(&allocs, ak);
+	struct tb_alloc *a = alloc_live(ak, now);
 	const struct tb_ep *relay;
 	struct tb_chan_key ck = {};
 	struct tb_peer_key rk = {};
@@ -597,7 +683,7 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	c.alloc_id = a->id;
 	c.chan_expires_ns = exp;
 	/* coturn: ChannelBind sets the peer's permission to the channel lifetime. */
-	c.perm_epoch = set_perm(relay, &c.peer, a->id, exp, now);
+	c.perm_epoch = set_perm(relay, &c.peer, a->id, exp, now, false);
 	if (!c.perm_epoch) {
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
@@ -643,13 +729,13 @@ static __always_inline void commit_unmatched(const struct tb_alloc_key *ak,
 		if (!m->has_lifetime)
 			return;
 		if (m->lifetime == 0) {
-			drop_allocation(ak, TB_STAT_LEARN_DEALLOC, now);
+			end_allocation(ak, TB_STAT_LEARN_DEALLOC, now, true);
 			return;
 		}
-		a = bpf_map_lookup_elem(&allocs, ak);
+		a = alloc_live(ak, now);
 		exp = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
 		if (a && exp < a->expires_ns)
-			set_alloc_deadline(a, exp, now);
+			set_alloc_deadline(a, exp);
 		return;
 	case STUN_ALLOCATE:
 	case STUN_CREATE_PERMISSION:
@@ -660,21 +746,24 @@ static __always_inline void commit_unmatched(const struct tb_alloc_key *ak,
 }
 
 /* May the answer to pending request `p` be committed? It must be the first answer, to a request
- * seen whole and without a conflicting copy, recorded after its client's last blind spot and
- * answered within the pending lifetime. Anything else poisons the entry (later answers to it go
- * the unmatched way) or, for a repeated answer, is a no-op. Returns 1 to commit, 0 for a no-op
- * (already counted), -1 for the unmatched way. */
+ * seen whole and without a conflicting copy, answered within the pending lifetime, whose client
+ * had no blind spot within the pending lifetime of it, before or after: a request the server got
+ * unseen may have been held (queued) before the recorded one and answered after it. Anything else
+ * poisons the entry (later answers to it go the unmatched way) or, for a repeated answer, is the
+ * duplicate way. Returns 1 to commit, 0 for a repeated answer, -1 for the unmatched way. */
 static __always_inline int pending_usable(struct tb_pending *p, const struct stun_msg *m,
 					  const struct tb_ep *client, const struct tb_ep *server,
 					  __u64 now)
 {
+	__u64 blind_at = blind_since(client, server);
+
 	if (p->conflict || p->method != m->method) {
 		p->conflict = 1;
 		stat_inc(TB_STAT_LEARN_NO_PENDING);
 		return -1;
 	}
-	if (now - p->created_ns > cfg_pending_lifetime_ns ||
-	    p->created_ns <= blind_since(client, server)) {
+	if (now - p->created_ns > cfg_pending_lifetime_ns || blind_at >= p->created_ns ||
+	    p->created_ns - blind_at <= cfg_pending_lifetime_ns) {
 		p->conflict = 1;
 		stat_inc(TB_STAT_LEARN_STALE);
 		return -1;
@@ -686,13 +775,15 @@ static __always_inline int pending_usable(struct tb_pending *p, const struct stu
 
 /*
  * A second answer to a request already answered (the request, or the answer, came twice). The
- * server processed the same request again: an Allocate changes nothing there (a different relayed
- * address gives the allocation up here); a Refresh applies again, so its LIFETIME may shorten
- * (never extend) ours, and 0 removes it; a ChannelBind or CreatePermission applies again a moment
- * after the first, and ours, which ends a moment earlier, stays; an error changes nothing.
+ * server processed the same request again: an Allocate changes nothing there (commit_allocate
+ * knows its transaction); a Refresh or a CreatePermission applies again, so it may shorten
+ * (never extend) ours — a ChannelBind in between may have extended the permission, and coturn's
+ * second CreatePermission takes it back; a ChannelBind applies again a moment after ours, which
+ * ends a moment earlier; an error changes nothing.
  */
 static __always_inline void commit_duplicate(const struct tb_alloc_key *ak,
-					     const struct stun_msg *m, __u64 now)
+					     const struct stun_msg *m, const struct tb_pending *p,
+					     __u64 now)
 {
 	if (m->cls != STUN_SUCCESS)
 		return;
@@ -703,6 +794,10 @@ static __always_inline void commit_duplicate(const struct tb_alloc_key *ak,
 	case STUN_REFRESH:
 		stat_inc(TB_STAT_LEARN_DUPLICATE);
 		commit_unmatched(ak, m, now);
+		return;
+	case STUN_CREATE_PERMISSION:
+		stat_inc(TB_STAT_LEARN_DUPLICATE);
+		commit_permissions(ak, p, now, true);
 		return;
 	default:
 		stat_inc(TB_STAT_LEARN_DUPLICATE);
@@ -740,21 +835,21 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 	ak.server = *server;
 	/* 437 Allocation Mismatch to a Refresh: the server has no allocation for this 5-tuple. */
 	if (m->cls == STUN_ERROR && m->method == STUN_REFRESH && m->error_code == 437)
-		drop_allocation(&ak, TB_STAT_LEARN_DEALLOC, now);
+		end_allocation(&ak, TB_STAT_LEARN_DEALLOC, now, true);
 	p = bpf_map_lookup_elem(&pending, &k);
 	if (!p) {
 		stat_inc(TB_STAT_LEARN_NO_PENDING);
 		commit_unmatched(&ak, m, now);
 		return;
 	}
+	req = *p;
 	use = pending_usable(p, m, client, server, now);
 	if (use < 0)
 		commit_unmatched(&ak, m, now);
 	else if (use == 0)
-		commit_duplicate(&ak, m, now);
+		commit_duplicate(&ak, m, &req, now);
 	if (use <= 0)
 		return;
-	req = *p;
 	if (m->cls == STUN_ERROR) {
 		stat_inc(TB_STAT_LEARN_ERROR);
 		return;
@@ -768,7 +863,7 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		commit_refresh(&ak, m, &req, now);
 		break;
 	case STUN_CREATE_PERMISSION:
-		commit_permissions(&ak, &req, now);
+		commit_permissions(&ak, &req, now, false);
 		break;
 	case STUN_CHANNEL_BIND:
 		commit_channel(&ak, &req, &s->chan, now);

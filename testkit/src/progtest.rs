@@ -241,7 +241,14 @@ pub struct Config {
     pub limits: MapLimits,
     /// Trust only responses from sockets of this uid (None: any local socket).
     pub server_uid: Option<u32>,
+    /// The pending lifetime, which is also how far a blind spot reaches (short here, so that a
+    /// table can show learning going on after one: see [`PAST_BLIND`]).
+    pub pending_lifetime_ms: u64,
 }
+
+/// How long a table waits after a blind spot before it shows that learning goes on.
+pub const PAST_BLIND: Duration = Duration::from_millis(PENDING_LIFETIME_MS + 50);
+const PENDING_LIFETIME_MS: u64 = 100;
 
 impl Default for Config {
     fn default() -> Self {
@@ -252,6 +259,7 @@ impl Default for Config {
             permission_lifetime_s: 300,
             server_uid: None,
             limits: MapLimits::default(),
+            pending_lifetime_ms: PENDING_LIFETIME_MS,
         }
     }
 }
@@ -335,6 +343,7 @@ impl Programs {
                 channel_lifetime_s: cfg.channel_lifetime_s,
                 permission_lifetime_s: cfg.permission_lifetime_s,
                 server_uid: cfg.server_uid,
+                pending_lifetime_ms: cfg.pending_lifetime_ms,
             }
             .apply(ro);
         }
@@ -577,7 +586,8 @@ impl Programs {
             .lookup(bytes_of(&k), MapFlags::ANY)
             .ok()
             .flatten()
-            .map(|v| from_bytes(&v))
+            .map(|v| from_bytes::<types::tb_alloc>(&v))
+            .filter(|a| a.expires_ns > maps::now_ns())
     }
 
     /// The peer-side channel entry for (peer, relay), if committed.
@@ -625,12 +635,38 @@ impl Programs {
     pub fn map_counts(&self) -> MapCounts {
         let m = &self.skel.maps;
         MapCounts {
-            allocs: Self::count(&m.allocs),
+            allocs: Self::live_allocs(&m.allocs),
             chans: Self::count(&m.chans),
             peers: Self::count(&m.peers),
             perms: Self::count(&m.perms),
             pending: Self::count(&m.pending),
         }
+    }
+
+    /// Remove recorded requests first seen more than `age` ago, as the loader's sweep does for
+    /// those past any answer. Returns how many went.
+    pub fn remove_pending_older_than(&self, age: Duration) -> usize {
+        let map = &self.skel.maps.pending;
+        let cutoff = maps::now_ns().saturating_sub(age.as_nanos() as u64);
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        keys.iter()
+            .filter(|k| {
+                map.lookup(k, MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| from_bytes::<types::tb_pending>(&v).created_ns < cutoff)
+            })
+            .filter(|k| map.delete(k).is_ok())
+            .count()
+    }
+
+    /// Allocations live here (an ended one stays in the map for a while, dead: see tb_alloc).
+    fn live_allocs(map: &impl MapCore) -> usize {
+        let now = maps::now_ns();
+        map.keys()
+            .filter_map(|k| map.lookup(&k, MapFlags::ANY).ok().flatten())
+            .filter(|v| from_bytes::<types::tb_alloc>(v).expires_ns > now)
+            .count()
     }
 
     /// Map `public` (an --external-ip address) to the local `private` one.
