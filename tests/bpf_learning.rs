@@ -1151,15 +1151,21 @@ fn dual_allocation(c: &Ctx) -> Result<()> {
         "relay[1] {:?}",
         maps::sockaddr(&a.relay[1])
     );
-    // an IPv6 peer binds on the IPv6 relayed address; that path is not offloaded (yet)
+    // an IPv6 peer binds on the IPv6 relayed address, and is relayed to over IPv6
     let p6: SocketAddr = "[2001:db8:2::2]:6000".parse().unwrap();
     let t = new_txid();
     c.request(C1, &bind_req(t, 0x4006, p6), true)?;
     c.response(C1, &ok(CHANNEL_BIND, t, &[]), &[("LEARN_CHANNEL", 1)])?;
     let ch = c.p.channel(C1, SERVER_EP, 0x4006).context("v6 channel")?;
     ensure!(maps::sockaddr(&ch.relay) == Some(r6), "v6 channel relay");
-    c.channel_data_passes(C1, 0x4006, "PASS_UNSUPPORTED")?;
-    // the IPv4 side still works
+    let f = to_server(C1, &channel_data(0x4006, b"to an IPv6 peer", 0, 0));
+    step(c, &[("RELAYED_TO_PEER", 1)], "chan4_to_udp6", || {
+        let r = c.p.xdp(&f, c.net.turn0)?;
+        ensure!(r.verdict == XDP_REDIRECT, "verdict {}", r.verdict);
+        ensure!(verify_udp(&r.out)? == b"to an IPv6 peer", "payload");
+        Ok(())
+    })?;
+    // the IPv4 side works too
     c.bind(C1, 0x4001, P1)?;
     c.relays_both_ways(C1, 0x4001, R1, P1)
 }

@@ -156,7 +156,7 @@ static __always_inline int write_out(struct xdp_md *ctx, const struct bpf_fib_lo
 	struct udphdr *udp = (void *)(eth + 1) + l3;
 	__u16 *chh = (void *)(udp + 1);
 
-	if ((void *)(chh + 2) > data_end)
+	if ((void *)(udp + 1) > data_end || (chan && (void *)(chh + 2) > data_end))
 		return -1;
 	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
