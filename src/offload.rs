@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::OpenObject;
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use crate::attach::{self, Attachments};
 use crate::cli::Args;
 use crate::maps;
-use crate::server::{ServerWatch, UdpTable};
+use crate::server::{ServerWatch, System, UdpTable};
 use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
@@ -45,18 +45,19 @@ impl<'obj> Offload<'obj> {
         for iface in &ifaces {
             attach::ifindex(iface)?;
         }
-        let (server, server_uid) = find_server(&args.turn_ports)?;
+        let server = find_server(args)?;
 
         let mut attached = Attachments::default();
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
         if stopped() {
             return Ok(None);
         }
-        let skel = load(args, storage, server_uid)?;
+        let skel = load(args, storage)?;
         if stopped() {
             return Ok(None);
         }
         init_maps(&skel, args)?;
+        maps::set_server_socks(&skel.maps.server_socks, &server.trusted_cookies())?;
         if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
             return Ok(None);
         }
@@ -131,6 +132,7 @@ impl<'obj> Offload<'obj> {
             peers: &m.peers,
             perms: &m.perms,
             not_local: &m.not_local,
+            server_socks: &m.server_socks,
         };
         if let Err(e) = self
             .sweeper
@@ -162,35 +164,25 @@ impl<'obj> Offload<'obj> {
     }
 }
 
-/// The TURN server's listening sockets (it must be running: everything is learned from its
-/// responses, and its sockets tell when it stops or restarts), and the uid whose sockets the
-/// snooper trusts.
-fn find_server(turn_ports: &[u16]) -> Result<(ServerWatch, Option<u32>)> {
+/// The TURN server (it must be running: everything is learned from its responses, and its
+/// sockets tell when it stops or restarts) and the sockets the snooper trusts.
+fn find_server(args: &Args) -> Result<ServerWatch> {
     let socks = UdpTable::read()?;
-    let server = ServerWatch::new(turn_ports, &socks)?;
-    debug!(
-        "watching the TURN server's sockets: {}",
-        server.describe(&socks)
+    let server = ServerWatch::start(
+        &args.turn_ports,
+        args.server_name(),
+        &socks,
+        Box::new(System::default()),
+    )?;
+    info!(
+        "trusting the TURN server's responses: {}",
+        server.describe()
     );
-    let uid = match server.uid(&socks) {
-        Ok(uid) => Some(uid),
-        Err(uids) => {
-            warn!(
-                "the sockets on the TURN port(s) belong to several users ({uids:?}): the snooper \
-                 trusts responses from any local socket"
-            );
-            None
-        }
-    };
-    Ok((server, uid))
+    Ok(server)
 }
 
 /// Open the BPF object, write its load-time configuration, load it.
-fn load<'obj>(
-    args: &Args,
-    storage: &'obj mut MaybeUninit<OpenObject>,
-    server_uid: Option<u32>,
-) -> Result<TurnSkel<'obj>> {
+fn load<'obj>(args: &Args, storage: &'obj mut MaybeUninit<OpenObject>) -> Result<TurnSkel<'obj>> {
     let mut open = TurnSkelBuilder::default()
         .open(storage)
         .context("opening the BPF object")?;
@@ -204,7 +196,6 @@ fn load<'obj>(
         spill_every: args.spill_every,
         channel_lifetime_s: args.channel_lifetime,
         permission_lifetime_s: args.permission_lifetime,
-        server_uid,
     }
     .apply(rodata);
     open.load().context(

@@ -18,10 +18,9 @@ volatile const __u64 cfg_channel_lifetime_ns = 600ULL * 1000000000ULL;
 volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
-/* The uid owning the TURN server's sockets: only responses sent from its sockets are trusted
- * (TB_ANY_UID: any local socket, for tests without a server). */
-#define TB_ANY_UID 0xFFFFFFFFU
-volatile const __u32 cfg_server_uid = TB_ANY_UID;
+/* Test harness only (the agent never sets it): tc_snoop also trusts the dummy socket that
+ * BPF_PROG_TEST_RUN gives its packets (see from_server_socket() in turn.bpf.c). */
+volatile const __u32 cfg_trust_test_run = 0;
 
 /* --- global state --- */
 
@@ -63,6 +62,16 @@ struct {
 	__type(key, struct tb_perm_key);
 	__type(value, struct tb_perm);
 } perms SEC(".maps");
+
+/* The TURN server's own sockets by socket cookie (value unused): the only senders whose
+ * responses tc_snoop trusts. The loader keeps it: the listening sockets of the server process,
+ * found from its file descriptors, their cookies from sock_diag. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TB_MAX_SERVER_SOCKS);
+	__type(key, __u64);
+	__type(value, __u32);
+} server_socks SEC(".maps");
 
 /* Requests waiting for their response. LRU and separate from committed state: a flood of requests
  * only evicts other pending requests. */

@@ -33,6 +33,9 @@
 #define TB_MAX_EXTERNAL_IPS 64
 #define TB_MAX_LOCAL_ADDRS 1024
 #define TB_MAX_TURN_PORTS 8
+/* The TURN server's sockets whose responses tc_snoop trusts (coturn: one listening socket per
+ * thread, listening address and port). */
+#define TB_MAX_SERVER_SOCKS 256
 /* Peers remembered from one CreatePermission request; more are left with the server. */
 #define TB_MAX_REQ_PEERS 4
 
@@ -164,7 +167,7 @@ enum tb_stat {
 	TB_STAT_TC_NOT_LOCAL = 31, /* forwarded 'responses' ignored */
 	TB_STAT_ABORTED = 32, /* rewrite aborted after it began (never expected) */
 	TB_STAT_NOT_MIRRORED = 33, /* grants we cannot mirror: allocation left to the server */
-	TB_STAT_TC_FOREIGN = 34, /* 'responses' from sockets of another user ignored */
+	TB_STAT_TC_FOREIGN = 34, /* 'responses' sent from a socket that is not the server's ignored */
 	TB_STAT__MAX
 };
 

@@ -239,8 +239,11 @@ pub struct Config {
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
     pub limits: MapLimits,
-    /// Trust only responses from sockets of this uid (None: any local socket).
-    pub server_uid: Option<u32>,
+    /// Let tc_snoop trust the dummy socket BPF_PROG_TEST_RUN gives every packet
+    /// (`cfg_trust_test_run`), as if it were one of the server's sockets. With false, only the
+    /// cookies put in `server_socks` are trusted, and a test run's socket is never among them
+    /// (a new socket with a new cookie every run).
+    pub trust_test_run: bool,
 }
 
 impl Default for Config {
@@ -250,7 +253,7 @@ impl Default for Config {
             spill_every: 0,
             channel_lifetime_s: 600,
             permission_lifetime_s: 300,
-            server_uid: None,
+            trust_test_run: true,
             limits: MapLimits::default(),
         }
     }
@@ -334,9 +337,9 @@ impl Programs {
                 spill_every: cfg.spill_every,
                 channel_lifetime_s: cfg.channel_lifetime_s,
                 permission_lifetime_s: cfg.permission_lifetime_s,
-                server_uid: cfg.server_uid,
             }
             .apply(ro);
+            ro.cfg_trust_test_run = u32::from(cfg.trust_test_run);
         }
         {
             let l = &cfg.limits;
