@@ -9,12 +9,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use turn_bpf::server::parse_proc_net_udp;
 use turn_bpf_testkit::agent::{AgentExit, AgentProc};
 use turn_bpf_testkit::lab::{self, Host, Lab};
 use turn_bpf_testkit::turn_client::{
@@ -60,8 +62,11 @@ fn stop(agent: AgentProc) -> AgentExit {
 
 /// A forked child of this test, running as uid/gid 65534 in the server namespace: it binds the
 /// TURN address:port (SO_REUSEADDR, next to coturn's own sockets, which allow that) and
-/// 127.0.0.1:3478, holds both 400 ms, closes them and starts again 100 ms later, until killed.
-/// Killed (by its pid) and reaped on drop, and by the kernel if this test's thread dies.
+/// 127.0.0.1:3478, holds both 490 ms, closes them and starts again 10 ms later, until killed:
+/// new sockets every 500 ms, there nearly all the time, so that every sweep (once a second)
+/// sees other inodes than the one before. (With a longer pause, sweeps every 1.0 s can lock
+/// onto the 500 ms cycle's gaps and never see the sockets.) Killed (by its pid) and reaped on
+/// drop, and by the kernel if this test's thread dies.
 struct Squatter {
     pid: Pid,
 }
@@ -107,11 +112,11 @@ unsafe fn squat(netns: i32, addrs: &[nix::libc::sockaddr_in; 2]) -> ! {
     let (hold, pause) = (
         timespec {
             tv_sec: 0,
-            tv_nsec: 400_000_000,
+            tv_nsec: 490_000_000,
         },
         timespec {
             tv_sec: 0,
-            tv_nsec: 100_000_000,
+            tv_nsec: 10_000_000,
         },
     );
     loop {
@@ -138,29 +143,16 @@ impl Drop for Squatter {
     }
 }
 
-/// Wait (bounded) until `ss` shows a socket of uid 65534 on the TURN port: the squatter is
-/// really there (a positive control: a squatter that never bound could not fail the test).
-fn wait_for_squatter(lab: &Lab) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut seen = 0;
-    while seen < 2 {
-        let ss = lab.exec(Host::Srv, &["ss", "-Hulne"]).unwrap_or_default();
-        let on_port: Vec<&str> = ss
-            .lines()
-            .filter(|l| l.contains(":3478 ") && l.contains("uid:65534"))
-            .collect();
-        if on_port.iter().any(|l| l.contains("192.0.2.1:3478"))
-            && on_port.iter().any(|l| l.contains("127.0.0.1:3478"))
-        {
-            seen += 1;
-            std::thread::sleep(Duration::from_millis(600)); // and again, in its next round
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the squatter's sockets never showed:\n{ss}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The inodes of the sockets of uid 65534 on the TURN port in the server namespace now.
+fn squatter_inodes(lab: &Lab) -> BTreeSet<u64> {
+    lab::in_ns(&lab.ns(Host::Srv), || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap();
+        parse_proc_net_udp(&text)
+            .into_iter()
+            .filter(|s| s.local.port() == lab::TURN_PORT && s.uid == 65534)
+            .map(|s| s.inode)
+            .collect()
+    })
 }
 
 #[test]
@@ -179,17 +171,20 @@ fn a_local_user_binding_the_turn_port_does_not_switch_the_offload_off() {
     bind_and_check_offloaded(&lab, &mut c, &echo);
 
     let squatter = Squatter::start(&lab);
-    wait_for_squatter(&lab);
-    // About six sweeps, each seeing the squatter's sockets come or go (other inodes every
-    // round): the channel stays offloaded all along.
+    // About six sweeps, each seeing other sockets of the squatter than the one before: the
+    // channel stays offloaded all along.
     let t0 = Instant::now();
-    let mut sent = 105;
+    let (mut sent, mut seen) = (105, BTreeSet::new());
     while t0.elapsed() < Duration::from_secs(6) {
         check_offloaded(&lab, &c, sent, 20);
         sent += 20;
+        seen.extend(squatter_inodes(&lab));
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(squatter);
+    // The positive control: the squatter really bound new sockets all along (two a round,
+    // a round every 500 ms).
+    assert!(seen.len() >= 12, "the squatter's sockets seen: {seen:?}");
     check_offloaded(&lab, &c, sent, 20);
     sent += 20;
 
@@ -311,17 +306,41 @@ fn a_response_forged_by_another_process_on_the_turn_port_commits_nothing() {
 // ------------------------------------------------------------------------------------------
 // Another process's socket on the TURN port when the agent starts.
 
-fn run_once(ns: &str, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new("ip")
+/// Run the agent and wait (bounded) for it to exit by itself: (exit code, stdout, stderr). An
+/// agent still running after 20 s (it started instead of refusing) is stopped with SIGINT, and
+/// the test fails.
+fn run_to_exit(ns: &str, args: &[&str]) -> (i32, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(agent_bin())
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running turn-bpf");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        if Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        !running,
+        "the agent started instead of refusing:\n{}",
+        text(&out.stderr)
+    );
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        text(&out.stdout),
+        text(&out.stderr),
     )
 }
 
@@ -339,7 +358,7 @@ fn another_owner_of_the_turn_port_at_start_up_is_refused_unless_the_server_is_na
     );
 
     // Two processes hold listening sockets on the TURN port: which one is the server?
-    let (code, out, err) = run_once(&ns, &["--enable-forwarding", "turn0", "relay0"]);
+    let (code, out, err) = run_to_exit(&ns, &["--enable-forwarding", "turn0", "relay0"]);
     assert_ne!(code, 0);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
