@@ -61,6 +61,13 @@ impl<'obj> Offload<'obj> {
         if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
             return Ok(None);
         }
+        if let Some(others) = server.describe_others() {
+            warn!("{others}");
+        }
+        info!(
+            "trusting the TURN server's responses: {}",
+            server.describe()
+        );
         info!(
             "offloading TURN port(s) {:?}; stop with Ctrl+C",
             args.turn_ports
@@ -174,10 +181,6 @@ fn find_server(args: &Args) -> Result<ServerWatch> {
         &socks,
         Box::new(System::default()),
     )?;
-    info!(
-        "trusting the TURN server's responses: {}",
-        server.describe()
-    );
     Ok(server)
 }
 

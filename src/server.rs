@@ -304,18 +304,23 @@ impl ServerWatch {
             .filter(|i| !server.socks.contains_key(i))
             .copied()
             .collect();
-        if !w.foreign.is_empty() {
-            warn!(
-                "ignoring {} other socket(s) listening on {}{}: only the TURN server's own \
-                 (pid {}) are trusted",
-                w.foreign.len(),
-                ports_text(w.ports.iter().copied()),
-                w.held_by_text(&w.foreign),
-                server.pid
-            );
-        }
         w.server = Some(server);
         Ok(w)
+    }
+
+    /// The other processes' listening sockets on the TURN ports, which are ignored, for a
+    /// warning at start-up (None: there are none).
+    pub fn describe_others(&self) -> Option<String> {
+        let pid = self.server.as_ref()?.pid;
+        (!self.foreign.is_empty()).then(|| {
+            format!(
+                "ignoring {} other socket(s) listening on {}{}: only the TURN server's own \
+                 (pid {pid}) are trusted",
+                self.foreign.len(),
+                ports_text(self.ports.iter().copied()),
+                self.held_by_text(&self.foreign),
+            )
+        })
     }
 
     /// The cookies of the trusted sockets (for `server_socks`).
@@ -772,6 +777,7 @@ pub mod tests {
         let t = coturn(&p);
         let w = start(&p, ServerName::Owner, &t).unwrap();
         assert_eq!(trusts(&w), cookies(&[11, 12, 13]), "not the relay socket");
+        assert_eq!(w.describe_others(), None);
         assert_eq!(
             w.describe(),
             "pid 100 (turnserver): 3 listening socket(s) on UDP port 3478 (inodes 11, 12, 13)"
@@ -797,6 +803,13 @@ pub mod tests {
         // Named, the server's sockets alone are trusted.
         let w = start(&p, ServerName::Pid(100), &t).unwrap();
         assert_eq!(trusts(&w), cookies(&[11, 12, 13]));
+        assert_eq!(
+            w.describe_others().as_deref(),
+            Some(
+                "ignoring 1 other socket(s) listening on UDP port 3478 (held by 200 squatter): \
+                 only the TURN server's own (pid 100) are trusted"
+            )
+        );
         let pidfile = p.root.join("turnserver.pid");
         std::fs::write(&pidfile, "100\n").unwrap();
         let w = start(&p, ServerName::PidFile(pidfile.clone()), &t).unwrap();
