@@ -170,6 +170,9 @@ fn dump(fd: &OwnedFd, family: u8, seq: u32) -> Result<Vec<DiagSock>> {
 
 /// The cookies of the UDP sockets with these inodes (a socket closed meanwhile is missing).
 pub fn udp_cookies(inodes: &std::collections::BTreeSet<u64>) -> Result<BTreeMap<u64, u64>> {
+    if inodes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     Ok(udp_sockets()?
         .into_iter()
         .filter(|s| inodes.contains(&s.inode))
