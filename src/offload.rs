@@ -24,6 +24,10 @@ use crate::sweep::{StateMaps, Sweeper};
 /// How often expired entries are swept and local addresses re-read. Correctness never waits for
 /// it: the fast path checks every deadline itself.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the sweep runs while no TURN server is trusted (it stopped or restarted): nothing
+/// is learned until its new sockets are trusted, so they are looked for at every tick. With
+/// nothing trusted nothing is committed either, so these sweeps have little to do.
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// The loaded, attached programs and what keeps their state in step with the server.
 pub struct Offload<'obj> {
@@ -89,8 +93,8 @@ impl<'obj> Offload<'obj> {
         let mut last_counters = self.start_counters.clone();
         let mut last_sweep = Instant::now();
         while !stopped() {
-            std::thread::sleep(Duration::from_millis(200));
-            if last_sweep.elapsed() < SWEEP_EVERY {
+            std::thread::sleep(TICK);
+            if last_sweep.elapsed() < SWEEP_EVERY && !self.sweeper.waiting_for_server() {
                 continue;
             }
             last_sweep = Instant::now();

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
@@ -247,7 +248,14 @@ pub struct ServerWatch {
     foreign: BTreeSet<u64>,
     /// Why nobody is trusted, as last logged (said again only when it changes).
     said: Option<String>,
+    /// The listeners of the last look that found no server to trust, and when: with the same
+    /// listeners, the next look (a /proc walk) waits for [`LOOK_AGAIN_EVERY`].
+    looked: Option<(BTreeSet<u64>, Instant)>,
 }
+
+/// While no server is trusted, how often an unchanged set of listening sockets is looked at
+/// again (a process may have dropped its copy of a socket another still holds).
+pub const LOOK_AGAIN_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for ServerWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -295,6 +303,7 @@ impl ServerWatch {
             identity: Identity::default(),
             foreign: BTreeSet::new(),
             said: None,
+            looked: None,
         };
         let l = w.listeners(t);
         let server = w.find(&l, true).map_err(anyhow::Error::msg)?;
@@ -321,6 +330,11 @@ impl ServerWatch {
                 self.held_by_text(&self.foreign),
             )
         })
+    }
+
+    /// A server is trusted now.
+    pub fn trusting(&self) -> bool {
+        self.server.is_some()
     }
 
     /// The cookies of the trusted sockets (for `server_socks`).
@@ -533,13 +547,25 @@ impl ServerWatch {
         r
     }
 
-    /// Nobody is trusted: look for the server again.
+    /// Nobody is trusted: look for the server again (called at every tick then, so the walk of
+    /// every process's fds is done only when the listeners changed, or once a second; a pid
+    /// file is cheap to read every time).
     fn look_again(&mut self, l: &Listeners) -> WatchReport {
         if l.is_empty() {
             return WatchReport::default();
         }
+        let now: BTreeSet<u64> = l.keys().copied().collect();
+        let recent = self
+            .looked
+            .as_ref()
+            .is_some_and(|(set, at)| *set == now && at.elapsed() < LOOK_AGAIN_EVERY);
+        if recent && !matches!(self.name, ServerName::PidFile(_)) {
+            return WatchReport::default();
+        }
+        self.looked = Some((now, Instant::now()));
         match self.find(l, false) {
             Ok(server) => {
+                self.looked = None;
                 self.said = None;
                 self.foreign = l
                     .keys()
@@ -899,8 +925,10 @@ pub mod tests {
         assert_eq!(w.check(&squat), WatchReport::default(), "never trusted");
         assert_eq!(trusts(&w), Vec::<u64>::new());
         // The same program as another user is not the server either.
-        p.process(200, "turnserver", TURNSERVER, &[21]);
+        p.process(200, "turnserver", TURNSERVER, &[22]);
+        let squat = tbl(&[("192.0.2.1:3478", 65534, 22)]);
         assert_eq!(w.check(&squat), WatchReport::default());
+        assert_eq!(trusts(&w), Vec::<u64>::new());
         // The server comes back next to it: trusted, the other one still ignored.
         p.process(102, "turnserver", TURNSERVER, &[51]);
         let back = with(&squat, &[("192.0.2.1:3478", 0, 51)]);

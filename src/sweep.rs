@@ -149,6 +149,11 @@ impl Sweeper {
         }
     }
 
+    /// No TURN server is trusted now (it stopped or restarted and was not found again yet).
+    pub fn waiting_for_server(&self) -> bool {
+        self.server.as_ref().is_some_and(|w| !w.trusting())
+    }
+
     /// The first relayed address of `a` whose socket is gone from `t`, if any.
     fn relay_gone(&mut self, a: &tb_alloc, t: &UdpTable) -> Option<SocketAddr> {
         for (i, relay) in a.relay.iter().enumerate() {
