@@ -9,7 +9,8 @@
  *     UDP to a relay port: from a bound peer -> to client: udpN_to_chanM (relay.h) or pass
  *     anything else: pass
  *   tc_snoop   (TC egress, client-facing interface)
- *     STUN response from a TURN port -> commit what it grants; never modifies or drops
+ *     STUN response from a TURN port, sent from one of the server's sockets (server_socks)
+ *       -> commit what it grants; never modifies or drops
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -350,6 +351,34 @@ int xdp_turn(struct xdp_md *ctx)
 	}
 }
 
+/* Socket families as bpf_sock reports them. */
+#define TB_SK_AF_INET 2
+#define TB_SK_AF_INET6 10
+
+/* Was this packet sent from one of the TURN server's own sockets? Their cookies are in
+ * server_socks (a packet without a socket has cookie 0, never in it). Another local process,
+ * even one bound to the same address and port, has other sockets.
+ * With cfg_trust_test_run (test harness only), the dummy socket BPF_PROG_TEST_RUN attaches to its
+ * skb counts too: sk_alloc + sock_init_data(NULL, sk) leave its type and protocol 0, and the
+ * kernel sets its family from the frame. A socket made by socket(2) always has a type; tun/tap's
+ * type-0 sockets have family AF_UNSPEC. */
+static __always_inline bool from_server_socket(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct bpf_sock *sk;
+
+	if (cookie && bpf_map_lookup_elem(&server_socks, &cookie))
+		return true;
+	if (!cfg_trust_test_run)
+		return false;
+	sk = skb->sk;
+	if (!sk)
+		return false;
+	sk = bpf_sk_fullsock(sk);
+	return sk && sk->type == 0 && sk->protocol == 0 &&
+	       (sk->family == TB_SK_AF_INET || sk->family == TB_SK_AF_INET6);
+}
+
 SEC("tc")
 int tc_snoop(struct __sk_buff *skb)
 {
@@ -377,12 +406,12 @@ int tc_snoop(struct __sk_buff *skb)
 	    sizeof(struct ethhdr) + ip_len > skb->len)
 		return TC_ACT_UNSPEC;
 	/* Only the server's own answers count: a forwarded packet is not one, nor one sent from
-	 * a socket of another user (a local process posing as the server). */
+	 * a socket that is not the server's (a local process posing as the server). */
 	if (skb->ingress_ifindex) {
 		stat_inc(TB_STAT_TC_NOT_LOCAL);
 		return TC_ACT_UNSPEC;
 	}
-	if (cfg_server_uid != TB_ANY_UID && bpf_get_socket_uid(skb) != cfg_server_uid) {
+	if (!from_server_socket(skb)) {
 		stat_inc(TB_STAT_TC_FOREIGN);
 		return TC_ACT_UNSPEC;
 	}

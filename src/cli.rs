@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::server::ServerName;
+
 /// Most TURN listening ports the BPF program matches.
 pub const MAX_TURN_PORTS: usize = crate::consts::TB_MAX_TURN_PORTS as usize;
 
@@ -40,6 +42,17 @@ pub struct Args {
     /// PUBLIC/PRIVATE); repeatable [default: the server's mappings].
     #[arg(long = "external-ip", value_name = "PUBLIC=PRIVATE")]
     pub external_ips: Vec<ExternalIp>,
+
+    /// The TURN server's pid: only its sockets' responses are trusted. Needed when the listening
+    /// sockets of the TURN ports belong to several processes.
+    #[arg(long, value_name = "PID", conflicts_with = "server_pidfile",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_pid: Option<u32>,
+
+    /// A file holding the TURN server's pid (coturn's --pidfile), like --server-pid but read
+    /// again whenever the server restarts.
+    #[arg(long, value_name = "PATH")]
+    pub server_pidfile: Option<PathBuf>,
 
     /// Pass every Nth datagram of a channel to the server instead of relaying it (0: never).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -134,6 +147,16 @@ impl Args {
             .collect()
     }
 
+    /// How the TURN server is named: by --server-pid, by --server-pidfile, or not at all (the one
+    /// process holding the TURN ports' listening sockets).
+    pub fn server_name(&self) -> ServerName {
+        match (&self.server_pid, &self.server_pidfile) {
+            (Some(pid), _) => ServerName::Pid(*pid),
+            (None, Some(path)) => ServerName::PidFile(path.clone()),
+            (None, None) => ServerName::Owner,
+        }
+    }
+
     /// Checks clap cannot express. Returns the one line that names the problem.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = HashSet::new();
@@ -188,6 +211,18 @@ mod tests {
         assert_eq!(a.turnserver_conf, None);
         assert!(!a.enable_forwarding);
         assert_eq!(a.xdp_ifaces(), vec!["eth0"]);
+        assert_eq!(a.server_name(), ServerName::Owner);
+    }
+
+    #[test]
+    fn the_server_named_by_pid_or_pid_file() {
+        let a = parse(&["eth0", "--server-pid", "4119"]).unwrap();
+        assert_eq!(a.server_name(), ServerName::Pid(4119));
+        let a = parse(&["eth0", "--server-pidfile", "/run/turnserver/turnserver.pid"]).unwrap();
+        assert_eq!(
+            a.server_name(),
+            ServerName::PidFile("/run/turnserver/turnserver.pid".into())
+        );
     }
 
     #[test]
@@ -261,6 +296,12 @@ mod tests {
             (&["eth0", "-v", "-q"], "cannot be used"),
             (&["this-name-is-far-too-long"], "not a valid interface"),
             (&["eth0", "--detach", "eth1"], "cannot be used"),
+            (&["eth0", "--server-pid", "0"], "0"),
+            (&["eth0", "--server-pid", "x"], "x"),
+            (
+                &["eth0", "--server-pid", "1", "--server-pidfile", "/p"],
+                "cannot be used",
+            ),
         ];
         for (args, needle) in cases {
             let err = parse(args).expect_err(&format!("{args:?} must be refused"));

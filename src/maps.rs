@@ -1,5 +1,6 @@
 //! The mirrored TURN state's maps seen from userspace: endpoint conversions, and the maps the
-//! loader keeps (local addresses, --external-ip, the interfaces redirects may go to).
+//! loader keeps (local addresses, --external-ip, the interfaces redirects may go to, the server's
+//! sockets).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -152,6 +153,29 @@ pub fn add_tx_port(map: &impl MapCore, ifindex: u32) -> Result<()> {
         MapFlags::ANY,
     )
     .with_context(|| format!("adding ifindex {ifindex} to tx_ports"))
+}
+
+/// Make `server_socks` hold exactly `cookies`: the sockets whose responses the snooper trusts.
+/// Cookies no longer trusted go first, so a failure part-way never leaves a stale one trusted.
+pub fn set_server_socks(map: &impl MapCore, cookies: &[u64]) -> Result<()> {
+    let want: HashSet<[u8; 8]> = cookies.iter().map(|c| c.to_ne_bytes()).collect();
+    for k in map.keys().collect::<Vec<_>>() {
+        if !want.iter().any(|w| w[..] == k[..]) {
+            map.delete(&k)
+                .context("removing a socket from server_socks")?;
+        }
+    }
+    for k in &want {
+        map.update(k, &1u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| {
+                format!(
+                    "trusting {} server sockets (server_socks holds at most {})",
+                    want.len(),
+                    crate::consts::TB_MAX_SERVER_SOCKS
+                )
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

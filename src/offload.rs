@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::OpenObject;
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use crate::attach::{self, Attachments};
 use crate::cli::Args;
 use crate::maps;
-use crate::server::{ServerWatch, UdpTable};
+use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
 use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
@@ -25,6 +25,10 @@ use crate::sweep::{StateMaps, Sweeper};
 /// How often expired entries are swept and local addresses re-read. Correctness never waits for
 /// it: the fast path checks every deadline itself.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the sweep runs while no TURN server is trusted (it stopped or restarted): nothing
+/// is learned until its new sockets are trusted, so they are looked for at every tick. With
+/// nothing trusted nothing is committed either, so these sweeps have little to do.
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// The loaded, attached programs and what keeps their state in step with the server.
 pub struct Offload<'obj> {
@@ -48,14 +52,14 @@ impl<'obj> Offload<'obj> {
         }
         // The server's own settings, merged with ours; refuses a server with bandwidth limits.
         let settings = effective::resolve(args, &UdpTable::read()?)?;
-        let (server, server_uid) = find_server(&settings.turn_ports)?;
+        let server = find_server(args, &settings.turn_ports)?;
 
         let mut attached = Attachments::default();
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
         if stopped() {
             return Ok(None);
         }
-        let skel = load(args, &settings, storage, server_uid)?;
+        let skel = load(args, &settings, storage)?;
         skel.maps
             .bss_data
             .as_deref()
@@ -64,8 +68,12 @@ impl<'obj> Offload<'obj> {
             return Ok(None);
         }
         init_maps(&skel, &settings)?;
+        maps::set_server_socks(&skel.maps.server_socks, &server.trusted_cookies())?;
         if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
             return Ok(None);
+        }
+        if let Some(others) = server.describe_others() {
+            warn!("{others}");
         }
         let unwatched = attach::unwatched_interfaces(&ifaces);
         if !unwatched.is_empty() {
@@ -77,6 +85,10 @@ impl<'obj> Offload<'obj> {
             );
         }
         info!("{}", settings.summary);
+        info!(
+            "trusting the TURN server's responses: {}",
+            server.describe()
+        );
         info!(
             "offloading TURN port(s) {:?}; stop with Ctrl+C",
             settings.turn_ports
@@ -98,8 +110,8 @@ impl<'obj> Offload<'obj> {
         let mut last_counters = self.start_counters.clone();
         let mut last_sweep = Instant::now();
         while !stopped() {
-            std::thread::sleep(Duration::from_millis(200));
-            if last_sweep.elapsed() < SWEEP_EVERY {
+            std::thread::sleep(TICK);
+            if last_sweep.elapsed() < SWEEP_EVERY && !self.sweeper.waiting_for_server() {
                 continue;
             }
             last_sweep = Instant::now();
@@ -168,6 +180,7 @@ impl<'obj> Offload<'obj> {
             perms: &m.perms,
             pending: &m.pending,
             not_local: &m.not_local,
+            server_socks: &m.server_socks,
             raise_shortened: &raise,
         };
         if let Err(e) = self
@@ -211,27 +224,17 @@ impl<'obj> Offload<'obj> {
     }
 }
 
-/// The TURN server's listening sockets (it must be running: everything is learned from its
-/// responses, and its sockets tell when it stops or restarts), and the uid whose sockets the
-/// snooper trusts.
-fn find_server(turn_ports: &[u16]) -> Result<(ServerWatch, Option<u32>)> {
+/// The TURN server (it must be running: everything is learned from its responses, and its
+/// sockets tell when it stops or restarts) and the sockets the snooper trusts.
+fn find_server(args: &Args, turn_ports: &[u16]) -> Result<ServerWatch> {
     let socks = UdpTable::read()?;
-    let server = ServerWatch::new(turn_ports, &socks)?;
-    debug!(
-        "watching the TURN server's sockets: {}",
-        server.describe(&socks)
-    );
-    let uid = match server.uid(&socks) {
-        Ok(uid) => Some(uid),
-        Err(uids) => {
-            warn!(
-                "the sockets on the TURN port(s) belong to several users ({uids:?}): the snooper \
-                 trusts responses from any local socket"
-            );
-            None
-        }
-    };
-    Ok((server, uid))
+    let server = ServerWatch::start(
+        turn_ports,
+        args.server_name(),
+        &socks,
+        Box::new(System::default()),
+    )?;
+    Ok(server)
 }
 
 /// Open the BPF object, write its load-time configuration, load it.
@@ -239,7 +242,6 @@ fn load<'obj>(
     args: &Args,
     settings: &Effective,
     storage: &'obj mut MaybeUninit<OpenObject>,
-    server_uid: Option<u32>,
 ) -> Result<TurnSkel<'obj>> {
     let mut open = TurnSkelBuilder::default()
         .open(storage)
@@ -254,7 +256,6 @@ fn load<'obj>(
         spill_every: args.spill_every,
         channel_lifetime_s: settings.channel_lifetime,
         permission_lifetime_s: settings.permission_lifetime,
-        server_uid,
         pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
     }
     .apply(rodata);

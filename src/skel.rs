@@ -15,6 +15,8 @@ mod generated {
 pub use generated::*;
 
 /// What the programs are loaded with: their `volatile const` configuration (`bpf/lib/maps.h`).
+/// Which sockets speak for the server is not configuration: it is the `server_socks` map, kept
+/// by the server watch (`server.rs`). `cfg_trust_test_run` is the test harness's alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// TURN listening ports (at most `TB_MAX_TURN_PORTS`).
@@ -23,8 +25,6 @@ pub struct Settings {
     pub spill_every: u32,
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
-    /// Trust only responses from sockets of this uid (None: any local socket).
-    pub server_uid: Option<u32>,
     /// How long a recorded request can be answered, and how far a blind spot reaches
     /// (`TB_PENDING_LIFETIME_MS` in the agent; the packet tests shorten it).
     pub pending_lifetime_ms: u64,
@@ -39,7 +39,6 @@ impl Settings {
         ro.cfg_spill_every = self.spill_every;
         ro.cfg_channel_lifetime_ns = self.channel_lifetime_s * 1_000_000_000;
         ro.cfg_permission_lifetime_ns = self.permission_lifetime_s * 1_000_000_000;
-        ro.cfg_server_uid = self.server_uid.unwrap_or(u32::MAX);
         ro.cfg_pending_lifetime_ns = self.pending_lifetime_ms * 1_000_000;
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Result;
 use libbpf_rs::{MapCore, MapFlags};
 use log::{debug, info, warn};
 
-use crate::maps::{bytes_of, from_bytes, show, sockaddr};
+use crate::maps::{self, bytes_of, from_bytes, show, sockaddr};
 use crate::server::{ServerWatch, UdpTable};
 use crate::skel::types::{
     tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_pending, tb_perm,
@@ -99,6 +99,8 @@ pub struct StateMaps<'a, M: MapCore> {
     pub pending: &'a M,
     pub not_local: &'a M,
     pub raise_shortened: &'a dyn Fn(),
+    /// The server's sockets the snooper trusts (kept from the server watch).
+    pub server_socks: &'a M,
 }
 
 /// A recorded request older than this is past any answer (twice the pending lifetime): removed.
@@ -156,6 +158,11 @@ impl Sweeper {
         }
     }
 
+    /// No TURN server is trusted now (it stopped or restarted and was not found again yet).
+    pub fn waiting_for_server(&self) -> bool {
+        self.server.as_ref().is_some_and(|w| !w.trusting())
+    }
+
     /// The first relayed address of `a` whose socket is gone from `t`, if any.
     fn relay_gone(&mut self, a: &tb_alloc, t: &UdpTable) -> Option<SocketAddr> {
         for (i, relay) in a.relay.iter().enumerate() {
@@ -197,9 +204,11 @@ impl Sweeper {
     ) -> Result<SweepReport> {
         let mut r = SweepReport::default();
 
-        // The server stopped or restarted: everything learned from it is gone there.
+        // The server stopped or restarted: everything learned from it is gone there. Then
+        // (never before: a grant of the new server must not be wiped) its sockets are trusted.
         if let (Some(server), Some(t)) = (self.server.as_mut(), socks) {
-            if let Some(why) = server.check(t) {
+            let w = server.check(t);
+            if let Some(why) = w.forget {
                 r.allocs_removed = delete_all(m.allocs);
                 let chans = delete_all(m.chans);
                 r.chans_removed = chans + delete_all(m.peers);
@@ -213,6 +222,11 @@ impl Sweeper {
                 self.known.clear();
                 self.relay_sockets.clear();
                 r.forgot_all = Some(why);
+            }
+            if let Some(cookies) = &w.trust {
+                maps::set_server_socks(m.server_socks, cookies)?;
+            }
+            if r.forgot_all.is_some() {
                 return Ok(r);
             }
         }
@@ -406,7 +420,8 @@ impl Sweeper {
 mod tests {
     use super::*;
     use crate::maps::{ep, ep_ip};
-    use crate::server::UdpSock;
+    use crate::server::tests::{FakeInfo, FakeProc, COOKIE};
+    use crate::server::{ServerName, UdpSock};
     use crate::skel::types::tb_pending_key;
     use std::net::IpAddr;
 
@@ -423,6 +438,7 @@ mod tests {
         perms: libbpf_rs::MapHandle,
         pending: libbpf_rs::MapHandle,
         not_local: libbpf_rs::MapHandle,
+        server_socks: libbpf_rs::MapHandle,
     }
 
     impl Maps {
@@ -454,6 +470,7 @@ mod tests {
                 perms: hash(size_of::<tb_perm_key>(), size_of::<tb_perm>()),
                 pending: hash(size_of::<tb_pending_key>(), size_of::<tb_pending>()),
                 not_local: hash(size_of::<tb_ep>(), 8),
+                server_socks: hash(8, 4),
             })
         }
 
@@ -466,7 +483,19 @@ mod tests {
                 pending: &self.pending,
                 not_local: &self.not_local,
                 raise_shortened: &|| {},
+                server_socks: &self.server_socks,
             }
+        }
+
+        /// The cookies in `server_socks`, sorted.
+        fn trusted(&self) -> Vec<u64> {
+            let mut v: Vec<u64> = self
+                .server_socks
+                .keys()
+                .map(|k| u64::from_ne_bytes(k[..].try_into().unwrap()))
+                .collect();
+            v.sort_unstable();
+            v
         }
 
         fn counts(&self) -> (usize, usize, usize, usize) {
@@ -561,6 +590,13 @@ mod tests {
     const NOW: u64 = 1_000_000_000_000;
     const FAR: u64 = u64::MAX / 2;
 
+    /// A watch on the server of `t` (listening socket inode 1, held by pid 100 in a fake /proc).
+    fn watch(p: &FakeProc, t: &UdpTable) -> ServerWatch {
+        p.process(100, "turnserver", "/usr/bin/turnserver", &[1]);
+        let info = Box::new(FakeInfo(p.procfs()));
+        ServerWatch::start(&[3478], ServerName::Owner, t, info).unwrap()
+    }
+
     fn relays(addrs: &[(&str, u64)]) -> UdpTable {
         UdpTable::from_sockets(
             std::iter::once(sock(SERVER, 1)).chain(addrs.iter().map(|(a, i)| sock(a, *i))),
@@ -631,7 +667,8 @@ mod tests {
         m.chan(&a2, 2, "198.51.100.1:50002", "198.51.100.2:7002", 0x4000);
         m.chan(&a3, 3, "198.51.100.1:50003", "198.51.100.2:7003", 0x4000);
         m.chan(&a4, 4, "198.51.100.1:50004", "198.51.100.2:7004", 0x4000);
-        let mut s = Sweeper::new(ServerWatch::new(&[3478], &relays(&[])).unwrap());
+        let p = FakeProc::new("sweep-relays");
+        let mut s = Sweeper::new(watch(&p, &relays(&[])));
         // 1 has its socket, 2 a wildcard one, 3 none, 4 none but is newer than the sequence.
         let t = relays(&[("198.51.100.1:50001", 101), ("0.0.0.0:50002", 102)]);
         let r = s.sweep(&m.state(), NOW, 3, Some(&t)).unwrap();
@@ -669,10 +706,29 @@ mod tests {
         };
         fill();
         let t = relays(&[(relay, 101)]);
-        let mut s = Sweeper::new(ServerWatch::new(&[3478], &t).unwrap());
+        let p = FakeProc::new("sweep-forget");
+        let mut s = Sweeper::new(watch(&p, &t));
         let r = s.sweep(&m.state(), NOW, 1, Some(&t)).unwrap();
         assert_eq!((r.forgot_all.as_deref(), r.learned.len()), (None, 1));
-        // Restarted: another listening socket, the relay sockets gone.
+        // Another process's socket on the TURN port comes and goes: nothing is forgotten.
+        p.process(200, "squatter", "/usr/bin/python3", &[7]);
+        let squat = relays(&[(relay, 101), ("127.0.0.1:3478", 7)]);
+        for t in [&squat, &t, &squat, &t] {
+            let r = s.sweep(&m.state(), NOW, 1, Some(t)).unwrap();
+            assert_eq!(r.forgot_all, None);
+        }
+        assert_eq!(m.counts(), (1, 1, 1, 1));
+        // Restarted: another listening socket of another process of the same program and user,
+        // the relay sockets gone. Its socket is trusted once everything was forgotten.
+        m.server_socks
+            .update(
+                &(1 + COOKIE).to_ne_bytes(),
+                &1u32.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .unwrap();
+        std::fs::remove_dir_all(p.root.join("100")).unwrap();
+        p.process(101, "turnserver", "/usr/bin/turnserver", &[2]);
         let t = UdpTable::from_sockets([sock(SERVER, 2)]);
         let r = s.sweep(&m.state(), NOW, 1, Some(&t)).unwrap();
         assert_eq!(
@@ -680,7 +736,8 @@ mod tests {
             Some("socket on port 3478 changed (the server restarted)")
         );
         assert_eq!(m.counts(), (0, 0, 0, 0));
-        // Stopped: nothing listens any more.
+        assert_eq!(m.trusted(), [2 + COOKIE]);
+        // Stopped: nothing listens any more, nothing is trusted.
         fill();
         let r = s
             .sweep(&m.state(), NOW, 1, Some(&UdpTable::default()))
@@ -690,6 +747,7 @@ mod tests {
             Some("socket on port 3478 went away")
         );
         assert_eq!(m.counts(), (0, 0, 0, 0));
+        assert!(m.trusted().is_empty());
     }
 
     #[test]

@@ -1394,21 +1394,44 @@ fn peer_after_integrity_commits_nothing(c: &Ctx) -> Result<()> {
     c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")
 }
 
-/// BPF_PROG_TEST_RUN gives its skb a dummy socket owned by uid 0.
-const TEST_RUN_UID: u32 = 0;
+/// The cookie of a real UDP socket of this process (in the test namespace), found the way the
+/// agent finds the server's: its inode from /proc/self/fd, its cookie from sock_diag.
+fn cookie_of(sock: &std::net::UdpSocket) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", sock.as_raw_fd()))?;
+    let inode = turn_bpf::owners::socket_inode(link.as_os_str()).context("not a socket")?;
+    turn_bpf::sockdiag::udp_cookies(&[inode].into())?
+        .get(&inode)
+        .copied()
+        .context("sock_diag does not list our socket")
+}
 
-fn responses_from_another_users_socket_are_ignored(c: &Ctx) -> Result<()> {
-    // this row runs with server_uid = 1000: the test run's socket (uid 0) is "another user"
+fn responses_from_a_socket_that_is_not_the_servers_are_ignored(c: &Ctx) -> Result<()> {
+    // this row runs without the harness's trust in the test run's socket: server_socks holds
+    // another socket's cookie, and every test run's socket is a new one with its own cookie
+    let other = std::net::UdpSocket::bind((SERVER, 0))?;
+    maps::set_server_socks(&c.p.skel.maps.server_socks, &[cookie_of(&other)?])?;
     let t = new_txid();
     c.request(C1, &alloc_req(t, 600), true)?;
     c.response(C1, &alloc_ok(t, C1, R1.into(), 600), &[("TC_FOREIGN", 1)])?;
     ensure!(c.alloc(C1).is_err(), "committed from a foreign socket");
     ensure!(c.counts().pending == 1, "the request stays pending");
+    // nor can it take anything away: a Refresh 0 or an error answered from it is ignored too
+    c.response(C1, &refresh_ok(t, 0), &[("TC_FOREIGN", 1)])?;
+    c.response(
+        C1,
+        &build_error_response(ALLOCATE, t, 437),
+        &[("TC_FOREIGN", 1)],
+    )?;
+    ensure!(c.counts().pending == 1, "the request stays pending");
+    let m = c.counts();
+    ensure!(m.committed() == (0, 0, 0, 0), "committed: {m}");
     Ok(())
 }
 
-fn responses_from_the_servers_uid_commit(c: &Ctx) -> Result<()> {
-    // this row runs with server_uid = TEST_RUN_UID: the same responses are trusted
+fn responses_from_the_servers_socket_commit(c: &Ctx) -> Result<()> {
+    // this row runs with the harness's trust in the test run's socket (standing in for one of
+    // the server's sockets): the same responses are committed
     c.live_channel(C1, 0x4001, R1, P1)
 }
 
@@ -1622,20 +1645,17 @@ fn learning_table() {
             Config::default(),
         ),
         (
-            "responses from another user's socket are ignored",
-            responses_from_another_users_socket_are_ignored,
+            "responses from a socket that is not the server's are ignored",
+            responses_from_a_socket_that_is_not_the_servers_are_ignored,
             Config {
-                server_uid: Some(1000),
+                trust_test_run: false,
                 ..Config::default()
             },
         ),
         (
-            "responses from the server's uid commit",
-            responses_from_the_servers_uid_commit,
-            Config {
-                server_uid: Some(TEST_RUN_UID),
-                ..Config::default()
-            },
+            "responses from the server's socket commit",
+            responses_from_the_servers_socket_commit,
+            Config::default(),
         ),
         (
             "Refresh 0 answered to an unrecorded request still deallocates",

@@ -21,10 +21,9 @@ volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no
  * blind spot of its client lies within this time of it, before or after. */
 volatile const __u64 cfg_pending_lifetime_ns = TB_PENDING_LIFETIME_MS * 1000000ULL;
-/* The uid owning the TURN server's sockets: only responses sent from its sockets are trusted
- * (TB_ANY_UID: any local socket, for tests without a server). */
-#define TB_ANY_UID 0xFFFFFFFFU
-volatile const __u32 cfg_server_uid = TB_ANY_UID;
+/* Test harness only (the agent never sets it): tc_snoop also trusts the dummy socket that
+ * BPF_PROG_TEST_RUN gives its packets (see from_server_socket() in turn.bpf.c). */
+volatile const __u32 cfg_trust_test_run = 0;
 
 /* --- global state --- */
 
@@ -69,6 +68,16 @@ struct {
 	__type(key, struct tb_perm_key);
 	__type(value, struct tb_perm);
 } perms SEC(".maps");
+
+/* The TURN server's own sockets by socket cookie (value unused): the only senders whose
+ * responses tc_snoop trusts. The loader keeps it: the listening sockets of the server process,
+ * found from its file descriptors, their cookies from sock_diag. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TB_MAX_SERVER_SOCKS);
+	__type(key, __u64);
+	__type(value, __u32);
+} server_socks SEC(".maps");
 
 /* Requests waiting for their response, and answered ones (a repeated answer must find them). A
  * plain hash, never evicted: what it says is evidence (an answer, a conflicting copy), and losing

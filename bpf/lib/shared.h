@@ -46,6 +46,9 @@
 #define TB_MAX_EXTERNAL_IPS 64
 #define TB_MAX_LOCAL_ADDRS 1024
 #define TB_MAX_TURN_PORTS 8
+/* The TURN server's sockets whose responses tc_snoop trusts (coturn: one listening socket per
+ * thread, listening address and port). */
+#define TB_MAX_SERVER_SOCKS 256
 /* Peers remembered from one CreatePermission request; more are left with the server. */
 #define TB_MAX_REQ_PEERS 4
 
@@ -199,7 +202,7 @@ enum tb_stat {
 	TB_STAT_TC_NOT_LOCAL = 31, /* forwarded 'responses' ignored */
 	TB_STAT_ABORTED = 32, /* rewrite aborted after it began (never expected) */
 	TB_STAT_NOT_MIRRORED = 33, /* grants we cannot mirror: allocation left to the server */
-	TB_STAT_TC_FOREIGN = 34, /* 'responses' from sockets of another user ignored */
+	TB_STAT_TC_FOREIGN = 34, /* 'responses' sent from a socket that is not the server's ignored */
 	TB_STAT_RECORD_BLIND = 35, /* STUN request longer than the recorder checks: not recorded, a blind spot (fragments, IP options, VLAN tags and malformed STUN blind the client too, counted as such) */
 	TB_STAT_RECORD_BAD_CSUM = 36, /* STUN request with a bad IP or UDP checksum (or a partial one): not recorded, a blind spot */
 	TB_STAT_LEARN_STALE = 37, /* answers to a request older than the pending lifetime or than a blind spot of its client: nothing committed */

@@ -342,11 +342,14 @@ pub struct Config {
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
     pub limits: MapLimits,
-    /// Trust only responses from sockets of this uid (None: any local socket).
-    pub server_uid: Option<u32>,
     /// The pending lifetime, which is also how far a blind spot reaches (short here, so that a
     /// table can show learning going on after one: see [`PAST_BLIND`]).
     pub pending_lifetime_ms: u64,
+    /// Let tc_snoop trust the dummy socket BPF_PROG_TEST_RUN gives every packet
+    /// (`cfg_trust_test_run`), as if it were one of the server's sockets. With false, only the
+    /// cookies put in `server_socks` are trusted, and a test run's socket is never among them
+    /// (a new socket with a new cookie every run).
+    pub trust_test_run: bool,
 }
 
 /// How long a table waits after a blind spot before it shows that learning goes on.
@@ -360,7 +363,7 @@ impl Default for Config {
             spill_every: 0,
             channel_lifetime_s: 600,
             permission_lifetime_s: 300,
-            server_uid: None,
+            trust_test_run: true,
             limits: MapLimits::default(),
             pending_lifetime_ms: PENDING_LIFETIME_MS,
         }
@@ -445,10 +448,10 @@ impl Programs {
                 spill_every: cfg.spill_every,
                 channel_lifetime_s: cfg.channel_lifetime_s,
                 permission_lifetime_s: cfg.permission_lifetime_s,
-                server_uid: cfg.server_uid,
                 pending_lifetime_ms: cfg.pending_lifetime_ms,
             }
             .apply(ro);
+            ro.cfg_trust_test_run = u32::from(cfg.trust_test_run);
         }
         {
             let l = &cfg.limits;

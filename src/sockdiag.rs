@@ -1,0 +1,320 @@
+//! Socket cookies of this network namespace's UDP sockets, from the kernel's sock_diag netlink
+//! interface (NETLINK_SOCK_DIAG): one `SOCK_DIAG_BY_FAMILY` dump request with an
+//! `inet_diag_req_v2` per address family, answered by one `inet_diag_msg` per socket, which
+//! carries the socket's inode (what `/proc/net/udp` and `/proc/<pid>/fd` name it by) and its
+//! cookie (what `bpf_get_socket_cookie()` returns for its packets). No ptrace, no access to the
+//! owning process.
+//!
+//! The messages are encoded and decoded here byte by byte, in the layouts of
+//! `linux/netlink.h`, `linux/sock_diag.h` and `linux/inet_diag.h`.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{
+    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
+
+const NLMSG_HDR_LEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x01;
+/// NLM_F_ROOT | NLM_F_MATCH.
+const NLM_F_DUMP: u16 = 0x300;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const IPPROTO_UDP: u8 = 17;
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then a 48-byte
+/// `inet_diag_sockid`.
+const REQ_V2_LEN: usize = 8 + SOCKID_LEN;
+/// `struct inet_diag_sockid`: sport, dport, src[4], dst[4], if, cookie[2].
+const SOCKID_LEN: usize = 48;
+/// `struct inet_diag_msg`: family, state, timer, retrans, id, expires, rqueue, wqueue, uid,
+/// inode.
+const DIAG_MSG_LEN: usize = 4 + SOCKID_LEN + 20;
+/// Offsets in `inet_diag_msg`.
+const MSG_SPORT: usize = 4;
+const MSG_COOKIE: usize = 4 + 40;
+const MSG_UID: usize = 4 + SOCKID_LEN + 12;
+const MSG_INODE: usize = 4 + SOCKID_LEN + 16;
+
+/// One UDP socket as sock_diag reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagSock {
+    pub family: u8,
+    pub state: u8,
+    /// Local port.
+    pub port: u16,
+    pub uid: u32,
+    pub inode: u64,
+    pub cookie: u64,
+}
+
+/// The dump request for every UDP socket of `family` (`AF_INET` or `AF_INET6`), in all states:
+/// a netlink header and an `inet_diag_req_v2`.
+pub fn dump_request(family: u8, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDR_LEN + REQ_V2_LEN;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
+    m.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
+    m.extend_from_slice(&[0u8; SOCKID_LEN]); // no socket named: a dump
+    m
+}
+
+/// What one read from the netlink socket held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replies {
+    pub socks: Vec<DiagSock>,
+    /// NLMSG_DONE was among them: the dump is complete.
+    pub done: bool,
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// Decode the netlink messages in `buf` (one datagram from the kernel) that answer request
+/// `seq`. An `NLMSG_ERROR` with a non-zero code is an error; so is a truncated message.
+pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
+    let mut out = Replies::default();
+    let mut off = 0;
+    while off + NLMSG_HDR_LEN <= buf.len() {
+        let len = u32_at(buf, off) as usize;
+        let typ = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < NLMSG_HDR_LEN || off + len > buf.len() {
+            bail!("sock_diag: a truncated netlink message ({len} bytes at {off})");
+        }
+        let body = &buf[off + NLMSG_HDR_LEN..off + len];
+        if u32_at(buf, off + 8) == seq {
+            match typ {
+                NLMSG_DONE => out.done = true,
+                NLMSG_ERROR => {
+                    let errno = body
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    if errno != 0 {
+                        bail!(
+                            "sock_diag: the kernel answered {}",
+                            nix::errno::Errno::from_raw(-errno)
+                        );
+                    }
+                }
+                SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => out.socks.push(DiagSock {
+                    family: body[0],
+                    state: body[1],
+                    port: u16::from_be_bytes([body[MSG_SPORT], body[MSG_SPORT + 1]]),
+                    uid: u32_at(body, MSG_UID),
+                    inode: u64::from(u32_at(body, MSG_INODE)),
+                    cookie: u64::from(u32_at(body, MSG_COOKIE))
+                        | u64::from(u32_at(body, MSG_COOKIE + 4)) << 32,
+                }),
+                _ => {}
+            }
+        }
+        off += (len + 3) & !3; // NLMSG_ALIGN
+    }
+    Ok(out)
+}
+
+/// Every UDP socket (IPv4 and IPv6) of the network namespace of the calling thread.
+pub fn udp_sockets() -> Result<Vec<DiagSock>> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .context("opening a NETLINK_SOCK_DIAG socket")?;
+    let mut all = Vec::new();
+    for (seq, family) in [
+        (1, libc_af(AddressFamily::Inet)),
+        (2, libc_af(AddressFamily::Inet6)),
+    ] {
+        all.extend(dump(&fd, family, seq)?);
+    }
+    Ok(all)
+}
+
+fn libc_af(f: AddressFamily) -> u8 {
+    f as i32 as u8
+}
+
+fn dump(fd: &OwnedFd, family: u8, seq: u32) -> Result<Vec<DiagSock>> {
+    sendto(
+        fd.as_raw_fd(),
+        &dump_request(family, seq),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .context("sending a sock_diag request")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut socks = Vec::new();
+    loop {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
+            .context("reading sock_diag replies")?;
+        if n == 0 {
+            bail!("sock_diag: the dump ended without NLMSG_DONE");
+        }
+        let r = parse_replies(&buf[..n], seq)?;
+        socks.extend(r.socks);
+        if r.done {
+            return Ok(socks);
+        }
+    }
+}
+
+/// The cookies of the UDP sockets with these inodes (a socket closed meanwhile is missing).
+pub fn udp_cookies(inodes: &std::collections::BTreeSet<u64>) -> Result<BTreeMap<u64, u64>> {
+    if inodes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(udp_sockets()?
+        .into_iter()
+        .filter(|s| inodes.contains(&s.inode))
+        .map(|s| (s.inode, s.cookie))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink message of `typ` with `body`, as the kernel writes it.
+    fn nlmsg(typ: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDR_LEN + body.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&typ.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&4242u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    /// An `inet_diag_msg` for 192.0.2.1:3478, laid out field by field.
+    fn diag_msg(inode: u32, cookie: u64, uid: u32) -> Vec<u8> {
+        let mut b = vec![2u8, 7, 0, 0]; // AF_INET, TCP_CLOSE (unconnected), timer, retrans
+        b.extend_from_slice(&3478u16.to_be_bytes()); // sport
+        b.extend_from_slice(&0u16.to_be_bytes()); // dport
+        b.extend_from_slice(&[192, 0, 2, 1]);
+        b.extend_from_slice(&[0; 12]); // rest of src
+        b.extend_from_slice(&[0; 16]); // dst
+        b.extend_from_slice(&0u32.to_ne_bytes()); // if
+        b.extend_from_slice(&(cookie as u32).to_ne_bytes());
+        b.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        b.extend_from_slice(&[0; 12]); // expires, rqueue, wqueue
+        b.extend_from_slice(&uid.to_ne_bytes());
+        b.extend_from_slice(&inode.to_ne_bytes());
+        assert_eq!(b.len(), DIAG_MSG_LEN);
+        b
+    }
+
+    #[test]
+    fn encodes_the_dump_request() {
+        let m = dump_request(10, 7);
+        assert_eq!(m.len(), 72, "nlmsghdr 16 + inet_diag_req_v2 56");
+        assert_eq!(u32_at(&m, 0), 72, "nlmsg_len");
+        assert_eq!(&m[4..6], &20u16.to_ne_bytes(), "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(
+            &m[6..8],
+            &0x301u16.to_ne_bytes(),
+            "NLM_F_REQUEST | NLM_F_DUMP"
+        );
+        assert_eq!(u32_at(&m, 8), 7, "seq");
+        assert_eq!(u32_at(&m, 12), 0, "pid");
+        assert_eq!(&m[16..20], &[10, 17, 0, 0], "AF_INET6, IPPROTO_UDP, no ext");
+        assert_eq!(u32_at(&m, 20), u32::MAX, "every state");
+        assert!(m[24..].iter().all(|b| *b == 0), "no socket id");
+    }
+
+    #[test]
+    fn decodes_replies_cookies_and_the_end() {
+        let cookie = 0x0000_0001_0000_2a2b_u64;
+        let mut buf = nlmsg(20, 1, &diag_msg(197916, cookie, 0));
+        buf.extend(nlmsg(20, 1, &diag_msg(197917, 5, 65534)));
+        buf.extend(nlmsg(20, 9, &diag_msg(1, 1, 1))); // another request's
+        let r = parse_replies(&buf, 1).unwrap();
+        assert!(!r.done);
+        assert_eq!(
+            r.socks,
+            [
+                DiagSock {
+                    family: 2,
+                    state: 7,
+                    port: 3478,
+                    uid: 0,
+                    inode: 197916,
+                    cookie,
+                },
+                DiagSock {
+                    family: 2,
+                    state: 7,
+                    port: 3478,
+                    uid: 65534,
+                    inode: 197917,
+                    cookie: 5,
+                },
+            ]
+        );
+        let done = parse_replies(&nlmsg(3, 1, &0i32.to_ne_bytes()), 1).unwrap();
+        assert!(done.done && done.socks.is_empty());
+        // an error answer, and a message cut short
+        let e = parse_replies(&nlmsg(2, 1, &(-22i32).to_ne_bytes()), 1).unwrap_err();
+        assert!(e.to_string().contains("EINVAL"), "{e}");
+        let ack = parse_replies(&nlmsg(2, 1, &0i32.to_ne_bytes()), 1).unwrap();
+        assert_eq!(ack, Replies::default());
+        let cut = nlmsg(20, 1, &diag_msg(1, 1, 1));
+        assert!(parse_replies(&cut[..40], 1).is_err());
+        // a body too short for an inet_diag_msg is skipped
+        assert!(parse_replies(&nlmsg(20, 1, &[0; 8]), 1)
+            .unwrap()
+            .socks
+            .is_empty());
+    }
+
+    /// SO_COOKIE of `sock`: what bpf_get_socket_cookie() sees for its packets.
+    fn so_cookie(sock: &std::net::UdpSocket) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_COOKIE,
+                std::ptr::addr_of_mut!(cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+        cookie
+    }
+
+    #[test]
+    fn the_kernel_reports_a_sockets_inode_and_cookie() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", sock.as_raw_fd())).unwrap();
+        let inode = crate::owners::socket_inode(link.as_os_str()).unwrap();
+        let cookie = so_cookie(&sock);
+        let found: Vec<DiagSock> = udp_sockets()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.inode == inode)
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].port, found[0].cookie), (port, cookie));
+        assert_eq!(found[0].family, 2);
+        let map = udp_cookies(&[inode, 1].into()).unwrap();
+        assert_eq!(map, BTreeMap::from([(inode, cookie)]));
+    }
+}
