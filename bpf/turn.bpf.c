@@ -208,9 +208,13 @@ static __always_inline int xdp_turn6(struct xdp_md *ctx, struct ipv6hdr *ip6, vo
 			blind_stamp6(ip6, 0);
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 	}
-	/* IPv6 UDP without a checksum is invalid: the kernel drops it, we do not touch it. */
-	if (!udp->check)
+	/* IPv6 UDP without a checksum is invalid: the kernel drops it (unless a socket asked for
+	 * UDP_NO_CHECK6_RX), we do not touch it, and for a TURN port its client is blind. */
+	if (!udp->check) {
+		if (to_turn)
+			blind_stamp6(ip6, 0);
 		return xdp_pass(TB_STAT_PASS_NO_CSUM);
+	}
 	pkt_from6(&in, ip6, udp, udp_len);
 	if (!to_turn)
 		return to_client(ctx, &in, ip6, udp);
@@ -379,15 +383,78 @@ static __always_inline bool from_server_socket(struct __sk_buff *skb)
 	       (sk->family == TB_SK_AF_INET || sk->family == TB_SK_AF_INET6);
 }
 
+/* A response leaving from a TURN port: the server's own (sent by this host, from one of its
+ * sockets)? Counted when not. */
+static __always_inline bool from_the_server(struct __sk_buff *skb)
+{
+	/* Only the server's own answers count: a forwarded packet is not one, nor one sent from
+	 * a socket that is not the server's (a local process posing as the server). */
+	if (skb->ingress_ifindex) {
+		stat_inc(TB_STAT_TC_NOT_LOCAL);
+		return false;
+	}
+	if (!from_server_socket(skb)) {
+		stat_inc(TB_STAT_TC_FOREIGN);
+		return false;
+	}
+	return true;
+}
+
+/* Parse the STUN message at `off` (UDP payload of `len` bytes) and commit it for client/server
+ * as set in `s->req_key`. ChannelData and Data from the server are not STUN: no parse, nothing
+ * to count. */
+static __always_inline void snoop_commit(struct __sk_buff *skb, struct tb_scratch *s, __u32 off,
+					 __u32 len)
+{
+	if (stun_parse(skb, false, off, len, &s->msg))
+		return;
+	commit_response(&s->req_key.client, &s->req_key.server, s);
+}
+
+/* The IPv6 half of tc_snoop: no extension headers (the server's sockets send none). */
+static __always_inline int tc_snoop6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip6;
+	struct udphdr udp;
+	struct tb_scratch *s;
+	__u16 udp_len;
+
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) ||
+	    ip6.version != 6 || ip6.nexthdr != IPPROTO_UDP)
+		return TC_ACT_UNSPEC;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(ip6), &udp, sizeof(udp)))
+		return TC_ACT_UNSPEC;
+	if (!is_turn_port(udp.source))
+		return TC_ACT_UNSPEC;
+	udp_len = bpf_ntohs(udp.len);
+	if (udp_len < sizeof(udp) + STUN_HDR_LEN || udp_len != bpf_ntohs(ip6.payload_len) ||
+	    sizeof(struct ethhdr) + sizeof(ip6) + udp_len > skb->len)
+		return TC_ACT_UNSPEC;
+	if (!from_the_server(skb))
+		return TC_ACT_UNSPEC;
+	s = scratch_get();
+	if (!s)
+		return TC_ACT_UNSPEC;
+	__builtin_memcpy(s->req_key.client.ip, &ip6.daddr, 16);
+	s->req_key.client.port = udp.dest;
+	s->req_key.client.family = TB_AF_INET6;
+	__builtin_memcpy(s->req_key.server.ip, &ip6.saddr, 16);
+	s->req_key.server.port = udp.source;
+	s->req_key.server.family = TB_AF_INET6;
+	snoop_commit(skb, s, UDP6_PAYLOAD_OFF, udp_len - sizeof(udp));
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int tc_snoop(struct __sk_buff *skb)
 {
 	struct iphdr ip;
 	struct udphdr udp;
-	struct tb_ep client = {}, server = {};
 	struct tb_scratch *s;
 	__u16 ip_len, udp_len;
 
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return tc_snoop6(skb);
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_UNSPEC;
 	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)))
@@ -405,22 +472,13 @@ int tc_snoop(struct __sk_buff *skb)
 	if (udp_len < sizeof(udp) + STUN_HDR_LEN || udp_len != ip_len - sizeof(ip) ||
 	    sizeof(struct ethhdr) + ip_len > skb->len)
 		return TC_ACT_UNSPEC;
-	/* Only the server's own answers count: a forwarded packet is not one, nor one sent from
-	 * a socket that is not the server's (a local process posing as the server). */
-	if (skb->ingress_ifindex) {
-		stat_inc(TB_STAT_TC_NOT_LOCAL);
+	if (!from_the_server(skb))
 		return TC_ACT_UNSPEC;
-	}
-	if (!from_server_socket(skb)) {
-		stat_inc(TB_STAT_TC_FOREIGN);
-		return TC_ACT_UNSPEC;
-	}
 	s = scratch_get();
-	/* ChannelData and Data from the server are not STUN: no parse, nothing to count. */
-	if (!s || stun_parse(skb, false, UDP4_PAYLOAD_OFF, udp_len - sizeof(udp), &s->msg))
+	if (!s)
 		return TC_ACT_UNSPEC;
-	ep4(&client, ip.daddr, udp.dest);
-	ep4(&server, ip.saddr, udp.source);
-	commit_response(&client, &server, s);
+	ep4(&s->req_key.client, ip.daddr, udp.dest);
+	ep4(&s->req_key.server, ip.saddr, udp.source);
+	snoop_commit(skb, s, UDP4_PAYLOAD_OFF, udp_len - sizeof(udp));
 	return TC_ACT_UNSPEC;
 }
