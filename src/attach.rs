@@ -282,6 +282,8 @@ pub struct TcFilter {
     pub iface: String,
     pub ifindex: u32,
     prog_id: u32,
+    /// What ran before the snooper when it was attached (see egress_before_snooper).
+    pub before: Vec<String>,
     hook: TcHook,
     /// We created the clsact qdisc (it did not exist before).
     created_qdisc: bool,
@@ -338,6 +340,7 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         iface: iface.to_string(),
         ifindex: idx,
         prog_id: prog_id(prog)?,
+        before: egress_before_snooper(iface),
         hook,
         created_qdisc,
     })
@@ -446,6 +449,60 @@ fn set_forwarding(iface: &str, on: bool) -> Result<()> {
     fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
 }
 
+/// Egress programs that run before the snooper on `iface`: tcx programs (they run before any
+/// clsact filter) and clsact egress filters at a lower preference number than ours. If one of
+/// them ends classification, the snooper sees none of the server's answers.
+pub fn egress_before_snooper(iface: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(idx) = ifindex(iface) {
+        let mut opts = libbpf_sys::bpf_prog_query_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: a properly sized options struct; no id arrays are passed.
+        let rc = unsafe {
+            libbpf_sys::bpf_prog_query_opts(idx as i32, libbpf_sys::BPF_TCX_EGRESS, &mut opts)
+        };
+        // SAFETY: prog_cnt is the field the kernel fills for a query without id arrays.
+        let count = unsafe { opts.__bindgen_anon_1.prog_cnt };
+        if rc == 0 && count > 0 {
+            out.push(format!("{count} tcx egress program(s)"));
+        }
+    }
+    let listing = Command::new("tc")
+        .args(["-j", "filter", "show", "dev", iface, "egress"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.extend(filters_before(&listing, TC_PRIORITY));
+    out
+}
+
+/// The clsact filters of `tc -j filter show` output with a preference below `ours`, as
+/// "KIND filter at preference N", each once.
+fn filters_before(tc_json: &str, ours: u32) -> Vec<String> {
+    let mut seen = Vec::new();
+    for entry in tc_json.split('{').skip(1) {
+        let field = |name: &str| {
+            let at = entry.find(&format!("\"{name}\":"))? + name.len() + 3;
+            let rest = entry[at..].trim_start_matches('"');
+            let end = rest.find(['"', ',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        };
+        let (Some(pref), Some(kind)) = (field("pref"), field("kind")) else {
+            continue;
+        };
+        let Ok(pref) = pref.parse::<u32>() else {
+            continue;
+        };
+        let text = format!("{kind} filter at preference {pref}");
+        if pref < ours && !seen.contains(&text) {
+            seen.push(text);
+        }
+    }
+    seen
+}
+
 /// Interfaces of this network namespace that are up, not loopback, and not in `watched`: a TURN
 /// request that reaches the server through one of them goes past the recorder unseen.
 pub fn unwatched_interfaces(watched: &[String]) -> Vec<String> {
@@ -531,6 +588,19 @@ impl Attachments {
                     f.iface
                 ));
             }
+            // Something that now runs before the snooper may hide the server's answers that
+            // take state away, while what was learned before keeps relaying.
+            let new: Vec<String> = egress_before_snooper(&f.iface)
+                .into_iter()
+                .filter(|b| !f.before.contains(b))
+                .collect();
+            if !new.is_empty() {
+                return Err(format!(
+                    "{} now run(s) before the TC egress snooper on {}",
+                    new.join(", "),
+                    f.iface
+                ));
+            }
         }
         Ok(())
     }
@@ -603,6 +673,17 @@ pub fn prog_fd<P: AsFd>(p: &P) -> BorrowedFd<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_before_ours_are_found_once() {
+        let json = r#"[{"protocol":"all","pref":1,"kind":"u32","chain":0},{"protocol":"all","pref":1,"kind":"u32","chain":0,"options":{"fh":"800:"}},{"protocol":"all","pref":29794,"kind":"bpf","chain":0},{"protocol":"all","pref":40000,"kind":"bpf","chain":0}]"#;
+        assert_eq!(
+            filters_before(json, TC_PRIORITY),
+            vec!["u32 filter at preference 1".to_string()]
+        );
+        assert!(filters_before("[]", TC_PRIORITY).is_empty());
+        assert!(filters_before("", TC_PRIORITY).is_empty());
+    }
     use std::cell::RefCell;
     use std::rc::Rc;
 

@@ -126,17 +126,28 @@ pub fn set_external_ips(map: &impl MapCore, pairs: &[(IpAddr, IpAddr)]) -> Resul
 
 /// Fill `refused_peers` with the prefixes of peer addresses the server's policy refuses.
 pub fn set_refused_peers(map: &impl MapCore, prefixes: &[(IpAddr, u8)]) -> Result<()> {
+    let max = crate::consts::TB_MAX_PEER_POLICY as usize;
+    if prefixes.len() > max {
+        anyhow::bail!(
+            "the server's peer policy needs {} address prefixes, more than the {max} the agent \
+             mirrors: narrow its denied-peer-ip ranges",
+            prefixes.len()
+        );
+    }
     for (net, len) in prefixes {
-        let e = ep_ip(*net);
-        let bits = if e.family == AF_INET {
-            (*len).min(32)
-        } else {
-            *len
+        // Not ep_ip: an IPv4-mapped IPv6 address stays IPv6 here, as XOR-PEER-ADDRESS carries it.
+        let (family, ip, bits) = match net {
+            IpAddr::V4(a) => {
+                let mut ip = [0u8; 16];
+                ip[..4].copy_from_slice(&a.octets());
+                (AF_INET, ip, (*len).min(32))
+            }
+            IpAddr::V6(a) => (AF_INET6, a.octets(), (*len).min(128)),
         };
         let key = tb_peer_prefix {
             prefixlen: 32 + u32::from(bits),
-            family: e.family,
-            ip: e.ip,
+            family,
+            ip,
             ..Default::default()
         };
         map.update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)

@@ -273,7 +273,14 @@ fn init_maps(skel: &TurnSkel<'_>, settings: &Effective) -> Result<()> {
         .map(|e| (e.public, e.private))
         .collect();
     maps::set_external_ips(&skel.maps.external_ips, &external)?;
-    maps::set_refused_peers(&skel.maps.refused_peers, &settings.peers.refused_prefixes())?;
+    // coturn maps a peer that is one of its own public addresses to the private one before its
+    // policy check; the fast path would send to the public address: leave such peers to it.
+    let mut refused = settings.peers.refused_prefixes();
+    refused.extend(settings.external_ips.iter().map(|e| {
+        let len = if e.public.is_ipv4() { 32 } else { 128 };
+        (e.public, len)
+    }));
+    maps::set_refused_peers(&skel.maps.refused_peers, &refused)?;
     let locals = maps::local_addresses()?;
     maps::sync_local_addrs(&skel.maps.local_addrs, &locals)?;
     for e in &settings.external_ips {
@@ -318,6 +325,14 @@ fn attach_all(
     let client_iface = &ifaces[0];
     let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), client_iface)?;
     info!("attached TC egress snooper to {client_iface}");
+    if !tc.before.is_empty() {
+        warn!(
+            "{} run(s) before the TC egress snooper on {client_iface}: if it ends \
+             classification the snooper sees none of the server's answers, and nothing is \
+             offloaded; one added later stops the agent",
+            tc.before.join(", ")
+        );
+    }
     attached.tc.push(tc);
     Ok(!stopped())
 }

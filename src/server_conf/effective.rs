@@ -90,7 +90,13 @@ impl ServerView {
             // Nothing listens: the server watch refuses to start with its own words.
             return Ok(view);
         }
-        let Some(pid) = pick_server(&super::socket_owner_pids(&inodes)) else {
+        // The server named on the command line, else the one process holding the sockets (the
+        // server watch refuses several owners with its own words).
+        let named = args.server_pid.or_else(|| {
+            let path = args.server_pidfile.as_ref()?;
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        });
+        let Some(pid) = named.or_else(|| pick_server(&super::socket_owner_pids(&inodes))) else {
             warn!(
                 "no process here holds the sockets on UDP port(s) {probe:?} (is the server in \
                  another PID namespace?): its settings cannot be read; the agent uses its own \
@@ -154,7 +160,7 @@ fn pick_server(pids: &[u32]) -> Option<u32> {
                 .filter(|p| super::process_name(*p).as_deref() == Some("turnserver"))
                 .collect();
             let pick = coturn.first().or(several.first()).copied();
-            warn!("several processes hold the TURN port's sockets ({several:?}): reading pid {pick:?}");
+            debug!("several processes hold the TURN port's sockets ({several:?}): reading pid {pick:?}");
             pick
         }
     }

@@ -181,6 +181,16 @@ impl PeerPolicy {
         for r in &self.denied {
             out.extend(range_prefixes(r));
         }
+        // coturn takes ::ffff:a.b.c.d for an IPv6 peer and checks it as IPv6 (it lets
+        // ::ffff:127.0.0.1 through): refuse the mapped form of every refused IPv4 prefix too.
+        let mapped: Vec<(IpAddr, u8)> = out
+            .iter()
+            .filter_map(|(net, len)| match net {
+                IpAddr::V4(a) => Some((IpAddr::V6(a.to_ipv6_mapped()), 96 + len)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        out.extend(mapped);
         out
     }
 }
