@@ -58,6 +58,23 @@ pub fn forwarding(lab: &Lab, dev: &str) -> String {
     .to_string()
 }
 
+/// `net.ipv6.conf.<dev>.forwarding` in the server namespace.
+pub fn forwarding6(lab: &Lab, dev: &str) -> String {
+    sysctl(lab, &format!("net.ipv6.conf.{dev}.forwarding"))
+}
+
+/// `net.ipv6.conf.<dev>.accept_ra` in the server namespace.
+pub fn accept_ra(lab: &Lab, dev: &str) -> String {
+    sysctl(lab, &format!("net.ipv6.conf.{dev}.accept_ra"))
+}
+
+pub fn sysctl(lab: &Lab, key: &str) -> String {
+    lab.exec(Host::Srv, &["sysctl", "-n", key])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Nothing of the agent's is left on the lab's server interfaces.
 pub fn assert_clean(lab: &Lab) {
     for dev in ["turn0", "relay0"] {
@@ -69,6 +86,12 @@ pub fn assert_clean(lab: &Lab) {
         );
         assert!(!has_clsact(lab, dev), "clsact qdisc left on {dev}");
         assert_eq!(forwarding(lab, dev), "0", "forwarding left on on {dev}");
+        assert_eq!(
+            forwarding6(lab, dev),
+            "0",
+            "IPv6 forwarding left on on {dev}"
+        );
+        assert_eq!(accept_ra(lab, dev), "1", "accept_ra not restored on {dev}");
     }
 }
 
