@@ -125,6 +125,18 @@ pub fn client(lab: &Lab) -> TurnClient {
     TurnClient::new(sock, lab::TURN_SERVER_V4, lab::TURN_USER, lab::TURN_PASS)
 }
 
+/// A TURN client with the lab's credentials on a fresh socket in the client namespace, reaching
+/// the server over IPv6 (`v6`) or IPv4.
+pub fn client_of(lab: &Lab, v6: bool) -> TurnClient {
+    if !v6 {
+        return client(lab);
+    }
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V6, 0)).expect("binding the client socket")
+    });
+    TurnClient::new(sock, lab::TURN_SERVER_V6, lab::TURN_USER, lab::TURN_PASS)
+}
+
 /// A UDP echo in the peer namespace; stops (and reports how many it echoed) on drop of `stop`.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -135,8 +147,13 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(lab: &Lab, port: u16) -> Echo {
+        Echo::start_at(lab, lab::PEER_V4.into(), port)
+    }
+
+    /// An echo on `ip` (one of the peer's addresses, IPv4 or IPv6).
+    pub fn start_at(lab: &Lab, ip: std::net::IpAddr, port: u16) -> Echo {
         let sock = lab::in_ns(&lab.ns(Host::Peer), move || {
-            UdpSocket::bind((lab::PEER_V4, port)).expect("binding the echo socket")
+            UdpSocket::bind((ip, port)).expect("binding the echo socket")
         });
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
