@@ -455,3 +455,52 @@ fn a_snooper_deleted_under_a_running_agent_detaches_the_fast_path() {
     assert!(!xdp_attached(&lab, "turn0") && !xdp_attached(&lab, "relay0"));
     assert_clean(&lab);
 }
+
+/// IPv6 disabled on an interface: no IPv6 forwarding check there (a debug line says why), while
+/// the interfaces that have IPv6 are still checked and named.
+#[test]
+fn an_interface_without_ipv6_is_not_checked_for_ipv6_forwarding() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-v6cli", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    lab.exec(
+        Host::Srv,
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.relay0.disable_ipv6=1",
+            "net.ipv4.conf.turn0.forwarding=1",
+            "net.ipv4.conf.relay0.forwarding=1",
+        ],
+    )
+    .unwrap();
+    let (code, out, err) = run_once(Some(&ns), &["-vv", "turn0", "relay0"]);
+    assert_ne!(code, 0);
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(
+        err.contains("no IPv6 forwarding check on relay0: IPv6 is disabled on relay0"),
+        "{err}"
+    );
+    let refusal = err
+        .lines()
+        .find(|l| l.starts_with("turn-bpf: error: "))
+        .unwrap_or_else(|| panic!("no refusal in:\n{err}"));
+    assert!(
+        refusal.starts_with(
+            "turn-bpf: error: IPv6 forwarding is off on turn0: the fast path's FIB lookups need \
+             it (net.ipv6.conf.<if>.forwarding=1)."
+        ),
+        "{refusal}"
+    );
+    lab.exec(
+        Host::Srv,
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.turn0.forwarding=0",
+            "net.ipv4.conf.relay0.forwarding=0",
+        ],
+    )
+    .unwrap();
+    assert_clean(&lab);
+}
