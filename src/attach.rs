@@ -433,20 +433,126 @@ pub fn detach_leftovers(iface: &str) -> Result<String> {
     Ok(format!("{iface}: {}", out.join("; ")))
 }
 
-/// The forwarding sysctl of one interface.
-pub fn forwarding_path(iface: &str) -> String {
-    format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")
+/// An address family of the forwarding sysctls: `bpf_fib_lookup` checks the one of the packet's
+/// output family (an IPv6 output needs `net.ipv6.conf.<ingress>.forwarding`, whatever came in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
-pub fn forwarding_enabled(iface: &str) -> Result<bool> {
-    let path = forwarding_path(iface);
-    let v = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    Ok(v.trim() == "1")
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
 }
 
-fn set_forwarding(iface: &str, on: bool) -> Result<()> {
-    let path = forwarding_path(iface);
-    fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
+/// The forwarding sysctl of one interface (or `all`) in one family.
+pub fn forwarding_path(family: Family, iface: &str) -> String {
+    format!("/proc/sys/net/{}/conf/{iface}/forwarding", family.dir())
+}
+
+/// The `accept_ra` sysctl of one interface.
+pub fn accept_ra_path(iface: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra")
+}
+
+fn read_sysctl(path: &str) -> Result<String> {
+    Ok(fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_string())
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    fs::write(path, value).with_context(|| format!("writing {path}"))
+}
+
+pub fn forwarding_enabled(family: Family, iface: &str) -> Result<bool> {
+    Ok(read_sysctl(&forwarding_path(family, iface))? == "1")
+}
+
+fn set_forwarding(family: Family, iface: &str, on: bool) -> Result<()> {
+    write_sysctl(&forwarding_path(family, iface), if on { "1" } else { "0" })
+}
+
+/// Why IPv6 needs no forwarding check on `iface`, if it does not: the host has no IPv6 at all
+/// (`/proc/sys/net/ipv6` missing), or IPv6 is disabled on the interface. No IPv6 output can
+/// leave such an interface, so its FIB lookups never matter.
+pub fn ipv6_absent(iface: &str) -> Option<String> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Some("this host has no IPv6 (/proc/sys/net/ipv6 is missing)".into());
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
+    match read_sysctl(&path).as_deref() {
+        Ok("0") => None,
+        Ok(_) => Some(format!("IPv6 is disabled on {iface} ({path})")),
+        Err(_) => Some(format!("{iface} has no IPv6 settings ({path} is missing)")),
+    }
+}
+
+/// What start-up does about forwarding in one family on one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingCheck {
+    /// Already on, or the family does not exist there: nothing to do.
+    Fine,
+    /// Off: refuse to start, or with `--enable-forwarding` switch it on.
+    Off,
+}
+
+/// The start-up decision from the interface's forwarding now (`None`: the family is absent).
+pub fn forwarding_check(on: Option<bool>) -> ForwardingCheck {
+    match on {
+        None | Some(true) => ForwardingCheck::Fine,
+        Some(false) => ForwardingCheck::Off,
+    }
+}
+
+/// Whether enabling IPv6 forwarding on an interface must also set `accept_ra=2` there: with
+/// forwarding on, Linux takes Router Advertisements only with `accept_ra=2`, so an interface
+/// that took them (`1`) would lose its RA-learned default route and prefixes. `0` (takes none)
+/// and `2` (takes them anyway) are left as they are.
+pub fn accept_ra_needs_2(accept_ra: &str) -> bool {
+    accept_ra.trim() == "1"
+}
+
+/// The refusal when forwarding is off and `--enable-forwarding` was not given.
+pub fn forwarding_refusal(off: &[(Family, String)]) -> String {
+    let mut parts = Vec::new();
+    let mut sysctls = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let names: Vec<&str> = off
+            .iter()
+            .filter(|(f, _)| *f == family)
+            .map(|(_, i)| i.as_str())
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        parts.push(format!(
+            "{} forwarding is off on {}",
+            family.name(),
+            names.join(", ")
+        ));
+        sysctls.push(format!("net.{}.conf.<if>.forwarding=1", family.dir()));
+    }
+    format!(
+        "{}: the fast path's FIB lookups need it ({}). Pass --enable-forwarding, or set it \
+         yourself and make sure your firewall's FORWARD policy is what you want (README: \
+         \"Forwarding and firewalling\")",
+        parts.join(", and "),
+        sysctls.join(", ")
+    )
 }
 
 /// Egress programs that run before the snooper on `iface`: tcx programs (they run before any
@@ -534,33 +640,61 @@ pub fn unwatched_interfaces(watched: &[String]) -> Vec<String> {
 pub struct Attachments {
     pub xdp: Vec<XdpLink>,
     pub tc: Vec<TcFilter>,
-    forwarding_enabled_by_us: Vec<String>,
+    /// Forwarding we switched on, in the order we did.
+    forwarding_enabled_by_us: Vec<(Family, String)>,
+    /// Interfaces where we set `accept_ra` from 1 to 2 (with IPv6 forwarding).
+    accept_ra_set_by_us: Vec<String>,
 }
 
 impl Attachments {
-    /// Check (or with `enable`, switch on) forwarding on every interface.
+    /// Check (or with `enable`, switch on) forwarding in both families on every interface.
+    /// IPv6 is skipped (with a debug line) where the host or the interface has none.
     pub fn ensure_forwarding(&mut self, ifaces: &[String], enable: bool) -> Result<()> {
-        let off: Vec<&String> = ifaces
-            .iter()
-            .filter(|i| !forwarding_enabled(i).unwrap_or(false))
-            .collect();
+        let mut off: Vec<(Family, String)> = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            for iface in ifaces {
+                let on = if family == Family::V6 {
+                    match ipv6_absent(iface) {
+                        Some(why) => {
+                            debug!("no IPv6 forwarding check on {iface}: {why}");
+                            None
+                        }
+                        None => Some(forwarding_enabled(family, iface).unwrap_or(false)),
+                    }
+                } else {
+                    Some(forwarding_enabled(family, iface).unwrap_or(false))
+                };
+                if forwarding_check(on) == ForwardingCheck::Off {
+                    off.push((family, iface.clone()));
+                }
+            }
+        }
         if off.is_empty() {
             return Ok(());
         }
         if !enable {
-            let names: Vec<&str> = off.iter().map(|s| s.as_str()).collect();
-            bail!(
-                "IPv4 forwarding is off on {}: the fast path's FIB lookups need it \
-                 (net.ipv4.conf.<if>.forwarding=1). Pass --enable-forwarding, or set it yourself \
-                 and make sure your firewall's FORWARD policy is what you want (README: \
-                 \"Forwarding and firewalling\")",
-                names.join(", ")
-            );
+            bail!("{}", forwarding_refusal(&off));
         }
-        for iface in off {
-            set_forwarding(iface, true)?;
-            info!("enabled IPv4 forwarding on {iface} (restored on exit)");
-            self.forwarding_enabled_by_us.push(iface.clone());
+        for (family, iface) in off {
+            if family == Family::V6 {
+                // Before forwarding goes on: switching IPv6 forwarding on purges the RA-learned
+                // default routes of every interface whose accept_ra is not 2.
+                let path = accept_ra_path(&iface);
+                if accept_ra_needs_2(&read_sysctl(&path).unwrap_or_default()) {
+                    write_sysctl(&path, "2")?;
+                    self.accept_ra_set_by_us.push(iface.clone());
+                    info!(
+                        "set accept_ra=2 on {iface} so that it keeps taking Router \
+                         Advertisements with IPv6 forwarding on (restored on exit)"
+                    );
+                }
+            }
+            set_forwarding(family, &iface, true)?;
+            info!(
+                "enabled {} forwarding on {iface} (restored on exit)",
+                family.name()
+            );
+            self.forwarding_enabled_by_us.push((family, iface));
         }
         Ok(())
     }
@@ -615,8 +749,15 @@ impl Attachments {
         for mut f in self.tc.drain(..).rev() {
             f.detach();
         }
-        for iface in self.forwarding_enabled_by_us.drain(..) {
-            restore_forwarding(&iface);
+        let mut left_on = Vec::new();
+        for (family, iface) in self.forwarding_enabled_by_us.drain(..).rev() {
+            if restore_forwarding(family, &iface) == Some(Restore::LeaveOn) && family == Family::V6
+            {
+                left_on.push(iface);
+            }
+        }
+        for iface in self.accept_ra_set_by_us.drain(..).rev() {
+            restore_accept_ra(&iface, left_on.contains(&iface));
         }
     }
 }
@@ -624,15 +765,16 @@ impl Attachments {
 /// What to do on exit with forwarding on an interface where we switched it on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restore {
-    /// Still on, and nobody enabled forwarding globally: switch it off again.
+    /// Still on, and nobody enabled the family's forwarding globally: switch it off again.
     SwitchOff,
-    /// `net.ipv4.conf.all.forwarding` is on: someone else enabled forwarding meanwhile.
+    /// `net.<family>.conf.all.forwarding` is on: someone else enabled forwarding meanwhile.
     LeaveOn,
     /// Someone switched it off meanwhile: nothing to do.
     AlreadyOff,
 }
 
-/// The decision, from the interface's forwarding now and `net.ipv4.conf.all.forwarding` now.
+/// The decision, from the interface's forwarding now and the same family's
+/// `net.<family>.conf.all.forwarding` now.
 pub fn forwarding_restore(iface_on: bool, all_on: bool) -> Restore {
     match (iface_on, all_on) {
         (false, _) => Restore::AlreadyOff,
@@ -641,21 +783,73 @@ pub fn forwarding_restore(iface_on: bool, all_on: bool) -> Restore {
     }
 }
 
-fn restore_forwarding(iface: &str) {
-    let now = forwarding_enabled(iface).and_then(|i| Ok((i, forwarding_enabled("all")?)));
-    match now.map(|(i, all)| forwarding_restore(i, all)) {
-        Ok(Restore::SwitchOff) => match set_forwarding(iface, false) {
-            Ok(()) => info!("restored IPv4 forwarding off on {iface}"),
-            Err(e) => warn!("restoring forwarding on {iface}: {e:#}"),
-        },
-        Ok(Restore::LeaveOn) => warn!(
-            "leaving IPv4 forwarding on on {iface}: someone else enabled forwarding meanwhile \
-             (net.ipv4.conf.all.forwarding=1)"
-        ),
-        Ok(Restore::AlreadyOff) => {
-            info!("IPv4 forwarding on {iface} was switched off meanwhile: nothing to restore")
+/// What to do on exit with `accept_ra` on an interface where we set it from 1 to 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaRestore {
+    /// Still 2 and IPv6 forwarding went off again: back to 1.
+    Back,
+    /// Still 2, but IPv6 forwarding stays on (someone else enabled it): with 1 the interface
+    /// would stop taking Router Advertisements, so it stays 2.
+    LeaveForForwarding,
+    /// Someone changed it meanwhile: theirs now.
+    Changed,
+}
+
+/// The decision, from `accept_ra` now and whether the interface's IPv6 forwarding stays on.
+pub fn accept_ra_restore(now: &str, forwarding_left_on: bool) -> RaRestore {
+    match (now.trim() == "2", forwarding_left_on) {
+        (false, _) => RaRestore::Changed,
+        (true, true) => RaRestore::LeaveForForwarding,
+        (true, false) => RaRestore::Back,
+    }
+}
+
+fn restore_forwarding(family: Family, iface: &str) -> Option<Restore> {
+    let fam = family.name();
+    let now =
+        forwarding_enabled(family, iface).and_then(|i| Ok((i, forwarding_enabled(family, "all")?)));
+    let decision = match now {
+        Ok((i, all)) => forwarding_restore(i, all),
+        Err(e) => {
+            warn!("leaving {fam} forwarding on {iface} as it is: {e:#}");
+            return None;
         }
-        Err(e) => warn!("leaving IPv4 forwarding on {iface} as it is: {e:#}"),
+    };
+    match decision {
+        Restore::SwitchOff => match set_forwarding(family, iface, false) {
+            Ok(()) => info!("restored {fam} forwarding off on {iface}"),
+            Err(e) => warn!("restoring {fam} forwarding on {iface}: {e:#}"),
+        },
+        Restore::LeaveOn => warn!(
+            "leaving {fam} forwarding on on {iface}: someone else enabled forwarding meanwhile \
+             (net.{}.conf.all.forwarding=1)",
+            family.dir()
+        ),
+        Restore::AlreadyOff => {
+            info!("{fam} forwarding on {iface} was switched off meanwhile: nothing to restore")
+        }
+    }
+    Some(decision)
+}
+
+fn restore_accept_ra(iface: &str, forwarding_left_on: bool) {
+    let path = accept_ra_path(iface);
+    let now = match read_sysctl(&path) {
+        Ok(v) => v,
+        Err(e) => return warn!("leaving accept_ra on {iface} as it is: {e:#}"),
+    };
+    match accept_ra_restore(&now, forwarding_left_on) {
+        RaRestore::Back => match write_sysctl(&path, "1") {
+            Ok(()) => info!("restored accept_ra=1 on {iface}"),
+            Err(e) => warn!("restoring accept_ra on {iface}: {e:#}"),
+        },
+        RaRestore::LeaveForForwarding => warn!(
+            "leaving accept_ra=2 on {iface}: its IPv6 forwarding stays on, and with accept_ra=1 \
+             it would stop taking Router Advertisements"
+        ),
+        RaRestore::Changed => {
+            info!("accept_ra on {iface} was changed meanwhile (now {now}): nothing to restore")
+        }
     }
 }
 
@@ -826,5 +1020,52 @@ mod tests {
         assert_eq!(forwarding_restore(true, true), Restore::LeaveOn);
         assert_eq!(forwarding_restore(false, false), Restore::AlreadyOff);
         assert_eq!(forwarding_restore(false, true), Restore::AlreadyOff);
+    }
+
+    #[test]
+    fn forwarding_is_checked_in_both_families_and_explained() {
+        // IPv6 absent (no /proc/sys/net/ipv6, or disable_ipv6) is fine; off is not.
+        assert_eq!(forwarding_check(None), ForwardingCheck::Fine);
+        assert_eq!(forwarding_check(Some(true)), ForwardingCheck::Fine);
+        assert_eq!(forwarding_check(Some(false)), ForwardingCheck::Off);
+        let v4 = |i: &str| (Family::V4, i.to_string());
+        let v6 = |i: &str| (Family::V6, i.to_string());
+        assert_eq!(
+            forwarding_path(Family::V6, "eth0"),
+            "/proc/sys/net/ipv6/conf/eth0/forwarding"
+        );
+        assert_eq!(
+            forwarding_path(Family::V4, "all"),
+            "/proc/sys/net/ipv4/conf/all/forwarding"
+        );
+        let both = forwarding_refusal(&[v4("turn0"), v4("relay0"), v6("turn0"), v6("relay0")]);
+        assert!(
+            both.starts_with(
+                "IPv4 forwarding is off on turn0, relay0, and IPv6 forwarding is off on turn0, \
+                 relay0: the fast path's FIB lookups need it (net.ipv4.conf.<if>.forwarding=1, \
+                 net.ipv6.conf.<if>.forwarding=1). Pass --enable-forwarding"
+            ),
+            "{both}"
+        );
+        let only6 = forwarding_refusal(&[v6("relay0")]);
+        assert!(
+            only6.starts_with(
+                "IPv6 forwarding is off on relay0: the fast path's FIB lookups need it \
+                 (net.ipv6.conf.<if>.forwarding=1)."
+            ),
+            "{only6}"
+        );
+    }
+
+    #[test]
+    fn accept_ra_goes_to_2_only_from_1_and_back_only_when_forwarding_goes_off() {
+        assert!(accept_ra_needs_2("1\n"));
+        assert!(!accept_ra_needs_2("0"));
+        assert!(!accept_ra_needs_2("2"));
+        assert!(!accept_ra_needs_2(""));
+        assert_eq!(accept_ra_restore("2\n", false), RaRestore::Back);
+        assert_eq!(accept_ra_restore("2", true), RaRestore::LeaveForForwarding);
+        assert_eq!(accept_ra_restore("1", false), RaRestore::Changed);
+        assert_eq!(accept_ra_restore("0", true), RaRestore::Changed);
     }
 }

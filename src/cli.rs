@@ -76,8 +76,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub turnserver_conf: Option<PathBuf>,
 
-    /// Enable IPv4 forwarding on the interfaces (needed by the fast path's FIB lookups);
-    /// the previous setting is restored on exit. See README "Forwarding and firewalling".
+    /// Enable IPv4 and IPv6 forwarding on the interfaces (needed by the fast path's FIB
+    /// lookups), and accept_ra=2 where IPv6 forwarding goes on over accept_ra=1; the previous
+    /// settings are restored on exit. See README "Forwarding and firewalling".
     #[arg(long)]
     pub enable_forwarding: bool,
 

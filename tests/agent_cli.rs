@@ -53,6 +53,17 @@ fn sigint_and_sigterm_detach_everything_and_exit_0() {
         assert!(xdp_attached(&lab, "turn0") && xdp_attached(&lab, "relay0"));
         assert!(tc_filters(&lab, "turn0", "egress").contains("tc_snoop"));
         assert_eq!(forwarding(&lab, "turn0"), "1");
+        // IPv6 too, and accept_ra=2 so that the interfaces keep taking Router Advertisements.
+        for dev in ["turn0", "relay0"] {
+            assert_eq!(forwarding6(&lab, dev), "1", "{dev}");
+            assert_eq!(accept_ra(&lab, dev), "2", "{dev}");
+            for line in [
+                format!("enabled IPv6 forwarding on {dev}"),
+                format!("set accept_ra=2 on {dev}"),
+            ] {
+                assert!(out.contains(&line), "missing '{line}' in:\n{out}");
+            }
+        }
 
         let exit = agent.stop(sig).unwrap();
         assert_eq!(exit.status.code(), Some(0), "{sig}: {}", exit.output);
@@ -156,10 +167,15 @@ fn forwarding_someone_else_enabled_meanwhile_is_left_on() {
         &log_path("cli8"),
     )
     .unwrap();
-    // The host starts routing while the agent runs.
+    // The host starts routing while the agent runs, in both families.
     lab.exec(
         Host::Srv,
-        &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"],
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ],
     )
     .unwrap();
     let exit = agent.stop(Signal::SIGTERM).unwrap();
@@ -174,10 +190,32 @@ fn forwarding_someone_else_enabled_meanwhile_is_left_on() {
         "{}",
         exit.output
     );
+    for dev in ["turn0", "relay0"] {
+        assert_eq!(forwarding6(&lab, dev), "1", "{dev}");
+        // With IPv6 forwarding staying on, accept_ra=1 would stop the Router Advertisements.
+        assert_eq!(accept_ra(&lab, dev), "2", "{dev}");
+        let line = format!(
+            "leaving accept_ra=2 on {dev}: its IPv6 forwarding stays on, and with accept_ra=1"
+        );
+        assert!(exit.output.contains(&line), "{}", exit.output);
+    }
+    assert!(
+        exit.output
+            .contains("leaving IPv6 forwarding on on turn0: someone else enabled forwarding"),
+        "{}",
+        exit.output
+    );
     // Back to how the lab was (all=0 switches every interface off too).
     lab.exec(
         Host::Srv,
-        &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"],
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.forwarding=0",
+            "net.ipv6.conf.all.forwarding=0",
+            "net.ipv6.conf.turn0.accept_ra=1",
+            "net.ipv6.conf.relay0.accept_ra=1",
+        ],
     )
     .unwrap();
     assert_clean(&lab);
@@ -236,7 +274,10 @@ fn bad_input_gives_one_line_a_nonzero_exit_and_attaches_nothing() {
             "nothing listens on UDP port 4000 here",
         ),
         // forwarding off and not asked to enable it: explained, nothing attached
-        (&["turn0", "relay0"], "forwarding is off on turn0, relay0"),
+        (
+            &["turn0", "relay0"],
+            "IPv4 forwarding is off on turn0, relay0, and IPv6 forwarding is off on turn0, relay0",
+        ),
     ];
     for (args, needle) in cases {
         let (code, out, err) = run_once(Some(&ns), args);
@@ -301,15 +342,24 @@ fn after_sigkill_detach_removes_the_leftover_filter() {
     assert!(out.contains("relay0: no turn-bpf TC filter"), "{out}");
     assert_eq!(tc_filters(&lab, "turn0", "egress").trim(), "");
     assert!(!has_clsact(&lab, "turn0"));
-    // Forwarding stays as the killed agent left it: the README says so. Restore it here.
+    // Forwarding (and accept_ra) stays as the killed agent left it: the README says so.
+    for dev in ["turn0", "relay0"] {
+        assert_eq!(forwarding6(&lab, dev), "1");
+        assert_eq!(accept_ra(&lab, dev), "2");
+    }
+    // Restore it here.
     lab.exec(
         Host::Srv,
-        &["sysctl", "-qw", "net.ipv4.conf.turn0.forwarding=0"],
-    )
-    .unwrap();
-    lab.exec(
-        Host::Srv,
-        &["sysctl", "-qw", "net.ipv4.conf.relay0.forwarding=0"],
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.turn0.forwarding=0",
+            "net.ipv4.conf.relay0.forwarding=0",
+            "net.ipv6.conf.turn0.forwarding=0",
+            "net.ipv6.conf.relay0.forwarding=0",
+            "net.ipv6.conf.turn0.accept_ra=1",
+            "net.ipv6.conf.relay0.accept_ra=1",
+        ],
     )
     .unwrap();
     assert_clean(&lab);
@@ -403,5 +453,54 @@ fn a_snooper_deleted_under_a_running_agent_detaches_the_fast_path() {
         exit.output
     );
     assert!(!xdp_attached(&lab, "turn0") && !xdp_attached(&lab, "relay0"));
+    assert_clean(&lab);
+}
+
+/// IPv6 disabled on an interface: no IPv6 forwarding check there (a debug line says why), while
+/// the interfaces that have IPv6 are still checked and named.
+#[test]
+fn an_interface_without_ipv6_is_not_checked_for_ipv6_forwarding() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-v6cli", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    lab.exec(
+        Host::Srv,
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.relay0.disable_ipv6=1",
+            "net.ipv4.conf.turn0.forwarding=1",
+            "net.ipv4.conf.relay0.forwarding=1",
+        ],
+    )
+    .unwrap();
+    let (code, out, err) = run_once(Some(&ns), &["-vv", "turn0", "relay0"]);
+    assert_ne!(code, 0);
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(
+        err.contains("no IPv6 forwarding check on relay0: IPv6 is disabled on relay0"),
+        "{err}"
+    );
+    let refusal = err
+        .lines()
+        .find(|l| l.starts_with("turn-bpf: error: "))
+        .unwrap_or_else(|| panic!("no refusal in:\n{err}"));
+    assert!(
+        refusal.starts_with(
+            "turn-bpf: error: IPv6 forwarding is off on turn0: the fast path's FIB lookups need \
+             it (net.ipv6.conf.<if>.forwarding=1)."
+        ),
+        "{refusal}"
+    );
+    lab.exec(
+        Host::Srv,
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.turn0.forwarding=0",
+            "net.ipv4.conf.relay0.forwarding=0",
+        ],
+    )
+    .unwrap();
     assert_clean(&lab);
 }

@@ -58,6 +58,23 @@ pub fn forwarding(lab: &Lab, dev: &str) -> String {
     .to_string()
 }
 
+/// `net.ipv6.conf.<dev>.forwarding` in the server namespace.
+pub fn forwarding6(lab: &Lab, dev: &str) -> String {
+    sysctl(lab, &format!("net.ipv6.conf.{dev}.forwarding"))
+}
+
+/// `net.ipv6.conf.<dev>.accept_ra` in the server namespace.
+pub fn accept_ra(lab: &Lab, dev: &str) -> String {
+    sysctl(lab, &format!("net.ipv6.conf.{dev}.accept_ra"))
+}
+
+pub fn sysctl(lab: &Lab, key: &str) -> String {
+    lab.exec(Host::Srv, &["sysctl", "-n", key])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Nothing of the agent's is left on the lab's server interfaces.
 pub fn assert_clean(lab: &Lab) {
     for dev in ["turn0", "relay0"] {
@@ -69,6 +86,12 @@ pub fn assert_clean(lab: &Lab) {
         );
         assert!(!has_clsact(lab, dev), "clsact qdisc left on {dev}");
         assert_eq!(forwarding(lab, dev), "0", "forwarding left on on {dev}");
+        assert_eq!(
+            forwarding6(lab, dev),
+            "0",
+            "IPv6 forwarding left on on {dev}"
+        );
+        assert_eq!(accept_ra(lab, dev), "1", "accept_ra not restored on {dev}");
     }
 }
 
@@ -102,6 +125,18 @@ pub fn client(lab: &Lab) -> TurnClient {
     TurnClient::new(sock, lab::TURN_SERVER_V4, lab::TURN_USER, lab::TURN_PASS)
 }
 
+/// A TURN client with the lab's credentials on a fresh socket in the client namespace, reaching
+/// the server over IPv6 (`v6`) or IPv4.
+pub fn client_of(lab: &Lab, v6: bool) -> TurnClient {
+    if !v6 {
+        return client(lab);
+    }
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V6, 0)).expect("binding the client socket")
+    });
+    TurnClient::new(sock, lab::TURN_SERVER_V6, lab::TURN_USER, lab::TURN_PASS)
+}
+
 /// A UDP echo in the peer namespace; stops (and reports how many it echoed) on drop of `stop`.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -112,8 +147,13 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(lab: &Lab, port: u16) -> Echo {
+        Echo::start_at(lab, lab::PEER_V4.into(), port)
+    }
+
+    /// An echo on `ip` (one of the peer's addresses, IPv4 or IPv6).
+    pub fn start_at(lab: &Lab, ip: std::net::IpAddr, port: u16) -> Echo {
         let sock = lab::in_ns(&lab.ns(Host::Peer), move || {
-            UdpSocket::bind((lab::PEER_V4, port)).expect("binding the echo socket")
+            UdpSocket::bind((ip, port)).expect("binding the echo socket")
         });
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));

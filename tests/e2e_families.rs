@@ -1,0 +1,263 @@
+//! End to end with the real coturn, every address family pair: IPv6 client ↔ IPv6 peer, IPv4
+//! client ↔ IPv6 peer, IPv6 client ↔ IPv4 peer (coturn's default for an IPv6 client), and dual
+//! allocations (ADDITIONAL-ADDRESS-FAMILY) with one peer per family, from either client family.
+//! Each way, 1,000 datagrams of 1–1,200 bytes come back byte-exact from an echo peer, all of them
+//! relayed in XDP (the agent's counters exactly), and the server's sockets (UDP and UDP6) see no
+//! data datagram. A datagram that does not fit the 20 bytes more of IPv6 still arrives, through
+//! coturn.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use turn_bpf_testkit::agent::{AgentExit, AgentProc};
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::turn_client::{RelayFamily, TurnClient};
+
+use common::*;
+
+const N: usize = 1000;
+const MAX: usize = 1200;
+
+/// Sizes 1..=1200: the first is 1 byte, the second 1,200, the rest scrambled between.
+fn size_of(i: usize) -> usize {
+    match i {
+        0 => 1,
+        1 => MAX,
+        _ => 1 + (i * 389) % MAX,
+    }
+}
+
+/// Datagram `i`'s payload for exchange `salt`.
+fn payload(salt: u32, i: usize, len: usize) -> Vec<u8> {
+    let seed = (i as u32 ^ salt.rotate_left(16)).wrapping_mul(2_654_435_761);
+    (0..len)
+        .map(|k| (seed >> (k % 4 * 8)) as u8 ^ k as u8)
+        .collect()
+}
+
+/// Send one datagram on `channel` and wait for its echo; panics on a changed echo.
+fn roundtrip(c: &TurnClient, channel: u16, p: &[u8]) -> bool {
+    let mut buf = vec![0u8; 2048];
+    c.send_channel_data(channel, p)
+        .expect("sending ChannelData");
+    match c
+        .recv_channel_data(&mut buf, Duration::from_secs(1))
+        .expect("receiving")
+    {
+        Some((ch, len)) => {
+            assert_eq!(ch, channel, "channel of the echo");
+            assert_eq!(&buf[..len], p, "{} bytes came back changed", p.len());
+            true
+        }
+        None => false,
+    }
+}
+
+/// N datagrams of 1..=1200 bytes on `channel`, one at a time; how many came back.
+fn exchange(c: &TurnClient, channel: u16, salt: u32) -> usize {
+    (0..N)
+        .filter(|&i| {
+            let ok = roundtrip(c, channel, &payload(salt, i, size_of(i)));
+            if !ok {
+                eprintln!("datagram {i} ({} bytes) was not echoed", size_of(i));
+            }
+            ok
+        })
+        .count()
+}
+
+/// Resolve the server's neighbours in both families first: a datagram meeting an empty
+/// neighbour cache goes to coturn (PASS_NO_NEIGH), and these tests count exactly.
+fn warm_neighbours(lab: &Lab) {
+    for ip in [
+        lab::CLIENT_V4.to_string(),
+        lab::PEER_V4.to_string(),
+        lab::CLIENT_V6.to_string(),
+        lab::PEER_V6.to_string(),
+    ] {
+        lab.exec(Host::Srv, &["ping", "-c", "1", "-W", "2", &ip])
+            .unwrap_or_else(|e| panic!("ping {ip}: {e:#}"));
+    }
+}
+
+fn start_agent(lab: &Lab, name: &str) -> AgentProc {
+    AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path(name),
+    )
+    .unwrap()
+}
+
+/// Datagrams delivered to the server namespace's UDP and UDP6 sockets so far.
+fn srv_in(lab: &Lab) -> (u64, u64) {
+    let c = lab.udp_counters(Host::Srv).unwrap();
+    (c.v4.in_datagrams, c.v6.in_datagrams)
+}
+
+/// The counters every case checks: everything relayed in XDP, nothing passed up.
+fn assert_all_offloaded(exit: &AgentExit, pairs: u64) {
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    let n = pairs * N as u64;
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), n, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_CLIENT"), n, "{}", exit.output);
+    for c in [
+        "PASS_NO_NEIGH",
+        "PASS_FWD_DISABLED",
+        "PASS_NO_CHANNEL",
+        "PASS_MTU",
+        "ABORTED",
+    ] {
+        assert_eq!(exit.counter(c), 0, "{c}:\n{}", exit.output);
+    }
+    assert_eq!(exit.counter("LEARN_CHANNEL"), pairs, "{}", exit.output);
+}
+
+/// One allocation of `family` from a client of `client_v6`, one channel per peer address in
+/// `peers`; every peer's exchange is relayed in XDP both ways.
+fn case(name: &str, client_v6: bool, family: RelayFamily, peers: &[IpAddr]) {
+    let t0 = Instant::now();
+    let lab = Lab::up(name, &[]).unwrap();
+    warm_neighbours(&lab);
+    let echoes: Vec<Echo> = peers
+        .iter()
+        .enumerate()
+        .map(|(k, ip)| Echo::start_at(&lab, *ip, 7100 + k as u16))
+        .collect();
+    let agent = start_agent(&lab, name);
+    for line in [
+        "enabled IPv6 forwarding on turn0",
+        "enabled IPv6 forwarding on relay0",
+    ] {
+        assert!(agent.output().contains(line), "{}", agent.output());
+    }
+
+    let mut c = client_of(&lab, client_v6);
+    let alloc = c.allocate_family(None, family).expect("allocate");
+    let relayed: Vec<SocketAddr> = [Some(alloc.relayed), alloc.additional_relayed]
+        .into_iter()
+        .flatten()
+        .collect();
+    for e in &echoes {
+        assert!(
+            relayed.iter().any(|r| r.is_ipv6() == e.addr.is_ipv6()),
+            "no relayed address of the peer's family: {alloc:?}"
+        );
+    }
+    for (k, e) in echoes.iter().enumerate() {
+        c.channel_bind(0x4000 + k as u16, e.addr)
+            .expect("channel bind");
+    }
+
+    let before = srv_in(&lab);
+    for (k, e) in echoes.iter().enumerate() {
+        let got = exchange(&c, 0x4000 + k as u16, k as u32 + 1);
+        assert_eq!(got, N, "{name}: peer {}: {got} of {N} echoed", e.addr);
+    }
+    let after = srv_in(&lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_all_offloaded(&exit, echoes.len() as u64);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "{name}: data datagrams reached the server's UDP/UDP6 sockets:\n{}",
+        exit.output
+    );
+    for e in echoes {
+        assert_eq!(e.stop(), N as u64);
+    }
+    assert_clean(&lab);
+    eprintln!("{name}: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn v6_client_to_v6_peer() {
+    skip_unless_lab!();
+    case("tbt-v6a", true, RelayFamily::V6, &[lab::PEER_V6.into()]);
+}
+
+#[test]
+fn v4_client_to_v6_peer() {
+    skip_unless_lab!();
+    case("tbt-v6b", false, RelayFamily::V6, &[lab::PEER_V6.into()]);
+}
+
+#[test]
+fn v6_client_to_v4_peer_by_default() {
+    skip_unless_lab!();
+    case(
+        "tbt-v6c",
+        true,
+        RelayFamily::Default,
+        &[lab::PEER_V4.into()],
+    );
+}
+
+#[test]
+fn dual_allocation_from_a_v4_client_one_peer_per_family() {
+    skip_unless_lab!();
+    case(
+        "tbt-v6d4",
+        false,
+        RelayFamily::Dual,
+        &[lab::PEER_V4.into(), lab::PEER_V6.into()],
+    );
+}
+
+#[test]
+fn dual_allocation_from_a_v6_client_one_peer_per_family() {
+    skip_unless_lab!();
+    case(
+        "tbt-v6d6",
+        true,
+        RelayFamily::Dual,
+        &[lab::PEER_V4.into(), lab::PEER_V6.into()],
+    );
+}
+
+/// An IPv4 client's datagram that fills a 1500-byte MTU (a 1472-byte ChannelData frame) cannot
+/// take the 20 bytes more of IPv6 towards an IPv6 peer: the fast path passes it (PASS_MTU) and
+/// coturn relays it; the echo, fragmented by the peer, comes back through coturn too. One byte
+/// less of room than needed is enough: 1,448 bytes of data still go in XDP.
+#[test]
+fn a_v4_datagram_too_big_for_v6_still_arrives_through_the_server() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-v6m", &[]).unwrap();
+    warm_neighbours(&lab);
+    let echo = Echo::start_at(&lab, lab::PEER_V6.into(), 7200);
+    let agent = start_agent(&lab, "tbt-v6m");
+    let mut c = client_of(&lab, false);
+    c.allocate_family(None, RelayFamily::V6).expect("allocate");
+    c.channel_bind(0x4000, echo.addr).expect("channel bind");
+
+    // 40 + 8 + 1452 = 1500: the largest that fits IPv6 both ways.
+    let fits = payload(7, 0, 1452);
+    let before = srv_in(&lab);
+    assert!(roundtrip(&c, 0x4000, &fits), "1452 bytes echoed");
+    let mid = srv_in(&lab);
+    // 20 + 8 + 4 + 1468 = 1500 as IPv4; 40 + 8 + 1468 = 1516 as IPv6.
+    let big = payload(8, 0, 1468);
+    assert!(roundtrip(&c, 0x4000, &big), "1468 bytes echoed");
+    let after = srv_in(&lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!((mid.0 - before.0, mid.1 - before.1), (0, 0));
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 1, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_CLIENT"), 1, "{}", exit.output);
+    assert_eq!(exit.counter("PASS_MTU"), 1, "{}", exit.output);
+    // the big one reached coturn once each way: from the client (UDP) and from the peer (UDP6,
+    // reassembled from the fragments the fast path passed)
+    assert_eq!(
+        (after.0 - mid.0, after.1 - mid.1),
+        (1, 1),
+        "{}",
+        exit.output
+    );
+    assert!(exit.counter("PASS_FRAGMENT") >= 1, "{}", exit.output);
+    echo.stop();
+    assert_clean(&lab);
+}
