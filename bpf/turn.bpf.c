@@ -57,7 +57,7 @@ static __always_inline bool maybe_relay_port(__u16 port)
  * see exactly what the server will process: its UDP checksum verifies and it parses whole.
  * Otherwise the client is stamped blind (state.h). A separate subprogram: the control path keeps
  * its stack frame off the fast path's. */
-static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u32 ports,
+static __noinline int stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u32 ports,
 				     __u32 payload_len)
 {
 	__u16 sport = ports & 0xffff, dport = ports >> 16;
@@ -66,11 +66,11 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 
 	if (payload_len > TB_MAX_STUN_REQUEST) {
 		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
-		return;
+		return 0;
 	}
 	if (bpf_xdp_load_bytes(ctx, UDP4_PAYLOAD_OFF - sizeof(udp), &udp, sizeof(udp))) {
 		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
-		return;
+		return 0;
 	}
 	/* A zero UDP checksum over IPv4 means "none"; anything else must verify, or the kernel
 	 * drops the datagram (or, for a partial checksum from a local sender, we cannot tell). */
@@ -87,23 +87,35 @@ static __noinline void stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 dadd
 		acc = csum_add16(acc, udp.check);
 		if (xdp_sum(ctx, UDP4_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
 			blind_stamp4(saddr, daddr, TB_STAT_RECORD_BAD_CSUM);
-			return;
+			return 0;
 		}
 	}
 	s = scratch_get();
 	if (!s) {
 		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
-		return;
+		return 0;
 	}
 	if (stun_parse(ctx, true, UDP4_PAYLOAD_OFF, payload_len, &s->msg)) {
 		blind_stamp4(saddr, daddr, TB_STAT_STUN_MALFORMED);
-		return;
+		return 0;
 	}
 	if (s->msg.cls != STUN_REQUEST)
-		return;
+		return 0;
 	ep4(&s->req_key.client, saddr, sport);
 	ep4(&s->req_key.server, daddr, dport);
 	record_request(s);
+	return 1;
+}
+
+/* What the request stun_request4/6 just recorded takes away, applied now (state.h). Its own
+ * frame: the recorder's is at the stack limit. */
+static __noinline void request_takes_away_last(void)
+{
+	__u32 zero = 0;
+	struct tb_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (s && s->req.method)
+		request_takes_away(&s->req_key, &s->req);
 }
 
 /* Something from `ip6`'s source to its destination went past the recorder unseen. */
@@ -116,7 +128,7 @@ static __always_inline void blind_stamp6(const struct ipv6hdr *ip6, __u32 reason
 #define UDP6_PAYLOAD_OFF (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
 /* stun_request4 for IPv6 (no extension headers, UDP checksum non-zero: checked by the caller). */
-static __noinline void stun_request6(struct xdp_md *ctx, __u32 payload_len)
+static __noinline int stun_request6(struct xdp_md *ctx, __u32 payload_len)
 {
 	struct ipv6hdr ip6;
 	struct udphdr udp;
@@ -125,10 +137,10 @@ static __noinline void stun_request6(struct xdp_md *ctx, __u32 payload_len)
 
 	if (bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr), &ip6, sizeof(ip6)) ||
 	    bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr) + sizeof(ip6), &udp, sizeof(udp)))
-		return; /* cannot happen: the caller read both */
+		return 0; /* cannot happen: the caller read both */
 	if (payload_len > TB_MAX_STUN_REQUEST) {
 		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
-		return;
+		return 0;
 	}
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
@@ -143,19 +155,19 @@ static __noinline void stun_request6(struct xdp_md *ctx, __u32 payload_len)
 	acc = csum_add16(acc, udp.check);
 	if (xdp_sum(ctx, UDP6_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
 		blind_stamp6(&ip6, TB_STAT_RECORD_BAD_CSUM);
-		return;
+		return 0;
 	}
 	s = scratch_get();
 	if (!s) {
 		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
-		return;
+		return 0;
 	}
 	if (stun_parse(ctx, true, UDP6_PAYLOAD_OFF, payload_len, &s->msg)) {
 		blind_stamp6(&ip6, TB_STAT_STUN_MALFORMED);
-		return;
+		return 0;
 	}
 	if (s->msg.cls != STUN_REQUEST)
-		return;
+		return 0;
 	__builtin_memcpy(s->req_key.client.ip, &ip6.saddr, 16);
 	s->req_key.client.port = udp.source;
 	s->req_key.client.family = TB_AF_INET6;
@@ -163,6 +175,7 @@ static __noinline void stun_request6(struct xdp_md *ctx, __u32 payload_len)
 	s->req_key.server.port = udp.dest;
 	s->req_key.server.family = TB_AF_INET6;
 	record_request(s);
+	return 1;
 }
 
 /* An IPv6 packet: the same as the IPv4 part of xdp_turn. Extension headers (the fragment header
@@ -223,20 +236,9 @@ static __always_inline int xdp_turn6(struct xdp_md *ctx, struct ipv6hdr *ip6, vo
 	if ((payload[0] & 0xC0) == 0x40)
 		return to_peer(ctx, &in, ip6, udp);
 	if ((payload[0] & 0xC0) == 0x00)
-		stun_request6(ctx, udp_len - sizeof(*udp));
+		if (stun_request6(ctx, udp_len - sizeof(*udp)))
+			request_takes_away_last();
 	return xdp_pass(TB_STAT_PASS_STUN);
-}
-
-/* The IPv4 header checksum of an option-less header verifies. */
-static __always_inline bool ip4_csum_ok(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u64 acc = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		acc += w[i];
-	return csum_fold64(acc) == 0xffff;
 }
 
 struct vlan_tag {
@@ -244,14 +246,14 @@ struct vlan_tag {
 	__be16 proto;
 };
 
-/* A VLAN-tagged frame (one or two tags) carrying IPv4 UDP that may be a request to a TURN port
- * (or a fragment of one): the recorder does not look inside tags, so its client is blind. */
+/* A VLAN-tagged frame (one or two tags) carrying IPv4 or IPv6 that may be a request to a TURN
+ * port (or a fragment of one): the recorder does not look inside tags, so its client is blind.
+ * (The kernel strips a priority tag, or a sub-interface's, and delivers what is inside.) */
 static __always_inline void vlan_blind(void *data, void *data_end)
 {
 	struct ethhdr *eth = data;
 	struct vlan_tag *tag = (void *)(eth + 1);
 	__be16 proto;
-	struct iphdr *ip;
 
 	if ((void *)(tag + 1) > data_end)
 		return;
@@ -262,11 +264,17 @@ static __always_inline void vlan_blind(void *data, void *data_end)
 			return;
 		proto = tag->proto;
 	}
-	ip = (void *)(tag + 1);
-	if (proto != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > data_end ||
-	    ip->protocol != IPPROTO_UDP)
-		return;
-	blind_stamp4(ip->saddr, ip->daddr, 0);
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(tag + 1);
+
+		if ((void *)(ip + 1) <= data_end)
+			blind_stamp4(ip->saddr, ip->daddr, 0);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(tag + 1);
+
+		if ((void *)(ip6 + 1) <= data_end)
+			blind_stamp6(ip6, 0);
+	}
 }
 
 SEC("xdp")
@@ -344,12 +352,12 @@ int xdp_turn(struct xdp_md *ctx)
 		if ((payload[0] & 0xC0) == 0x40)
 			return to_peer(ctx, &in, ip, udp);
 		if ((payload[0] & 0xC0) == 0x00) {
-			if (ip4_csum_ok(ip))
-				stun_request4(ctx, ip->saddr, ip->daddr,
-					      udp->source | ((__u32)udp->dest << 16),
-					      udp_len - sizeof(*udp));
-			else
+			if (!ip4_csum_ok(ip))
 				blind_stamp4(ip->saddr, ip->daddr, TB_STAT_RECORD_BAD_CSUM);
+			else if (stun_request4(ctx, ip->saddr, ip->daddr,
+					       udp->source | ((__u32)udp->dest << 16),
+					       udp_len - sizeof(*udp)))
+				request_takes_away_last();
 		}
 		return xdp_pass(TB_STAT_PASS_STUN);
 	}

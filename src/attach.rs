@@ -282,8 +282,6 @@ pub struct TcFilter {
     pub iface: String,
     pub ifindex: u32,
     prog_id: u32,
-    /// What ran before the snooper when it was attached (see egress_before_snooper).
-    pub before: Vec<String>,
     hook: TcHook,
     /// We created the clsact qdisc (it did not exist before).
     created_qdisc: bool,
@@ -340,7 +338,6 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         iface: iface.to_string(),
         ifindex: idx,
         prog_id: prog_id(prog)?,
-        before: egress_before_snooper(iface),
         hook,
         created_qdisc,
     })
@@ -555,40 +552,49 @@ pub fn forwarding_refusal(off: &[(Family, String)]) -> String {
     )
 }
 
-/// Egress programs that run before the snooper on `iface`: tcx programs (they run before any
-/// clsact filter) and clsact egress filters at a lower preference number than ours. If one of
-/// them ends classification, the snooper sees none of the server's answers.
-pub fn egress_before_snooper(iface: &str) -> Vec<String> {
+/// Egress programs that run before the snooper on `iface`, or may: tcx programs (they run
+/// before any clsact filter), clsact egress filters at a lower preference number than ours, and
+/// other bpf filters at ours. If one of them ends classification, the snooper misses the
+/// server's answers. An error when it cannot be told (no `tc`, no JSON from it).
+pub fn egress_before_snooper(iface: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    if let Ok(idx) = ifindex(iface) {
-        let mut opts = libbpf_sys::bpf_prog_query_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
-            ..Default::default()
-        };
-        // SAFETY: a properly sized options struct; no id arrays are passed.
-        let rc = unsafe {
-            libbpf_sys::bpf_prog_query_opts(idx as i32, libbpf_sys::BPF_TCX_EGRESS, &mut opts)
-        };
-        // SAFETY: prog_cnt is the field the kernel fills for a query without id arrays.
-        let count = unsafe { opts.__bindgen_anon_1.prog_cnt };
-        if rc == 0 && count > 0 {
-            out.push(format!("{count} tcx egress program(s)"));
+    let idx = ifindex(iface)?;
+    let mut ids = [0u32; 64];
+    let mut opts = libbpf_sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
+        prog_ids: ids.as_mut_ptr(),
+        ..Default::default()
+    };
+    opts.__bindgen_anon_1.prog_cnt = ids.len() as u32;
+    // SAFETY: a properly sized options struct whose id array holds prog_cnt entries.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_query_opts(idx as i32, libbpf_sys::BPF_TCX_EGRESS, &mut opts)
+    };
+    if rc == 0 {
+        // SAFETY: prog_cnt is what the kernel filled in.
+        let n = unsafe { opts.__bindgen_anon_1.prog_cnt } as usize;
+        for id in &ids[..n.min(ids.len())] {
+            out.push(format!("tcx egress program {id}"));
         }
     }
     let listing = Command::new("tc")
         .args(["-j", "filter", "show", "dev", iface, "egress"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.extend(filters_before(&listing, TC_PRIORITY));
-    out
+        .with_context(|| format!("running tc to list the egress filters of {iface}"))?;
+    let text = String::from_utf8_lossy(&listing.stdout);
+    if !listing.status.success() || !text.trim_start().starts_with('[') {
+        bail!("cannot list the egress filters of {iface} (tc -j filter show)");
+    }
+    out.extend(filters_before(&text, TC_PRIORITY));
+    Ok(out)
 }
 
-/// The clsact filters of `tc -j filter show` output with a preference below `ours`, as
-/// "KIND filter at preference N", each once.
+/// The clsact filters of `tc -j filter show` output that run before ours: a preference below
+/// `ours`, or a bpf filter at `ours` with another handle; each once.
 fn filters_before(tc_json: &str, ours: u32) -> Vec<String> {
+    let our_handle = format!("{TC_HANDLE:#x}");
     let mut seen = Vec::new();
-    for entry in tc_json.split('{').skip(1) {
+    for entry in tc_json.split("{\"protocol\"").skip(1) {
         let field = |name: &str| {
             let at = entry.find(&format!("\"{name}\":"))? + name.len() + 3;
             let rest = entry[at..].trim_start_matches('"');
@@ -601,8 +607,14 @@ fn filters_before(tc_json: &str, ours: u32) -> Vec<String> {
         let Ok(pref) = pref.parse::<u32>() else {
             continue;
         };
-        let text = format!("{kind} filter at preference {pref}");
-        if pref < ours && !seen.contains(&text) {
+        let text = if pref < ours {
+            format!("{kind} filter at preference {pref}")
+        } else if pref == ours && field("handle").is_some_and(|h| h != our_handle) {
+            format!("{kind} filter at preference {pref} (another handle)")
+        } else {
+            continue;
+        };
+        if !seen.contains(&text) {
             seen.push(text);
         }
     }
@@ -724,16 +736,16 @@ impl Attachments {
             }
             // Something that now runs before the snooper may hide the server's answers that
             // take state away, while what was learned before keeps relaying.
-            let new: Vec<String> = egress_before_snooper(&f.iface)
-                .into_iter()
-                .filter(|b| !f.before.contains(b))
-                .collect();
-            if !new.is_empty() {
-                return Err(format!(
-                    "{} now run(s) before the TC egress snooper on {}",
-                    new.join(", "),
-                    f.iface
-                ));
+            match egress_before_snooper(&f.iface) {
+                Ok(before) if before.is_empty() => {}
+                Ok(before) => {
+                    return Err(format!(
+                        "{} now run(s) before the TC egress snooper on {}",
+                        before.join(", "),
+                        f.iface
+                    ))
+                }
+                Err(e) => return Err(format!("{e:#}")),
             }
         }
         Ok(())
@@ -870,10 +882,13 @@ mod tests {
 
     #[test]
     fn filters_before_ours_are_found_once() {
-        let json = r#"[{"protocol":"all","pref":1,"kind":"u32","chain":0},{"protocol":"all","pref":1,"kind":"u32","chain":0,"options":{"fh":"800:"}},{"protocol":"all","pref":29794,"kind":"bpf","chain":0},{"protocol":"all","pref":40000,"kind":"bpf","chain":0}]"#;
+        let json = r#"[{"protocol":"all","pref":1,"kind":"u32","chain":0},{"protocol":"all","pref":1,"kind":"u32","chain":0,"options":{"fh":"800:"}},{"protocol":"all","pref":29794,"kind":"bpf","chain":0},{"protocol":"all","pref":29794,"kind":"bpf","chain":0,"options":{"handle":"0x7462","bpf_name":"tc_snoop"}},{"protocol":"all","pref":29794,"kind":"bpf","chain":0,"options":{"handle":"0x1","bpf_name":"other"}},{"protocol":"all","pref":40000,"kind":"bpf","chain":0}]"#;
         assert_eq!(
             filters_before(json, TC_PRIORITY),
-            vec!["u32 filter at preference 1".to_string()]
+            vec![
+                "u32 filter at preference 1".to_string(),
+                "bpf filter at preference 29794 (another handle)".to_string()
+            ]
         );
         assert!(filters_before("[]", TC_PRIORITY).is_empty());
         assert!(filters_before("", TC_PRIORITY).is_empty());

@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(size_of::<tb_chan>(), 128);
         assert_eq!(size_of::<tb_perm_key>(), 40);
         assert_eq!(size_of::<tb_perm>(), 24);
-        assert_eq!(size_of::<crate::skel::types::tb_pending>(), 104);
+        assert_eq!(size_of::<crate::skel::types::tb_pending>(), 120);
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl<'obj> Offload<'obj> {
         // The server's own settings, merged with ours; refuses a server with bandwidth limits.
         let settings = effective::resolve(args, &UdpTable::read()?)?;
         let server = find_server(args, &settings.turn_ports)?;
+        refuse_egress_before_snooper(&ifaces[0])?;
 
         let mut attached = Attachments::default();
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
@@ -237,6 +238,21 @@ fn find_server(args: &Args, turn_ports: &[u16]) -> Result<ServerWatch> {
     Ok(server)
 }
 
+/// Anything that runs before the snooper could hide the server's answers that take state away:
+/// refuse rather than learn through it (checked before anything is attached or changed).
+fn refuse_egress_before_snooper(client_iface: &str) -> Result<()> {
+    let before = attach::egress_before_snooper(client_iface)?;
+    if !before.is_empty() {
+        anyhow::bail!(
+            "{} run(s) on the egress of {client_iface} before where the snooper would go (TC \
+             preference {:#x}): it could hide the server's answers; remove it or move it after",
+            before.join(", "),
+            attach::TC_PRIORITY
+        );
+    }
+    Ok(())
+}
+
 /// Open the BPF object, write its load-time configuration, load it.
 fn load<'obj>(
     args: &Args,
@@ -325,14 +341,6 @@ fn attach_all(
     let client_iface = &ifaces[0];
     let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), client_iface)?;
     info!("attached TC egress snooper to {client_iface}");
-    if !tc.before.is_empty() {
-        warn!(
-            "{} run(s) before the TC egress snooper on {client_iface}: if it ends \
-             classification the snooper sees none of the server's answers, and nothing is \
-             offloaded; one added later stops the agent",
-            tc.before.join(", ")
-        );
-    }
     attached.tc.push(tc);
     Ok(!stopped())
 }

@@ -376,11 +376,38 @@ fn a_clsact_qdisc_and_filters_of_others_are_left_alone() {
     let ns = lab.ns(Host::Srv);
     lab.exec(Host::Srv, &["tc", "qdisc", "add", "dev", "turn0", "clsact"])
         .unwrap();
+    // A filter of someone else's at a higher priority than the snooper's would run first (and
+    // could hide the server's answers): the agent refuses, in one line, and leaves it alone.
     lab.exec(
         Host::Srv,
         &[
             "tc", "filter", "add", "dev", "turn0", "egress", "prio", "1", "u32", "match", "u32",
             "0", "0",
+        ],
+    )
+    .unwrap();
+    let (code, _, err) = run_once(Some(&ns), &["--enable-forwarding", "turn0", "relay0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.trim().lines().count() == 1
+            && err.contains("u32 filter at preference 1 run(s) on the egress of turn0"),
+        "{err}"
+    );
+    assert!(!xdp_attached(&lab, "turn0") && !xdp_attached(&lab, "relay0"));
+    let f = tc_filters(&lab, "turn0", "egress");
+    assert!(f.contains("u32") && !f.contains("tc_snoop"), "{f}");
+    // One behind it (a higher preference number) is no obstacle: the agent runs, and leaves
+    // both the filter and the qdisc it did not create in place.
+    lab.exec(
+        Host::Srv,
+        &["tc", "filter", "del", "dev", "turn0", "egress", "prio", "1"],
+    )
+    .unwrap();
+    lab.exec(
+        Host::Srv,
+        &[
+            "tc", "filter", "add", "dev", "turn0", "egress", "prio", "40000", "u32", "match",
+            "u32", "0", "0",
         ],
     )
     .unwrap();

@@ -84,6 +84,18 @@ static __always_inline void ip4_rewrite(struct iphdr *nip, const struct iphdr *o
 	nip->check = csum_finish(acc);
 }
 
+/* The IPv4 header checksum of an option-less header verifies. */
+static __always_inline bool ip4_csum_ok(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u64 acc = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		acc += w[i];
+	return csum_fold64(acc) == 0xffff;
+}
+
 /* Write eth + IPv4 + UDP headers at the start of the (already resized) packet. */
 static __always_inline int write_hdrs4(struct xdp_md *ctx, const struct bpf_fib_lookup *fib,
 				       const struct iphdr *nip, const struct udphdr *nudp)

@@ -40,6 +40,10 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 	if (in->family == TB_AF_INET) {
 		if (c->peer.family == TB_AF_INET)
 			return chan4_to_udp4(ctx, l3, udp, c, &ch);
+		/* IPv4 -> IPv4 carries a bad header checksum on, as the kernel would drop it; a
+		 * new IPv6 header would hide it. */
+		if (!ip4_csum_ok(l3))
+			return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
 		return chan4_to_udp6(ctx, in, udp, c, &ch);
 	}
 	if (c->peer.family == TB_AF_INET)
@@ -71,6 +75,8 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 	if (in->family == TB_AF_INET) {
 		if (c->client.family == TB_AF_INET)
 			return udp4_to_chan4(ctx, l3, udp, in->udp_len, c);
+		if (!ip4_csum_ok(l3))
+			return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
 		return udp4_to_chan6(ctx, in, c);
 	}
 	if (c->client.family == TB_AF_INET)

@@ -160,6 +160,8 @@ struct tb_pending {
 	__u8 family_sel;       /* Refresh names an address family (REQUESTED-ADDRESS-FAMILY, 0x8032) */
 	__u8 peer_overflow;    /* CreatePermission named more peers than `peers` holds */
 	__u32 lifetime;        /* the LIFETIME asked for, or TB_NO_LIFETIME: part of what must match */
+	__u8 txid[12];         /* the key's, checked again after the value is copied */
+	__u8 pad2[4];
 };
 
 #define TB_NO_LIFETIME 0xFFFFFFFFU
@@ -210,6 +212,7 @@ enum tb_stat {
 	TB_STAT_PEER_REFUSED = 39, /* grants for a peer the server's static peer policy refuses (multicast, loopback, zero, denied-peer-ip): not mirrored */
 	TB_STAT_PASS_NO_CSUM = 40, /* no UDP checksum where one is needed (IPv6, or IPv4 leaving as IPv6): passed */
 	TB_STAT_RECORD_FULL = 41, /* requests not recorded because the pending table is full: a blind spot for their client */
+	TB_STAT_PASS_BAD_IP_CSUM = 42, /* an IPv4 header whose checksum fails, that would leave as IPv6: passed (the kernel drops it) */
 	TB_STAT__MAX
 };
 
@@ -223,6 +226,6 @@ _Static_assert(sizeof(struct tb_chan) == 128, "tb_chan layout");
 _Static_assert(sizeof(struct tb_perm_key) == 40, "tb_perm_key layout");
 _Static_assert(sizeof(struct tb_perm) == 24, "tb_perm layout");
 _Static_assert(sizeof(struct tb_pending_key) == 52, "tb_pending_key layout");
-_Static_assert(sizeof(struct tb_pending) == 104, "tb_pending layout");
+_Static_assert(sizeof(struct tb_pending) == 120, "tb_pending layout");
 
 #endif /* TB_SHARED_H */

@@ -308,6 +308,7 @@ static __always_inline void record_request(struct tb_scratch *s)
 	}
 
 	__builtin_memcpy(k->txid, m->txid, sizeof(k->txid));
+	__builtin_memcpy(v->txid, m->txid, sizeof(v->txid));
 	v->method = m->method;
 	v->chan = m->chan;
 	v->npeers = m->npeers;
@@ -417,6 +418,7 @@ static __always_inline struct tb_alloc *alloc_live(const struct tb_alloc_key *ak
 /* How long after our deadline the server may still hold an allocation: our margin, and slack for
  * its timers and the answer's way out. */
 #define ALLOC_KEEP_NS (cfg_margin_ns + 2 * NS_PER_SEC)
+#define ALLOC_GIVEN_UP_KEEP_NS (3600 * NS_PER_SEC + ALLOC_KEEP_NS)
 
 /* An allocation ends here: its channels and permissions no longer validate (its deadline is 0)
  * and its traffic goes to the server from now on. The entry stays until keep_until_ns, so that a
@@ -431,6 +433,10 @@ static __always_inline void end_allocation(const struct tb_alloc_key *ak, __u32 
 		return;
 	if (gone && now + ALLOC_KEEP_NS < a->keep_until_ns)
 		a->keep_until_ns = now + ALLOC_KEEP_NS;
+	/* Given up while the server holds it: its Refreshes are no longer followed, so remember
+	 * its Allocate for as long as the server may keep it (coturn's default maximum). */
+	if (!gone && a->keep_until_ns < now + ALLOC_GIVEN_UP_KEEP_NS)
+		a->keep_until_ns = now + ALLOC_GIVEN_UP_KEEP_NS;
 	if (now >= a->expires_ns)
 		return;
 	a->expires_ns = 0;
@@ -654,6 +660,46 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
 	}
 }
 
+/*
+ * What a recorded request takes away if the server grants it, applied when it is recorded: the
+ * answer can be lost on its way out (a firewall's OUTPUT rule, a client that stops answering ARP),
+ * and the server has applied the request all the same. A CreatePermission resets each named
+ * peer's permission to the permission lifetime; a Refresh with a LIFETIME sets the allocation's
+ * (coturn may raise it: the answer then extends ours again). Shorten-only, nothing counted; if the
+ * server refuses the request, we have only offloaded less for a moment. (A Refresh 0 whose answer
+ * is lost is caught by the sweep within a second: the server closes the relay socket.)
+ */
+_Static_assert(__builtin_offsetof(struct tb_pending_key, client) ==
+		       __builtin_offsetof(struct tb_alloc_key, client) &&
+		       __builtin_offsetof(struct tb_pending_key, server) ==
+		       __builtin_offsetof(struct tb_alloc_key, server),
+	       "a pending key starts with its allocation's key");
+
+static __always_inline void request_takes_away(const struct tb_pending_key *k,
+					       const struct tb_pending *v)
+{
+	/* the request's allocation key is the start of its pending key (no copy: the recorder's
+	 * stack is at its limit) */
+	const struct tb_alloc_key *ak = (const struct tb_alloc_key *)k;
+	struct tb_alloc *a;
+	__u64 now = tb_now(), exp;
+
+	switch (v->method) {
+	case STUN_CREATE_PERMISSION:
+		if (!v->peer_overflow)
+			commit_permissions(ak, v, now, true);
+		return;
+	case STUN_REFRESH:
+		if (v->lifetime == 0 || v->lifetime == TB_NO_LIFETIME)
+			return;
+		a = alloc_live(ak, now);
+		exp = deadline(now, (__u64)v->lifetime * NS_PER_SEC);
+		if (a && exp < a->expires_ns)
+			set_alloc_deadline(a, exp);
+		return;
+	}
+}
+
 static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 					   const struct tb_pending *p, struct tb_chan *cp, __u64 now)
 {
@@ -843,6 +889,12 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		return;
 	}
 	req = *p;
+	/* the entry may have been deleted and reused for another request meanwhile */
+	if (!txid_same(req.txid, m->txid)) {
+		stat_inc(TB_STAT_LEARN_NO_PENDING);
+		commit_unmatched(&ak, m, now);
+		return;
+	}
 	use = pending_usable(p, m, client, server, now);
 	if (use < 0)
 		commit_unmatched(&ak, m, now);

@@ -163,9 +163,13 @@ impl PeerPolicy {
     /// range). The fast path refuses to mirror grants for these peers; leaving the allowed list
     /// out only makes it offload less.
     pub fn refused_prefixes(&self) -> Vec<(IpAddr, u8)> {
+        // The zero addresses; and IPv4-mapped and IPv4-compatible IPv6 addresses, which coturn
+        // lets through as IPv6 peers but its IPv6 relay socket cannot send to (the fast path
+        // would).
         let mut out: Vec<(IpAddr, u8)> = vec![
             (Ipv4Addr::UNSPECIFIED.into(), 8),
-            (std::net::Ipv6Addr::UNSPECIFIED.into(), 128),
+            (std::net::Ipv6Addr::UNSPECIFIED.into(), 96),
+            (Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().into(), 96),
         ];
         if self.no_multicast_peers {
             out.push((Ipv4Addr::new(224, 0, 0, 0).into(), 3));
