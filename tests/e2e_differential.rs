@@ -16,8 +16,8 @@
 //! coturn 4.6.1 grants every Allocate 14 s; a Refresh asking for less than 600 s (or nothing) gets
 //! 600 s, one asking for 600 s or more gets 14 s (its clamps are an if/else-if chain), and
 //! LIFETIME 0 ends the allocation a second later. Requests keep clear of every deadline a request
-//! of the same client could have set (`clear_of`), so coturn answers them the same way in both
-//! runs (the test checks that it did).
+//! of the same client could have set, and of the agent's last second before it (`in_guard`), so
+//! coturn answers them the same way in both runs.
 //!
 //! Pass criteria:
 //! 1. no probe is relayed in XDP that coturn alone did not deliver at the same step (hard rule);
@@ -28,6 +28,9 @@
 //!    clients retransmit only what got no answer: replays are there for rule 1; these probes are
 //!    counted and printed apart);
 //! 3. coturn alone delivered enough probes for that to mean something (positive control).
+//!
+//! Also checked: coturn answered every request alike in both runs, every datagram XDP relayed
+//! arrived, none arrived twice, and the agent stopped cleanly with no aborted rewrite.
 //!
 //! Environment: `TURN_BPF_DIFF_SEED` (timeline i uses seed + i; by default the
 //! `REGRESSION_SEEDS` and then random seeds), `TURN_BPF_DIFF_TIMELINES` (default 4, regression
