@@ -1,13 +1,15 @@
 //! turn-bpf's tools, kept apart from the agent: the network-namespace lab with the real coturn
 //! (`lab`), a blocking TURN test client (`turn_client`), the agent process helper (`agent`), the
 //! BPF_PROG_TEST_RUN harness and frame builders (`progtest`), crafted IPv4/UDP packets sent from
-//! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), and the
-//! baseline XDP forwarder with the micro-benchmark (`baseline`). The agent's integration tests
-//! and `scripts/bench.sh` use these.
+//! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), the
+//! baseline XDP forwarder with the micro-benchmark (`baseline`), and the agent's counters read
+//! live from its map (`live_counters`). The agent's integration tests and `scripts/bench.sh` use
+//! these.
 
 pub mod agent;
 pub mod baseline;
 pub mod lab;
+pub mod live_counters;
 pub mod load;
 pub mod progtest;
 pub mod raw;
