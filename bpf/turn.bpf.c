@@ -55,56 +55,64 @@ static __always_inline bool maybe_relay_port(__u16 port)
 
 /* A STUN message to a TURN port: remember it if it is a request we will want to commit and we
  * see exactly what the server will process: its UDP checksum verifies and it parses whole.
- * Otherwise the client is stamped blind (state.h). A separate subprogram: the control path keeps
- * its stack frame off the fast path's. */
-static __noinline int stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u32 ports,
-				     __u32 payload_len)
+ * Otherwise the client is stamped blind (state.h). The part both families share: `s` is fresh
+ * from scratch_get() with the request's client and server addresses in `s->req_key`; `off` is
+ * the UDP payload's offset. Returns 1 when the request was handed to record_request. */
+static __always_inline int stun_request(struct xdp_md *ctx, struct tb_scratch *s, __u32 off,
+					__u32 payload_len)
 {
-	__u16 sport = ports & 0xffff, dport = ports >> 16;
-	struct tb_scratch *s;
+	struct tb_pending_key *k = &s->req_key;
 	struct udphdr udp;
 
-	if (payload_len > TB_MAX_STUN_REQUEST) {
-		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
+	if (payload_len > TB_MAX_STUN_REQUEST ||
+	    bpf_xdp_load_bytes(ctx, off - sizeof(udp), &udp, sizeof(udp))) {
+		blind_stamp_key(k, TB_STAT_RECORD_BLIND);
 		return 0;
 	}
-	if (bpf_xdp_load_bytes(ctx, UDP4_PAYLOAD_OFF - sizeof(udp), &udp, sizeof(udp))) {
-		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
-		return 0;
-	}
-	/* A zero UDP checksum over IPv4 means "none"; anything else must verify, or the kernel
-	 * drops the datagram (or, for a partial checksum from a local sender, we cannot tell). */
+	k->client.port = udp.source;
+	k->server.port = udp.dest;
+	/* A zero UDP checksum over IPv4 means "none" (over IPv6 the caller passed it by); anything
+	 * else must verify, or the kernel drops the datagram (or, for a partial checksum from a
+	 * local sender, we cannot tell). */
 	if (udp.check) {
-		__u64 acc = 0;
+		__u64 acc = csum_addr(0, (const __u32 *)k->client.ip, k->client.family, true);
 
-		acc = csum_add32(acc, saddr);
-		acc = csum_add32(acc, daddr);
+		acc = csum_addr(acc, (const __u32 *)k->server.ip, k->server.family, true);
 		acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
 		acc = csum_add16(acc, udp.len);
 		acc = csum_add16(acc, udp.source);
 		acc = csum_add16(acc, udp.dest);
 		acc = csum_add16(acc, udp.len);
 		acc = csum_add16(acc, udp.check);
-		if (xdp_sum(ctx, UDP4_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
-			blind_stamp4(saddr, daddr, TB_STAT_RECORD_BAD_CSUM);
+		if (xdp_sum(ctx, off, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
+			blind_stamp_key(k, TB_STAT_RECORD_BAD_CSUM);
 			return 0;
 		}
 	}
-	s = scratch_get();
-	if (!s) {
-		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
-		return 0;
-	}
-	if (stun_parse(ctx, true, UDP4_PAYLOAD_OFF, payload_len, &s->msg)) {
-		blind_stamp4(saddr, daddr, TB_STAT_STUN_MALFORMED);
+	if (stun_parse(ctx, true, off, payload_len, &s->msg)) {
+		blind_stamp_key(k, TB_STAT_STUN_MALFORMED);
 		return 0;
 	}
 	if (s->msg.cls != STUN_REQUEST)
 		return 0;
-	ep4(&s->req_key.client, saddr, sport);
-	ep4(&s->req_key.server, daddr, dport);
 	record_request(s);
 	return 1;
+}
+
+/* The IPv4 recorder. A separate subprogram: the control path keeps its stack frame off the fast
+ * path's. */
+static __noinline int stun_request4(struct xdp_md *ctx, __u32 saddr, __u32 daddr,
+				    __u32 payload_len)
+{
+	struct tb_scratch *s = scratch_get();
+
+	if (!s) {
+		blind_stamp4(saddr, daddr, TB_STAT_RECORD_BLIND);
+		return 0;
+	}
+	ep4(&s->req_key.client, saddr, 0);
+	ep4(&s->req_key.server, daddr, 0);
+	return stun_request(ctx, s, UDP4_PAYLOAD_OFF, payload_len);
 }
 
 /* What the request stun_request4/6 just recorded takes away, applied now (state.h). Its own
@@ -127,55 +135,23 @@ static __always_inline void blind_stamp6(const struct ipv6hdr *ip6, __u32 reason
 
 #define UDP6_PAYLOAD_OFF (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
-/* stun_request4 for IPv6 (no extension headers, UDP checksum non-zero: checked by the caller). */
+/* The IPv6 recorder (no extension headers, UDP checksum non-zero: checked by the caller). */
 static __noinline int stun_request6(struct xdp_md *ctx, __u32 payload_len)
 {
-	struct ipv6hdr ip6;
-	struct udphdr udp;
-	struct tb_scratch *s;
-	__u64 acc = 0;
+	struct tb_scratch *s = scratch_get();
+	struct tb_ep *c, *sv;
 
-	if (bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr), &ip6, sizeof(ip6)) ||
-	    bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr) + sizeof(ip6), &udp, sizeof(udp)))
-		return 0; /* cannot happen: the caller read both */
-	if (payload_len > TB_MAX_STUN_REQUEST) {
-		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
-		return 0;
-	}
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		acc = csum_add32(acc, ip6.saddr.in6_u.u6_addr32[i]);
-		acc = csum_add32(acc, ip6.daddr.in6_u.u6_addr32[i]);
-	}
-	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
-	acc = csum_add16(acc, udp.len);
-	acc = csum_add16(acc, udp.source);
-	acc = csum_add16(acc, udp.dest);
-	acc = csum_add16(acc, udp.len);
-	acc = csum_add16(acc, udp.check);
-	if (xdp_sum(ctx, UDP6_PAYLOAD_OFF, payload_len, &acc) || csum_fold64(acc) != 0xffff) {
-		blind_stamp6(&ip6, TB_STAT_RECORD_BAD_CSUM);
-		return 0;
-	}
-	s = scratch_get();
-	if (!s) {
-		blind_stamp6(&ip6, TB_STAT_RECORD_BLIND);
-		return 0;
-	}
-	if (stun_parse(ctx, true, UDP6_PAYLOAD_OFF, payload_len, &s->msg)) {
-		blind_stamp6(&ip6, TB_STAT_STUN_MALFORMED);
-		return 0;
-	}
-	if (s->msg.cls != STUN_REQUEST)
-		return 0;
-	__builtin_memcpy(s->req_key.client.ip, &ip6.saddr, 16);
-	s->req_key.client.port = udp.source;
-	s->req_key.client.family = TB_AF_INET6;
-	__builtin_memcpy(s->req_key.server.ip, &ip6.daddr, 16);
-	s->req_key.server.port = udp.dest;
-	s->req_key.server.family = TB_AF_INET6;
-	record_request(s);
-	return 1;
+	if (!s)
+		return 0; /* cannot happen (a per-CPU array's only slot) */
+	c = &s->req_key.client;
+	sv = &s->req_key.server;
+	c->family = sv->family = TB_AF_INET6;
+	if (bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr) + __builtin_offsetof(struct ipv6hdr, saddr), c->ip,
+			       16) ||
+	    bpf_xdp_load_bytes(ctx, sizeof(struct ethhdr) + __builtin_offsetof(struct ipv6hdr, daddr), sv->ip,
+			       16))
+		return 0; /* cannot happen: the caller read the header */
+	return stun_request(ctx, s, UDP6_PAYLOAD_OFF, payload_len);
 }
 
 /* An IPv6 packet: the same as the IPv4 part of xdp_turn. Extension headers (the fragment header
@@ -354,9 +330,7 @@ int xdp_turn(struct xdp_md *ctx)
 		if ((payload[0] & 0xC0) == 0x00) {
 			if (!ip4_csum_ok(ip))
 				blind_stamp4(ip->saddr, ip->daddr, TB_STAT_RECORD_BAD_CSUM);
-			else if (stun_request4(ctx, ip->saddr, ip->daddr,
-					       udp->source | ((__u32)udp->dest << 16),
-					       udp_len - sizeof(*udp)))
+			else if (stun_request4(ctx, ip->saddr, ip->daddr, udp_len - sizeof(*udp)))
 				request_takes_away_last();
 		}
 		return xdp_pass(TB_STAT_PASS_STUN);

@@ -92,7 +92,7 @@ require_cargo
 log "$(cargo --version), $(uname -r), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 
 log "building (release)"
-timeout --kill-after=30 "$BUILD_TIMEOUT" cargo build --release --bin turn-bpf --bin turn-load
+timeout --kill-after=30 "$BUILD_TIMEOUT" cargo build --release --workspace --bins
 
 trap cleanup EXIT
 trap 'exit 130' INT

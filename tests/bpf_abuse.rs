@@ -1634,6 +1634,18 @@ fn fuzz_xdp_mutated_packets() {
                     );
                 }
             }
+            // A request the recorder took whole may take state away when it is recorded (a
+            // Refresh with a short LIFETIME, a CreatePermission): the oracle knows only the
+            // installed bindings, so put them back after any STUN message to the TURN port.
+            let stun_to_turn = frame.len() > 42
+                && u16::from_be_bytes([frame[36], frame[37]]) == TURN_PORT
+                && frame[42] & 0xC0 == 0;
+            if bound && stun_to_turn {
+                for (c, r, peer, ch) in BOUND {
+                    p.install_channel(c, r, peer, ch, 3600)
+                        .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+                }
+            }
             Ok(())
         });
         let d = p.counters().since(&c0);
