@@ -175,6 +175,28 @@ static __always_inline int write_out(struct xdp_md *ctx, const struct bpf_fib_lo
 	return 0;
 }
 
+/* What both directions check before they build anything: the input's UDP checksum (IPv6 needs
+ * one), the next hop from `src` to `dst` for `tot_len` bytes, and the spill. Returns
+ * TB_STAT__MAX with `*o` the scratch to build in, or the pass reason. */
+static __always_inline __u32 out_begin(struct xdp_md *ctx, const struct pkt *in, struct tb_chan *c,
+				       const struct tb_ep *src, const struct tb_ep *dst,
+				       __u16 tot_len, const bool out6, struct tb_out **o)
+{
+	__u32 zero = 0, reason;
+
+	if (!in->check)
+		return TB_STAT_PASS_NO_CSUM; /* only an IPv4 input may have none */
+	*o = bpf_map_lookup_elem(&out_scratch, &zero);
+	if (!*o)
+		return TB_STAT_ABORTED; /* cannot happen; nothing written */
+	reason = fib_out(ctx, &(*o)->fib, src, dst, tot_len, in->tos, out6);
+	if (reason != TB_STAT__MAX)
+		return reason;
+	if (spill_now(c))
+		return TB_STAT_PASS_SPILL;
+	return TB_STAT__MAX;
+}
+
 /* To peer, for every family pair but IPv4 -> IPv4 (chan4.h). `c` is live and the hop limit
  * allows. */
 static __always_inline int chan_to_udp_x(struct xdp_md *ctx, const struct pkt *in,
@@ -185,22 +207,15 @@ static __always_inline int chan_to_udp_x(struct xdp_md *ctx, const struct pkt *i
 	const __u8 *payload = (const __u8 *)(udp + 1);
 	__u32 l3 = out6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	__u16 new_udp_len = sizeof(struct udphdr) + ch->data_len;
-	__u32 zero = 0, reason;
+	__u32 reason;
 	struct tb_out *o;
 	struct udphdr nudp;
 	__u64 acc;
 	int delta;
 
-	if (!in->check)
-		return xdp_pass(TB_STAT_PASS_NO_CSUM); /* only an IPv4 input may have none */
-	o = bpf_map_lookup_elem(&out_scratch, &zero);
-	if (!o)
-		return xdp_pass(TB_STAT_ABORTED); /* cannot happen; nothing written */
-	reason = fib_out(ctx, &o->fib, &c->relay, &c->peer, l3 + new_udp_len, in->tos, out6);
+	reason = out_begin(ctx, in, c, &c->relay, &c->peer, l3 + new_udp_len, out6, &o);
 	if (reason != TB_STAT__MAX)
 		return xdp_pass(reason);
-	if (spill_now(c))
-		return xdp_pass(TB_STAT_PASS_SPILL);
 
 	nudp.source = c->relay.port;
 	nudp.dest = c->peer.port;
@@ -229,23 +244,16 @@ static __always_inline int udp_to_chan_x(struct xdp_md *ctx, const struct pkt *i
 	__u32 l3 = out6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	__u16 data_len = in->udp_len - sizeof(struct udphdr);
 	__u16 new_udp_len = sizeof(struct udphdr) + CHANNEL_HDR_LEN + data_len;
-	__u32 zero = 0, reason;
+	__u32 reason;
 	struct tb_out *o;
 	struct udphdr nudp;
 	__u16 chan_hdr[2];
 	__u64 acc;
 	int delta;
 
-	if (!in->check)
-		return xdp_pass(TB_STAT_PASS_NO_CSUM); /* only an IPv4 input may have none */
-	o = bpf_map_lookup_elem(&out_scratch, &zero);
-	if (!o)
-		return xdp_pass(TB_STAT_ABORTED); /* cannot happen; nothing written */
-	reason = fib_out(ctx, &o->fib, &c->server, &c->client, l3 + new_udp_len, in->tos, out6);
+	reason = out_begin(ctx, in, c, &c->server, &c->client, l3 + new_udp_len, out6, &o);
 	if (reason != TB_STAT__MAX)
 		return xdp_pass(reason);
-	if (spill_now(c))
-		return xdp_pass(TB_STAT_PASS_SPILL);
 
 	chan_hdr[0] = c->chan;
 	chan_hdr[1] = bpf_htons(data_len);

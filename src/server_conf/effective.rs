@@ -15,6 +15,7 @@ use log::{debug, warn};
 use super::peers::{self, PeerPolicy};
 use super::{ServerConf, Setting, DEFAULT_CHANNEL_LIFETIME, DEFAULT_PERMISSION_LIFETIME};
 use crate::cli::{Args, ExternalIp, MAX_TURN_PORTS};
+use crate::owners::ProcFs;
 use crate::server::UdpTable;
 
 /// coturn's default listening port: where the agent looks for the server when it is given no
@@ -92,10 +93,9 @@ impl ServerView {
         }
         // The server named on the command line, else the one process holding the sockets (the
         // server watch refuses several owners with its own words).
-        let named = args.server_pid.or_else(|| {
-            let path = args.server_pidfile.as_ref()?;
-            std::fs::read_to_string(path).ok()?.trim().parse().ok()
-        });
+        let named = args
+            .server_pid
+            .or_else(|| crate::owners::read_pidfile(args.server_pidfile.as_ref()?).ok());
         let Some(pid) = named.or_else(|| pick_server(&super::socket_owner_pids(&inodes))) else {
             warn!(
                 "no process here holds the sockets on UDP port(s) {probe:?} (is the server in \
@@ -115,7 +115,8 @@ impl ServerView {
             return Ok(view);
         };
         view.pid = Some(pid);
-        let name = super::process_name(pid).unwrap_or_default();
+        let proc_fs = ProcFs::default();
+        let name = proc_fs.comm(pid);
         if name != "turnserver" {
             warn!(
                 "the TURN port's sockets belong to pid {pid} ({name}), not to coturn: its \
@@ -125,7 +126,7 @@ impl ServerView {
             return Ok(view);
         }
         let conf = ServerConf::of_process(pid, args.turnserver_conf.as_deref())?;
-        let own = super::socket_inodes_of(pid);
+        let own = proc_fs.sockets_of(pid).unwrap_or_default();
         let holds = |port: u16| socks.listeners(port).iter().any(|s| own.contains(&s.inode));
         view.ports = server_ports(&conf)
             .into_iter()
@@ -157,7 +158,7 @@ fn pick_server(pids: &[u32]) -> Option<u32> {
             let coturn: Vec<u32> = several
                 .iter()
                 .copied()
-                .filter(|p| super::process_name(*p).as_deref() == Some("turnserver"))
+                .filter(|p| ProcFs::default().comm(*p) == "turnserver")
                 .collect();
             let pick = coturn.first().or(several.first()).copied();
             debug!("several processes hold the TURN port's sockets ({several:?}): reading pid {pick:?}");

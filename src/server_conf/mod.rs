@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::owners::ProcFs;
+
 use options::{ConfChoice, ParsedArgs};
 use peers::PeerPolicy;
 
@@ -452,45 +454,11 @@ impl ProcessView {
     }
 }
 
-/// The pids of the processes holding any of the sockets `inodes` (a `socket:[INODE]` link in
-/// their `/proc/PID/fd`), lowest first.
-///
-/// Stand-in for a proper server-identity lookup: everything else here takes the pid.
+/// The pids of the processes holding any of the sockets `inodes`, lowest first.
 pub fn socket_owner_pids(inodes: &BTreeSet<u64>) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| !socket_inodes_of(*pid).is_disjoint(inodes))
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
-/// The inodes of the sockets process `pid` holds (empty when it cannot be read).
-pub fn socket_inodes_of(pid: u32) -> BTreeSet<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| socket_inode(&std::fs::read_link(fd.path()).ok()?.to_string_lossy()))
-        .collect()
-}
-
-/// The command name of process `pid` (`/proc/PID/comm`).
-pub fn process_name(pid: u32) -> Option<String> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(comm.trim_end().to_string())
-}
-
-/// `socket:[12345]` → 12345.
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    let owners = ProcFs::default().owners(inodes).unwrap_or_default();
+    let pids: BTreeSet<u32> = owners.into_values().flatten().collect();
+    pids.into_iter().collect()
 }
 
 #[cfg(test)]

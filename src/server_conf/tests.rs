@@ -241,8 +241,9 @@ fn cmdline_words() {
     );
     assert_eq!(split_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
     assert!(split_cmdline(b"").is_empty());
-    assert_eq!(socket_inode("socket:[197917]"), Some(197917));
-    assert_eq!(socket_inode("pipe:[1]"), None);
+    let inode = |l: &str| crate::owners::socket_inode(std::ffi::OsStr::new(l));
+    assert_eq!(inode("socket:[197917]"), Some(197917));
+    assert_eq!(inode("pipe:[1]"), None);
 }
 
 /// A scratch directory standing in for a process's root and working directory.
@@ -359,7 +360,8 @@ fn which_file_the_server_read() {
 fn this_process_is_found_by_its_socket() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = std::process::id();
-    let own = socket_inodes_of(me);
+    let proc_fs = crate::owners::ProcFs::default();
+    let own = proc_fs.sockets_of(me).unwrap();
     assert!(!own.is_empty(), "the test holds a socket");
     let pids = socket_owner_pids(&own);
     assert!(pids.contains(&me), "{pids:?}");
@@ -368,6 +370,6 @@ fn this_process_is_found_by_its_socket() {
         Vec::<u32>::new()
     );
     assert!(process_start(me).is_some());
-    assert!(process_name(me).is_some());
+    assert_ne!(proc_fs.comm(me), "?");
     drop(sock);
 }
