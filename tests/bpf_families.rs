@@ -2001,6 +2001,351 @@ fn passed_families() {
 }
 
 // ------------------------------------------------------------------------------------------
+// The hairpin: a peer that is another allocation's relayed address on this server. Client A's
+// ChannelData to B's relayed address must come out as ChannelData from B's server endpoint to
+// client B on B's channel for A's relayed address, in one pass; whatever the server alone would
+// not relay that way (B holds no live channel for A's relayed address and port: the server
+// sends a Data indication or drops) goes to the server unmodified. The output network header
+// is a fresh one (a new datagram, as the server would send): IPv4 with ID 0 and DF, IPv6 with
+// flow label 0; TOS/traffic class copied, TTL/hop limit - 1.
+
+/// Clients A and B of families `fa` and `fb`, with relayed addresses of family `rf`: A's peer is
+/// B's relayed address and B's peer is A's. `k` keeps ports and channels apart.
+fn hairpin_pair(k: u16, fa: u8, fb: u8, rf: u8) -> (Chan, Chan) {
+    let client = |f: u8, port: u16| {
+        if f == 4 {
+            at4(CLIENT, port)
+        } else {
+            at6(CLIENT6, port)
+        }
+    };
+    let relay = |port: u16| {
+        if rf == 4 {
+            at4(RELAY, port)
+        } else {
+            at6(RELAY6, port)
+        }
+    };
+    let (ra, rb) = (relay(51000 + k), relay(51100 + k));
+    (
+        ch(client(fa, 41000 + k), ra, rb, 0x4200 + k),
+        ch(client(fb, 41100 + k), rb, ra, 0x4300 + k),
+    )
+}
+
+fn hairpin_path(a: &Chan, b: &Chan) -> String {
+    format!(
+        "hairpin chan{}_to_chan{} via relay{}",
+        fam(a.client),
+        fam(b.client),
+        fam(a.relay)
+    )
+}
+
+/// A's ChannelData (after `tweak`) and what must leave for B.
+fn hairpin_frames(
+    a: &Chan,
+    b: &Chan,
+    data: &[u8],
+    pad: usize,
+    tweak: impl FnOnce(&mut Frame),
+) -> (Frame, Frame) {
+    let mut inp = cd_frame(a, data, pad, 0x5e);
+    tweak(&mut inp);
+    let data = inp.payload()[4..4 + data.len()].to_vec();
+    let mut out = Frame::new(
+        TURN0_MAC,
+        CLIENT_MAC,
+        b.server(),
+        b.client,
+        &channel_data(b.chan, &data, 0, 0),
+    );
+    spec_headers(&mut out, &inp);
+    if let Frame::V4(o) = &mut out {
+        o.id = 0;
+        o.df = true;
+        o.mf = false;
+        o.frag_offset = 0;
+        o.udp_check = UdpCheck::Correct;
+    }
+    (inp, out)
+}
+
+fn install_pair(a: Chan, b: Chan) -> impl Fn(&Programs) -> Result<()> {
+    move |p: &Programs| {
+        install(p, &a)?;
+        install(p, &b)
+    }
+}
+
+fn hairpin_row(what: &str, a: &Chan, b: &Chan, data: &[u8], pad: usize) -> Row {
+    let (inp, out) = hairpin_frames(a, b, data, pad, |_| {});
+    let path = hairpin_path(a, b);
+    relay_row(
+        format!("{path} {what}"),
+        path,
+        &inp,
+        &out,
+        Dev::Turn0,
+        Dev::Turn0,
+        "RELAYED_HAIRPIN",
+    )
+    .with_setup(install_pair(*a, *b))
+}
+
+fn hairpin_pass(
+    what: &str,
+    a: &Chan,
+    b: Option<Chan>,
+    counter: &'static str,
+    tweak: impl FnOnce(&mut Frame),
+) -> Row {
+    let mut f = cd_frame(a, &data_of(33, 7), 2, 0x77);
+    tweak(&mut f);
+    let path = hairpin_path(a, &b.unwrap_or(*a));
+    let a = *a;
+    Row::pass(
+        format!("{path} {what}"),
+        path,
+        f.build(),
+        Dev::Turn0,
+        counter,
+    )
+    .with_setup(move |p: &Programs| {
+        install(p, &a)?;
+        if let Some(b) = b {
+            install(p, &b)?;
+        }
+        Ok(())
+    })
+}
+
+/// The UDP checksum field the kernel leaves for the device to finish (CHECKSUM_PARTIAL): the
+/// folded pseudo-header sum, not complemented (its udp4_hwcsum / udp6_hwcsum_outgoing).
+fn partial_check(f: &Frame) -> u16 {
+    let (src, dst, payload): (Vec<u8>, Vec<u8>, usize) = match f {
+        Frame::V4(f) => (
+            f.src.ip().octets().to_vec(),
+            f.dst.ip().octets().to_vec(),
+            f.payload.len(),
+        ),
+        Frame::V6(f) => (
+            f.src.ip().octets().to_vec(),
+            f.dst.ip().octets().to_vec(),
+            f.payload.len(),
+        ),
+    };
+    let mut sum: u32 = 17 + (payload as u32 + 8);
+    for w in src.chunks(2).chain(dst.chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// An IPv4 frame's bytes with its header checksum off by one.
+fn bad_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 11] ^= 1;
+    frame
+}
+
+fn hairpin_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut k = 0;
+    for rf in [4u8, 6] {
+        for fa in [4u8, 6] {
+            for fb in [4u8, 6] {
+                k += 1;
+                let (a, b) = hairpin_pair(k, fa, fb, rf);
+                // relayed: sizes from 1 byte to what fits B's side, padded or not
+                let max = max_data(Dev::Turn0, b.client, 4).min(max_data(Dev::Turn0, a.client, 4));
+                for (len, pad) in [(1, 0), (1, 3), (2, 2), (3, 1), (100, 0), (333, 3), (max, 0)] {
+                    rows.push(hairpin_row(
+                        &format!("len {len} pad {pad}"),
+                        &a,
+                        &b,
+                        &data_of(len, len as u8),
+                        pad,
+                    ));
+                }
+                // the reverse direction of the same pair
+                rows.push(hairpin_row("B to A", &b, &a, &data_of(77, 3), 0));
+                // TOS / traffic class carried, TTL - 1
+                let (inp, out) = hairpin_frames(&a, &b, &data_of(40, 4), 0, |f| f.set_tclass(0xb8));
+                let path = hairpin_path(&a, &b);
+                rows.push(
+                    relay_row(
+                        format!("{path} TOS/traffic class 0xb8"),
+                        path.clone(),
+                        &inp,
+                        &out,
+                        Dev::Turn0,
+                        Dev::Turn0,
+                        "RELAYED_HAIRPIN",
+                    )
+                    .with_setup(install_pair(a, b)),
+                );
+                // a corrupted UDP checksum stays wrong by as much
+                let (mut inp, mut out) = hairpin_frames(&a, &b, &data_of(51, 8), 1, |_| {});
+                carry_checksum_error(&mut inp, &mut out);
+                let mut r = relay_row(
+                    format!("{path} corrupted UDP checksum stays wrong by as much"),
+                    path.clone(),
+                    &inp,
+                    &out,
+                    Dev::Turn0,
+                    Dev::Turn0,
+                    "RELAYED_HAIRPIN",
+                )
+                .with_setup(install_pair(a, b));
+                r.verify = false;
+                rows.push(r);
+
+                // what the server alone would not relay as ChannelData to B
+                rows.push(hairpin_pass(
+                    "B holds no channel for A's relayed address",
+                    &a,
+                    None,
+                    "PASS_FIB_OTHER",
+                    |_| {},
+                ));
+                let mut other_port = b;
+                other_port.peer.set_port(a.relay.port() + 1);
+                rows.push(hairpin_pass(
+                    "B's channel is for another port of A's relayed address",
+                    &a,
+                    Some(other_port),
+                    "PASS_FIB_OTHER",
+                    |_| {},
+                ));
+                for life in [Life::AllocExpired, Life::PermExpired, Life::ChanExpired] {
+                    rows.push(hairpin_pass(
+                        &format!("B's side {life:?}"),
+                        &a,
+                        Some(expired(b, life)),
+                        "PASS_EXPIRED",
+                        |_| {},
+                    ));
+                }
+                rows.push(hairpin_pass(
+                    "A's side expired",
+                    &expired(a, Life::ChanExpired),
+                    Some(b),
+                    "PASS_EXPIRED",
+                    |_| {},
+                ));
+                for hops in [0u8, 1] {
+                    rows.push(hairpin_pass(
+                        &format!("TTL/hop limit {hops}"),
+                        &a,
+                        Some(b),
+                        "PASS_TTL",
+                        |f| f.set_hops(hops),
+                    ));
+                }
+                rows.push(hairpin_pass(
+                    "partial UDP checksum",
+                    &a,
+                    Some(b),
+                    "PASS_PARTIAL_CSUM",
+                    |f| {
+                        let c = partial_check(f);
+                        f.set_check(UdpCheck::Raw(c));
+                    },
+                ));
+                let mut far = b;
+                far.client = if fb == 4 {
+                    at4(CLIENT_NO_NEIGH, far.client.port())
+                } else {
+                    at6(CLIENT6_NO_NEIGH, far.client.port())
+                };
+                rows.push(hairpin_pass(
+                    "B's client has no neighbour entry",
+                    &a,
+                    Some(far),
+                    "PASS_NO_NEIGH",
+                    |_| {},
+                ));
+                if fa == 4 {
+                    rows.push(hairpin_pass(
+                        "no UDP checksum",
+                        &a,
+                        Some(b),
+                        "PASS_NO_CSUM",
+                        |f| f.set_check(UdpCheck::Zero),
+                    ));
+                    let mut r = hairpin_pass(
+                        "bad IPv4 header checksum",
+                        &a,
+                        Some(b),
+                        "PASS_BAD_IP_CSUM",
+                        |_| {},
+                    );
+                    r.input = bad_ip_checksum(r.input);
+                    rows.push(r);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// A checksum left partial (a local sender's offload, a GSO or GRO batch) on every path: passed.
+fn partial_checksum_rows() -> Vec<Row> {
+    let partial = |f: &mut Frame| {
+        let c = partial_check(f);
+        f.set_check(UdpCheck::Raw(c));
+    };
+    let mut rows = Vec::new();
+    for c in [A44, A66, A46, A64, T44, T66] {
+        rows.push(pass_cd(
+            "partial UDP checksum",
+            &c,
+            "PASS_PARTIAL_CSUM",
+            partial,
+        ));
+        rows.push(pass_peer(
+            "partial UDP checksum",
+            &c,
+            "PASS_PARTIAL_CSUM",
+            partial,
+        ));
+    }
+    // an IPv4 header with a bad checksum must not get a fresh IPv6 one
+    rows.push({
+        let mut r = pass_cd("bad IPv4 header checksum", &A46, "PASS_BAD_IP_CSUM", |_| {});
+        r.input = bad_ip_checksum(r.input);
+        r
+    });
+    rows.push({
+        let mut r = pass_peer("bad IPv4 header checksum", &A64, "PASS_BAD_IP_CSUM", |_| {});
+        r.input = bad_ip_checksum(r.input);
+        r
+    });
+    rows
+}
+
+/// The hairpin, every family combination: relayed and passed.
+#[test]
+fn hairpin() {
+    if skip_unless_root() {
+        return;
+    }
+    run_table("tbt-fam-hairpin", hairpin_rows()).unwrap();
+}
+
+/// Partial checksums on every path, and bad IPv4 header checksums before a family change.
+#[test]
+fn partial_checksums() {
+    if skip_unless_root() {
+        return;
+    }
+    run_table("tbt-fam-partial", partial_checksum_rows()).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
 // Learning over IPv6: real requests through xdp_turn on turn0, real responses through
 // tc_snoop, then the learned binding relayed both ways (the positive control of every
 // scenario). Every step checks its own counter deltas.

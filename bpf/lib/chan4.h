@@ -29,9 +29,13 @@
 
 #define HDRS4_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 
+/* A to-peer unit's answer when the peer is an address of this host: the caller tries the
+ * hairpin (not an XDP verdict). */
+#define TB_HAIRPIN (-1)
+
 static __always_inline int xdp_pass(__u32 reason)
 {
-	stat_inc(reason);
+	stat_inc(reason == TB_FIB_LOCAL ? TB_STAT_PASS_FIB_OTHER : reason);
 	return XDP_PASS;
 }
 
@@ -276,6 +280,8 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 
 	reason = fib4(ctx, &fib, relay, peer, c->relay.port, c->peer.port,
 		      sizeof(struct iphdr) + new_udp_len, ip->tos);
+	if (reason == TB_FIB_LOCAL)
+		return TB_HAIRPIN;
 	if (reason != TB_STAT__MAX)
 		return xdp_pass(reason);
 	if (spill_now(c))

@@ -214,6 +214,8 @@ static __always_inline int chan_to_udp_x(struct xdp_md *ctx, const struct pkt *i
 	int delta;
 
 	reason = out_begin(ctx, in, c, &c->relay, &c->peer, l3 + new_udp_len, out6, &o);
+	if (reason == TB_FIB_LOCAL)
+		return TB_HAIRPIN;
 	if (reason != TB_STAT__MAX)
 		return xdp_pass(reason);
 

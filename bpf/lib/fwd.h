@@ -15,8 +15,12 @@
 #define AF_INET6 10
 #endif
 
-/* The pass reason for a bpf_fib_lookup result, or TB_STAT__MAX when the packet can go (and then
- * only through an interface we are attached to). */
+/* fib_verdict's answer for a destination that is an address of this host. A packet to a peer
+ * there may be a hairpin (hairpin.h); anywhere else it is passed as TB_STAT_PASS_FIB_OTHER. */
+#define TB_FIB_LOCAL (TB_STAT__MAX + 1)
+
+/* The pass reason for a bpf_fib_lookup result, TB_FIB_LOCAL, or TB_STAT__MAX when the packet can
+ * go (and then only through an interface we are attached to). */
 static __always_inline __u32 fib_verdict(struct xdp_md *ctx, struct bpf_fib_lookup *fib, long rc)
 {
 	switch (rc) {
@@ -28,6 +32,8 @@ static __always_inline __u32 fib_verdict(struct xdp_md *ctx, struct bpf_fib_look
 		return TB_STAT_PASS_FWD_DISABLED;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return TB_STAT_PASS_MTU;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		return TB_FIB_LOCAL;
 	default:
 		return TB_STAT_PASS_FIB_OTHER;
 	}
@@ -76,12 +82,15 @@ static __always_inline __u32 fib6(struct xdp_md *ctx, struct bpf_fib_lookup *fib
 	return fib_verdict(ctx, fib, bpf_fib_lookup(ctx, fib, sizeof(*fib), 0));
 }
 
-/* The verdict for a rewritten packet whose next hop `fib4` resolved. */
+/* The verdict for a rewritten packet whose next hop `fib4` resolved. bpf_redirect_map with flags
+ * 0 answers XDP_REDIRECT or XDP_ABORTED; saying so keeps the verdict a known value for the
+ * verifier (the to-peer units' callers tell verdicts from TB_HAIRPIN). */
 static __always_inline int fwd_verdict(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
 {
 	if (fib->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect_map(&tx_ports, fib->ifindex, 0);
+	return bpf_redirect_map(&tx_ports, fib->ifindex, 0) == XDP_REDIRECT ? XDP_REDIRECT
+									     : XDP_ABORTED;
 }
 
 #endif /* TB_FWD_H */

@@ -9,6 +9,26 @@
 
 #include "chan4.h"
 #include "chan6.h"
+#include "hairpin.h"
+
+/*
+ * A UDP checksum field that holds only the folded pseudo-header sum: how the kernel leaves a
+ * checksum for the device to finish (CHECKSUM_PARTIAL). A local sender's datagram with tx
+ * checksum offload (a veth, a container) and every GSO or GRO batch reach a generic-mode or veth
+ * program that way. The data is not summed in yet, so an incremental update would send a wrong
+ * checksum, and a batch would leave as one datagram: such packets go to the server, whose stack
+ * finishes or segments them. A complete checksum equals this value by chance for 1 datagram in
+ * 65,535; that one goes to the server too.
+ */
+static __always_inline bool csum_partial(const struct pkt *in)
+{
+	__u64 acc = csum_addr(0, in->saddr, in->family, true);
+
+	acc = csum_addr(acc, in->daddr, in->family, true);
+	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
+	acc = csum_add16(acc, bpf_htons(in->udp_len));
+	return in->check == csum_fold64(acc);
+}
 
 /* To peer: UDP to a TURN port whose payload starts like ChannelData. `l3` is the IPv4 or IPv6
  * header `in` was read from; `udp` and `in->udp_len` are checked against the packet. */
@@ -16,39 +36,54 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 				   struct udphdr *udp)
 {
 	void *data_end = (void *)(long)ctx->data_end;
-	struct tb_chan_key key = {};
+	union {
+		struct tb_chan_key chan;
+		struct tb_peer_key peer; /* the hairpin's, once `chan` has been used */
+	} key = {};
 	struct chan_in ch;
 	struct tb_chan *c;
 	__u32 reason;
+	int ret;
 
 	reason = chan_in_parse(&ch, (const __u8 *)(udp + 1), data_end,
 			       in->udp_len - sizeof(struct udphdr));
 	if (reason)
 		return xdp_pass(reason);
-	ep_of(&key.client, in, true);
-	ep_of(&key.server, in, false);
-	key.chan = ch.chan_word;
-	c = bpf_map_lookup_elem(&chans, &key);
+	ep_of(&key.chan.client, in, true);
+	ep_of(&key.chan.server, in, false);
+	key.chan.chan = ch.chan_word;
+	c = bpf_map_lookup_elem(&chans, &key.chan);
 	if (!c)
 		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
 	if (c->relay.family != c->peer.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (csum_partial(in))
+		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (!chan_live(c, tb_now()))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 1)
 		return xdp_pass(TB_STAT_PASS_TTL);
 	if (in->family == TB_AF_INET) {
-		if (c->peer.family == TB_AF_INET)
-			return chan4_to_udp4(ctx, l3, udp, c, &ch);
-		/* IPv4 -> IPv4 carries a bad header checksum on, as the kernel would drop it; a
-		 * new IPv6 header would hide it. */
-		if (!ip4_csum_ok(l3))
-			return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
-		return chan4_to_udp6(ctx, in, udp, c, &ch);
+		if (c->peer.family == TB_AF_INET) {
+			ret = chan4_to_udp4(ctx, l3, udp, c, &ch);
+		} else {
+			/* IPv4 -> IPv4 carries a bad header checksum on, as the kernel would drop
+			 * it; a new IPv6 header would hide it. */
+			if (!ip4_csum_ok(l3))
+				return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
+			ret = chan4_to_udp6(ctx, in, udp, c, &ch);
+		}
+	} else if (c->peer.family == TB_AF_INET) {
+		ret = chan6_to_udp4(ctx, in, udp, c, &ch);
+	} else {
+		ret = chan6_to_udp6(ctx, in, udp, c, &ch);
 	}
-	if (c->peer.family == TB_AF_INET)
-		return chan6_to_udp4(ctx, in, udp, c, &ch);
-	return chan6_to_udp6(ctx, in, udp, c, &ch);
+	if (ret != TB_HAIRPIN)
+		return ret;
+	/* the peer is an address of this host: another allocation's relayed address? */
+	if (in->family == TB_AF_INET && !ip4_csum_ok(l3))
+		return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
+	return hairpin(ctx, in, udp, c, &ch, &key.peer);
 }
 
 /* To client: UDP to a relay port, from a bound peer. */
@@ -66,6 +101,8 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
 	if (c->client.family != c->server.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	if (csum_partial(in))
+		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 	if (!chan_live(c, tb_now()))
