@@ -133,7 +133,8 @@ const A64: Chan = ch(
     at4(PEER, 6003),
     0x4003,
 );
-// The peer behind turn0 (the client's side): both directions leave where they came in (XDP_TX).
+// The peer behind turn0 (the client's side): both directions leave where they came in (a
+// redirect into turn0 itself).
 const T44: Chan = ch(
     at4(CLIENT, 40004),
     at4(RELAY, 50004),
@@ -848,7 +849,7 @@ fn pass_peer(what: &str, c: &Chan, counter: &'static str, tweak: impl FnOnce(&mu
 // The tables.
 
 /// Every relayed case of one to-peer path: `a` leaves through relay0, `t` through turn0 (the
-/// interface it came in on: XDP_TX).
+/// interface it came in on: a redirect into it).
 fn to_peer_rows(a: &Chan, t: &Chan) -> Vec<Row> {
     let mut rows = Vec::new();
     let max = max_data(Dev::Relay0, a.relay, 0);
@@ -1052,7 +1053,7 @@ fn to_peer_rows(a: &Chan, t: &Chan) -> Vec<Row> {
         to_peer("channel 0x7FFF", &top, &data_of(9, 0), 3, 1, |_| {})
             .with_setup(move |p| install(p, &top)),
     );
-    // the peer is behind the interface the ChannelData came in on: XDP_TX; the largest
+    // the peer is behind the interface the ChannelData came in on: redirected back into it; the largest
     // datagram that both arrives in and leaves through turn0's MTU
     let in_max = usize::from(TURN0_MTU) - if t.client.is_ipv4() { 20 } else { 40 } - 8 - 4;
     let tx_max = max_data(Dev::Turn0, t.relay, 0).min(in_max);
@@ -1064,7 +1065,7 @@ fn to_peer_rows(a: &Chan, t: &Chan) -> Vec<Row> {
         (tx_max, 0),
     ] {
         rows.push(to_peer(
-            &format!("to a peer behind turn0 (XDP_TX) len {len} pad {pad}"),
+            &format!("to a peer behind turn0 (back out of turn0) len {len} pad {pad}"),
             t,
             &data_of(len, 9),
             pad,
@@ -1076,7 +1077,7 @@ fn to_peer_rows(a: &Chan, t: &Chan) -> Vec<Row> {
 }
 
 /// Every relayed case of one to-client path: `a`'s peer is behind relay0, `t`'s behind turn0
-/// (XDP_TX).
+/// (a redirect back into it).
 fn to_client_rows(a: &Chan, t: &Chan) -> Vec<Row> {
     let mut rows = Vec::new();
     // the largest datagram that arrives through relay0 and leaves through turn0 as ChannelData
@@ -1171,7 +1172,7 @@ fn to_client_rows(a: &Chan, t: &Chan) -> Vec<Row> {
     let tx_max = max_data(Dev::Turn0, t.client, 4).min(in_max);
     for len in [1usize, 100, 1400, tx_max] {
         rows.push(to_client(
-            &format!("from a peer behind turn0 (XDP_TX) len {len}"),
+            &format!("from a peer behind turn0 (back out of turn0) len {len}"),
             t,
             &data_of(len, 8),
             |f| f.set_tclass(0x48),
@@ -1407,12 +1408,12 @@ fn pass_rows() -> Vec<Row> {
         (
             T46,
             max_data(Dev::Turn0, T46.relay, 0) + 1,
-            "out of turn0 (XDP_TX), one byte more than 1500 takes as IPv6",
+            "out of turn0 (where it came in), one byte more than 1500 takes as IPv6",
         ),
         (
             T46,
             max_data(Dev::Turn0, T46.relay, 0) + 16,
-            "out of turn0 (XDP_TX), the largest IPv4 input",
+            "out of turn0 (where it came in), the largest IPv4 input",
         ),
     ] {
         let f = cd_frame(&c, &data_of(len, 0), 0, 0);
@@ -1828,7 +1829,8 @@ fn check_step(
     let (verdict, out): (u32, &[u8]) = match want {
         Want::Pass => (XDP_PASS, input),
         Want::Redirect(o) => (XDP_REDIRECT, o),
-        Want::Tx(o) => (XDP_TX, o),
+        // leaving where it came in is a redirect into that interface too (fwd.h)
+        Want::Tx(o) => (XDP_REDIRECT, o),
     };
     if r.verdict != verdict {
         errs.push(format!("verdict {} want {verdict}", r.verdict));

@@ -59,7 +59,7 @@ const fn ch(
 
 /// The main channel: client behind turn0, peer behind relay0.
 const A: Chan = ch(CLIENT, 40000, 50000, PEER, 6000, 0x4000, Life::Live);
-/// A peer behind turn0 (the client's side): both directions leave where they came in (XDP_TX).
+/// A peer behind turn0 (the client's side): both directions leave where they came in.
 const T: Chan = ch(
     CLIENT,
     40001,
@@ -497,10 +497,10 @@ fn relay_rows() -> Vec<Row> {
         )
         .with_setup(|p| install(p, &TOP)),
     );
-    // the peer is behind the interface the ChannelData came in on: XDP_TX, 1400 bytes fit
+    // the peer is behind the interface the ChannelData came in on: redirected back into it, 1400 bytes fit
     for (len, pad) in [(1usize, 3usize), (100, 0), (1400, 0), (1400, 2), (1472, 0)] {
         rows.push(chan4_to_udp4(
-            format!("chan4_to_udp4 to a peer behind turn0 (XDP_TX) len {len} pad {pad}"),
+            format!("chan4_to_udp4 to a peer behind turn0 (back out of turn0) len {len} pad {pad}"),
             &T,
             &data_of(len, 1),
             pad,
@@ -509,7 +509,7 @@ fn relay_rows() -> Vec<Row> {
         ));
     }
     rows.push(chan4_to_udp4(
-        "chan4_to_udp4 XDP_TX, checksum 0",
+        "chan4_to_udp4 back out of turn0, checksum 0",
         &T,
         &data_of(77, 1),
         1,
@@ -575,7 +575,7 @@ fn relay_rows() -> Vec<Row> {
     ));
     for len in [1usize, 1400, 1468] {
         rows.push(udp4_to_chan4(
-            format!("udp4_to_chan4 from a peer behind turn0 (XDP_TX) len {len}"),
+            format!("udp4_to_chan4 from a peer behind turn0 (back out of turn0) len {len}"),
             &T,
             &data_of(len, 8),
             |_| {},
@@ -1077,7 +1077,8 @@ fn check_step(
     let (verdict, out): (u32, &[u8]) = match want {
         Want::Pass => (XDP_PASS, input),
         Want::Redirect(o) => (XDP_REDIRECT, o),
-        Want::Tx(o) => (XDP_TX, o),
+        // leaving where it came in is a redirect into that interface too (fwd.h)
+        Want::Tx(o) => (XDP_REDIRECT, o),
     };
     if r.verdict != verdict {
         errs.push(format!("verdict {} want {verdict}", r.verdict));

@@ -12,7 +12,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use turn_bpf::maps;
+use libbpf_rs::{MapCore, MapFlags};
+use turn_bpf::maps::{self, bytes_of};
 use turn_bpf::skel::types;
 use turn_bpf_testkit::progtest::*;
 use turn_bpf_testkit::turn_client::{
@@ -1565,7 +1566,8 @@ fn rebound_channel_number_not_revived_by_permission(c: &Ctx) -> Result<()> {
     // a permission for the first peer: coturn sends its datagrams as Data indications; they
     // must not reach the client as ChannelData on the number that now means P2
     create_permission(c, P1)?;
-    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    // the rebind took P1's side of the old binding away
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")?;
     let now =
         c.p.channel(C1, SERVER_EP, 0x4001)
             .context("chan")?
@@ -1576,6 +1578,51 @@ fn rebound_channel_number_not_revived_by_permission(c: &Ctx) -> Result<()> {
         (now as f64 - p2_expiry as f64) / 1e9
     );
     c.relays_both_ways(C1, 0x4001, R1, P2)
+}
+
+/// A channel number re-pointed to another peer while our copy of the old binding still lives (a
+/// server whose channel ended earlier than we knew grants it): the old peer's side goes in the
+/// same commit. A datagram from the first peer must not reach the client as ChannelData on the
+/// number that now means the second one (the server sends it as a Data indication, or drops it).
+fn rebinding_a_live_channel_number_removes_the_old_peer(c: &Ctx) -> Result<()> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    let stale =
+        c.p.peer_channel(P1, R1)
+            .context("P1's side before the rebind")?;
+    c.bind(C1, 0x4001, P2)?;
+    ensure!(
+        c.p.peer_channel(P1, R1).is_none(),
+        "P1's side outlived the rebind"
+    );
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")?;
+    c.relays_both_ways(C1, 0x4001, R1, P2)?;
+    let m = c.counts();
+    ensure!((m.chans, m.peers) == (1, 1), "maps {m}");
+    // an entry that outlived it anyway (written back here, its cached check included) is caught
+    // when its cache is refreshed: the channel number no longer names P1
+    let k = types::tb_peer_key {
+        peer: maps::ep(P1.into()),
+        relay: maps::ep(R1.into()),
+    };
+    c.p.skel
+        .maps
+        .peers
+        .update(bytes_of(&k), bytes_of(&stale), MapFlags::ANY)?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    c.relays_both_ways(C1, 0x4001, R1, P2)
+}
+
+/// A peer bound on another channel number: the number that named it before stops relaying.
+fn rebinding_a_peer_to_another_number_removes_the_old_number(c: &Ctx) -> Result<()> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    c.bind(C1, 0x4002, P1)?;
+    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")?;
+    c.relays_both_ways(C1, 0x4002, R1, P1)?;
+    let m = c.counts();
+    ensure!((m.chans, m.peers) == (1, 1), "maps {m}");
+    // refreshing a binding as it is removes nothing
+    c.bind(C1, 0x4002, P1)?;
+    c.relays_both_ways(C1, 0x4002, R1, P1)
 }
 
 type Scenario = fn(&Ctx) -> Result<()>;
@@ -1599,6 +1646,16 @@ fn learning_table() {
         (
             "ChannelBind success commits both directions + permission",
             channel_bind_commits,
+            Config::default(),
+        ),
+        (
+            "rebinding a live channel number to another peer removes the old peer's side",
+            rebinding_a_live_channel_number_removes_the_old_peer,
+            Config::default(),
+        ),
+        (
+            "binding a peer on another channel number removes the old number",
+            rebinding_a_peer_to_another_number_removes_the_old_number,
             Config::default(),
         ),
         (

@@ -261,3 +261,186 @@ fn a_v4_datagram_too_big_for_v6_still_arrives_through_the_server() {
     echo.stop();
     assert_clean(&lab);
 }
+
+/// `n` datagrams from `a` on `chan_a` must reach `b` on `chan_b`, byte-exact; how many did.
+fn one_way(a: &TurnClient, chan_a: u16, b: &TurnClient, chan_b: u16, salt: u32, n: usize) -> usize {
+    let mut buf = vec![0u8; 2048];
+    (0..n)
+        .filter(|&i| {
+            let p = payload(salt, i, size_of(i));
+            a.send_channel_data(chan_a, &p)
+                .expect("sending ChannelData");
+            match b
+                .recv_channel_data(&mut buf, Duration::from_secs(1))
+                .expect("receiving")
+            {
+                Some((ch, len)) => {
+                    assert_eq!(ch, chan_b, "channel at the receiver");
+                    assert!(
+                        buf[..len] == p[..],
+                        "datagram {i}: {} bytes sent, {len} arrived, changed",
+                        p.len()
+                    );
+                    true
+                }
+                None => {
+                    eprintln!("datagram {i} ({} bytes) did not arrive", p.len());
+                    false
+                }
+            }
+        })
+        .count()
+}
+
+/// Two clients of this server relaying to each other (a peer that is another allocation's
+/// relayed address). First coturn alone relays 20 datagrams each way, through itself twice;
+/// then with the agent 1,000 of 1–1,200 bytes each way go client to client in one XDP pass
+/// (RELAYED_HAIRPIN), byte-exact, and the server's sockets see none of them.
+fn hairpin_case(name: &str, a_v6: bool, a_family: RelayFamily, b_v6: bool, b_family: RelayFamily) {
+    let t0 = Instant::now();
+    let lab = Lab::up(name, &[]).unwrap();
+    warm_neighbours(&lab);
+    // two clients bound to each other's relayed address (the agent learns only what it sees,
+    // so each phase allocates afresh)
+    let pair = || {
+        let mut a = client_of(&lab, a_v6);
+        let mut b = client_of(&lab, b_v6);
+        let ra = a
+            .allocate_family(None, a_family)
+            .expect("allocate A")
+            .relayed;
+        let rb = b
+            .allocate_family(None, b_family)
+            .expect("allocate B")
+            .relayed;
+        assert_eq!(
+            ra.is_ipv6(),
+            rb.is_ipv6(),
+            "relayed addresses of one family"
+        );
+        a.channel_bind(0x4001, rb)
+            .expect("A binds B's relayed address");
+        b.channel_bind(0x4002, ra)
+            .expect("B binds A's relayed address");
+        (a, b)
+    };
+
+    // the server alone relays the hairpin itself, each datagram reaching it twice
+    let (a, b) = pair();
+    let before = srv_in(&lab);
+    assert_eq!(
+        one_way(&a, 0x4001, &b, 0x4002, 1, 20),
+        20,
+        "coturn alone, A to B"
+    );
+    assert_eq!(
+        one_way(&b, 0x4002, &a, 0x4001, 2, 20),
+        20,
+        "coturn alone, B to A"
+    );
+    let alone = srv_in(&lab);
+    assert!(
+        alone.0 + alone.1 - before.0 - before.1 >= 80,
+        "coturn alone: each datagram reaches it twice ({before:?} -> {alone:?})"
+    );
+
+    let agent = start_agent(&lab, name);
+    let (a, b) = pair();
+    let before = srv_in(&lab);
+    assert_eq!(one_way(&a, 0x4001, &b, 0x4002, 3, N), N, "{name}: A to B");
+    assert_eq!(one_way(&b, 0x4002, &a, 0x4001, 4, N), N, "{name}: B to A");
+    let after = srv_in(&lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(
+        exit.counter("RELAYED_HAIRPIN"),
+        2 * N as u64,
+        "{}",
+        exit.output
+    );
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 0, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_CLIENT"), 0, "{}", exit.output);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "{name}: data datagrams reached the server's UDP/UDP6 sockets:\n{}",
+        exit.output
+    );
+    assert_clean(&lab);
+    eprintln!("{name}: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn hairpin_v4_clients() {
+    skip_unless_lab!();
+    hairpin_case("tbt-hp4", false, RelayFamily::V4, false, RelayFamily::V4);
+}
+
+/// An IPv6 client (IPv4 relay, coturn's default) and an IPv4 client: the head moves.
+#[test]
+fn hairpin_v6_client_to_v4_client() {
+    skip_unless_lab!();
+    hairpin_case(
+        "tbt-hp64",
+        true,
+        RelayFamily::Default,
+        false,
+        RelayFamily::V4,
+    );
+}
+
+#[test]
+fn hairpin_v6_clients_v6_relays() {
+    skip_unless_lab!();
+    hairpin_case("tbt-hp6", true, RelayFamily::V6, true, RelayFamily::V6);
+}
+
+/// B holds only a permission for A's relayed address, no channel: the server sends A's data to
+/// B as Data indications, so the fast path must leave it to the server (A's channel to B is
+/// live). Positive control: once B binds a channel, the same datagrams go client to client.
+#[test]
+fn hairpin_without_the_other_channel_goes_through_the_server() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-hpn", &[]).unwrap();
+    warm_neighbours(&lab);
+    let agent = start_agent(&lab, "tbt-hpn");
+    let mut a = client_of(&lab, false);
+    let mut b = client_of(&lab, false);
+    let ra = a
+        .allocate_family(None, RelayFamily::V4)
+        .expect("allocate A")
+        .relayed;
+    let rb = b
+        .allocate_family(None, RelayFamily::V4)
+        .expect("allocate B")
+        .relayed;
+    a.channel_bind(0x4001, rb)
+        .expect("A binds B's relayed address");
+    b.create_permission(&[ra])
+        .expect("B permits A's relayed address");
+
+    let mut buf = vec![0u8; 2048];
+    let mut indications = 0;
+    for i in 0..10 {
+        a.send_channel_data(0x4001, &payload(9, i, 64)).unwrap();
+        if let Some((n, _)) = b.recv_raw(&mut buf, Duration::from_secs(1)).unwrap() {
+            // a STUN Data indication (0x0017), not ChannelData
+            if n >= 20 && buf[0..2] == [0x00, 0x17] {
+                indications += 1;
+            }
+        }
+    }
+    assert_eq!(indications, 10, "Data indications through coturn");
+    b.channel_bind(0x4002, ra)
+        .expect("B binds A's relayed address");
+    assert_eq!(
+        one_way(&a, 0x4001, &b, 0x4002, 10, 10),
+        10,
+        "after B's channel"
+    );
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_HAIRPIN"), 10, "{}", exit.output);
+    assert!(exit.counter("PASS_FIB_OTHER") >= 10, "{}", exit.output);
+    assert_clean(&lab);
+}

@@ -337,3 +337,72 @@ fn requests_the_server_refuses_leave_nothing_behind() {
     assert!(!exit.output.contains("channel learned"), "{}", exit.output);
     assert_eq!(echo.stop(), 0, "the denied peer received nothing");
 }
+
+/// What reached the client from the server within 300 ms: (Data indications, ChannelData on
+/// `chan`).
+fn arrivals(c: &TurnClient, chan: u16) -> (usize, usize) {
+    let mut buf = vec![0u8; 2048];
+    let (mut ind, mut cd) = (0, 0);
+    while let Some((n, _)) = c.recv_raw(&mut buf, Duration::from_millis(300)).unwrap() {
+        if n >= 20 && buf[0..2] == [0x00, 0x17] {
+            ind += 1;
+        } else if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == chan {
+            cd += 1;
+        }
+    }
+    (ind, cd)
+}
+
+/// One timeline: channel 0x4000 bound to peer A until it expires at the server, then the same
+/// number bound to peer B with a permission for A. A's datagrams must reach the client as Data
+/// indications (never as ChannelData on the number that now means B) and B's channel relays.
+/// Returns (Data indications from A, ChannelData from A, B's echoes).
+fn rebind_timeline(lab: &Lab, a: &Echo, b: &Echo, from: usize) -> (usize, usize, usize) {
+    let mut c = client(lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CHANNEL, a.addr).unwrap();
+    assert_eq!(exchange(&c, CHANNEL, from, 5), 5, "A's channel relays");
+    std::thread::sleep(Duration::from_millis(5500)); // channel and permission: 4 s
+    c.create_permission(&[a.addr]).unwrap();
+    c.channel_bind(CHANNEL, b.addr).unwrap();
+    for i in 0..5 {
+        a.sock.send_to(&payload(from + 10 + i), relayed).unwrap();
+    }
+    let (ind, cd) = arrivals(&c, CHANNEL);
+    (ind, cd, exchange(&c, CHANNEL, from + 20, 5))
+}
+
+/// A channel number re-pointed to another peer (after the first binding expired at the server):
+/// the first peer's datagrams arrive as Data indications through coturn, never as ChannelData on
+/// the number that now means the second peer. The same timeline against coturn alone and with
+/// the agent, side by side.
+#[test]
+fn a_rebound_channel_number_never_delivers_the_old_peers_data() {
+    skip_unless_lab!();
+    let lab = lab_with_short_lifetimes("tbt-life6", None);
+    warm_neighbours(&lab);
+    let pa = Echo::start(&lab, 7100);
+    let pb = Echo::start(&lab, 7101);
+    let alone = rebind_timeline(&lab, &pa, &pb, 0);
+    assert_eq!(
+        alone,
+        (5, 0, 5),
+        "coturn alone: (indications, ChannelData, B's echoes)"
+    );
+
+    let ag = agent(&lab, "life6");
+    let mut with = (0, 0, 0);
+    let saw = server_saw(&lab, || with = rebind_timeline(&lab, &pa, &pb, 100));
+    let exit = stop(ag);
+    assert_eq!(
+        with, alone,
+        "with the agent, as coturn alone:\n{}",
+        exit.output
+    );
+    // B's exchange (5 out, 5 back) and A's first exchange went in XDP; A's datagrams after the
+    // rebind went to coturn
+    assert!(exit.counter("RELAYED_TO_CLIENT") >= 10, "{}", exit.output);
+    assert!(saw >= 5, "A's datagrams reached coturn ({saw})");
+    pa.stop();
+    pb.stop();
+}

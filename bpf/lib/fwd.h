@@ -20,7 +20,7 @@
 #define TB_FIB_LOCAL (TB_STAT__MAX + 1)
 
 /* The pass reason for a bpf_fib_lookup result, TB_FIB_LOCAL, or TB_STAT__MAX when the packet can
- * go (and then only through an interface we are attached to). */
+ * go (and then only through an interface we are attached to, the one it came in on included). */
 static __always_inline __u32 fib_verdict(struct xdp_md *ctx, struct bpf_fib_lookup *fib, long rc)
 {
 	switch (rc) {
@@ -37,7 +37,7 @@ static __always_inline __u32 fib_verdict(struct xdp_md *ctx, struct bpf_fib_look
 	default:
 		return TB_STAT_PASS_FIB_OTHER;
 	}
-	if (fib->ifindex != ctx->ingress_ifindex && !bpf_map_lookup_elem(&tx_ports, &fib->ifindex))
+	if (!bpf_map_lookup_elem(&tx_ports, &fib->ifindex))
 		return TB_STAT_PASS_EGRESS_UNMANAGED;
 	return TB_STAT__MAX;
 }
@@ -82,13 +82,17 @@ static __always_inline __u32 fib6(struct xdp_md *ctx, struct bpf_fib_lookup *fib
 	return fib_verdict(ctx, fib, bpf_fib_lookup(ctx, fib, sizeof(*fib), 0));
 }
 
-/* The verdict for a rewritten packet whose next hop `fib4` resolved. bpf_redirect_map with flags
- * 0 answers XDP_REDIRECT or XDP_ABORTED; saying so keeps the verdict a known value for the
- * verifier (the to-peer units' callers tell verdicts from TB_HAIRPIN). */
+/*
+ * The verdict for a rewritten packet whose next hop `fib4`/`fib6` resolved: a redirect through
+ * the devmap, also when the packet leaves where it came in. XDP_TX would do for that on a NIC,
+ * but into a veth it needs an XDP program on the far end (without one the frames wait in the
+ * ring until something else wakes it), while a redirect needs only NAPI there (GRO or an XDP
+ * program), which the agent checks. bpf_redirect_map with flags 0 answers XDP_REDIRECT or
+ * XDP_ABORTED; saying so keeps the verdict a known value for the verifier (the to-peer units'
+ * callers tell verdicts from TB_HAIRPIN).
+ */
 static __always_inline int fwd_verdict(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
 {
-	if (fib->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
 	return bpf_redirect_map(&tx_ports, fib->ifindex, 0) == XDP_REDIRECT ? XDP_REDIRECT
 									     : XDP_ABORTED;
 }

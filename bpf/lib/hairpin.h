@@ -93,7 +93,7 @@ static __always_inline int hairpin(struct xdp_md *ctx, const struct pkt *in, str
 		return xdp_pass(TB_STAT_PASS_FIB_OTHER); /* a local address, not a relay we know */
 	if (c2->client.family != c2->server.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-	if (!chan_live(c2, tb_now()))
+	if (!chan_live(c2, tb_now(), true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (c2->client.family == TB_AF_INET6)
 		return chan_to_chan6(ctx, in, udp, ch, c2);

@@ -104,6 +104,20 @@ static __always_inline void state_shortened(void)
 	__sync_lock_test_and_set(&tb_shortened_ns, ~0ULL);
 }
 
+/* Two endpoints are the same (every byte: endpoints are built zeroed, padding included). */
+static __always_inline bool ep_eq(const struct tb_ep *a, const struct tb_ep *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+_Static_assert(__builtin_offsetof(struct tb_chan_key, client) ==
+		       __builtin_offsetof(struct tb_alloc_key, client) &&
+		       __builtin_offsetof(struct tb_chan_key, server) ==
+		       __builtin_offsetof(struct tb_alloc_key, server),
+	       "a channel key starts with its allocation's key");
+
 /* ---------------------------------------------------------------------------------------------
  * Fast path: is this binding live? One lookup (the caller's) while the cache holds; on a miss of
  * the cache, the allocation and permission are looked up and the cache refreshed.
@@ -118,12 +132,16 @@ static __always_inline void state_shortened(void)
 #define CACHE_SPAN_BITS 20
 #define CACHE_SPAN_MAX ((1ULL << CACHE_SPAN_BITS) - 1)
 
-static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
+/* `peer_side`: `c` is a `peers` entry (the to-client lookup); the refresh also confirms that the
+ * client's channel number still names this peer (a channel number re-pointed to another peer
+ * removes the old peer's entry when it commits; this catches any entry that outlived that). */
+static __always_inline bool chan_live(struct tb_chan *c, __u64 now, const bool peer_side)
 {
 	__u64 shortened = *(volatile __u64 *)&tb_shortened_ns >> CACHE_UNIT_SHIFT;
 	__u64 cache = *(volatile __u64 *)&c->cache;
 	__u64 at = cache >> CACHE_SPAN_BITS, now_u = now >> CACHE_UNIT_SHIFT;
-	struct tb_alloc_key ak = {};
+	/* the channel key, whose start is the allocation key (one key: the stack is tight) */
+	struct tb_chan_key ck = {};
 	struct tb_perm_key pk = {};
 	struct tb_alloc *a;
 	struct tb_perm *p;
@@ -132,11 +150,20 @@ static __always_inline bool chan_live(struct tb_chan *c, __u64 now)
 	if (at > shortened && now_u < at + (cache & CACHE_SPAN_MAX))
 		return true;
 
-	ak.client = c->client;
-	ak.server = c->server;
-	a = bpf_map_lookup_elem(&allocs, &ak);
+	ck.client = c->client;
+	ck.server = c->server;
+	a = bpf_map_lookup_elem(&allocs, (struct tb_alloc_key *)&ck);
 	if (!a || a->id != c->alloc_id)
 		return false;
+	if (peer_side) {
+		struct tb_chan *cc;
+
+		ck.chan = c->chan;
+		cc = bpf_map_lookup_elem(&chans, &ck);
+		if (!cc || cc->alloc_id != c->alloc_id || !ep_eq(&cc->peer, &c->peer) ||
+		    !ep_eq(&cc->relay, &c->relay))
+			return false;
+	}
 	pk.relay = c->relay;
 	pk.peer = c->peer;
 	pk.peer.port = 0;
@@ -707,6 +734,8 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	const struct tb_ep *relay;
 	struct tb_chan_key ck = {};
 	struct tb_peer_key rk = {};
+	struct tb_chan *old, *other;
+	bool repointed = false;
 #define c (*cp)
 	__u64 exp = deadline(now, cfg_channel_lifetime_ns);
 
@@ -735,11 +764,39 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		return;
 	}
 
+	/* Re-pointing: the server grants a channel number for another peer, or a peer on another
+	 * number, only once the old binding is gone there. Its other half goes in this commit, so
+	 * neither direction can use it (a datagram from the old peer must not reach the client as
+	 * ChannelData on a number that now means someone else). */
 	ck.client = ak->client;
 	ck.server = ak->server;
 	ck.chan = p->chan;
+	old = bpf_map_lookup_elem(&chans, &ck);
+	if (old && (!ep_eq(&old->peer, &c.peer) || !ep_eq(&old->relay, &c.relay))) {
+		rk.peer = old->peer;
+		rk.relay = old->relay;
+		other = bpf_map_lookup_elem(&peers, &rk);
+		if (other && other->chan == old->chan && ep_eq(&other->client, &old->client) &&
+		    ep_eq(&other->server, &old->server))
+			bpf_map_delete_elem(&peers, &rk);
+		repointed = true;
+	}
 	rk.peer = c.peer;
 	rk.relay = c.relay;
+	old = bpf_map_lookup_elem(&peers, &rk);
+	if (old && (old->chan != c.chan || !ep_eq(&old->client, &c.client) ||
+		    !ep_eq(&old->server, &c.server))) {
+		ck.client = old->client;
+		ck.server = old->server;
+		ck.chan = old->chan;
+		other = bpf_map_lookup_elem(&chans, &ck);
+		if (other && ep_eq(&other->peer, &old->peer) && ep_eq(&other->relay, &old->relay))
+			bpf_map_delete_elem(&chans, &ck);
+		ck.client = ak->client;
+		ck.server = ak->server;
+		ck.chan = p->chan;
+		repointed = true;
+	}
 	if (bpf_map_update_elem(&chans, &ck, &c, BPF_ANY)) {
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
@@ -749,6 +806,8 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
 	}
+	if (repointed)
+		state_shortened();
 	stat_inc(TB_STAT_LEARN_CHANNEL);
 #undef c
 }

@@ -922,7 +922,7 @@ impl Programs {
             &channel_data(chan, data, 0, 0),
         );
         let (peer_mac, egress_mac, verdict) = if *peer.ip() == PEER_ON_TURN0 {
-            (PEER_ON_TURN0_MAC, TURN0_MAC, XDP_TX)
+            (PEER_ON_TURN0_MAC, TURN0_MAC, XDP_REDIRECT) // into turn0 itself (fwd.h)
         } else {
             (PEER_MAC, RELAY0_MAC, XDP_REDIRECT)
         };
