@@ -12,7 +12,11 @@ use turn_bpf_testkit::lab::{self, Host, Lab};
 use turn_bpf_testkit::load::{self, LoadConfig, LoadReport, PathMode};
 
 fn config(net: &Lab) -> LoadConfig {
-    let mut cfg = LoadConfig::for_lab(net);
+    config_family(net, load::Family::V4)
+}
+
+fn config_family(net: &Lab, family: load::Family) -> LoadConfig {
+    let mut cfg = LoadConfig::for_lab_family(net, family);
     cfg.allocations = 4;
     cfg.rate = Some(2_000);
     cfg.duration = Duration::from_secs(2);
@@ -134,4 +138,96 @@ fn generator_through_offload_coturn_and_forwarder() {
         "0",
         "forwarding restored after the forwarder"
     );
+}
+
+/// `turn-load --family 6`: the same load over the lab's IPv6 addresses (IPv6 client, IPv6
+/// allocation, IPv6 peer: chan6_to_udp6 / udp6_to_chan6), with the agent attached and through
+/// the baseline forwarder. The echo's UDP6 counter proves the datagrams travelled over IPv6; the
+/// agent's counters that they were relayed in XDP.
+#[test]
+fn generator_over_ipv6_through_offload_and_forwarder() {
+    if let Some(why) = lab::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let lab = Lab::up("tbm-load6", &[]).expect("lab up");
+    let net = Lab::existing(lab.name()).expect("the lab's namespaces");
+    let config6 = || {
+        let cfg = config_family(&net, load::Family::V6);
+        assert!(
+            cfg.server.is_ipv6() && cfg.client_ip.is_ipv6() && cfg.peer_ip.is_ipv6(),
+            "IPv6 addresses: {cfg:?}"
+        );
+        cfg
+    };
+    let udp = |host| lab.udp_counters(host).expect("UDP counters");
+
+    // With the agent attached: relayed in XDP, over IPv6 end to end.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_turn-bpf"));
+    let agent = load::start_agent(
+        &bin,
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", lab::IFACE, lab::RELAY_IFACE],
+    )
+    .expect("starting the agent");
+    let mut cfg = config6();
+    cfg.agent_pid = Some(agent.pid());
+    let peer0 = udp(Host::Peer);
+    let r = load::run(&cfg);
+    let peer1 = udp(Host::Peer);
+    let counters = agent.stop_counters().expect("the agent's counters");
+    let r = r.expect("IPv6 load through the offload");
+    eprint!("offload, IPv6:\n{}agent: {counters:?}\n", r.render());
+    assert_delivered("offload IPv6", &r);
+    let v6_in = peer1.v6.in_datagrams - peer0.v6.in_datagrams;
+    let v4_in = peer1.v4.in_datagrams - peer0.v4.in_datagrams;
+    // (UDP GRO: one receive may carry many datagrams, so the counters count receives.)
+    assert!(
+        v6_in >= 100 && v4_in < 10,
+        "the echo's receives: {v6_in} over UDP6, {v4_in} over UDP, for {} datagrams delivered",
+        r.c2p.arrivals.unique
+    );
+    let get = |n: &str| counters.get(n).copied().unwrap_or(0);
+    assert_eq!(get("LEARN_CHANNEL"), cfg.allocations as u64, "{counters:?}");
+    assert!(
+        get("RELAYED_TO_PEER") * 100 >= r.c2p.sent * 95,
+        "RELAYED_TO_PEER {} of {} sent: not offloaded ({counters:?})",
+        get("RELAYED_TO_PEER"),
+        r.c2p.sent
+    );
+    assert!(
+        get("RELAYED_TO_CLIENT") * 100 >= r.p2c.sent * 95,
+        "RELAYED_TO_CLIENT {} of {} echoed: not offloaded ({counters:?})",
+        get("RELAYED_TO_CLIENT"),
+        r.p2c.sent
+    );
+
+    // Plain UDP over IPv6 through the baseline forwarder's IPv6 path.
+    let fwd = AttachedForwarder::attach_families(
+        &lab.ns(Host::Srv),
+        &[lab::IFACE, lab::RELAY_IFACE],
+        true,
+    )
+    .expect("attaching the baseline forwarder");
+    let mut cfg = config6();
+    cfg.path = PathMode::Plain;
+    let peer0 = udp(Host::Peer);
+    let r = load::run(&cfg);
+    let peer1 = udp(Host::Peer);
+    drop(fwd);
+    let r = r.expect("IPv6 load through the forwarder");
+    eprint!("forwarder, IPv6:\n{}", r.render());
+    assert_delivered("forwarder IPv6", &r);
+    assert!(
+        peer1.v6.in_datagrams - peer0.v6.in_datagrams >= 100,
+        "the echo's UDP6 counter did not move with the deliveries"
+    );
+    for key in [
+        "net.ipv6.conf.all.forwarding",
+        "net.ipv6.conf.turn0.forwarding",
+        "net.ipv4.conf.turn0.forwarding",
+    ] {
+        let v = lab.exec(Host::Srv, &["sysctl", "-n", key]).expect("sysctl");
+        assert_eq!(v.trim(), "0", "{key} restored after the forwarder");
+    }
 }

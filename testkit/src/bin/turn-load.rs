@@ -82,6 +82,9 @@ impl Mode {
 
 #[derive(ClapArgs, Clone)]
 struct LoadArgs {
+    /// Address family of the client, server and peer addresses (4 or 6): the lab has both.
+    #[arg(long, default_value_t = load::Family::V4)]
+    family: load::Family,
     /// Allocations (one channel each).
     #[arg(long, default_value_t = 16)]
     allocations: usize,
@@ -234,7 +237,7 @@ fn measure(
     quiet: Duration,
     la: &LoadArgs,
 ) -> Result<(LoadReport, Option<AgentCounters>, f64)> {
-    let mut cfg = LoadConfig::for_lab(lab);
+    let mut cfg = LoadConfig::for_lab_family(lab, la.family);
     cfg.rate = rate;
     cfg.duration = duration;
     cfg.allocations = la.allocations;
@@ -257,9 +260,10 @@ fn measure(
         }
         Mode::Forwarder => {
             cfg.path = PathMode::Plain;
-            fwd = Some(AttachedForwarder::attach(
+            fwd = Some(AttachedForwarder::attach_families(
                 &srv,
                 &[lab::IFACE, lab::RELAY_IFACE],
+                la.family == load::Family::V6,
             )?);
         }
     }
@@ -291,8 +295,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         Duration::from_secs(3),
         &a.load,
     )?;
+    // (IPv4, the default, prints as it always has.)
+    let family = match a.load.family {
+        load::Family::V4 => "",
+        load::Family::V6 => ", IPv6",
+    };
     println!(
-        "mode {} (other users before the run: {other:.1}%)",
+        "mode {}{family} (other users before the run: {other:.1}%)",
         a.mode.name()
     );
     print!("{}", r.render());
@@ -394,6 +403,9 @@ struct MachineInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct BenchConfig {
     quick: bool,
+    /// Address family of the load (4 or 6).
+    #[serde(default)]
+    family: load::Family,
     duration_s: f64,
     rounds: usize,
     loads: Vec<u64>,
@@ -873,6 +885,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         machine: info,
         config: BenchConfig {
             quick: a.quick,
+            family: a.load.family,
             duration_s: duration.as_secs_f64(),
             rounds,
             loads,
@@ -1065,12 +1078,13 @@ fn render_markdown(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "Machine: {} × {}, Linux {}, coturn {}. {} allocations, {}-byte payloads, {} s per point, \
-         {} round(s), modes alternated at every load. {:.0} s in all.\n",
+        "Machine: {} × {}, Linux {}, coturn {}. IPv{} load: {} allocations, {}-byte payloads, {} s \
+         per point, {} round(s), modes alternated at every load. {:.0} s in all.\n",
         m.nproc,
         m.cpu_model,
         m.kernel,
         m.coturn_version,
+        s.config.family,
         s.config.allocations,
         s.config.payload_len,
         s.config.duration_s,
