@@ -145,7 +145,7 @@ struct BenchArgs {
     /// Lab name (must be up).
     #[arg(long, default_value = "tbb-bench")]
     lab: String,
-    /// The reduced sweep (< 5 minutes).
+    /// The reduced sweep and micro-benchmark (about 2 minutes).
     #[arg(long)]
     quick: bool,
     /// Where the results go.
@@ -154,7 +154,7 @@ struct BenchArgs {
     /// Offered loads (client→peer datagrams/s), comma-separated; flat out is always added.
     #[arg(long, value_delimiter = ',')]
     loads: Vec<u64>,
-    /// Seconds per point (default 3 quick, 6 full).
+    /// Seconds per point (default 2 quick, 6 full).
     #[arg(long)]
     duration: Option<f64>,
     /// Rounds over the sweep (default 1 quick, 2 full; the second in reverse order).
@@ -169,7 +169,7 @@ struct BenchArgs {
     /// Skip the forwarder (floor) mode.
     #[arg(long)]
     no_floor: bool,
-    /// Longest wait (s) before a point for other users of the machine to calm down (default 3
+    /// Longest wait (s) before a point for other users of the machine to calm down (default 2
     /// quick, 4 full).
     #[arg(long)]
     quiet_wait: Option<f64>,
@@ -772,16 +772,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let loads: Vec<u64> = if !a.loads.is_empty() {
         a.loads.clone()
     } else if a.quick {
-        vec![10_000, 20_000, 40_000, 60_000, 100_000, 200_000]
+        vec![20_000, 60_000, 200_000]
     } else {
         vec![
             5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 150_000,
             200_000, 300_000,
         ]
     };
-    let duration = Duration::from_secs_f64(a.duration.unwrap_or(if a.quick { 3.0 } else { 6.0 }));
+    let duration = Duration::from_secs_f64(a.duration.unwrap_or(if a.quick { 2.0 } else { 6.0 }));
     let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 2 }).max(1);
-    let quiet = Duration::from_secs_f64(a.quiet_wait.unwrap_or(if a.quick { 3.0 } else { 4.0 }));
+    let quiet = Duration::from_secs_f64(a.quiet_wait.unwrap_or(if a.quick { 2.0 } else { 4.0 }));
     let mut modes = vec![Mode::Coturn, Mode::Offload];
     if !a.no_floor {
         modes.push(Mode::Forwarder);
