@@ -1,13 +1,14 @@
 //! Smoke test of the load generator (`turn_bpf_testkit::load`) through a lab with the real coturn: a few
 //! seconds each with the agent attached, with coturn alone, and through the baseline forwarder.
-//! It asserts delivery and that the agent relayed the traffic, never speed.
+//! It asserts delivery and that the agent relayed the traffic, never speed. The same over IPv6
+//! (`turn-load --family 6`), and a brief run of the micro-benchmark.
 //!
 //! Needs root and coturn (`scripts/test.sh` installs it); skips with a message otherwise.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use turn_bpf_testkit::baseline::AttachedForwarder;
+use turn_bpf_testkit::baseline::{self, AttachedForwarder};
 use turn_bpf_testkit::lab::{self, Host, Lab};
 use turn_bpf_testkit::load::{self, LoadConfig, LoadReport, PathMode};
 
@@ -230,4 +231,61 @@ fn generator_over_ipv6_through_offload_and_forwarder() {
         let v = lab.exec(Host::Srv, &["sysctl", "-n", key]).expect("sysctl");
         assert_eq!(v.trim(), "0", "{key} restored after the forwarder");
     }
+}
+
+/// The micro-benchmark, briefly: every row of the case table that is not pending reports a time,
+/// every relay path a ratio to its output family's baseline, under the keys bench.sh prints.
+/// (run_micro itself fails when a run leaves its path: the verdict of every run and the path's
+/// counter are checked.)
+#[test]
+fn micro_benchmark_reports_every_path() {
+    if !lab::is_root() {
+        eprintln!("SKIPPED: needs root (BPF)");
+        return;
+    }
+    let m = baseline::run_micro("tbm-micro-smoke", 200, 3).expect("micro-benchmark");
+    for row in baseline::CASES {
+        let ns = m.get(&format!("{}_ns", row.key));
+        match row.pending {
+            Some(_) => {
+                assert!(ns.is_nan(), "{}: pending, yet a figure", row.key);
+                assert!(m.pending.iter().any(|p| p.name == row.key));
+            }
+            None => assert!(ns.is_finite() && ns > 0.0, "{}: {ns} ns", row.key),
+        }
+    }
+    for (path, vs) in [
+        ("chan4_to_udp4", "baseline4"),
+        ("udp4_to_chan4", "baseline4"),
+        ("chan6_to_udp6", "baseline6"),
+        ("udp6_to_chan6", "baseline6"),
+        ("chan4_to_udp6", "baseline6"),
+        ("udp6_to_chan4", "baseline4"),
+        ("chan6_to_udp4", "baseline4"),
+        ("udp4_to_chan6", "baseline6"),
+    ] {
+        let c = m.cases.iter().find(|c| c.name == path).expect(path);
+        assert_eq!(
+            c.vs.as_deref(),
+            Some(vs),
+            "{path}: its output family's baseline"
+        );
+        assert_eq!(c.trial_ns.len(), 3);
+        let (r, lo, hi) = (
+            m.get(&format!("{path}_ratio")),
+            m.get(&format!("{path}_ratio_p10")),
+            m.get(&format!("{path}_ratio_p90")),
+        );
+        assert!(r.is_finite() && lo <= r && r <= hi, "{path}: {lo} {r} {hi}");
+        assert!(m.get(&format!("{path}_net_ratio")).is_finite());
+    }
+    assert_eq!(m.get("cli2rem_ns"), m.get("chan4_to_udp4_ns"));
+    assert_eq!(m.get("rem2cli_ns"), m.get("udp4_to_chan4_ns"));
+    assert_eq!(m.get("baseline_ns"), m.get("baseline4_ns"));
+    // The kernel times the relay paths above the empty program's floor.
+    assert!(m.get("chan4_to_udp4_ns") > m.get("stats_floor_ns"));
+    eprintln!(
+        "tail-called programs' time accounted to them on this kernel: {}",
+        m.tail_call_accounted
+    );
 }
