@@ -344,7 +344,7 @@ pub enum Kind {
     Baseline(Fam),
     /// `xdp_bench_nop`: the kernel's accounting floor.
     Floor,
-    /// A path whose binding and frame a function of its own sets up (see [`hairpin_input`]).
+    /// A path whose bindings and frame a function of its own sets up (see [`hairpin_input`]).
     Custom(fn(&Fixture) -> Result<Input>),
 }
 
@@ -370,8 +370,9 @@ const fn row(key: &'static str, kind: Kind, what: &'static str) -> CaseRow {
 }
 
 /// Every case the micro-benchmark measures: every relay path in `bpf/` (a unit test checks that
-/// each `chanX_to_udpY` / `udpX_to_chanY` named there has its row), the unrelated datagram, the
-/// baselines, and the accounting floor.
+/// each `chanX_to_udpY` / `udpX_to_chanY` named there has its row, and that a hairpin unit there
+/// has its enabled row), the unrelated datagram, the baselines, and the accounting floor. A row
+/// with `pending` set is listed as such and never given a figure.
 pub const CASES: &[CaseRow] = &[
     row(
         "chan4_to_udp4",
@@ -413,15 +414,13 @@ pub const CASES: &[CaseRow] = &[
         Kind::ToClient(Fam::V4, Fam::V6),
         "IPv4 peer→IPv6 client",
     ),
-    // HAIRPIN: enable when bpf/ relays client → client itself (counter RELAYED_HAIRPIN): write
-    // `hairpin_input` (two allocations of this server, a channel of the first bound to the
-    // second's relayed address) and drop `pending`. Until then no figure is reported.
-    CaseRow {
-        key: "hairpin",
-        kind: Kind::Custom(hairpin_input),
-        what: "client→client ChannelData, both ends allocations of this server",
-        pending: Some("no hairpin unit in bpf/ yet"),
-    },
+    // The hairpin (bpf/lib/hairpin.h): the peer is another allocation's relayed address on
+    // this server, and the ChannelData leaves as ChannelData for that allocation's client.
+    row(
+        "hairpin",
+        Kind::Custom(hairpin_input),
+        "IPv4 client→IPv4 client, both ends allocations of this server (relayed address IPv4)",
+    ),
     row(
         "unrelated",
         Kind::Unrelated,
@@ -444,9 +443,32 @@ pub const CASES: &[CaseRow] = &[
     ),
 ];
 
-/// The hairpin case's binding and frame (see the HAIRPIN row of [`CASES`]).
-pub fn hairpin_input(_fx: &Fixture) -> Result<Input> {
-    bail!("no hairpin unit in bpf/ yet")
+/// The hairpin case: clients A and B (IPv4) with IPv4 relayed addresses, A's peer is B's
+/// relayed address and B's peer A's, as tests/bpf_families.rs pairs them. A's ChannelData leaves
+/// where it came in (XDP_TX) as ChannelData from the server to B on B's channel.
+pub fn hairpin_input(fx: &Fixture) -> Result<Input> {
+    let ra = SocketAddr::from((progtest::RELAY, 51000));
+    let rb = SocketAddr::from((progtest::RELAY, 51100));
+    let a = SocketAddr::from((progtest::CLIENT, 41000));
+    let b = SocketAddr::from((progtest::CLIENT, 41100));
+    let (chan_a, chan_b) = (0x4200, 0x4300);
+    fx.turn.install_channel(a, ra, rb, chan_a, 3600)?;
+    fx.turn.install_channel(b, rb, ra, chan_b, 3600)?;
+    Ok(Input {
+        prog: Prog::Turn,
+        frame: udp_frame(
+            progtest::CLIENT_MAC,
+            progtest::TURN0_MAC,
+            a,
+            progtest::server_for(a),
+            &progtest::channel_data(chan_a, &fx.data, 0, 0),
+        ),
+        ingress: fx.net.turn0,
+        verdict: progtest::XDP_TX,
+        counter: Some("RELAYED_HAIRPIN"),
+        out_family: Some(Fam::V4),
+        out_payload: Some(progtest::channel_data(chan_b, &fx.data, 0, 0)),
+    })
 }
 
 /// The program a case runs.
