@@ -2,13 +2,17 @@
 # The turn-bpf benchmark, in one run: coturn alone, coturn with turn-bpf attached ("offload") and
 # plain UDP through the baseline XDP forwarder (the floor under any relay in this lab), at the
 # same offered loads (a sweep past coturn's saturation, plus flat out), modes alternated at every
-# load so drift hits them all; then the BPF_PROG_TEST_RUN micro-benchmark.
+# load so drift hits them all; then the BPF_PROG_TEST_RUN micro-benchmark: every relay path of
+# bpf/ (chanX_to_udpY, udpX_to_chanY), an unrelated datagram, and the baseline forwarder of each
+# family, each timed by the kernel's own run-time accounting, with every path's ratio to its
+# output family's baseline (median of per-trial ratios, p10-p90 spread).
 #
 # Writes target/bench/summary.json, summary.md, chart.svg (delivered rate and CPU per datagram vs
 # offered load) and runs.json (every point, raw), and prints the summary with the goals.
 #
 # Usage: scripts/bench.sh [--quick] [--out DIR] [-- MORE turn-load bench ARGS...]
-#   --quick   the reduced sweep (< 5 minutes); the full run takes < 20 minutes.
+#   --quick   the reduced sweep and micro-benchmark (< 3 minutes with the build done); the full
+#             run takes < 20 minutes. `-- --family 6` runs the load over IPv6.
 #
 # Needs root on Debian 12; installs the Debian packages it needs (as scripts/test.sh does). The lab
 # is LAB=tbb-bench (namespaces tbb-bench-cli/-srv/-peer, plus tbb-micro for the micro-benchmark),
@@ -39,7 +43,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -53,7 +57,7 @@ done
 export LAB=tbb-bench
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 if ((QUICK)); then
-    BENCH_TIMEOUT=${BENCH_TIMEOUT:-600}
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 else
     BENCH_TIMEOUT=${BENCH_TIMEOUT:-2400}
 fi

@@ -1,18 +1,23 @@
 //! Smoke test of the load generator (`turn_bpf_testkit::load`) through a lab with the real coturn: a few
 //! seconds each with the agent attached, with coturn alone, and through the baseline forwarder.
-//! It asserts delivery and that the agent relayed the traffic, never speed.
+//! It asserts delivery and that the agent relayed the traffic, never speed. The same over IPv6
+//! (`turn-load --family 6`), and a brief run of the micro-benchmark.
 //!
 //! Needs root and coturn (`scripts/test.sh` installs it); skips with a message otherwise.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use turn_bpf_testkit::baseline::AttachedForwarder;
+use turn_bpf_testkit::baseline::{self, AttachedForwarder};
 use turn_bpf_testkit::lab::{self, Host, Lab};
 use turn_bpf_testkit::load::{self, LoadConfig, LoadReport, PathMode};
 
 fn config(net: &Lab) -> LoadConfig {
-    let mut cfg = LoadConfig::for_lab(net);
+    config_family(net, load::Family::V4)
+}
+
+fn config_family(net: &Lab, family: load::Family) -> LoadConfig {
+    let mut cfg = LoadConfig::for_lab_family(net, family);
     cfg.allocations = 4;
     cfg.rate = Some(2_000);
     cfg.duration = Duration::from_secs(2);
@@ -133,5 +138,154 @@ fn generator_through_offload_coturn_and_forwarder() {
         fwd_on.trim(),
         "0",
         "forwarding restored after the forwarder"
+    );
+}
+
+/// `turn-load --family 6`: the same load over the lab's IPv6 addresses (IPv6 client, IPv6
+/// allocation, IPv6 peer: chan6_to_udp6 / udp6_to_chan6), with the agent attached and through
+/// the baseline forwarder. The echo's UDP6 counter proves the datagrams travelled over IPv6; the
+/// agent's counters that they were relayed in XDP.
+#[test]
+fn generator_over_ipv6_through_offload_and_forwarder() {
+    if let Some(why) = lab::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let lab = Lab::up("tbm-load6", &[]).expect("lab up");
+    let net = Lab::existing(lab.name()).expect("the lab's namespaces");
+    let config6 = || {
+        let cfg = config_family(&net, load::Family::V6);
+        assert!(
+            cfg.server.is_ipv6() && cfg.client_ip.is_ipv6() && cfg.peer_ip.is_ipv6(),
+            "IPv6 addresses: {cfg:?}"
+        );
+        cfg
+    };
+    let udp = |host| lab.udp_counters(host).expect("UDP counters");
+
+    // With the agent attached: relayed in XDP, over IPv6 end to end.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_turn-bpf"));
+    let agent = load::start_agent(
+        &bin,
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", lab::IFACE, lab::RELAY_IFACE],
+    )
+    .expect("starting the agent");
+    let mut cfg = config6();
+    cfg.agent_pid = Some(agent.pid());
+    let peer0 = udp(Host::Peer);
+    let r = load::run(&cfg);
+    let peer1 = udp(Host::Peer);
+    let counters = agent.stop_counters().expect("the agent's counters");
+    let r = r.expect("IPv6 load through the offload");
+    eprint!("offload, IPv6:\n{}agent: {counters:?}\n", r.render());
+    assert_delivered("offload IPv6", &r);
+    let v6_in = peer1.v6.in_datagrams - peer0.v6.in_datagrams;
+    let v4_in = peer1.v4.in_datagrams - peer0.v4.in_datagrams;
+    // (UDP GRO: one receive may carry many datagrams, so the counters count receives.)
+    assert!(
+        v6_in >= 100 && v4_in < 10,
+        "the echo's receives: {v6_in} over UDP6, {v4_in} over UDP, for {} datagrams delivered",
+        r.c2p.arrivals.unique
+    );
+    let get = |n: &str| counters.get(n).copied().unwrap_or(0);
+    assert_eq!(get("LEARN_CHANNEL"), cfg.allocations as u64, "{counters:?}");
+    assert!(
+        get("RELAYED_TO_PEER") * 100 >= r.c2p.sent * 95,
+        "RELAYED_TO_PEER {} of {} sent: not offloaded ({counters:?})",
+        get("RELAYED_TO_PEER"),
+        r.c2p.sent
+    );
+    assert!(
+        get("RELAYED_TO_CLIENT") * 100 >= r.p2c.sent * 95,
+        "RELAYED_TO_CLIENT {} of {} echoed: not offloaded ({counters:?})",
+        get("RELAYED_TO_CLIENT"),
+        r.p2c.sent
+    );
+
+    // Plain UDP over IPv6 through the baseline forwarder's IPv6 path.
+    let fwd = AttachedForwarder::attach_families(
+        &lab.ns(Host::Srv),
+        &[lab::IFACE, lab::RELAY_IFACE],
+        true,
+    )
+    .expect("attaching the baseline forwarder");
+    let mut cfg = config6();
+    cfg.path = PathMode::Plain;
+    let peer0 = udp(Host::Peer);
+    let r = load::run(&cfg);
+    let peer1 = udp(Host::Peer);
+    drop(fwd);
+    let r = r.expect("IPv6 load through the forwarder");
+    eprint!("forwarder, IPv6:\n{}", r.render());
+    assert_delivered("forwarder IPv6", &r);
+    assert!(
+        peer1.v6.in_datagrams - peer0.v6.in_datagrams >= 100,
+        "the echo's UDP6 counter did not move with the deliveries"
+    );
+    for key in [
+        "net.ipv6.conf.all.forwarding",
+        "net.ipv6.conf.turn0.forwarding",
+        "net.ipv4.conf.turn0.forwarding",
+    ] {
+        let v = lab.exec(Host::Srv, &["sysctl", "-n", key]).expect("sysctl");
+        assert_eq!(v.trim(), "0", "{key} restored after the forwarder");
+    }
+}
+
+/// The micro-benchmark, briefly: every row of the case table that is not pending reports a time,
+/// every relay path a ratio to its output family's baseline, under the keys bench.sh prints.
+/// (run_micro itself fails when a run leaves its path: the verdict of every run and the path's
+/// counter are checked.)
+#[test]
+fn micro_benchmark_reports_every_path() {
+    if !lab::is_root() {
+        eprintln!("SKIPPED: needs root (BPF)");
+        return;
+    }
+    let m = baseline::run_micro("tbm-micro-smoke", 200, 3).expect("micro-benchmark");
+    for row in baseline::CASES {
+        let ns = m.get(&format!("{}_ns", row.key));
+        match row.pending {
+            Some(_) => {
+                assert!(ns.is_nan(), "{}: pending, yet a figure", row.key);
+                assert!(m.pending.iter().any(|p| p.name == row.key));
+            }
+            None => assert!(ns.is_finite() && ns > 0.0, "{}: {ns} ns", row.key),
+        }
+    }
+    for (path, vs) in [
+        ("chan4_to_udp4", "baseline4"),
+        ("udp4_to_chan4", "baseline4"),
+        ("chan6_to_udp6", "baseline6"),
+        ("udp6_to_chan6", "baseline6"),
+        ("chan4_to_udp6", "baseline6"),
+        ("udp6_to_chan4", "baseline4"),
+        ("chan6_to_udp4", "baseline4"),
+        ("udp4_to_chan6", "baseline6"),
+    ] {
+        let c = m.cases.iter().find(|c| c.name == path).expect(path);
+        assert_eq!(
+            c.vs.as_deref(),
+            Some(vs),
+            "{path}: its output family's baseline"
+        );
+        assert_eq!(c.trial_ns.len(), 3);
+        let (r, lo, hi) = (
+            m.get(&format!("{path}_ratio")),
+            m.get(&format!("{path}_ratio_p10")),
+            m.get(&format!("{path}_ratio_p90")),
+        );
+        assert!(r.is_finite() && lo <= r && r <= hi, "{path}: {lo} {r} {hi}");
+        assert!(m.get(&format!("{path}_net_ratio")).is_finite());
+    }
+    assert_eq!(m.get("cli2rem_ns"), m.get("chan4_to_udp4_ns"));
+    assert_eq!(m.get("rem2cli_ns"), m.get("udp4_to_chan4_ns"));
+    assert_eq!(m.get("baseline_ns"), m.get("baseline4_ns"));
+    // The kernel times the relay paths above the empty program's floor.
+    assert!(m.get("chan4_to_udp4_ns") > m.get("stats_floor_ns"));
+    eprintln!(
+        "tail-called programs' time accounted to them on this kernel: {}",
+        m.tail_call_accounted
     );
 }

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentProc;
 use crate::lab::{self, Host, Lab};
-use crate::turn_client::TurnClient;
+use crate::turn_client::{RelayFamily, TurnClient};
 
 // ------------------------------------------------------------------------------------------
 // Payload stamp
@@ -696,17 +696,19 @@ fn send_gso(fd: RawFd, buf: &[u8], seg: usize) -> io::Result<usize> {
 struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     iovs: Vec<libc::iovec>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<libc::sockaddr_storage>,
     cmsgs: Vec<[u8; CMSG_BUF]>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
 /// One received message: its bytes, the GRO segment size (the datagram size when coalesced),
-/// its source, and the kernel's receive time (CLOCK_REALTIME ns).
+/// its source (IPv4 or IPv6, with the length the kernel wrote), and the kernel's receive time
+/// (CLOCK_REALTIME ns).
 struct Received<'a> {
     data: &'a mut [u8],
     seg: usize,
-    from: libc::sockaddr_in,
+    from: libc::sockaddr_storage,
+    from_len: libc::socklen_t,
     rx_ns: Option<u64>,
 }
 
@@ -736,8 +738,8 @@ impl RecvBatch {
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
             h.msg_controllen = CMSG_BUF;
             h.msg_flags = 0;
@@ -793,6 +795,7 @@ impl RecvBatch {
             data: &mut self.bufs[i][..len],
             seg: seg.max(1),
             from: self.names[i],
+            from_len: h.msg_namelen,
             rx_ns,
         }
     }
@@ -844,6 +847,35 @@ pub enum PathMode {
     Plain,
 }
 
+/// The address family of the client, server and peer addresses (`turn-load --family 4|6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Family, String> {
+        match s {
+            "4" => Ok(Family::V4),
+            "6" => Ok(Family::V6),
+            _ => Err(format!("family must be 4 or 6, not {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "4",
+            Family::V6 => "6",
+        })
+    }
+}
+
 /// What to send, where, and for how long.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadConfig {
@@ -853,12 +885,14 @@ pub struct LoadConfig {
     pub cli_ns: String,
     /// Namespace of the echo peer.
     pub peer_ns: String,
-    /// The TURN server.
-    pub server: SocketAddrV4,
+    /// The TURN server (the client's family).
+    pub server: SocketAddr,
     /// Address the client sockets bind (the client namespace's).
-    pub client_ip: Ipv4Addr,
-    /// Address the echo binds (the peer namespace's).
-    pub peer_ip: Ipv4Addr,
+    pub client_ip: IpAddr,
+    /// Address the echo binds (the peer namespace's). The allocations ask for a relayed
+    /// address of its family when it is IPv6 (REQUESTED-ADDRESS-FAMILY), coturn's default
+    /// otherwise.
+    pub peer_ip: IpAddr,
     pub user: String,
     pub pass: String,
     /// Allocations (each one client socket, one channel to the echo).
@@ -886,15 +920,33 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// A configuration for the lab `lab` with the lab's addresses and credentials.
+    /// A configuration for the lab `lab` with the lab's IPv4 addresses and credentials.
     pub fn for_lab(lab: &Lab) -> LoadConfig {
+        LoadConfig::for_lab_family(lab, Family::V4)
+    }
+
+    /// [`LoadConfig::for_lab`] with client, server and peer addresses of `family` (the lab
+    /// has both, scripts/lab.sh).
+    pub fn for_lab_family(lab: &Lab, family: Family) -> LoadConfig {
+        let (server, client_ip, peer_ip) = match family {
+            Family::V4 => (
+                lab::TURN_SERVER_V4,
+                IpAddr::V4(lab::CLIENT_V4),
+                IpAddr::V4(lab::PEER_V4),
+            ),
+            Family::V6 => (
+                lab::TURN_SERVER_V6,
+                IpAddr::V6(lab::CLIENT_V6),
+                IpAddr::V6(lab::PEER_V6),
+            ),
+        };
         LoadConfig {
             path: PathMode::Turn,
             cli_ns: lab.ns(Host::Cli),
             peer_ns: lab.ns(Host::Peer),
-            server: SocketAddrV4::new(lab::SERVER_V4, lab::TURN_PORT),
-            client_ip: lab::CLIENT_V4,
-            peer_ip: lab::PEER_V4,
+            server,
+            client_ip,
+            peer_ip,
             user: lab::TURN_USER.into(),
             pass: lab::TURN_PASS.into(),
             allocations: 16,
@@ -1086,7 +1138,7 @@ fn echo_thread(
         ..Default::default()
     };
     let mut iovs: Vec<libc::iovec> = Vec::with_capacity(cap);
-    let mut names: Vec<libc::sockaddr_in> = Vec::with_capacity(cap);
+    let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> = Vec::with_capacity(cap);
     let mut cmsgs: Vec<[u8; CMSG_BUF]> = vec![[0; CMSG_BUF]; cap];
     let mut clens: Vec<usize> = Vec::with_capacity(cap);
     let mut ready = Vec::new();
@@ -1134,7 +1186,7 @@ fn echo_thread(
                 iov_base: r.data.as_mut_ptr().cast(),
                 iov_len: r.data.len(),
             });
-            names.push(r.from);
+            names.push((r.from, r.from_len));
             clens.push(if segs > 1 {
                 put_gso_cmsg(&mut cmsgs[iovs.len() - 1], seg as u16)
             } else {
@@ -1150,8 +1202,8 @@ fn echo_thread(
                 let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
                 h.msg_hdr.msg_iov = &mut iovs[i];
                 h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-                h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_hdr.msg_name = (&mut names[i].0 as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = names[i].1;
                 if clens[i] > 0 {
                     h.msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
                     h.msg_hdr.msg_controllen = clens[i];
@@ -1393,9 +1445,14 @@ fn allocate_flows(cfg: &LoadConfig, peer: SocketAddr) -> Result<Vec<Flow>> {
             });
             continue;
         }
-        let mut client = TurnClient::new(sock, SocketAddr::V4(cfg.server), &cfg.user, &cfg.pass);
+        let mut client = TurnClient::new(sock, cfg.server, &cfg.user, &cfg.pass);
+        let family = if cfg.peer_ip.is_ipv6() {
+            RelayFamily::V6
+        } else {
+            RelayFamily::Default
+        };
         client
-            .allocate(Some(600))
+            .allocate_family(Some(600), family)
             .with_context(|| format!("allocation {i}: Allocate"))?;
         client
             .channel_bind(CHANNEL, peer)
@@ -1964,5 +2021,15 @@ mod tests {
         assert!((d.loss_pct - 1.0).abs() < 1e-9);
         assert!((d.offered_pps - 500.0).abs() < 1e-9);
         assert!((d.delivered_pps - 450.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn family_parses_4_and_6_only_and_defaults_to_4() {
+        assert_eq!("4".parse::<Family>(), Ok(Family::V4));
+        assert_eq!("6".parse::<Family>(), Ok(Family::V6));
+        assert!("5".parse::<Family>().is_err());
+        assert!("v6".parse::<Family>().is_err());
+        assert_eq!(Family::default(), Family::V4);
+        assert_eq!(Family::V6.to_string(), "6");
     }
 }
