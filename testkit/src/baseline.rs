@@ -445,7 +445,7 @@ pub const CASES: &[CaseRow] = &[
 
 /// The hairpin case: clients A and B (IPv4) with IPv4 relayed addresses, A's peer is B's
 /// relayed address and B's peer A's, as tests/bpf_families.rs pairs them. A's ChannelData leaves
-/// where it came in (XDP_TX) as ChannelData from the server to B on B's channel.
+/// where it came in (a redirect into turn0) as ChannelData from the server to B on B's channel.
 pub fn hairpin_input(fx: &Fixture) -> Result<Input> {
     let ra = SocketAddr::from((progtest::RELAY, 51000));
     let rb = SocketAddr::from((progtest::RELAY, 51100));
@@ -464,7 +464,7 @@ pub fn hairpin_input(fx: &Fixture) -> Result<Input> {
             &progtest::channel_data(chan_a, &fx.data, 0, 0),
         ),
         ingress: fx.net.turn0,
-        verdict: progtest::XDP_TX,
+        verdict: progtest::XDP_REDIRECT,
         counter: Some("RELAYED_HAIRPIN"),
         out_family: Some(Fam::V4),
         out_payload: Some(progtest::channel_data(chan_b, &fx.data, 0, 0)),
