@@ -9,9 +9,11 @@ PATH="$PATH:/usr/sbin:/sbin"
 [[ -d ${HOME:-/root}/.cargo/bin ]] && PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 # Build: clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config. Lab and tests: coturn iproute2
-# ethtool tcpdump iputils-ping (not on a fresh machine image). Measurements: sysstat bpftool.
+# ethtool tcpdump iputils-ping (not on a fresh machine image), and for the pion/turn lab the Go
+# toolchain with pion/turn v2's sources (scripts/pion.sh builds them offline). Measurements:
+# sysstat bpftool.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump iputils-ping sysstat bpftool)
+    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool)
 
 SCRIPT=${SCRIPT:-${0##*/}}
 

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The turn-bpf lab: three network namespaces and an unmodified coturn.
+# The turn-bpf lab: three network namespaces and an unmodified TURN server (coturn, or pion/turn
+# with TURN_SERVER=pion).
 #
 #   ${LAB}-cli   eth0   192.0.2.2/24    2001:db8:1::2/64   default routes via the server
-#   ${LAB}-srv   turn0  192.0.2.1/24    2001:db8:1::1/64   coturn listens here (:3478)
-#                relay0 198.51.100.1/24 2001:db8:2::1/64   coturn relays from here
+#   ${LAB}-srv   turn0  192.0.2.1/24    2001:db8:1::1/64   the server listens here (:3478)
+#                relay0 198.51.100.1/24 2001:db8:2::1/64   the server relays from here
 #   ${LAB}-peer  eth0   198.51.100.2/24 2001:db8:2::2/64   default routes via the server
 #
 # IP forwarding stays off in the server namespace: the agent has its own option for that.
 # Every veth end gets `tx off` (full UDP checksums) and `gro on` (NAPI, so XDP_REDIRECT into it is
 # received): see shared/NOTES.md.
 #
-# Usage: scripts/lab.sh up [-- COTURN-ARGS...] | down | status
+# Usage: scripts/lab.sh up [-- SERVER-ARGS...] | down | status
 #   LAB=name (default tb) picks the namespace prefix and the state dir /run/turn-bpf-lab/$LAB/.
+#   TURN_SERVER=coturn (default) or pion: which server runs in ${LAB}-srv. pion is the lab's own
+#   main over pion/turn v2.1.0 (testkit/pion/, built offline by scripts/pion.sh), given the same
+#   addresses, user and realm as coturn: -listen 192.0.2.1:3478 -listen [2001:db8:1::1]:3478
+#   -relay 198.51.100.1 -users alice=alice-secret -realm turn-bpf.test, then SERVER-ARGS (its
+#   flags, e.g. -channel-lifetime 5s -log-level debug; a flag given again wins). Only the IPv4
+#   relay address is given: pion v2 allocates every relay as "udp4", so an IPv6 client gets an
+#   IPv4 relayed address, as it does from coturn by default.
 #   LAB_VERBATIM=1 passes COTURN-ARGS to coturn exactly as given (no `--opt value` -> `--opt=value`
 #   rewrite, see join_option_values) and accepts coturn's "Unknown argument" alerts: for tests of
 #   how coturn itself reads its command line.
@@ -19,6 +27,7 @@ set -euo pipefail
 
 LAB="${LAB:-tb}"
 LAB_VERBATIM="${LAB_VERBATIM:-0}"
+TURN_SERVER="${TURN_SERVER:-coturn}"
 # ip, ss and ethtool live in /usr/sbin, which a non-login root PATH may lack.
 PATH="$PATH:/usr/sbin:/sbin"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,13 +41,16 @@ NS_SRV="$LAB-srv"
 NS_PEER="$LAB-peer"
 ALL_NS=("$NS_CLI" "$NS_SRV" "$NS_PEER")
 READY_SECS=10
+KINDFILE="$STATE/server"
+# /proc/<pid>/comm of each server (15 characters at most).
+SERVER_COMMS=(turnserver pion-turn-serve)
 STOP_SECS=5
 
 say() { echo "lab[$LAB]: $*"; }
 die() { echo "lab[$LAB]: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: [LAB=name] [LAB_VERBATIM=1] $0 up [-- COTURN-ARGS...] | down | status" >&2
+    echo "usage: [LAB=name] [LAB_VERBATIM=1] [TURN_SERVER=coturn|pion] $0 up [-- SERVER-ARGS...] | down | status" >&2
     exit 2
 }
 
@@ -51,7 +63,9 @@ need_tools() {
     command -v ip >/dev/null || missing+=("ip (package iproute2)")
     command -v ss >/dev/null || missing+=("ss (package iproute2)")
     command -v ethtool >/dev/null || missing+=("ethtool (package ethtool)")
-    command -v turnserver >/dev/null || missing+=("turnserver (package coturn)")
+    if [[ $TURN_SERVER == coturn ]]; then
+        command -v turnserver >/dev/null || missing+=("turnserver (package coturn)")
+    fi
     if ((${#missing[@]})); then
         die "missing: ${missing[*]}; install with apt-get (scripts/test.sh does)"
     fi
@@ -59,30 +73,55 @@ need_tools() {
 
 ns_exists() { [[ -e "/run/netns/$1" ]]; }
 
-# The coturn pid from the pid file, if that process is alive and is a turnserver.
+is_server_comm() {
+    local comm c
+    comm="$(cat "/proc/$1/comm" 2>/dev/null)" || return 1
+    for c in "${SERVER_COMMS[@]}"; do
+        [[ $comm == "$c" ]] && return 0
+    done
+    return 1
+}
+
+# The server's pid from the pid file, if that process is alive and is a TURN server (either).
 coturn_pid() {
     local pid
     [[ -r $PIDFILE ]] || return 1
     pid="$(tr -dc '0-9' <"$PIDFILE")"
     [[ -n $pid ]] || return 1
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == turnserver ]] || return 1
+    is_server_comm "$pid" || return 1
     echo "$pid"
 }
 
-# Turnserver processes inside the server namespace (fallback when the pid file is gone).
+# TURN server processes inside the server namespace (fallback when the pid file is gone).
 coturn_pids_in_ns() {
     local pid
     ns_exists "$NS_SRV" || return 0
     for pid in $(ip netns pids "$NS_SRV" 2>/dev/null); do
-        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == turnserver ]] && echo "$pid"
+        is_server_comm "$pid" && echo "$pid"
     done
     return 0
+}
+
+# Which server this lab runs: TURN_SERVER when bringing it up, the state file afterwards.
+server_kind() {
+    if [[ -r $KINDFILE ]]; then
+        cat "$KINDFILE"
+    else
+        echo "$TURN_SERVER"
+    fi
+}
+
+server_comm() {
+    case "$(server_kind)" in
+    pion) echo pion-turn-serve ;;
+    *) echo turnserver ;;
+    esac
 }
 
 coturn_listening() {
     local out
     out="$(ip netns exec "$NS_SRV" ss -Hulnp 2>/dev/null)" || return 1
-    grep -q '192\.0\.2\.1:3478 .*turnserver' <<<"$out"
+    grep -q "192\\.0\\.2\\.1:3478 .*\"$(server_comm)\"" <<<"$out"
 }
 
 # Kill one pid: SIGTERM, a bounded wait, then SIGKILL.
@@ -93,7 +132,7 @@ stop_pid() {
         [[ -d /proc/$pid ]] || return 0
         sleep 0.1
     done
-    say "coturn pid $pid ignored SIGTERM for ${STOP_SECS}s; sending SIGKILL"
+    say "server pid $pid ignored SIGTERM for ${STOP_SECS}s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for ((i = 0; i < 20; i++)); do
         [[ -d /proc/$pid ]] || return 0
@@ -111,7 +150,7 @@ lab_down() {
         [[ " ${pids[*]} " == *" $pid "* ]] || pids+=("$pid")
     done
     for pid in "${pids[@]}"; do
-        say "stopping coturn (pid $pid)"
+        say "stopping $(cat "/proc/$pid/comm" 2>/dev/null || echo server) (pid $pid)"
         stop_pid "$pid"
     done
     for ns in "${ALL_NS[@]}"; do
@@ -258,10 +297,44 @@ start_coturn() {
     return 1
 }
 
+# The lab's pion/turn server (see the header), started like coturn: its output is the log, the
+# pid file is ours (pion writes none).
+start_pion() {
+    local pid i
+    say "starting pion/turn ($PION_BIN) in $NS_SRV${*:+ with extra args: $*}"
+    : >"$LOGFILE"
+    ip netns exec "$NS_SRV" setsid "$PION_BIN" \
+        -listen 192.0.2.1:3478 -listen '[2001:db8:1::1]:3478' -relay 198.51.100.1 \
+        -users alice=alice-secret -realm turn-bpf.test \
+        "$@" </dev/null >>"$LOGFILE" 2>&1 &
+    pid=$!
+    echo "$pid" >"$PIDFILE"
+    for ((i = 0; i < READY_SECS * 10; i++)); do
+        if coturn_listening; then
+            say "pion/turn is up (pid $pid), listening on 192.0.2.1:3478"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "lab[$LAB]: error: pion/turn is not listening on 192.0.2.1:3478 after ${READY_SECS}s" >&2
+        stop_pid "$pid"
+    else
+        echo "lab[$LAB]: error: pion/turn exited before listening on 192.0.2.1:3478" >&2
+    fi
+    show_log
+    return 1
+}
+
 lab_up() {
     local args_now="" ns complete=1
     if (($#)); then
         args_now="$(printf '%q ' "$@")"
+    fi
+    # a pion lab is not the same lab as a coturn one with the same arguments
+    if [[ $TURN_SERVER == pion ]]; then
+        args_now="pion: $args_now"
     fi
     # a verbatim lab is not the same lab as a rewritten one with the same arguments
     if [[ $LAB_VERBATIM == 1 ]]; then
@@ -271,6 +344,7 @@ lab_up() {
         ns_exists "$ns" || complete=0
     done
     if ((complete)) && coturn_pid >/dev/null && [[ -r $ARGSFILE ]] &&
+        [[ "$(server_kind)" == "$TURN_SERVER" ]] &&
         [[ "$(cat "$ARGSFILE")" == "$args_now" ]] && coturn_listening; then
         say "already up (coturn pid $(coturn_pid)); nothing to do"
         return 0
@@ -287,8 +361,13 @@ lab_up() {
     trap up_failed EXIT
     mkdir -p "$STATE"
     printf '%s' "$args_now" >"$ARGSFILE"
+    echo "$TURN_SERVER" >"$KINDFILE"
     build_net
-    start_coturn "$@"
+    if [[ $TURN_SERVER == pion ]]; then
+        start_pion "$@"
+    else
+        start_coturn "$@"
+    fi
     trap - EXIT
 }
 
@@ -317,18 +396,20 @@ lab_status() {
             "ipv4=$(ip netns exec "$NS_SRV" cat /proc/sys/net/ipv4/ip_forward)" \
             "ipv6=$(ip netns exec "$NS_SRV" cat /proc/sys/net/ipv6/conf/all/forwarding)"
     fi
+    local kind
+    kind="$(server_kind)"
     if pid="$(coturn_pid)"; then
-        echo "coturn: pid $pid, extra args: $(cat "$ARGSFILE" 2>/dev/null || echo '?')"
-        echo "coturn: command line: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo '?')"
-        echo "coturn: log $LOGFILE"
+        echo "$kind: pid $pid, extra args: $(cat "$ARGSFILE" 2>/dev/null || echo '?')"
+        echo "$kind: command line: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || echo '?')"
+        echo "$kind: log $LOGFILE"
         if coturn_listening; then
-            echo "coturn: listening on 192.0.2.1:3478"
+            echo "$kind: listening on 192.0.2.1:3478"
         else
-            echo "coturn: NOT listening on 192.0.2.1:3478"
+            echo "$kind: NOT listening on 192.0.2.1:3478"
             ok=1
         fi
     else
-        echo "coturn: not running"
+        echo "$kind: not running"
         ok=1
     fi
     if ((ok)); then
@@ -344,6 +425,7 @@ main() {
     # LAB names namespaces and a directory that `down` removes: keep it plain.
     [[ $LAB =~ ^[A-Za-z0-9_-]{1,32}$ ]] || die "LAB must be 1-32 characters of [A-Za-z0-9_-]"
     [[ $LAB_VERBATIM == 0 || $LAB_VERBATIM == 1 ]] || die "LAB_VERBATIM must be 0 or 1"
+    [[ $TURN_SERVER == coturn || $TURN_SERVER == pion ]] || die "TURN_SERVER must be coturn or pion"
     [[ -n $cmd ]] || usage
     shift
     case "$cmd" in
@@ -355,6 +437,10 @@ main() {
         need_root
         need_tools
         [[ -r $CONF ]] || die "missing $CONF"
+        if [[ $TURN_SERVER == pion ]]; then
+            # Built (or found up to date) before any namespace exists.
+            PION_BIN="$("$HERE/pion.sh" build)" || die "building pion/turn failed (scripts/pion.sh)"
+        fi
         lab_up "$@"
         ;;
     down)

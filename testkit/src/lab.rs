@@ -2,7 +2,10 @@
 //!
 //! [`Lab::up`] builds three network namespaces (`<name>-cli`, `<name>-srv`, `<name>-peer`) joined by
 //! veths, with an unmodified coturn in the server namespace; dropping the [`Lab`] tears it all down
-//! again, also when a test panics. [`in_ns`] and [`spawn_in_ns`] run code on a thread that has
+//! again, also when a test panics. [`Lab::up_pion`] builds the same lab with pion/turn v2.1.0
+//! (the lab's own main in `testkit/pion/`, built offline by `scripts/pion.sh`) in place of
+//! coturn: same addresses, user and realm, so [`crate::turn_client::TurnClient`] works unchanged.
+//! [`in_ns`] and [`spawn_in_ns`] run code on a thread that has
 //! entered one of the namespaces, so sockets it creates live there:
 //!
 //! ```no_run
@@ -93,12 +96,40 @@ impl Host {
     }
 }
 
+/// Which TURN server a lab runs in its server namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnServer {
+    /// coturn 4.6.1 from Debian, configured by `scripts/turnserver.conf`.
+    Coturn,
+    /// pion/turn v2.1.0 (`testkit/pion/`), started with the same addresses, user and realm.
+    Pion,
+}
+
+impl TurnServer {
+    /// The value of `TURN_SERVER` for `lab.sh`.
+    pub fn script_name(self) -> &'static str {
+        match self {
+            TurnServer::Coturn => "coturn",
+            TurnServer::Pion => "pion",
+        }
+    }
+
+    /// The server's `/proc/<pid>/comm` (cut to 15 characters by the kernel).
+    pub fn comm(self) -> &'static str {
+        match self {
+            TurnServer::Coturn => "turnserver",
+            TurnServer::Pion => "pion-turn-serve",
+        }
+    }
+}
+
 /// A running lab. Dropping it runs `lab.sh down`.
 #[derive(Debug)]
 pub struct Lab {
     name: String,
     /// Built by this handle, so dropping it tears the lab down.
     owned: bool,
+    server: TurnServer,
 }
 
 impl Lab {
@@ -106,6 +137,18 @@ impl Lab {
     /// e.g. `&["--channel-lifetime", "5"]` (lab.sh turns `--opt value` into coturn's
     /// `--opt=value`).
     pub fn up(name: &str, turn_args: &[&str]) -> Result<Lab> {
+        Lab::up_with(name, TurnServer::Coturn, turn_args)
+    }
+
+    /// Builds (or reuses, when identical) the lab `name` with pion/turn in place of coturn, given
+    /// the extra flags `pion_args` after the lab's own (e.g. `&["-channel-lifetime", "5s",
+    /// "-log-level", "debug"]`; a flag given again wins). Builds the server first if needed.
+    pub fn up_pion(name: &str, pion_args: &[&str]) -> Result<Lab> {
+        Lab::up_with(name, TurnServer::Pion, pion_args)
+    }
+
+    /// Builds (or reuses, when identical) the lab `name` running `server` with `turn_args`.
+    pub fn up_with(name: &str, server: TurnServer, turn_args: &[&str]) -> Result<Lab> {
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -115,7 +158,7 @@ impl Lab {
             bail!("lab name {name:?} must be 1-32 characters of [A-Za-z0-9_-]");
         }
         let mut cmd = lab_script(name);
-        cmd.arg("up");
+        cmd.env("TURN_SERVER", server.script_name()).arg("up");
         if !turn_args.is_empty() {
             cmd.arg("--").args(turn_args);
         }
@@ -124,22 +167,30 @@ impl Lab {
             .with_context(|| format!("running {} up", script_path().display()))?;
         if !out.status.success() {
             bail!(
-                "lab.sh up (LAB={name}, coturn args {turn_args:?}) failed: {}",
+                "lab.sh up (LAB={name}, {} args {turn_args:?}) failed: {}",
+                server.script_name(),
                 describe(&out)
             );
         }
         Ok(Lab {
             name: name.to_owned(),
             owned: true,
+            server,
         })
     }
 
     /// A lab that is up already (built by `scripts/lab.sh up` or another handle), by name: it
     /// is neither built nor torn down by this handle. An error when a namespace is missing.
     pub fn existing(name: &str) -> Result<Lab> {
+        let server = match std::fs::read_to_string(Path::new(STATE_ROOT).join(name).join("server"))
+        {
+            Ok(kind) if kind.trim() == "pion" => TurnServer::Pion,
+            _ => TurnServer::Coturn,
+        };
         let lab = Lab {
             name: name.to_owned(),
             owned: false,
+            server,
         };
         for host in [Host::Cli, Host::Srv, Host::Peer] {
             let ns = lab.ns(host);
@@ -151,6 +202,11 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    /// Which TURN server runs in the server namespace.
+    pub fn server(&self) -> TurnServer {
+        self.server
     }
 
     /// The lab's name (its namespace prefix).
@@ -168,7 +224,7 @@ impl Lab {
         Path::new(STATE_ROOT).join(&self.name)
     }
 
-    /// coturn's log file.
+    /// The server's log file (coturn's, or pion's standard output and error).
     pub fn turnserver_log(&self) -> PathBuf {
         self.state_dir().join("turnserver.log")
     }
@@ -235,15 +291,16 @@ impl Lab {
         c.v4.in_datagrams + c.v6.in_datagrams
     }
 
-    /// coturn's pid, if it is running (from its pid file, checked against `/proc/<pid>/comm`).
+    /// The server's pid, if it is running (from its pid file, checked against
+    /// `/proc/<pid>/comm`).
     pub fn turnserver_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.state_dir().join("turnserver.pid")).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "turnserver").then_some(pid)
+        (comm.trim() == self.server.comm()).then_some(pid)
     }
 
-    /// CPU time coturn has used so far (user + system, all threads), in seconds.
+    /// CPU time the server has used so far (user + system, all threads), in seconds.
     pub fn turnserver_cpu_secs(&self) -> Option<f64> {
         process_cpu_secs(self.turnserver_pid()?)
     }
@@ -432,6 +489,49 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Why the pion/turn lab cannot run here, or `None` when it can: [`skip_reason`], plus the Go
+/// toolchain and pion/turn v2's Debian sources `scripts/pion.sh` builds from.
+pub fn pion_skip_reason() -> Option<String> {
+    if let Some(why) = skip_reason() {
+        return Some(why);
+    }
+    if find_tool("go").is_none() && !Path::new("/usr/lib/go/bin/go").is_file() {
+        return Some("go not found (Debian package golang-go)".into());
+    }
+    if !Path::new(PION_DEBIAN_SRC).is_dir() {
+        return Some(format!(
+            "{PION_DEBIAN_SRC} missing (Debian package golang-github-pion-turn.v2-dev)"
+        ));
+    }
+    None
+}
+
+/// Where Debian's golang-github-pion-turn.v2-dev keeps pion/turn v2's sources.
+pub const PION_DEBIAN_SRC: &str = "/usr/share/gocode/src/github.com/pion/turn/v2";
+
+/// The lab's pion/turn server executable, built by `scripts/pion.sh` if it is missing or stale.
+pub fn pion_server_bin() -> Result<PathBuf> {
+    pion_build("build")
+}
+
+/// Debian's example pion/turn client (`examples/turn-client/udp`), built like the server.
+pub fn pion_client_bin() -> Result<PathBuf> {
+    pion_build("client")
+}
+
+fn pion_build(what: &str) -> Result<PathBuf> {
+    let script = project_dir().join("scripts/pion.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(what)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} {what} failed: {}", script.display(), describe(&out));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// The project's top-level directory (the testkit lives in `testkit/` beneath it).
 pub fn project_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -566,6 +666,7 @@ UdpLite6InDatagrams             	99
         let lab = Lab {
             name: "tbq".into(),
             owned: false,
+            server: TurnServer::Coturn,
         };
         assert_eq!(lab.ns(Host::Cli), "tbq-cli");
         assert_eq!(lab.ns(Host::Srv), "tbq-srv");
