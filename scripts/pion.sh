@@ -5,6 +5,9 @@
 #
 # Usage: scripts/pion.sh [build]   build if needed, print the server's path
 #        scripts/pion.sh client    build if needed, print the example client's path
+#        scripts/pion.sh gopath    build if needed, print the path of the same server built in
+#                                  GOPATH mode (no module information in it: for the tests of
+#                                  src/gobuild.rs)
 # Needs: apt-get install golang-go golang-github-pion-turn.v2-dev (scripts/common.sh installs them).
 set -euo pipefail
 
@@ -13,6 +16,7 @@ SRC="$ROOT/testkit/pion"
 OUT="${PION_OUT:-$ROOT/target/pion}"
 SERVER="$OUT/pion-turn-server"
 CLIENT="$OUT/pion-turn-client-udp"
+GOPATH_SERVER="$OUT/pion-turn-server-gopath"
 STAMP="$OUT/stamp"
 DEBIAN_SRC=/usr/share/gocode/src/github.com/pion/turn/v2
 PATH="$PATH:/usr/lib/go/bin"
@@ -41,7 +45,8 @@ build() {
     flock 9
     local fp
     fp="$(fingerprint)"
-    if [[ -x $SERVER && -x $CLIENT && -r $STAMP && "$(cat "$STAMP")" == "$fp" ]]; then
+    if [[ -x $SERVER && -x $CLIENT && -x $GOPATH_SERVER && -r $STAMP &&
+        "$(cat "$STAMP")" == "$fp" ]]; then
         return 0
     fi
     echo "pion.sh: building $SERVER and $CLIENT (offline, module mode)" >&2
@@ -54,14 +59,18 @@ build() {
             GOCACHE="$OUT/gocache" GOPATH="$OUT/gopath" CGO_ENABLED=0
         go build -o "$SERVER.tmp" .
         go build -o "$CLIENT.tmp" github.com/pion/turn/v2/examples/turn-client/udp
+        # GOPATH mode: Debian's tree is a GOPATH; no module information is recorded.
+        GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode go build -o "$GOPATH_SERVER.tmp" .
     ) >&2
     mv "$SERVER.tmp" "$SERVER"
     mv "$CLIENT.tmp" "$CLIENT"
+    mv "$GOPATH_SERVER.tmp" "$GOPATH_SERVER"
     echo "$fp" >"$STAMP"
 }
 
 case "${1:-build}" in
 build) build && echo "$SERVER" ;;
 client) build && echo "$CLIENT" ;;
-*) echo "usage: $0 [build|client]" >&2; exit 2 ;;
+gopath) build && echo "$GOPATH_SERVER" ;;
+*) echo "usage: $0 [build|client|gopath]" >&2; exit 2 ;;
 esac

@@ -519,6 +519,11 @@ pub fn pion_client_bin() -> Result<PathBuf> {
     pion_build("client")
 }
 
+/// The lab's pion/turn server built in GOPATH mode (no module information in it).
+pub fn pion_server_gopath_bin() -> Result<PathBuf> {
+    pion_build("gopath")
+}
+
 fn pion_build(what: &str) -> Result<PathBuf> {
     let script = project_dir().join("scripts/pion.sh");
     let out = Command::new("bash")
