@@ -167,7 +167,7 @@ pub fn parse_blob(
 /// bytes, a newline just before the closing sentinel); empty when it is not framed.
 fn unframe(modinfo: &[u8]) -> String {
     let n = modinfo.len();
-    if n >= 2 * SENTINEL_LEN + 1 && modinfo[n - SENTINEL_LEN - 1] == b'\n' {
+    if n > 2 * SENTINEL_LEN && modinfo[n - SENTINEL_LEN - 1] == b'\n' {
         String::from_utf8_lossy(&modinfo[SENTINEL_LEN..n - SENTINEL_LEN]).into_owned()
     } else {
         String::new()

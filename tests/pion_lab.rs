@@ -1,0 +1,791 @@
+//! pion/turn v2.1.0 (Debian's golang-github-pion-turn.v2-dev, built offline by scripts/pion.sh)
+//! in the lab, its rules read from its source and each shown on the running server.
+//!
+//! TABLE
+//!
+//! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use turn_bpf::gobuild;
+use turn_bpf_testkit::agent::AgentProc;
+use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::turn_client::{
+    self as tc, build_request, channel_data, parse_message, Attr, Auth, Class, StunMessage,
+    TurnClient, TurnError, TxId, ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
+};
+
+use common::*;
+
+const CH: u16 = 0x4000;
+const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+const ATTR_SOFTWARE: u16 = 0x8022;
+const ATTR_FINGERPRINT: u16 = 0x8028;
+const ATTR_ADDITIONAL_ADDRESS_FAMILY_RFC: u16 = 0x8000;
+const DATA_INDICATION: u16 = 0x0017;
+
+macro_rules! skip_unless_pion {
+    () => {
+        if let Some(why) = lab::pion_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A pion lab with the lab's flags plus `args`.
+fn pion(name: &str, args: &[&str]) -> Lab {
+    Lab::up_pion(name, args).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The client's long-term credentials with the REALM and NONCE it has learned.
+fn auth_of(c: &TurnClient) -> Auth {
+    let (realm, nonce) = c.realm_nonce().expect("challenged once");
+    Auth {
+        user: lab::TURN_USER.into(),
+        pass: lab::TURN_PASS.into(),
+        realm: realm.into(),
+        nonce: nonce.into(),
+    }
+}
+
+/// Sends one signed request with `txid` and waits up to `wait` for the server's answer to it:
+/// the parsed message and its bytes, or None when the server says nothing.
+fn request(
+    c: &TurnClient,
+    auth: &Auth,
+    method: u16,
+    txid: TxId,
+    attrs: &[Attr],
+    wait: Duration,
+) -> Option<(StunMessage, Vec<u8>)> {
+    c.send_raw(&build_request(method, txid, attrs, Some(auth)))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 2048];
+    while let Some((n, _)) = c
+        .recv_raw(&mut buf, deadline.saturating_duration_since(Instant::now()))
+        .unwrap()
+    {
+        if let Ok(m) = parse_message(&buf[..n]) {
+            if m.txid == txid {
+                return Some((m, buf[..n].to_vec()));
+            }
+        }
+    }
+    None
+}
+
+/// The attribute types of a STUN message, in wire order.
+fn attr_types(msg: &[u8]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut at = 20;
+    while at + 4 <= msg.len() {
+        let typ = u16::from_be_bytes([msg[at], msg[at + 1]]);
+        let len = u16::from_be_bytes([msg[at + 2], msg[at + 3]]) as usize;
+        out.push(typ);
+        at += 4 + len.next_multiple_of(4);
+    }
+    out
+}
+
+/// The next datagram from the server within `wait`, raw.
+fn recv_from_server(c: &TurnClient, wait: Duration) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    let deadline = Instant::now() + wait;
+    while let Some((n, from)) = c
+        .recv_raw(&mut buf, deadline.saturating_duration_since(Instant::now()))
+        .unwrap()
+    {
+        if from == c.server() {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+/// One datagram on `channel` through the echo peer and back: whether it came back intact.
+fn round_trip(c: &TurnClient, channel: u16, payload: &[u8]) -> bool {
+    c.send_channel_data(channel, payload).unwrap();
+    let mut buf = vec![0u8; 2048];
+    match c
+        .recv_channel_data(&mut buf, Duration::from_millis(400))
+        .unwrap()
+    {
+        Some((ch, n)) => ch == channel && &buf[..n] == payload,
+        None => false,
+    }
+}
+
+/// Drains whatever the server has sent the client so far.
+fn drain(c: &TurnClient) {
+    while recv_from_server(c, Duration::from_millis(50)).is_some() {}
+}
+
+/// A UDP socket in the peer namespace on `port`.
+fn peer_socket(lab: &Lab, port: u16) -> UdpSocket {
+    let s = lab::in_ns(&lab.ns(Host::Peer), move || {
+        UdpSocket::bind((lab::PEER_V4, port)).unwrap()
+    });
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    s
+}
+
+fn rejected_code(r: Result<(), TurnError>) -> Option<u16> {
+    match r {
+        Err(TurnError::Rejected { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The executables: build information, and Debian's example client as a second client.
+
+/// src/gobuild.rs on the lab's executables: the module-mode build names pion/turn/v2 v2.1.0, the
+/// GOPATH-mode build shows v2 in its function names with the version unknown, and coturn is not
+/// a Go program at all.
+#[test]
+fn build_information_of_the_lab_servers() {
+    if let Some(why) = lab::pion_skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bin = lab::pion_server_bin().unwrap();
+    let info = gobuild::read(&bin).unwrap().expect("a Go executable");
+    assert!(info.go_version.starts_with("go1."), "{info:?}");
+    assert_eq!(info.main_path, "turn-bpf.test/pion-lab");
+    assert!(
+        info.modules
+            .contains(&("github.com/pion/turn/v2".into(), "v2.1.0".into())),
+        "{info:?}"
+    );
+    assert!(info
+        .replaced
+        .iter()
+        .any(|(m, to, _)| m == "github.com/pion/turn/v2" && to == lab::PION_DEBIAN_SRC));
+    assert_eq!(info.pion_turn(), Some((2, "v2.1.0".into())));
+    // The same as `go version -m` says.
+    let go_says = Command::new("go")
+        .args(["version", "-m"])
+        .arg(&bin)
+        .env("PATH", "/usr/bin:/usr/lib/go/bin")
+        .output()
+        .unwrap();
+    let go_says = String::from_utf8_lossy(&go_says.stdout);
+    assert!(go_says.contains(&info.go_version), "{go_says}");
+    assert!(
+        go_says.contains("dep\tgithub.com/pion/turn/v2\tv2.1.0"),
+        "{go_says}"
+    );
+
+    let gopath = lab::pion_server_gopath_bin().unwrap();
+    let info = gobuild::read(&gopath).unwrap().expect("a Go executable");
+    assert!(info.modules.is_empty(), "{info:?}");
+    assert_eq!(info.pion_turn_in_symbols, vec![2]);
+    assert_eq!(info.pion_turn(), Some((2, "unknown".into())));
+
+    // Not Go: coturn, and the agent itself.
+    let coturn = lab::find_tool("turnserver").expect("coturn's turnserver");
+    assert_eq!(
+        gobuild::read(&coturn).unwrap(),
+        None,
+        "{}",
+        coturn.display()
+    );
+    assert_eq!(gobuild::read(&agent_bin()).unwrap(), None);
+    assert!(gobuild::read(Path::new("/nonexistent/turnserver")).is_err());
+}
+
+/// Debian's example client (examples/turn-client/udp) allocates on the lab's pion, binds a
+/// channel and pings itself through its relayed address: a second, independent client.
+#[test]
+fn debian_example_client_pings_through_pion() {
+    skip_unless_pion!();
+    let lab = pion("tbp-client", &[]);
+    let client = lab::pion_client_bin().unwrap();
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &lab.ns(Host::Cli)])
+        .arg(&client)
+        .args([
+            "-host",
+            "192.0.2.1",
+            "-user",
+            "alice=alice-secret",
+            "-realm",
+            lab::REALM,
+            "-ping",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let pongs = text.matches("bytes from from 198.51.100.1:").count();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("relayed-address=198.51.100.1:"), "{text}");
+    assert_eq!(pongs, 10, "{text}");
+    // The wrong password: refused, nothing relayed.
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &lab.ns(Host::Cli)])
+        .arg(&client)
+        .args([
+            "-host",
+            "192.0.2.1",
+            "-user",
+            "alice=wrong",
+            "-realm",
+            lab::REALM,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("relayed-address="));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifetimes.
+
+/// Channel lifetime: ServerConfig.ChannelBindTimeout (the lab's -channel-lifetime), 10 minutes
+/// when unset (server.go NewServer: `proto.DefaultLifetime`). The timer is armed by ChannelBind
+/// alone (allocation/channel_bind.go start/refresh): data on the channel does not extend it.
+/// When it fires the channel is gone both ways, while the permission ChannelBind installed
+/// (allocation.go AddChannelBind -> AddPermission, fixed 5 minutes) lives on: the peer's data then
+/// reaches the client as Data indications.
+#[test]
+fn channel_lifetime_is_the_flag_and_data_does_not_extend_it() {
+    skip_unless_pion!();
+    let lab = pion("tbp-chlife", &["-channel-lifetime", "3s"]);
+    let echo = Echo::start(&lab, 7100);
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    let t0 = Instant::now();
+    c.channel_bind(CH, echo.addr).unwrap();
+    // Data all along, every 250 ms, until well past the lifetime.
+    let mut last_ok = Duration::ZERO;
+    let mut first_fail = None;
+    while t0.elapsed() < Duration::from_millis(4500) {
+        if round_trip(&c, CH, b"keepalive?") {
+            last_ok = t0.elapsed();
+            assert!(first_fail.is_none(), "relayed again after a failure");
+        } else if first_fail.is_none() {
+            first_fail = Some(t0.elapsed());
+        }
+        sleep(Duration::from_millis(250));
+    }
+    let first_fail = first_fail.expect("the channel expired despite the data");
+    assert!(
+        last_ok >= Duration::from_millis(2500) && first_fail <= Duration::from_millis(3500),
+        "expired at about 3 s: last relayed {last_ok:?}, first lost {first_fail:?}"
+    );
+    // The channel is gone, its permission is not: the echo's answer to a Send indication
+    // comes back as a Data indication.
+    drain(&c);
+    c.send_indication(echo.addr, b"via indication").unwrap();
+    let got = recv_from_server(&c, Duration::from_millis(500)).expect("a Data indication");
+    let m = parse_message(&got).unwrap();
+    assert_eq!((m.class, m.method), (Class::Indication, tc::DATA));
+    assert!(m.attrs.contains(&Attr::Data(b"via indication".to_vec())));
+    assert!(m.attrs.contains(&Attr::XorPeerAddress(echo.addr)));
+}
+
+/// The control for the test above: with pion's default channel lifetime the same channel still
+/// relays after 5 s.
+#[test]
+fn default_channel_lifetime_outlasts_the_short_one() {
+    skip_unless_pion!();
+    let lab = pion("tbp-chdef", &[]);
+    let echo = Echo::start(&lab, 7101);
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo.addr).unwrap();
+    assert!(round_trip(&c, CH, b"at once"));
+    sleep(Duration::from_secs(5));
+    assert!(round_trip(&c, CH, b"after 5 s"));
+}
+
+/// Only ChannelBind refreshes a channel: a second ChannelBind (same number, same peer) at 2 s
+/// keeps it alive past 3 s (allocation.go AddChannelBind -> refresh); CreatePermission for the
+/// bound peer at 2 s does not (handleCreatePermissionRequest only calls AddPermission), and
+/// neither shortens nor ends it early: the channel lives its own 3 s and dies at 3 s.
+#[test]
+fn only_channel_bind_refreshes_a_channel() {
+    skip_unless_pion!();
+    let lab = pion("tbp-chref", &["-channel-lifetime", "3s"]);
+    let echo = Echo::start(&lab, 7102);
+    let mut rebound = client(&lab);
+    let mut permitted = client(&lab);
+    rebound.allocate(None).unwrap();
+    permitted.allocate(None).unwrap();
+    rebound.channel_bind(CH, echo.addr).unwrap();
+    permitted.channel_bind(CH, echo.addr).unwrap();
+    sleep(Duration::from_secs(2));
+    rebound.channel_bind(CH, echo.addr).unwrap();
+    permitted.create_permission(&[echo.addr]).unwrap();
+    assert!(round_trip(&rebound, CH, b"2 s"));
+    assert!(round_trip(&permitted, CH, b"2 s"), "not shortened");
+    sleep(Duration::from_millis(1800));
+    // 3.8 s after the first bind, 1.8 s after the second.
+    assert!(
+        round_trip(&rebound, CH, b"3.8 s"),
+        "ChannelBind refreshed it"
+    );
+    assert!(
+        !round_trip(&permitted, CH, b"3.8 s"),
+        "CreatePermission did not refresh the channel"
+    );
+    sleep(Duration::from_millis(1700));
+    assert!(!round_trip(&rebound, CH, b"5.5 s"), "3 s after the refresh");
+}
+
+/// Refresh: LIFETIME 0 deletes the allocation at once (handleRefreshRequest ->
+/// DeleteAllocation, which closes the relay socket) and is answered with LIFETIME 0; a Refresh
+/// without an allocation is not answered at all (the handler returns an error, nothing is sent:
+/// never 437), except LIFETIME 0, which succeeds anyway. Lifetimes (util.go allocationLifeTime):
+/// a request below 3600 s is granted as asked, even 1 s; 3600 or more, or none, gets the default
+/// 600 s (it is not clamped to the maximum). Allocate with LIFETIME 0 fails with 508
+/// (CreateAllocation: errLifetimeZero).
+#[test]
+fn refresh_and_lifetime_rules() {
+    skip_unless_pion!();
+    let lab = pion("tbp-refresh", &[]);
+    let echo = Echo::start(&lab, 7103);
+    let mut c = client(&lab);
+    assert_eq!(
+        c.allocate(Some(7200)).unwrap().lifetime,
+        600,
+        "over the max: default"
+    );
+    assert_eq!(c.refresh(3600).unwrap(), 600, "3600: the default");
+    assert_eq!(c.refresh(3599).unwrap(), 3599);
+    assert_eq!(c.refresh(30).unwrap(), 30);
+    c.channel_bind(CH, echo.addr).unwrap();
+    assert!(round_trip(&c, CH, b"before Refresh 0"));
+    let relayed = c.allocation().unwrap().relayed;
+    assert_eq!(c.refresh(0).unwrap(), 0);
+    // Gone at once: nothing relayed either way, right after the answer.
+    assert!(!round_trip(&c, CH, b"after Refresh 0"));
+    echo.sock.send_to(b"to the old relay", relayed).unwrap();
+    assert_eq!(recv_from_server(&c, Duration::from_millis(300)), None);
+    // No allocation: Refresh is not answered (no 437), Refresh 0 is.
+    let auth = auth_of(&c);
+    let none = request(
+        &c,
+        &auth,
+        REFRESH,
+        tc::new_txid(),
+        &[Attr::Lifetime(600)],
+        Duration::from_secs(1),
+    );
+    assert!(none.is_none(), "answered: {none:?}");
+    let zero = request(
+        &c,
+        &auth,
+        REFRESH,
+        tc::new_txid(),
+        &[Attr::Lifetime(0)],
+        Duration::from_secs(1),
+    );
+    let (m, _) = zero.expect("Refresh 0 answered");
+    assert_eq!((m.class, m.lifetime()), (Class::Success, Some(0)));
+    // The same 5-tuple allocates again at once (no 437 window).
+    let a = c.allocate(Some(1)).unwrap();
+    assert_eq!(a.lifetime, 1, "1 s is granted as asked");
+    c.channel_bind(CH, echo.addr).unwrap();
+    sleep(Duration::from_millis(1500));
+    assert!(
+        !round_trip(&c, CH, b"after 1 s"),
+        "the 1 s allocation expired"
+    );
+    // Allocate with LIFETIME 0.
+    let mut z = client(&lab);
+    assert_eq!(rejected_code(z.allocate(Some(0)).map(|_| ())), Some(508));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions and channel numbers.
+
+/// A retransmitted Allocate (same transaction ID) gets the cached success again, with the same
+/// relayed address (handleAllocateRequest: GetResponseCache); another transaction on the same
+/// 5-tuple gets 437.
+#[test]
+fn allocate_retransmission_and_437() {
+    skip_unless_pion!();
+    let lab = pion("tbp-alloc", &[]);
+    let mut learner = client(&lab);
+    learner.allocate(None).unwrap();
+    let auth = auth_of(&learner);
+    let c = client(&lab);
+    let attrs = [Attr::RequestedTransport(17)];
+    let txid = tc::new_txid();
+    let wait = Duration::from_secs(1);
+    let (first, _) = request(&c, &auth, ALLOCATE, txid, &attrs, wait).expect("answered");
+    let (again, _) = request(&c, &auth, ALLOCATE, txid, &attrs, wait).expect("answered");
+    assert_eq!(first.class, Class::Success);
+    assert_eq!(again.class, Class::Success, "{again:?}");
+    assert_eq!(first.relayed_addrs(), again.relayed_addrs());
+    assert_eq!(first.lifetime(), again.lifetime());
+    let (other, _) = request(&c, &auth, ALLOCATE, tc::new_txid(), &attrs, wait).expect("answered");
+    assert_eq!(other.class, Class::Error);
+    assert_eq!(other.error().map(|e| e.0), Some(437));
+}
+
+/// Channel numbers (allocation.go AddChannelBind): while a channel lives, its number cannot be
+/// bound to another peer, nor its peer to another number (400); once it expired, the number
+/// is free for another peer. ChannelBind does not check the number's range (proto/chann.go
+/// ChannelNumber.GetFrom reads any value): 0x3FFF and 0x8000 are accepted, though ChannelData
+/// on them is never recognised.
+#[test]
+fn channel_number_rules() {
+    skip_unless_pion!();
+    let lab = pion("tbp-chnum", &["-channel-lifetime", "2s"]);
+    let a = Echo::start(&lab, 7104);
+    let b = Echo::start(&lab, 7105);
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, a.addr).unwrap();
+    assert_eq!(
+        rejected_code(c.channel_bind(CH, b.addr)),
+        Some(400),
+        "number in use"
+    );
+    assert_eq!(
+        rejected_code(c.channel_bind(CH + 1, a.addr)),
+        Some(400),
+        "peer bound"
+    );
+    c.channel_bind(CH, a.addr).unwrap();
+    assert!(round_trip(&c, CH, b"still to a"));
+    assert_eq!(a.stop(), 1);
+    sleep(Duration::from_millis(2500));
+    c.channel_bind(CH, b.addr).unwrap();
+    assert!(round_trip(&c, CH, b"now to b"));
+    assert_eq!(b.stop(), 1);
+    // Out of range.
+    let auth = auth_of(&c);
+    for number in [0x3FFFu16, 0x8000] {
+        let peer = Echo::start(&lab, 7106 + number % 2);
+        let attrs = [
+            Attr::Raw {
+                typ: 0x000C,
+                value: [number.to_be_bytes().as_slice(), &[0, 0]].concat(),
+            },
+            Attr::XorPeerAddress(peer.addr),
+        ];
+        let (m, _) = request(
+            &c,
+            &auth,
+            CHANNEL_BIND,
+            tc::new_txid(),
+            &attrs,
+            Duration::from_secs(1),
+        )
+        .expect("answered");
+        assert_eq!(m.class, Class::Success, "channel {number:#x}: {m:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Families, ChannelData, response attributes, Data indications.
+
+/// Every relayed address is IPv4 (allocation_manager.go CreateAllocation allocates "udp4"):
+/// REQUESTED-ADDRESS-FAMILY is not read (handleAllocateRequest never looks for it), so IPv6 is
+/// not refused but ignored; ADDITIONAL-ADDRESS-FAMILY, as RFC 8656's 0x8000 or coturn's 0x8032,
+/// is comprehension-optional and ignored: one relayed address. An IPv6 client gets an IPv4
+/// relayed address and reaches an IPv4 peer.
+#[test]
+fn address_families() {
+    skip_unless_pion!();
+    let lab = pion("tbp-family", &[]);
+    let echo = Echo::start(&lab, 7108);
+    let ipv4 = |a: SocketAddr| assert_eq!(a.ip(), IpAddr::V4(lab::RELAY_V4), "{a}");
+    let mut c = client(&lab);
+    let a = c.allocate_family(None, tc::RelayFamily::V6).unwrap();
+    ipv4(a.relayed);
+    assert_eq!(a.additional_relayed, None);
+    let mut c = client(&lab);
+    let a = c.allocate_family(None, tc::RelayFamily::Dual).unwrap();
+    ipv4(a.relayed);
+    assert_eq!(a.additional_relayed, None);
+    let mut learner = client(&lab);
+    learner.allocate(None).unwrap();
+    let c = client(&lab);
+    let attrs = [
+        Attr::RequestedTransport(17),
+        Attr::Raw {
+            typ: ATTR_ADDITIONAL_ADDRESS_FAMILY_RFC,
+            value: vec![2, 0, 0, 0],
+        },
+    ];
+    let (m, _) = request(
+        &c,
+        &auth_of(&learner),
+        ALLOCATE,
+        tc::new_txid(),
+        &attrs,
+        Duration::from_secs(1),
+    )
+    .expect("answered");
+    assert_eq!(m.class, Class::Success, "{m:?}");
+    assert_eq!(m.relayed_addrs().len(), 1);
+    ipv4(m.relayed_addrs()[0]);
+    // An IPv6 client.
+    let mut c6 = client_of(&lab, true);
+    let a = c6.allocate(None).unwrap();
+    ipv4(a.relayed);
+    c6.channel_bind(CH, echo.addr).unwrap();
+    assert!(round_trip(&c6, CH, b"IPv6 client, IPv4 relay"));
+}
+
+/// ChannelData (proto/chandata.go): received, any bytes after the length are ignored (Decode
+/// cuts Data to the length: padding, or more); sent, always padded to a multiple of 4 with
+/// zeros (Encode), over UDP too.
+#[test]
+fn channel_data_padding() {
+    skip_unless_pion!();
+    let lab = pion("tbp-pad", &[]);
+    let peer = peer_socket(&lab, 7109);
+    let mut c = client(&lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CH, peer.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 2048];
+    for (payload, extra) in [(&b"abcde"[..], 3usize), (b"abcdefgh", 0), (b"x", 11)] {
+        let mut frame = channel_data(CH, payload, false);
+        frame.extend(std::iter::repeat_n(0xAB, extra));
+        c.send_raw(&frame).unwrap();
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed");
+        assert_eq!(
+            (&buf[..n], from),
+            (payload, relayed),
+            "{extra} bytes after it"
+        );
+    }
+    for len in [1usize, 2, 3, 4, 5, 7, 8] {
+        let payload = vec![0x5A; len];
+        peer.send_to(&payload, relayed).unwrap();
+        let frame = recv_from_server(&c, Duration::from_millis(500)).expect("ChannelData");
+        assert_eq!(
+            frame.len(),
+            (4 + len).next_multiple_of(4),
+            "{len} bytes: {frame:?}"
+        );
+        assert_eq!(&frame[..4], &[0x40, 0x00, 0, len as u8]);
+        assert_eq!(&frame[4..4 + len], &payload[..]);
+        assert!(frame[4 + len..].iter().all(|&b| b == 0));
+    }
+}
+
+/// Responses carry MESSAGE-INTEGRITY (successes) and never FINGERPRINT or SOFTWARE (util.go
+/// buildMsg/buildAndSend add neither; stun.Build only what it is given); the 401 carries
+/// ERROR-CODE, NONCE and REALM only.
+#[test]
+fn responses_carry_no_fingerprint_or_software() {
+    skip_unless_pion!();
+    let lab = pion("tbp-attrs", &[]);
+    let peer = peer_socket(&lab, 7110);
+    let mut learner = client(&lab);
+    learner.allocate(None).unwrap();
+    let auth = auth_of(&learner);
+    let c = client(&lab);
+    let wait = Duration::from_secs(1);
+    // Unauthenticated: the 401.
+    let txid = tc::new_txid();
+    c.send_raw(&build_request(
+        ALLOCATE,
+        txid,
+        &[Attr::RequestedTransport(17)],
+        None,
+    ))
+    .unwrap();
+    let e401 = recv_from_server(&c, wait).expect("401");
+    assert_eq!(
+        attr_types(&e401),
+        vec![0x0009, 0x0015, 0x0014],
+        "ERROR-CODE NONCE REALM"
+    );
+    let peer_addr = peer.local_addr().unwrap();
+    let steps: [(u16, Vec<Attr>); 4] = [
+        (ALLOCATE, vec![Attr::RequestedTransport(17)]),
+        (CREATE_PERMISSION, vec![Attr::XorPeerAddress(peer_addr)]),
+        (
+            CHANNEL_BIND,
+            vec![Attr::ChannelNumber(CH), Attr::XorPeerAddress(peer_addr)],
+        ),
+        (REFRESH, vec![Attr::Lifetime(600)]),
+    ];
+    for (method, attrs) in steps {
+        let (m, bytes) =
+            request(&c, &auth, method, tc::new_txid(), &attrs, wait).expect("answered");
+        assert_eq!(m.class, Class::Success, "{m:?}");
+        let types = attr_types(&bytes);
+        assert_eq!(
+            types.last(),
+            Some(&ATTR_MESSAGE_INTEGRITY),
+            "{method:#x}: {types:x?}"
+        );
+        assert!(!types.contains(&ATTR_FINGERPRINT) && !types.contains(&ATTR_SOFTWARE));
+        tc::verify_integrity(&bytes, lab::TURN_USER, lab::TURN_PASS, lab::REALM).unwrap();
+    }
+}
+
+/// Data from a peer with a permission and no channel goes to the client as a Data indication
+/// (allocation.go packetHandler) with XOR-PEER-ADDRESS and DATA, no FINGERPRINT; permissions are
+/// per IP address (the peer's other ports get through); without a permission nothing is sent.
+#[test]
+fn data_indications_from_peers_without_a_channel() {
+    skip_unless_pion!();
+    let lab = pion("tbp-dataind", &[]);
+    let peer = peer_socket(&lab, 7111);
+    let other_port = peer_socket(&lab, 7112);
+    let mut c = client(&lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    peer.send_to(b"no permission yet", relayed).unwrap();
+    assert_eq!(
+        recv_from_server(&c, Duration::from_millis(300)),
+        None,
+        "control"
+    );
+    c.create_permission(&[peer.local_addr().unwrap()]).unwrap();
+    for (sock, payload) in [
+        (&peer, &b"hello client"[..]),
+        (&other_port, b"another port"),
+    ] {
+        sock.send_to(payload, relayed).unwrap();
+        let bytes = recv_from_server(&c, Duration::from_millis(500)).expect("a Data indication");
+        let m = parse_message(&bytes).unwrap();
+        assert_eq!(u16::from_be_bytes([bytes[0], bytes[1]]), DATA_INDICATION);
+        assert_eq!(
+            m.attrs,
+            vec![
+                Attr::XorPeerAddress(sock.local_addr().unwrap()),
+                Attr::Data(payload.to_vec())
+            ]
+        );
+        assert!(!attr_types(&bytes).contains(&ATTR_FINGERPRINT));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent beside pion.
+
+/// Today's agent, started as the e2e tests start it, beside pion: it finds pion's sockets,
+/// learns the allocation and the channel from pion's answers, and relays the channel's data
+/// both ways in XDP, byte-exact, with pion's sockets seeing none of it.
+#[test]
+fn agent_offloads_pions_channels() {
+    skip_unless_pion!();
+    const N: usize = 500;
+    let lab = pion("tbp-agent", &[]);
+    let echo = Echo::start(&lab, 7120);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("pion-agent"),
+    )
+    .unwrap();
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo.addr).unwrap();
+    let srv_before = lab.nstat_udp_in(Host::Srv);
+    let got = exchange(&c, CH, 0, N);
+    let srv_after = lab.nstat_udp_in(Host::Srv);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(got, N, "every datagram came back byte-exact");
+    let no_neigh = exit.counter("PASS_NO_NEIGH");
+    assert!(no_neigh <= 2, "{}", exit.output);
+    assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
+    assert_eq!(exit.counter("LEARN_CHANNEL"), 1, "{}", exit.output);
+    assert_eq!(
+        exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT") + no_neigh,
+        2 * N as u64,
+        "{}",
+        exit.output
+    );
+    assert_eq!(
+        srv_after - srv_before,
+        no_neigh,
+        "pion's sockets saw the data"
+    );
+    // Agent gone: pion alone relays the same channel again, through its sockets.
+    let srv_before = lab.nstat_udp_in(Host::Srv);
+    assert_eq!(exchange(&c, CH, N, 50), 50);
+    assert!(lab.nstat_udp_in(Host::Srv) - srv_before >= 100);
+    echo.stop();
+}
+
+/// pion's channel outlives its permission: channel relaying never looks at permissions
+/// (turn.go handleChannelData, allocation.go packetHandler: the channel is found first), while
+/// Send indications need one (handleSendIndication: GetPermission). ChannelBind gives the peer a
+/// fixed 5-minute permission (permission.go permissionTimeout), so this takes 5 minutes: with a
+/// 7-minute channel, at 5 min 10 s the Send indication is dropped and the channel still relays
+/// both ways.
+#[test]
+#[ignore = "slow: 5 min 15 s (pion's permission lifetime is fixed at 5 minutes)"]
+fn channel_relays_after_its_permission_expired() {
+    skip_unless_pion!();
+    let lab = pion("tbp-perm", &["-channel-lifetime", "7m"]);
+    let peer = peer_socket(&lab, 7130);
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = client(&lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CH, peer_addr).unwrap();
+    let mut buf = [0u8; 2048];
+    // Control: the Send indication goes through while the permission lives.
+    c.send_indication(peer_addr, b"permitted").unwrap();
+    let (n, _) = peer
+        .recv_from(&mut buf)
+        .expect("a permitted Send indication");
+    assert_eq!(&buf[..n], b"permitted");
+    sleep(Duration::from_secs(310));
+    c.send_indication(peer_addr, b"no permission").unwrap();
+    assert!(
+        peer.recv_from(&mut buf).is_err(),
+        "a Send indication without a permission reached the peer"
+    );
+    c.send_channel_data(CH, b"channel, no permission").unwrap();
+    let (n, from) = peer
+        .recv_from(&mut buf)
+        .expect("the channel still relays to the peer");
+    assert_eq!((&buf[..n], from), (&b"channel, no permission"[..], relayed));
+    drain(&c);
+    peer.send_to(b"and back", relayed).unwrap();
+    let frame = recv_from_server(&c, Duration::from_millis(500)).expect("ChannelData");
+    assert_eq!(tc::parse_channel_data(&frame), Some((CH, &b"and back"[..])));
+}
+
+/// The agent must know the server's channel lifetime: beside a pion whose channels last 3 s,
+/// today's agent (which cannot read pion's ChannelBindTimeout and assumes coturn's 600 s) keeps
+/// relaying a channel pion has already dropped.
+#[test]
+#[ignore = "fails today: the agent assumes coturn's 600 s channel lifetime beside pion; the server profiles fix this"]
+fn agent_stops_relaying_when_pions_channel_expires() {
+    skip_unless_pion!();
+    let lab = pion("tbp-agent2", &["-channel-lifetime", "3s"]);
+    let echo = Echo::start(&lab, 7121);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("pion-agent2"),
+    )
+    .unwrap();
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo.addr).unwrap();
+    assert!(round_trip(&c, CH, b"while bound"));
+    sleep(Duration::from_millis(4500));
+    let relayed_late = round_trip(&c, CH, b"after pion dropped the channel");
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert!(
+        !relayed_late,
+        "relayed after pion's channel expired:\n{}",
+        exit.output
+    );
+}
