@@ -1,7 +1,30 @@
 //! pion/turn v2.1.0 (Debian's golang-github-pion-turn.v2-dev, built offline by scripts/pion.sh)
 //! in the lab, its rules read from its source and each shown on the running server.
 //!
-//! TABLE
+//! | # | pion/turn v2.1.0 rule | Source (file: function) | Shown by |
+//! |---|---|---|---|
+//! | 1 | Channel lifetime is `ServerConfig.ChannelBindTimeout`; 0 means 10 minutes. | server.go: NewServer (`proto.DefaultLifetime`); server_config.go: ChannelBindTimeout | `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (3 s); `default_channel_lifetime_outlasts_the_short_one` (still alive after 5 s; the 10 minutes are from source only) |
+//! | 2 | Data does not refresh a channel (no timer is touched on data either way). | internal/server/turn.go: handleChannelData; internal/allocation/allocation.go: packetHandler | `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (data every 250 ms, the channel dies at 3 s) |
+//! | 3 | Only ChannelBind refreshes a channel: the same number with the same peer resets its timer to the channel lifetime. | allocation.go: AddChannelBind; channel_bind.go: refresh | `only_channel_bind_refreshes_a_channel` |
+//! | 4 | CreatePermission on a bound peer refreshes that peer's permission only (to 5 min): the channel is neither refreshed nor shortened, and does not die with the permission. | turn.go: handleCreatePermissionRequest -> allocation.go: AddPermission | `only_channel_bind_refreshes_a_channel` (the channel dies at its own 3 s, relays at 2 s) |
+//! | 5 | Permission lifetime is fixed at 5 minutes (a constant, not configurable); set or refreshed by CreatePermission and by every ChannelBind (new or refresh); keyed by IP address only (every port of the peer). | internal/allocation/permission.go: `permissionTimeout`; allocation.go: AddPermission, addr2IPFingerprint | `data_indications_from_peers_without_a_channel` (another port of a permitted IP gets through); 5 min from source, observed in `channel_relays_after_its_permission_expired` (ignored: 5 min 15 s) |
+//! | 6 | A channel relays without a live permission, both ways: a channel outlives its permission (e.g. 10-min channel, 5-min permission); an expired channel leaves its permission behind. | turn.go: handleChannelData (no permission check); allocation.go: packetHandler (channel looked up first) | `channel_relays_after_its_permission_expired` (ignored, slow; passed when run); `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (after the channel expired, the peer's data arrives as Data indications) |
+//! | 7 | A Send indication needs a permission (silently dropped without one). | turn.go: handleSendIndication | `channel_relays_after_its_permission_expired` (control before, drop after) |
+//! | 8 | Refresh with LIFETIME 0 deletes the allocation at once (relay socket closed, nothing relayed right after) and succeeds with LIFETIME 0, even when there is no allocation. The same 5-tuple can allocate again at once. | turn.go: handleRefreshRequest; allocation_manager.go: DeleteAllocation | `refresh_and_lifetime_rules` |
+//! | 9 | Requested lifetime (Allocate and Refresh): below 3600 s granted as asked, even 1 s (no minimum); 3600 s or more, or none, gets the default 600 s (not clamped to the maximum). | internal/server/util.go: allocationLifeTime | `refresh_and_lifetime_rules` (7200 -> 600, 3600 -> 600, 3599, 30, 1 s that expires) |
+//! | 10 | Allocate with LIFETIME 0 fails with 508. | allocation_manager.go: CreateAllocation (`errLifetimeZero`); turn.go: handleAllocateRequest | `refresh_and_lifetime_rules` |
+//! | 11 | 437 is never answered to Refresh: a Refresh (LIFETIME > 0) with no allocation gets no answer at all. | turn.go: handleRefreshRequest (returns an error, sends nothing) | `refresh_and_lifetime_rules` |
+//! | 12 | A retransmitted Allocate (same transaction ID) gets the cached success again (same relayed address and lifetime); another transaction on the same 5-tuple gets 437. | turn.go: handleAllocateRequest (GetResponseCache) | `allocate_retransmission_and_437` |
+//! | 13 | A live channel's number cannot go to another peer, nor its peer to another number (400); once expired, the number binds to another peer. | allocation.go: AddChannelBind (`errSameChannelDifferentPeer`) | `channel_number_rules` |
+//! | 14 | ChannelBind does not check the number's range: 0x3FFF and 0x8000 succeed (ChannelData on them is never recognised). | internal/proto/chann.go: ChannelNumber.GetFrom (no Valid()) | `channel_number_rules` |
+//! | 15 | Every relayed address is IPv4; REQUESTED-ADDRESS-FAMILY is ignored (IPv6 asked: IPv4 granted, no 440); ADDITIONAL-ADDRESS-FAMILY, 0x8000 or 0x8032, ignored (one relayed address); an IPv6 client gets an IPv4 relayed address. | allocation_manager.go: CreateAllocation (`"udp4"`); turn.go: handleAllocateRequest (never reads the family) | `address_families` |
+//! | 16 | ChannelData received: anything after the length is ignored (0-3 padding bytes or more). | internal/proto/chandata.go: Decode | `channel_data_padding` (3, 0 and 11 bytes after) |
+//! | 17 | ChannelData sent: always padded to a multiple of 4 with zeros, over UDP too. | chandata.go: Encode | `channel_data_padding` (payloads of 1-8 bytes) |
+//! | 18 | Sizes: client datagrams are read into 1600 bytes (`InboundMTU`): ChannelData up to 1596 bytes of payload is relayed, longer is dropped; peer datagrams are read into 1600 bytes: longer ones reach the client cut to 1600. | server.go: readLoop; allocation.go: packetHandler (`rtpMTU`) | `datagram_size_limits` |
+//! | 19 | Responses carry MESSAGE-INTEGRITY (last) and never FINGERPRINT or SOFTWARE; the 401 carries ERROR-CODE, NONCE, REALM only. | internal/server/util.go: buildMsg, authenticateRequest | `responses_carry_no_fingerprint_or_software` |
+//! | 20 | Peer data with a permission and no channel goes to the client as a Data indication (XOR-PEER-ADDRESS, DATA, no FINGERPRINT); without a permission it is dropped. | allocation.go: packetHandler | `data_indications_from_peers_without_a_channel` |
+//! | 21 | Today's agent runs beside pion (it warns that the server is not coturn and uses coturn's defaults: channel 600 s, permission 300 s) and relays pion's channels in XDP. | src/server_conf (agent) | `agent_offloads_pions_channels` |
+//! | 22 | With a channel lifetime other than 600 s the agent diverges: beside a 3 s pion it still relays 4.5 s after the bind. | rule 1 vs. the agent's defaults | `agent_stops_relaying_when_pions_channel_expires` (ignored: fails today) |
 //!
 //! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
 
@@ -577,6 +600,37 @@ fn channel_data_padding() {
         assert_eq!(&frame[..4], &[0x40, 0x00, 0, len as u8]);
         assert_eq!(&frame[4..4 + len], &payload[..]);
         assert!(frame[4 + len..].iter().all(|&b| b == 0));
+    }
+}
+
+/// Sizes: pion reads client datagrams into a 1600-byte buffer (server.go readLoop,
+/// ServerConfig.InboundMTU, default 1600): ChannelData up to 1596 bytes of payload is relayed,
+/// a longer frame is cut, no longer passes as ChannelData (proto.IsChannelData) and is dropped.
+/// Peer datagrams are read into 1600 bytes too (allocation.go packetHandler, rtpMTU): longer
+/// ones reach the client cut to 1600 bytes.
+#[test]
+fn datagram_size_limits() {
+    skip_unless_pion!();
+    let lab = pion("tbp-size", &[]);
+    let peer = peer_socket(&lab, 7113);
+    let mut c = client(&lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CH, peer.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 4096];
+    let p1596 = vec![0x11; 1596];
+    c.send_channel_data(CH, &p1596).unwrap();
+    let (n, _) = peer.recv_from(&mut buf).expect("1596 bytes relayed");
+    assert_eq!(&buf[..n], &p1596[..]);
+    c.send_channel_data(CH, &[0x22; 1597]).unwrap();
+    assert!(peer.recv_from(&mut buf).is_err(), "1597 bytes were relayed");
+    drain(&c);
+    for (len, want) in [(1600usize, 1600usize), (1601, 1600), (2000, 1600)] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        peer.send_to(&payload, relayed).unwrap();
+        let frame = recv_from_server(&c, Duration::from_millis(500)).expect("ChannelData");
+        let (ch, got) = tc::parse_channel_data(&frame).expect("ChannelData");
+        assert_eq!((ch, got.len()), (CH, want), "a {len}-byte datagram");
+        assert_eq!(got, &payload[..want]);
     }
 }
 
