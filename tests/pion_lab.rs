@@ -6,7 +6,7 @@
 //! | 1 | Channel lifetime is `ServerConfig.ChannelBindTimeout`; 0 means 10 minutes. | server.go: NewServer (`proto.DefaultLifetime`); server_config.go: ChannelBindTimeout | `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (3 s); `default_channel_lifetime_outlasts_the_short_one` (still alive after 5 s; the 10 minutes are from source only) |
 //! | 2 | Data does not refresh a channel (no timer is touched on data either way). | internal/server/turn.go: handleChannelData; internal/allocation/allocation.go: packetHandler | `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (data every 250 ms, the channel dies at 3 s) |
 //! | 3 | Only ChannelBind refreshes a channel: the same number with the same peer resets its timer to the channel lifetime. | allocation.go: AddChannelBind; channel_bind.go: refresh | `only_channel_bind_refreshes_a_channel` |
-//! | 4 | CreatePermission on a bound peer refreshes that peer's permission only (to 5 min): the channel is neither refreshed nor shortened, and does not die with the permission. | turn.go: handleCreatePermissionRequest -> allocation.go: AddPermission | `only_channel_bind_refreshes_a_channel` (the channel dies at its own 3 s, relays at 2 s) |
+//! | 4 | CreatePermission on a bound peer refreshes that peer's permission only (to 5 min): the channel is neither refreshed nor shortened, and does not die with the permission (rule 6). | turn.go: handleCreatePermissionRequest -> allocation.go: AddPermission | `only_channel_bind_refreshes_a_channel` (the channel dies at its own 3 s, relays at 2 s) |
 //! | 5 | Permission lifetime is fixed at 5 minutes (a constant, not configurable); set or refreshed by CreatePermission and by every ChannelBind (new or refresh); keyed by IP address only (every port of the peer). | internal/allocation/permission.go: `permissionTimeout`; allocation.go: AddPermission, addr2IPFingerprint | `data_indications_from_peers_without_a_channel` (another port of a permitted IP gets through); 5 min from source, observed in `channel_relays_after_its_permission_expired` (ignored: 5 min 15 s) |
 //! | 6 | A channel relays without a live permission, both ways: a channel outlives its permission (e.g. 10-min channel, 5-min permission); an expired channel leaves its permission behind. | turn.go: handleChannelData (no permission check); allocation.go: packetHandler (channel looked up first) | `channel_relays_after_its_permission_expired` (ignored, slow; passed when run); `channel_lifetime_is_the_flag_and_data_does_not_extend_it` (after the channel expired, the peer's data arrives as Data indications) |
 //! | 7 | A Send indication needs a permission (silently dropped without one). | turn.go: handleSendIndication | `channel_relays_after_its_permission_expired` (control before, drop after) |
@@ -17,13 +17,13 @@
 //! | 12 | A retransmitted Allocate (same transaction ID) gets the cached success again (same relayed address and lifetime); another transaction on the same 5-tuple gets 437. | turn.go: handleAllocateRequest (GetResponseCache) | `allocate_retransmission_and_437` |
 //! | 13 | A live channel's number cannot go to another peer, nor its peer to another number (400); once expired, the number binds to another peer. | allocation.go: AddChannelBind (`errSameChannelDifferentPeer`) | `channel_number_rules` |
 //! | 14 | ChannelBind does not check the number's range: 0x3FFF and 0x8000 succeed (ChannelData on them is never recognised). | internal/proto/chann.go: ChannelNumber.GetFrom (no Valid()) | `channel_number_rules` |
-//! | 15 | Every relayed address is IPv4; REQUESTED-ADDRESS-FAMILY is ignored (IPv6 asked: IPv4 granted, no 440); ADDITIONAL-ADDRESS-FAMILY, 0x8000 or 0x8032, ignored (one relayed address); an IPv6 client gets an IPv4 relayed address. | allocation_manager.go: CreateAllocation (`"udp4"`); turn.go: handleAllocateRequest (never reads the family) | `address_families` |
+//! | 15 | Every relayed address is IPv4; REQUESTED-ADDRESS-FAMILY is ignored (IPv6 asked: IPv4 granted, no 440); ADDITIONAL-ADDRESS-FAMILY, 0x8000 or 0x8032, ignored (one relayed address); an IPv6 client gets an IPv4 relayed address. | allocation_manager.go: CreateAllocation (`"udp4"`); turn.go: handleAllocateRequest (never reads the family) | `address_families`; `an_ipv6_relay_address_fails_every_allocation` (an IPv6 relay address given: 508 for every IPv6 client) |
 //! | 16 | ChannelData received: anything after the length is ignored (0-3 padding bytes or more). | internal/proto/chandata.go: Decode | `channel_data_padding` (3, 0 and 11 bytes after) |
 //! | 17 | ChannelData sent: always padded to a multiple of 4 with zeros, over UDP too. | chandata.go: Encode | `channel_data_padding` (payloads of 1-8 bytes) |
 //! | 18 | Sizes: client datagrams are read into 1600 bytes (`InboundMTU`): ChannelData up to 1596 bytes of payload is relayed, longer is dropped; peer datagrams are read into 1600 bytes: longer ones reach the client cut to 1600. | server.go: readLoop; allocation.go: packetHandler (`rtpMTU`) | `datagram_size_limits` |
 //! | 19 | Responses carry MESSAGE-INTEGRITY (last) and never FINGERPRINT or SOFTWARE; the 401 carries ERROR-CODE, NONCE, REALM only. | internal/server/util.go: buildMsg, authenticateRequest | `responses_carry_no_fingerprint_or_software` |
 //! | 20 | Peer data with a permission and no channel goes to the client as a Data indication (XOR-PEER-ADDRESS, DATA, no FINGERPRINT); without a permission it is dropped. | allocation.go: packetHandler | `data_indications_from_peers_without_a_channel` |
-//! | 21 | Today's agent runs beside pion (it warns that the server is not coturn and uses coturn's defaults: channel 600 s, permission 300 s) and relays pion's channels in XDP. | src/server_conf (agent) | `agent_offloads_pions_channels` |
+//! | 21 | Today's agent runs beside pion (it warns that the server is not coturn and uses coturn's defaults: channel 600 s, permission 300 s) and relays pion's channels in XDP. | src/server_conf (agent) | `agent_offloads_pions_channels` (IPv4, 500 each way); `agent_offloads_an_ipv6_clients_channel` (IPv6 client, IPv4 relay and peer, 200 each way) |
 //! | 22 | With a channel lifetime other than 600 s the agent diverges: beside a 3 s pion it still relays 4.5 s after the bind. | rule 1 vs. the agent's defaults | `agent_stops_relaying_when_pions_channel_expires` (ignored: fails today) |
 //!
 //! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
@@ -565,6 +565,22 @@ fn address_families() {
     assert!(round_trip(&c6, CH, b"IPv6 client, IPv4 relay"));
 }
 
+/// An IPv6 relay address cannot work in v2.1.0: given one (the lab's main picks it for the IPv6
+/// listener), the relay socket is still opened as "udp4" (CreateAllocation), on an IPv6 address,
+/// which fails, so IPv6 clients get 508; the IPv4 listener keeps its IPv4 relay.
+#[test]
+fn an_ipv6_relay_address_fails_every_allocation() {
+    skip_unless_pion!();
+    let lab = pion("tbp-relay6", &["-relay", "2001:db8:2::1"]);
+    let mut c6 = client_of(&lab, true);
+    assert_eq!(rejected_code(c6.allocate(None).map(|_| ())), Some(508));
+    let mut c4 = client(&lab);
+    assert_eq!(
+        c4.allocate(None).unwrap().relayed.ip(),
+        IpAddr::V4(lab::RELAY_V4)
+    );
+}
+
 /// ChannelData (proto/chandata.go): received, any bytes after the length are ignored (Decode
 /// cuts Data to the length: padding, or more); sent, always padded to a multiple of 4 with
 /// zeros (Encode), over UDP too.
@@ -771,6 +787,41 @@ fn agent_offloads_pions_channels() {
     let srv_before = lab.nstat_udp_in(Host::Srv);
     assert_eq!(exchange(&c, CH, N, 50), 50);
     assert!(lab.nstat_udp_in(Host::Srv) - srv_before >= 100);
+    echo.stop();
+}
+
+/// The agent beside pion with an IPv6 client: pion gives it an IPv4 relayed address, and the
+/// agent relays the channel across families in XDP (chan6_to_udp4, udp4_to_chan6).
+#[test]
+fn agent_offloads_an_ipv6_clients_channel() {
+    skip_unless_pion!();
+    const N: usize = 200;
+    let lab = pion("tbp-agent6", &[]);
+    let echo = Echo::start(&lab, 7122);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "turn0", "relay0"],
+        &log_path("pion-agent6"),
+    )
+    .unwrap();
+    let mut c = client_of(&lab, true);
+    assert_eq!(
+        c.allocate(None).unwrap().relayed.ip(),
+        IpAddr::V4(lab::RELAY_V4)
+    );
+    c.channel_bind(CH, echo.addr).unwrap();
+    let got = exchange(&c, CH, 0, N);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(got, N, "{}", exit.output);
+    let no_neigh = exit.counter("PASS_NO_NEIGH");
+    assert!(no_neigh <= 2, "{}", exit.output);
+    assert_eq!(
+        exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT") + no_neigh,
+        2 * N as u64,
+        "{}",
+        exit.output
+    );
     echo.stop();
 }
 
