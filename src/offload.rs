@@ -18,7 +18,7 @@ use crate::cli::Args;
 use crate::maps;
 use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
-use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
+use crate::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
 
@@ -273,6 +273,7 @@ fn load<'obj>(
         channel_lifetime_s: settings.channel_lifetime,
         permission_lifetime_s: settings.permission_lifetime,
         pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
+        rules: Rules::of(settings.profile),
     }
     .apply(rodata);
     open.load().context(
