@@ -2692,7 +2692,8 @@ fn seeds6() -> Vec<Seed> {
         tweak(&mut f);
         f.build()
     };
-    let variants: [(&'static str, &dyn Fn(&mut Udp6Frame)); 8] = [
+    type Tweak<'a> = &'a dyn Fn(&mut Udp6Frame);
+    let variants: [(&'static str, Tweak); 8] = [
         ("ChannelData 6->6, traffic class and flow label", &|f| {
             f.traffic_class = 0xb9;
             f.flow_label = 0xabcde;
