@@ -43,6 +43,35 @@ const P2: SocketAddrV4 = SocketAddrV4::new(PEER, 6001);
 const PT: SocketAddrV4 = SocketAddrV4::new(PEER_ON_TURN0, 7000);
 const MAGIC: u32 = 0x2112_A442;
 
+/// The endpoints the malformed-STUN table runs with, one family's: two clients, their relayed
+/// addresses, two peers.
+struct Eps {
+    c1: SocketAddr,
+    c2: SocketAddr,
+    r1: SocketAddr,
+    r2: SocketAddr,
+    p1: SocketAddr,
+    p2: SocketAddr,
+}
+
+const V4: Eps = Eps {
+    c1: SocketAddr::V4(C1),
+    c2: SocketAddr::V4(C2),
+    r1: SocketAddr::V4(R1),
+    r2: SocketAddr::V4(R2),
+    p1: SocketAddr::V4(P1),
+    p2: SocketAddr::V4(P2),
+};
+
+const V6: Eps = Eps {
+    c1: sa6(CLIENT6, 40000),
+    c2: sa6(CLIENT6, 40001),
+    r1: sa6(RELAY6, 50000),
+    r2: sa6(RELAY6, 50001),
+    p1: sa6(PEER6, 6000),
+    p2: sa6(PEER6, 6001),
+};
+
 // ------------------------------------------------------------------------------------------
 // Raw STUN: every byte under control.
 
@@ -69,10 +98,24 @@ fn raw_stun(typ: u16, txid: TxId, body: &[u8]) -> Vec<u8> {
     m
 }
 
-fn xaddr(a: SocketAddrV4) -> Vec<u8> {
-    let mut v = vec![0, 1];
+/// An XOR-PEER-ADDRESS or XOR-RELAYED-ADDRESS value of either family (an IPv6 address is
+/// XORed with the magic cookie and the transaction ID).
+fn xaddr(t: TxId, a: impl Into<SocketAddr>) -> Vec<u8> {
+    let a = a.into();
+    let key: Vec<u8> = MAGIC.to_be_bytes().into_iter().chain(t).collect();
+    let (family, ip) = match a.ip() {
+        IpAddr::V4(ip) => (1, ip.octets().to_vec()),
+        IpAddr::V6(ip) => (2, ip.octets().to_vec()),
+    };
+    let mut v = vec![0, family];
     v.extend_from_slice(&(a.port() ^ 0x2112).to_be_bytes());
-    v.extend_from_slice(&(u32::from(*a.ip()) ^ MAGIC).to_be_bytes());
+    v.extend(ip.iter().zip(&key).map(|(b, k)| b ^ k));
+    v
+}
+
+/// `v` less its last byte.
+fn one_short(mut v: Vec<u8>) -> Vec<u8> {
+    v.pop();
     v
 }
 
@@ -82,11 +125,11 @@ fn a_chan(c: u16) -> Vec<u8> {
 fn a_life(l: u32) -> Vec<u8> {
     attr(0x000D, &l.to_be_bytes())
 }
-fn a_peer(p: SocketAddrV4) -> Vec<u8> {
-    attr(0x0012, &xaddr(p))
+fn a_peer(t: TxId, p: impl Into<SocketAddr>) -> Vec<u8> {
+    attr(0x0012, &xaddr(t, p))
 }
-fn a_relay(r: SocketAddrV4) -> Vec<u8> {
-    attr(0x0016, &xaddr(r))
+fn a_relay(t: TxId, r: impl Into<SocketAddr>) -> Vec<u8> {
+    attr(0x0016, &xaddr(t, r))
 }
 
 fn set_len(m: &mut [u8], len: u16) {
@@ -158,7 +201,7 @@ fn req(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
 fn ok(method: u16, txid: TxId, attrs: &[Attr]) -> Vec<u8> {
     build_message(Class::Success, method, txid, attrs, Some(&test_auth()))
 }
-fn bind_req(t: TxId, chan: u16, peer: SocketAddrV4) -> Vec<u8> {
+fn bind_req(t: TxId, chan: u16, peer: impl Into<SocketAddr>) -> Vec<u8> {
     req(
         CHANNEL_BIND,
         t,
@@ -168,14 +211,16 @@ fn bind_req(t: TxId, chan: u16, peer: SocketAddrV4) -> Vec<u8> {
 fn alloc_req(t: TxId) -> Vec<u8> {
     req(ALLOCATE, t, &[Attr::RequestedTransport(17)])
 }
-fn alloc_ok(t: TxId, relay: SocketAddrV4) -> Vec<u8> {
+fn alloc_ok(t: TxId, relay: impl Into<SocketAddr>) -> Vec<u8> {
+    let relay = relay.into();
+    let mapped = if relay.is_ipv4() { V4.c2 } else { V6.c2 };
     ok(
         ALLOCATE,
         t,
         &[
-            Attr::XorRelayedAddress(relay.into()),
+            Attr::XorRelayedAddress(relay),
             Attr::Lifetime(600),
-            Attr::XorMappedAddress(C2.into()),
+            Attr::XorMappedAddress(mapped),
         ],
     )
 }
@@ -209,7 +254,7 @@ enum Row {
     /// follows (through TC) with what that response commits.
     Request {
         name: &'static str,
-        client: SocketAddrV4,
+        client: SocketAddr,
         msg: Vec<u8>,
         want: Req,
         response: Vec<u8>,
@@ -219,7 +264,7 @@ enum Row {
     /// commit nothing and count nothing), then the real response (which must commit).
     Response {
         name: &'static str,
-        client: SocketAddrV4,
+        client: SocketAddr,
         request: Vec<u8>,
         bad: Vec<u8>,
         good: Vec<u8>,
@@ -227,12 +272,12 @@ enum Row {
     },
 }
 
-fn request_rows() -> Vec<Row> {
+fn request_rows(e: &Eps) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut push = |name, msg: Vec<u8>, want, response: Vec<u8>, commits| {
         rows.push(Row::Request {
             name,
-            client: C1,
+            client: e.c1,
             msg,
             want,
             response,
@@ -240,11 +285,11 @@ fn request_rows() -> Vec<Row> {
         })
     };
     let t = new_txid;
-    // A ChannelBind (channel 0x4001 to P1) and its success response, the base of most rows.
-    let bind = |t: TxId| bind_req(t, 0x4001, P1);
+    // A ChannelBind (channel 0x4001 to e.p1) and its success response, the base of most rows.
+    let bind = |t: TxId| bind_req(t, 0x4001, e.p1);
     let bind_ok = |t: TxId| ok(CHANNEL_BIND, t, &[]);
     let raw_bind = |t: TxId, body: &[u8]| raw_stun(0x0009, t, body);
-    let good_body = [a_chan(0x4001), a_peer(P1)].concat();
+    let good_body = |x: TxId| [a_chan(0x4001), a_peer(x, e.p1)].concat();
 
     let x = t();
     push(
@@ -293,7 +338,7 @@ fn request_rows() -> Vec<Row> {
     push(
         "attribute length past the end",
         {
-            let mut m = raw_bind(x, &good_body);
+            let mut m = raw_bind(x, &good_body(x));
             m[22..24].copy_from_slice(&200u16.to_be_bytes());
             m
         },
@@ -305,7 +350,7 @@ fn request_rows() -> Vec<Row> {
     push(
         "last attribute 1 byte past the end",
         {
-            let mut b = good_body.clone();
+            let mut b = good_body(x);
             b.extend_from_slice(&attr(0x8022, b"abcd"));
             let mut m = raw_bind(x, &b);
             let n = m.len();
@@ -319,7 +364,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "zero-length CHANNEL-NUMBER",
-        raw_bind(x, &[attr(0x000C, &[]), a_peer(P1)].concat()),
+        raw_bind(x, &[attr(0x000C, &[]), a_peer(x, e.p1)].concat()),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -343,7 +388,10 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "zero-length unknown attribute (legal)",
-        raw_bind(x, &[a_chan(0x4001), attr(0x8022, &[]), a_peer(P1)].concat()),
+        raw_bind(
+            x,
+            &[a_chan(0x4001), attr(0x8022, &[]), a_peer(x, e.p1)].concat(),
+        ),
         Req::Recorded,
         bind_ok(x),
         "LEARN_CHANNEL",
@@ -351,7 +399,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "odd-length unknown attribute, padded (legal)",
-        raw_bind(x, &[attr(0x8022, b"odd"), good_body.clone()].concat()),
+        raw_bind(x, &[attr(0x8022, b"odd"), good_body(x)].concat()),
         Req::Recorded,
         bind_ok(x),
         "LEARN_CHANNEL",
@@ -359,15 +407,18 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "odd-length CHANNEL-NUMBER (3)",
-        raw_bind(x, &[attr(0x000C, &[0x40, 1, 0]), a_peer(P1)].concat()),
+        raw_bind(x, &[attr(0x000C, &[0x40, 1, 0]), a_peer(x, e.p1)].concat()),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
     );
     let x = t();
     push(
-        "odd-length XOR-PEER-ADDRESS (7)",
-        raw_bind(x, &[a_chan(0x4001), attr(0x0012, &xaddr(P1)[..7])].concat()),
+        "XOR-PEER-ADDRESS one byte short",
+        raw_bind(
+            x,
+            &[a_chan(0x4001), attr(0x0012, &one_short(xaddr(x, e.p1)))].concat(),
+        ),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -376,7 +427,7 @@ fn request_rows() -> Vec<Row> {
     push(
         "message length not a multiple of 4",
         {
-            let mut m = raw_bind(x, &good_body);
+            let mut m = raw_bind(x, &good_body(x));
             m.extend_from_slice(&[0, 0]);
             let l = (m.len() - 20) as u16;
             set_len(&mut m, l);
@@ -402,7 +453,7 @@ fn request_rows() -> Vec<Row> {
     push(
         "RFC 3489 style (no cookie)",
         {
-            let mut m = raw_bind(x, &good_body);
+            let mut m = raw_bind(x, &good_body(x));
             m[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
             m
         },
@@ -425,7 +476,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "unknown method 0x00A",
-        raw_stun(0x000A, x, &good_body),
+        raw_stun(0x000A, x, &good_body(x)),
         Req::Ignored,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -433,7 +484,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "unknown method 0xFFF",
-        raw_stun(0x3EEF, x, &good_body),
+        raw_stun(0x3EEF, x, &good_body(x)),
         Req::Ignored,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -441,7 +492,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "ChannelBind as an indication",
-        raw_stun(0x0019, x, &good_body),
+        raw_stun(0x0019, x, &good_body(x)),
         Req::Ignored,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -457,10 +508,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "unknown comprehension-required attribute (server says 420)",
-        raw_bind(
-            x,
-            &[attr(0x7777, &[1, 2, 3, 4]), good_body.clone()].concat(),
-        ),
+        raw_bind(x, &[attr(0x7777, &[1, 2, 3, 4]), good_body(x)].concat()),
         Req::Recorded,
         build_error_response(CHANNEL_BIND, x, 420),
         "LEARN_ERROR",
@@ -470,12 +518,7 @@ fn request_rows() -> Vec<Row> {
         "unknown comprehension-optional attributes",
         raw_bind(
             x,
-            &[
-                attr(0xC001, &[9; 12]),
-                good_body.clone(),
-                attr(0xFFFF, &[1]),
-            ]
-            .concat(),
+            &[attr(0xC001, &[9; 12]), good_body(x), attr(0xFFFF, &[1])].concat(),
         ),
         Req::Recorded,
         bind_ok(x),
@@ -484,7 +527,10 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "CHANNEL-NUMBER twice (same value)",
-        raw_bind(x, &[a_chan(0x4001), a_chan(0x4001), a_peer(P1)].concat()),
+        raw_bind(
+            x,
+            &[a_chan(0x4001), a_chan(0x4001), a_peer(x, e.p1)].concat(),
+        ),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -492,7 +538,10 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "CHANNEL-NUMBER twice (different)",
-        raw_bind(x, &[a_chan(0x4001), a_peer(P1), a_chan(0x4002)].concat()),
+        raw_bind(
+            x,
+            &[a_chan(0x4001), a_peer(x, e.p1), a_chan(0x4002)].concat(),
+        ),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -508,7 +557,10 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "XOR-PEER-ADDRESS twice in a ChannelBind",
-        raw_bind(x, &[a_chan(0x4001), a_peer(P1), a_peer(P2)].concat()),
+        raw_bind(
+            x,
+            &[a_chan(0x4001), a_peer(x, e.p1), a_peer(x, e.p2)].concat(),
+        ),
         Req::Ignored,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -516,7 +568,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "ChannelBind without CHANNEL-NUMBER",
-        raw_bind(x, &a_peer(P1)),
+        raw_bind(x, &a_peer(x, e.p1)),
         Req::Ignored,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -545,7 +597,7 @@ fn request_rows() -> Vec<Row> {
             &[
                 a_chan(0x4001),
                 attr(0x0012, &{
-                    let mut v = xaddr(P1);
+                    let mut v = xaddr(x, e.p1);
                     v[1] = 3;
                     v
                 }),
@@ -558,14 +610,14 @@ fn request_rows() -> Vec<Row> {
     );
     let x = t();
     push(
-        "XOR-PEER-ADDRESS family 2 with length 8",
+        "XOR-PEER-ADDRESS of the other family's length",
         raw_bind(
             x,
             &[
                 a_chan(0x4001),
                 attr(0x0012, &{
-                    let mut v = xaddr(P1);
-                    v[1] = 2;
+                    let mut v = xaddr(x, e.p1);
+                    v[1] = 3 - v[1];
                     v
                 }),
             ]
@@ -580,7 +632,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "24 attributes (the most we walk)",
-        raw_bind(x, &[good_body.clone(), filler(22)].concat()),
+        raw_bind(x, &[good_body(x), filler(22)].concat()),
         Req::Recorded,
         bind_ok(x),
         "LEARN_CHANNEL",
@@ -588,7 +640,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "25 attributes (STUN_MAX_ATTRS + 1)",
-        raw_bind(x, &[good_body.clone(), filler(23)].concat()),
+        raw_bind(x, &[good_body(x), filler(23)].concat()),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -596,7 +648,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "200 attributes (longer than the recorder checks)",
-        raw_bind(x, &[good_body.clone(), filler(198)].concat()),
+        raw_bind(x, &[good_body(x), filler(198)].concat()),
         Req::TooLong,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -614,7 +666,7 @@ fn request_rows() -> Vec<Row> {
             ],
         ),
         Req::Recorded,
-        alloc_ok(x, R2),
+        alloc_ok(x, e.r2),
         "LEARN_ALLOC",
     );
     let x = t();
@@ -632,7 +684,7 @@ fn request_rows() -> Vec<Row> {
             ],
         ),
         Req::Recorded,
-        alloc_ok(x, R2),
+        alloc_ok(x, e.r2),
         "LEARN_ALLOC",
     );
     let x = t();
@@ -650,7 +702,7 @@ fn request_rows() -> Vec<Row> {
             ],
         ),
         Req::Recorded,
-        alloc_ok(x, R2),
+        alloc_ok(x, e.r2),
         "LEARN_ALLOC",
     );
     let x = t();
@@ -668,7 +720,7 @@ fn request_rows() -> Vec<Row> {
             ],
         ),
         Req::Recorded,
-        alloc_ok(x, R2),
+        alloc_ok(x, e.r2),
         "LEARN_ALLOC",
     );
     // Attributes after MESSAGE-INTEGRITY / FINGERPRINT: coturn acts on them (it walks every
@@ -677,7 +729,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "ChannelBind: 2nd XOR-PEER-ADDRESS after MESSAGE-INTEGRITY",
-        insert_after_integrity(&bind(x), &a_peer(P2)),
+        insert_after_integrity(&bind(x), &a_peer(x, e.p2)),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -686,7 +738,7 @@ fn request_rows() -> Vec<Row> {
     push(
         "ChannelBind: CHANNEL-NUMBER after MESSAGE-INTEGRITY",
         insert_after_integrity(
-            &req(CHANNEL_BIND, x, &[Attr::XorPeerAddress(P1.into())]),
+            &req(CHANNEL_BIND, x, &[Attr::XorPeerAddress(e.p1)]),
             &a_chan(0x4001),
         ),
         Req::Malformed,
@@ -696,7 +748,7 @@ fn request_rows() -> Vec<Row> {
     let x = t();
     push(
         "ChannelBind: 2nd XOR-PEER-ADDRESS after a mid-message FINGERPRINT",
-        fingerprint_then(0x0009, x, &good_body, &a_peer(P2)),
+        fingerprint_then(0x0009, x, &good_body(x), &a_peer(x, e.p2)),
         Req::Malformed,
         bind_ok(x),
         "LEARN_NO_PENDING",
@@ -706,7 +758,7 @@ fn request_rows() -> Vec<Row> {
         "ChannelBind: peer after MESSAGE-INTEGRITY-SHA256",
         raw_bind(
             x,
-            &[a_chan(0x4001), attr(0x001C, &[0; 32]), a_peer(P1)].concat(),
+            &[a_chan(0x4001), attr(0x001C, &[0; 32]), a_peer(x, e.p1)].concat(),
         ),
         Req::Malformed,
         bind_ok(x),
@@ -723,76 +775,88 @@ fn request_rows() -> Vec<Row> {
     rows
 }
 
-fn response_rows() -> Vec<Row> {
+fn response_rows(e: &Eps) -> Vec<Row> {
     let mut rows = Vec::new();
-    // Allocate for C2 (C1 already has an allocation): request, a bad response, the good one.
-    let mut alloc = |name, bad: fn(TxId) -> Vec<u8>| {
+    // Allocate for e.c2 (e.c1 already has an allocation): request, a bad response, the good one.
+    let mut alloc = |name, bad: fn(&Eps, TxId) -> Vec<u8>| {
         let x = new_txid();
         rows.push(Row::Response {
             name,
-            client: C2,
+            client: e.c2,
             request: alloc_req(x),
-            bad: bad(x),
-            good: alloc_ok(x, R2),
+            bad: bad(e, x),
+            good: alloc_ok(x, e.r2),
             commits: "LEARN_ALLOC",
         })
     };
-    alloc("Allocate success truncated (length > payload)", |x| {
-        let m = alloc_ok(x, R2);
+    alloc("Allocate success truncated (length > payload)", |e, x| {
+        let m = alloc_ok(x, e.r2);
         m[..m.len() - 12].to_vec()
     });
-    alloc("Allocate success with trailing bytes", |x| {
-        let mut m = alloc_ok(x, R2);
+    alloc("Allocate success with trailing bytes", |e, x| {
+        let mut m = alloc_ok(x, e.r2);
         m.extend_from_slice(&[0; 8]);
         m
     });
-    alloc("Allocate success, wrong magic cookie", |x| {
-        let mut m = alloc_ok(x, R2);
+    alloc("Allocate success, wrong magic cookie", |e, x| {
+        let mut m = alloc_ok(x, e.r2);
         m[7] ^= 0x80;
         m
     });
-    alloc("Allocate success, attribute length past the end", |x| {
-        let mut m = raw_stun(0x0103, x, &[a_relay(R2), a_life(600)].concat());
+    alloc("Allocate success, attribute length past the end", |e, x| {
+        let mut m = raw_stun(0x0103, x, &[a_relay(x, e.r2), a_life(600)].concat());
         m[22..24].copy_from_slice(&0x0400u16.to_be_bytes());
         m
     });
-    alloc("Allocate success, LIFETIME twice", |x| {
+    alloc("Allocate success, LIFETIME twice", |e, x| {
         raw_stun(
             0x0103,
             x,
-            &[a_relay(R2), a_life(600), a_life(3600)].concat(),
+            &[a_relay(x, e.r2), a_life(600), a_life(3600)].concat(),
         )
     });
-    alloc("Allocate success, zero-length LIFETIME", |x| {
-        raw_stun(0x0103, x, &[a_relay(R2), attr(0x000D, &[])].concat())
+    alloc("Allocate success, zero-length LIFETIME", |e, x| {
+        raw_stun(0x0103, x, &[a_relay(x, e.r2), attr(0x000D, &[])].concat())
     });
-    alloc("Allocate success, three XOR-RELAYED-ADDRESS", |x| {
+    alloc("Allocate success, three XOR-RELAYED-ADDRESS", |e, x| {
         raw_stun(
             0x0103,
             x,
-            &[a_relay(R2), a_relay(R2), a_relay(R2), a_life(600)].concat(),
+            &[
+                a_relay(x, e.r2),
+                a_relay(x, e.r2),
+                a_relay(x, e.r2),
+                a_life(600),
+            ]
+            .concat(),
         )
     });
-    alloc("Allocate success, odd-length XOR-RELAYED-ADDRESS", |x| {
-        raw_stun(
-            0x0103,
-            x,
-            &[attr(0x0016, &xaddr(R2)[..7]), a_life(600)].concat(),
-        )
-    });
-    alloc("Allocate success, relayed family 2 with 8 bytes", |x| {
-        let mut v = xaddr(R2);
-        v[1] = 2;
-        raw_stun(0x0103, x, &[attr(0x0016, &v), a_life(600)].concat())
-    });
-    alloc("Allocate success, 25 attributes", |x| {
+    alloc(
+        "Allocate success, XOR-RELAYED-ADDRESS one byte short",
+        |e, x| {
+            raw_stun(
+                0x0103,
+                x,
+                &[attr(0x0016, &one_short(xaddr(x, e.r2))), a_life(600)].concat(),
+            )
+        },
+    );
+    alloc(
+        "Allocate success, relayed address of the other family's length",
+        |e, x| {
+            let mut v = xaddr(x, e.r2);
+            v[1] = 3 - v[1];
+            raw_stun(0x0103, x, &[attr(0x0016, &v), a_life(600)].concat())
+        },
+    );
+    alloc("Allocate success, 25 attributes", |e, x| {
         let filler: Vec<u8> = (0..23).flat_map(|i| attr(0x8022, &[i as u8; 4])).collect();
-        raw_stun(0x0103, x, &[a_relay(R2), a_life(600), filler].concat())
+        raw_stun(0x0103, x, &[a_relay(x, e.r2), a_life(600), filler].concat())
     });
     alloc(
         "Allocate success, message length not a multiple of 4",
-        |x| {
-            let mut m = raw_stun(0x0103, x, &[a_relay(R2), a_life(600)].concat());
+        |e, x| {
+            let mut m = raw_stun(0x0103, x, &[a_relay(x, e.r2), a_life(600)].concat());
             m.extend_from_slice(&[0, 0]);
             let l = (m.len() - 20) as u16;
             set_len(&mut m, l);
@@ -801,23 +865,23 @@ fn response_rows() -> Vec<Row> {
     );
     alloc(
         "Allocate success, 2nd LIFETIME after MESSAGE-INTEGRITY",
-        |x| insert_after_integrity(&alloc_ok(x, R2), &a_life(3600)),
+        |e, x| insert_after_integrity(&alloc_ok(x, e.r2), &a_life(3600)),
     );
     alloc(
         "Allocate success, XOR-RELAYED-ADDRESS after FINGERPRINT",
-        |x| fingerprint_then(0x0103, x, &a_life(600), &a_relay(R2)),
+        |e, x| fingerprint_then(0x0103, x, &a_life(600), &a_relay(x, e.r2)),
     );
-    alloc("Allocate 'request' sent by the server", |x| {
-        raw_stun(0x0003, x, &[a_relay(R2), a_life(600)].concat())
+    alloc("Allocate 'request' sent by the server", |e, x| {
+        raw_stun(0x0003, x, &[a_relay(x, e.r2), a_life(600)].concat())
     });
-    alloc("Allocate success as an indication class", |x| {
-        raw_stun(0x0013, x, &[a_relay(R2), a_life(600)].concat())
+    alloc("Allocate success as an indication class", |e, x| {
+        raw_stun(0x0013, x, &[a_relay(x, e.r2), a_life(600)].concat())
     });
     let x = new_txid();
     rows.push(Row::Response {
         name: "ChannelBind success with trailing garbage",
-        client: C1,
-        request: bind_req(x, 0x4001, P1),
+        client: e.c1,
+        request: bind_req(x, 0x4001, e.p1),
         bad: {
             let mut m = ok(CHANNEL_BIND, x, &[]);
             m.push(0x42);
@@ -829,7 +893,7 @@ fn response_rows() -> Vec<Row> {
     let x = new_txid();
     rows.push(Row::Response {
         name: "Refresh success, odd-length LIFETIME",
-        client: C1,
+        client: e.c1,
         request: refresh_req(x, 0),
         bad: raw_stun(0x0104, x, &attr(0x000D, &[0, 0, 0])),
         good: refresh_ok(x, 0),
@@ -838,8 +902,8 @@ fn response_rows() -> Vec<Row> {
     let x = new_txid();
     rows.push(Row::Response {
         name: "CreatePermission success, wrong cookie",
-        client: C1,
-        request: req(CREATE_PERMISSION, x, &[Attr::XorPeerAddress(P1.into())]),
+        client: e.c1,
+        request: req(CREATE_PERMISSION, x, &[Attr::XorPeerAddress(e.p1)]),
         bad: {
             let mut m = ok(CREATE_PERMISSION, x, &[]);
             m[4] = 0;
@@ -851,15 +915,15 @@ fn response_rows() -> Vec<Row> {
     rows
 }
 
-/// Run one row on fresh programs (C1 has an allocation on R1). Err explains what went wrong.
-fn run_row(net: &FibNet, row: &Row) -> Result<()> {
-    let p = Programs::load_for(net, &Config::default())?;
+/// Run one row on fresh programs (e.c1 has an allocation on e.r1). Err explains what went wrong.
+fn run_row(net: &FibNet, e: &Eps, row: &Row) -> Result<()> {
+    let p = Programs::load_for_families(net, &Config::default())?;
     // The client's allocation, which most rows act on. An Allocate row starts without one: a
     // new transaction granted on a live allocation is one coturn never sends (it answers 437),
     // and the agent gives such an allocation up.
     let allocate_row = matches!(row, Row::Request { msg, .. } if msg[..2] == [0, 3]);
     if !allocate_row {
-        p.learn_allocation(net, C1, R1, 600)?;
+        p.learn_allocation(net, e.c1, e.r1, 600)?;
     }
     let base = p.map_counts();
     match row {
@@ -974,15 +1038,13 @@ fn response_is_success(msg: &[u8]) -> bool {
     msg.len() >= 2 && u16::from_be_bytes([msg[0], msg[1]]) & 0x0110 == 0x0100
 }
 
-#[test]
-fn malformed_stun_table() {
-    if !is_root() {
-        eprintln!("skipped: needs root (BPF, network namespaces)");
-        return;
-    }
-    let net = FibNet::new("tbz-abuse-stun").unwrap();
+fn run_stun_table(ns: &str, e: &Eps) {
+    let net = FibNet::new(ns).unwrap();
     let _in = net.enter().unwrap();
-    let rows: Vec<Row> = request_rows().into_iter().chain(response_rows()).collect();
+    let rows: Vec<Row> = request_rows(e)
+        .into_iter()
+        .chain(response_rows(e))
+        .collect();
     let n = rows.len();
     let mut failed = Vec::new();
     for row in &rows {
@@ -990,7 +1052,7 @@ fn malformed_stun_table() {
             Row::Request { name, want, .. } => (*name, format!("XDP request: {want:?}")),
             Row::Response { name, .. } => (*name, "TC response: ignored".to_string()),
         };
-        match run_row(&net, row) {
+        match run_row(&net, e, row) {
             Ok(()) => println!("ok    {name:<66} {kind}"),
             Err(e) => {
                 println!("FAIL  {name}: {e:#}");
@@ -1004,6 +1066,26 @@ fn malformed_stun_table() {
         failed.len()
     );
     assert!(failed.is_empty(), "failed: {failed:#?}");
+}
+
+#[test]
+fn malformed_stun_table() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    run_stun_table("tbz-abuse-stun", &V4);
+}
+
+/// The same table from an IPv6 client: requests through xdp_turn's IPv6 half, responses through
+/// tc_snoop's, IPv6 XOR addresses (keyed with the transaction ID) throughout.
+#[test]
+fn malformed_stun_table_ipv6() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    run_stun_table("tbz-abuse-stun6", &V6);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1478,10 +1560,10 @@ fn client_seeds() -> Vec<Seed> {
         ("Binding", build_request(BINDING, t(), &[], None)),
         ("forged Allocate success", alloc_ok(t(), R1)),
         ("forged ChannelBind success", ok(CHANNEL_BIND, t(), &[])),
-        (
-            "raw ChannelBind",
-            raw_stun(0x0009, t(), &[a_chan(0x4000), a_peer(P1)].concat()),
-        ),
+        ("raw ChannelBind", {
+            let x = t();
+            raw_stun(0x0009, x, &[a_chan(0x4000), a_peer(x, P1)].concat())
+        }),
     ] {
         s.push(Seed {
             name,
@@ -1880,7 +1962,7 @@ fn flood_random_transactions() {
         let msg = match i % 4 {
             0 => alloc_req(txid),
             1 => bind_req(txid, 0x4000 + (i % 0x3fff) as u16, P2),
-            2 => raw_stun(0x0008, txid, &[a_peer(P1), a_peer(P2)].concat()),
+            2 => raw_stun(0x0008, txid, &[a_peer(txid, P1), a_peer(txid, P2)].concat()),
             _ => raw_stun(0x0004, txid, &a_life(600)),
         };
         let frame = to_server(client, &msg);
@@ -3396,4 +3478,16 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
         learned_seen.get(),
         seen.get()
     );
+}
+
+/// The raw XOR addresses the tables build agree with the test client's encoding, both families.
+#[test]
+fn raw_xor_addresses_agree_with_the_client() {
+    for peer in [V4.p1, V6.p1, sa6(PEER.to_ipv6_mapped(), 1)] {
+        let x = new_txid();
+        let m = build_request(CHANNEL_BIND, x, &[Attr::XorPeerAddress(peer)], None);
+        let (o, t, l) = attrs_of(&m)[0];
+        assert_eq!(t, 0x0012);
+        assert_eq!(m[o + 4..o + 4 + l], xaddr(x, peer), "{peer}");
+    }
 }
