@@ -3491,3 +3491,137 @@ fn raw_xor_addresses_agree_with_the_client() {
         assert_eq!(m[o + 4..o + 4 + l], xaddr(x, peer), "{peer}");
     }
 }
+
+/// `frame` arriving on `dev` must be relayed as the oracle says for the bindings in `bound`.
+fn expect_relay_x(
+    p: &Programs,
+    net: &FibNet,
+    bound: &[Bind],
+    frame: &[u8],
+    dev: Dev,
+) -> Result<()> {
+    let Expect::Relay { verdict, out } = oracle_x(frame, dev, bound) else {
+        return Err(anyhow!("the oracle does not relay this frame"));
+    };
+    let ifindex = if dev == Dev::Turn0 {
+        net.turn0
+    } else {
+        net.relay0
+    };
+    let r = p.xdp(frame, ifindex)?;
+    ensure!(r.verdict == verdict, "verdict {} want {verdict}", r.verdict);
+    check_relayed(frame, &r.out, &out).map_err(|e| anyhow!(e))
+}
+
+/// Both directions of `b` relay (ChannelData from its client, a datagram from its peer).
+fn both_ways(p: &Programs, net: &FibNet, b: &Bind, data: &[u8]) -> Result<()> {
+    let cd = to_server(b.client, &channel_data(b.chan, data, 0, 0));
+    expect_relay_x(p, net, &[*b], &cd, Dev::Turn0).context("to peer")?;
+    let (dev, peer_mac, dev_mac) = peer_way(b.peer);
+    let dg = frame_x(peer_mac, dev_mac, b.peer, b.relay, data);
+    expect_relay_x(p, net, &[*b], &dg, dev).context("to client")
+}
+
+/// 100,000 requests with random transaction IDs from random IPv6 sources (random interface
+/// identifiers and ports in the clients' prefix) through XDP: every one passed unmodified, the
+/// pending map stays within its bound, nothing is committed, an IPv6 binding learned before still
+/// relays both ways, and learning goes on afterwards.
+#[test]
+fn flood_random_transactions_ipv6() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbz-abuse-flood6").unwrap();
+    let _in = net.enter().unwrap();
+    let p = Programs::load_for_families(&net, &Config::default()).unwrap();
+    let bound = p.skel.maps.pending.max_entries() as usize;
+    let before = Bind {
+        client: C6,
+        relay: R6,
+        peer: sa6(PEER6, 6000),
+        chan: 0x4001,
+    };
+    p.learn_allocation(&net, before.client, before.relay, 600)
+        .unwrap();
+    p.learn_channel(&net, before.client, before.peer, before.chan)
+        .unwrap();
+    both_ways(&p, &net, &before, b"before").unwrap();
+
+    let t0 = Instant::now();
+    let c0 = p.counters();
+    let n = 100_000u32;
+    let mut max_pending = 0;
+    let mut rng = proptest::test_runner::TestRng::deterministic_rng(
+        proptest::test_runner::RngAlgorithm::ChaCha,
+    );
+    for i in 0..n {
+        let mut txid = [0u8; 12];
+        rng.fill_bytes(&mut txid);
+        let iid = rng.next_u64();
+        let ip = Ipv6Addr::from((u128::from(0x2001_0db8_0001_0000u64) << 64) | u128::from(iid));
+        let client = sa6(ip, 1024 + (rng.next_u32() % 60000) as u16);
+        let msg = match i % 4 {
+            0 => alloc_req(txid),
+            1 => bind_req(txid, 0x4000 + (i % 0x3fff) as u16, sa6(PEER6, 6001)),
+            2 => raw_stun(
+                0x0008,
+                txid,
+                &[a_peer(txid, sa6(PEER6, 1)), a_peer(txid, sa4(PEER, 1))].concat(),
+            ),
+            _ => raw_stun(0x0004, txid, &a_life(600)),
+        };
+        let frame = to_server(client, &msg);
+        let r = p.xdp(&frame, net.turn0).unwrap();
+        assert_eq!(r.verdict, XDP_PASS);
+        assert!(r.out == frame, "flood packet {i} modified");
+        if i % 10_000 == 9_999 {
+            let m = p.map_counts();
+            max_pending = max_pending.max(m.pending);
+            assert!(m.pending <= bound, "pending {} > bound {bound}", m.pending);
+            assert_eq!(
+                m.committed(),
+                (1, 1, 1, 1),
+                "the flood committed state: {m}"
+            );
+        }
+    }
+    let elapsed = t0.elapsed();
+    let d = p.counters().since(&c0);
+    assert_eq!(d.get("PASS_STUN"), u64::from(n));
+    assert_eq!(d.get("STUN_MALFORMED"), 0);
+    for c in LEARNED.iter().chain(&["STATE_FULL"]) {
+        assert_eq!(d.get(c), 0, "{c}");
+    }
+    assert!(d.get("RECORD_FULL") > 0, "the flood filled the table");
+    both_ways(&p, &net, &before, b"after the flood").unwrap();
+    // learning goes on once the loader has removed the requests past any answer
+    std::thread::sleep(PAST_BLIND * 2);
+    assert!(p.remove_pending_older_than(PAST_BLIND * 2) > 0);
+    let after = Bind {
+        client: sa6(CLIENT6, 40002),
+        relay: sa4(RELAY, 50002),
+        peer: sa4(PEER, 6002),
+        chan: 0x4002,
+    };
+    let x = new_txid();
+    p.exchange(
+        &net,
+        after.client,
+        &req(ALLOCATE, x, &[Attr::RequestedTransport(17)]),
+        &alloc_ok(x, after.relay),
+    )
+    .unwrap();
+    p.learn_channel(&net, after.client, after.peer, after.chan)
+        .unwrap();
+    both_ways(&p, &net, &after, b"new").unwrap();
+    let m = p.map_counts();
+    println!(
+        "flood IPv6: {n} requests in {:.2} s ({:.0} k/s); pending bound {bound}, max seen \
+         {max_pending}; maps at end: {m}\n{}",
+        elapsed.as_secs_f64(),
+        f64::from(n) / elapsed.as_secs_f64() / 1000.0,
+        d.render()
+    );
+    assert!(m.pending <= bound);
+}
