@@ -598,3 +598,99 @@ fn external_ip_mixed_families() {
     );
     assert_clean(&lab);
 }
+
+/// Send `payload` from the peer namespace as an IPv6 datagram from `src` (whatever it is) to
+/// `dst`, straight onto the wire to the server's relay0 (an AF_PACKET socket).
+fn send_raw6(lab: &Lab, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+    use turn_bpf_testkit::progtest::Udp6Frame;
+    let mac = |host, dev: &str| {
+        let s = lab
+            .exec(host, &["cat", &format!("/sys/class/net/{dev}/address")])
+            .unwrap();
+        turn_bpf_testkit::raw::parse_mac(s.trim()).expect("a MAC address")
+    };
+    let (SocketAddr::V6(s), SocketAddr::V6(d)) = (src, dst) else {
+        panic!("IPv6 only")
+    };
+    let frame = Udp6Frame::new(
+        mac(Host::Peer, "eth0"),
+        mac(Host::Srv, "relay0"),
+        s,
+        d,
+        payload,
+    )
+    .build();
+    lab::in_ns(&lab.ns(Host::Peer), move || {
+        turn_bpf_testkit::raw::PacketSocket::open("eth0")
+            .and_then(|sock| sock.send(&frame))
+            .expect("sending a raw frame")
+    });
+}
+
+/// The channels an IPv6 client binds on an IPv6 allocation: 0x4000 to the IPv4-mapped form of the
+/// IPv4 peer (coturn 4.6.1 grants it), 0x4001 to the IPv6 peer. Then datagrams are sent onto the
+/// wire from the peer's side to the relayed address, one from each peer address. Returns what
+/// reached the client, by channel.
+fn mapped_peer_round(lab: &Lab) -> Vec<(u16, Vec<u8>)> {
+    let mut c = client_of(lab, true);
+    let alloc = c.allocate_family(None, RelayFamily::V6).expect("allocate");
+    let mapped = SocketAddr::new(lab::PEER_V4.to_ipv6_mapped().into(), 7300);
+    let real = SocketAddr::new(lab::PEER_V6.into(), 7300);
+    c.channel_bind(0x4000, mapped)
+        .expect("coturn grants a channel to an IPv4-mapped peer");
+    c.channel_bind(0x4001, real).expect("channel bind");
+    send_raw6(lab, mapped, alloc.relayed, b"from the IPv4-mapped source");
+    send_raw6(lab, real, alloc.relayed, b"from the IPv6 peer");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some((ch, len)) = c
+        .recv_channel_data(&mut buf, Duration::from_millis(500))
+        .expect("receiving")
+    {
+        got.push((ch, buf[..len].to_vec()));
+    }
+    got
+}
+
+/// Differential, IPv4-mapped addresses: coturn 4.6.1 grants a channel to the IPv4-mapped form of
+/// a peer on an IPv6 allocation, and this kernel delivers an IPv6 datagram from that mapped
+/// source to its relay socket, so coturn alone relays it to the client. With the agent the
+/// client gets exactly the same: the agent leaves the mapped peer to coturn (its mirror of the
+/// server's static peer policy refuses `::ffff:0:0/96`: PEER_REFUSED), so that datagram goes up
+/// to coturn (PASS_NO_CHANNEL) while the IPv6 peer's is relayed in XDP, the positive control.
+#[test]
+fn a_v4_mapped_peer_gets_what_coturn_alone_gives() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbz-map", &[]).unwrap();
+    warm_neighbours(&lab);
+    let alone = mapped_peer_round(&lab);
+    assert_eq!(
+        alone,
+        vec![
+            (0x4000, b"from the IPv4-mapped source".to_vec()),
+            (0x4001, b"from the IPv6 peer".to_vec())
+        ],
+        "coturn alone"
+    );
+    let agent = start_agent(&lab, "tbz-map");
+    let before = srv_in(&lab);
+    let with = mapped_peer_round(&lab);
+    let after = srv_in(&lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(with, alone, "with the agent:\n{}", exit.output);
+    for (c, n) in [
+        ("LEARN_CHANNEL", 1),
+        ("PEER_REFUSED", 1),
+        ("RELAYED_TO_CLIENT", 1),
+        ("PASS_NO_CHANNEL", 1),
+    ] {
+        assert_eq!(exit.counter(c), n, "{c}:\n{}", exit.output);
+    }
+    eprintln!(
+        "UDP/UDP6 datagrams at the server's sockets with the agent (control traffic and the \
+         mapped peer's datagram): {:?}",
+        (after.0 - before.0, after.1 - before.1)
+    );
+    assert_clean(&lab);
+}
