@@ -27,7 +27,7 @@
 //!
 //! Run: `cargo test --release --test bpf_abuse -- --test-threads=1` (root; skipped otherwise).
 //! `TBT_FUZZ_CASES=<n>` scales the fuzz phases (default 500k: IPv4 100k + 300k XDP and 100k TC;
-//! IPv6 50k + 300k XDP, 100k TC and 20k requests, scaled alike). About 90 s in all on the 2-core
+//! IPv6 50k + 300k XDP, 100k TC and 50k requests, scaled alike). About 90 s in all on the 2-core
 //! development machine, most of it the two tables' program loads and the IPv6 TC phase.
 
 use std::cell::Cell;
@@ -3120,66 +3120,66 @@ fn fuzz_xdp_ipv6_mutated_packets() {
 const C6: SocketAddr = sa6(CLIENT6, 40000);
 const R6: SocketAddr = sa6(RELAY6, 50000);
 
-/// Responses (server -> an IPv6 client) with the requests that make them commit.
-fn server_seeds6() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let t = new_txid;
-    let (a, b, c, d, e, f, g, h) = (t(), t(), t(), t(), t(), t(), t(), t());
-    let alloc = |x, attrs: &[Attr]| {
+/// How many [`server_seed6`]s there are.
+const SERVER_SEEDS6: usize = 8;
+
+/// Response `i` (server -> an IPv6 client) with the request that makes it commit, on a fresh
+/// transaction ID.
+fn server_seed6(i: usize) -> (Vec<u8>, Vec<u8>) {
+    let x = new_txid();
+    let alloc = |attrs: &[Attr]| {
         req(
             ALLOCATE,
             x,
             &[[Attr::RequestedTransport(17)].as_slice(), attrs].concat(),
         )
     };
-    let granted = |x, relays: &[SocketAddr]| {
+    let granted = |relays: &[SocketAddr]| {
         let mut attrs: Vec<Attr> = relays.iter().map(|r| Attr::XorRelayedAddress(*r)).collect();
         attrs.push(Attr::Lifetime(600));
         attrs.push(Attr::XorMappedAddress(C6));
         ok(ALLOCATE, x, &attrs)
     };
-    let bind6 = |x, chan, peer: SocketAddr| {
+    let bind6 = |chan, peer: SocketAddr| {
         req(
             CHANNEL_BIND,
             x,
             &[Attr::ChannelNumber(chan), Attr::XorPeerAddress(peer)],
         )
     };
-    vec![
-        (
-            alloc(a, &[Attr::RequestedAddressFamily(Family::V6)]),
-            granted(a, &[R6]),
+    match i {
+        0 => (
+            alloc(&[Attr::RequestedAddressFamily(Family::V6)]),
+            granted(&[R6]),
         ),
         // coturn's default for an IPv6 client: an IPv4 relayed address
-        (alloc(b, &[]), granted(b, &[sa4(RELAY, 50010)])),
-        (
-            alloc(
-                c,
-                &[
-                    Attr::RequestedAddressFamily(Family::V6),
-                    Attr::AdditionalAddressFamily(Family::V4),
-                ],
-            ),
-            granted(c, &[R6, sa4(RELAY, 50011)]),
+        1 => (alloc(&[]), granted(&[sa4(RELAY, 50010)])),
+        2 => (
+            alloc(&[
+                Attr::RequestedAddressFamily(Family::V6),
+                Attr::AdditionalAddressFamily(Family::V4),
+            ]),
+            granted(&[R6, sa4(RELAY, 50011)]),
         ),
-        (bind6(d, 0x4000, sa6(PEER6, 6000)), ok(CHANNEL_BIND, d, &[])),
-        (
+        3 => (bind6(0x4000, sa6(PEER6, 6000)), ok(CHANNEL_BIND, x, &[])),
+        4 => (
             req(
                 CREATE_PERMISSION,
-                e,
+                x,
                 &[
                     Attr::XorPeerAddress(sa6(PEER6, 6000)),
                     Attr::XorPeerAddress(sa6(PEER6_ON_TURN0, 1)),
                 ],
             ),
-            ok(CREATE_PERMISSION, e, &[]),
+            ok(CREATE_PERMISSION, x, &[]),
         ),
-        (refresh_req(f, 600), refresh_ok(f, 600)),
-        (refresh_req(g, 0), refresh_ok(g, 0)),
-        (
-            bind6(h, 0x4002, sa6(PEER6, 6001)),
-            build_error_response(CHANNEL_BIND, h, 403),
+        5 => (refresh_req(x, 600), refresh_ok(x, 600)),
+        6 => (refresh_req(x, 0), refresh_ok(x, 0)),
+        _ => (
+            bind6(0x4002, sa6(PEER6, 6001)),
+            build_error_response(CHANNEL_BIND, x, 403),
         ),
-    ]
+    }
 }
 
 /// Could tc_snoop have read `f` as a response from a TURN port at all (a plain UDP packet, IPv6
@@ -3196,6 +3196,25 @@ const LEARNED: [&str; 5] = [
     "LEARN_CHANNEL",
 ];
 
+/// One counter, summed over the CPUs (one lookup: cheaper per case than reading them all).
+fn counter(p: &Programs, name: &str) -> u64 {
+    let key = (turn_bpf::stats::code(name) as u32).to_ne_bytes();
+    p.skel
+        .maps
+        .stats
+        .lookup_percpu(&key, MapFlags::ANY)
+        .expect("counters are readable")
+        .unwrap_or_default()
+        .iter()
+        .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("8-byte counters")))
+        .sum()
+}
+
+/// The LEARNED counters summed.
+fn learned_total(p: &Programs) -> u64 {
+    LEARNED.iter().map(|c| counter(p, c)).sum()
+}
+
 /// Mutated server responses to an IPv6 client through TC (each after its real request through
 /// XDP), the IPv6 header mutated too: TC never changes or drops a packet, a response it cannot
 /// read commits nothing, and whatever gets committed has a local relayed address. Positive
@@ -3210,7 +3229,7 @@ fn fuzz_tc_ipv6_mutated_responses() {
     let _in = net.enter().unwrap();
     let p = Programs::load_for_families(&net, &Config::default()).unwrap();
     let strategy = (
-        0..server_seeds6().len(),
+        0..SERVER_SEEDS6,
         vec(mutation(), 0..4),
         vec(mut6(), 0..2),
         fixup(),
@@ -3224,7 +3243,7 @@ fn fuzz_tc_ipv6_mutated_responses() {
     let mut runner = TestRunner::new(pt_config(cases(100_000)));
     let result = runner.run(&strategy, |(i, muts, m6, fix, relearn)| {
         // fresh transaction IDs every case: a reused one is a retransmission
-        let (q, resp) = server_seeds6().swap_remove(i);
+        let (q, resp) = server_seed6(i);
         let (q, resp) = (&to_server(C6, &q), &from_server(C6, &resp));
         let fail = |e: anyhow::Error| TestCaseError::fail(format!("{e:#}"));
         if tried.get() % 1000 == 999 {
@@ -3247,7 +3266,7 @@ fn fuzz_tc_ipv6_mutated_responses() {
         if runt {
             return Ok(());
         }
-        let c1 = p.counters();
+        let l0 = learned_total(&p);
         let r = p.tc(&frame).map_err(fail)?;
         tried.set(tried.get() + 1);
         prop_assert_eq!(r.verdict, TC_ACT_UNSPEC, "TC verdict");
@@ -3256,16 +3275,10 @@ fn fuzz_tc_ipv6_mutated_responses() {
             "TC modified a packet\n{}",
             hex_diff(&frame, &r.out)
         );
-        let d = p.counters().since(&c1);
-        let learned: u64 = LEARNED.iter().map(|c| d.get(c)).sum();
+        let learned = learned_total(&p) - l0;
         if !response_readable(&frame) {
             unreadable.set(unreadable.get() + 1);
-            prop_assert_eq!(
-                learned,
-                0,
-                "an unreadable response committed:\n{}",
-                d.render()
-            );
+            prop_assert_eq!(learned, 0, "an unreadable response committed");
         } else if learned > 0 {
             committed.set(committed.get() + 1);
         }
@@ -3364,7 +3377,15 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
     }
     let net = FibNet::new("tbz-abuse-learn6").unwrap();
     let _in = net.enter().unwrap();
-    let p = Programs::load_for_families(&net, &Config::default()).unwrap();
+    // A short pending lifetime (how far a blind spot reaches): the cases run fast, and every
+    // blind spot of another case within it that lands in this client's slot (the slot table is
+    // a hash) makes a request seen whole go unlearned, which the positive control counts.
+    let cfg = Config {
+        pending_lifetime_ms: 20,
+        ..Config::default()
+    };
+    let load = || Programs::load_for_families(&net, &cfg).unwrap();
+    let programs = std::cell::RefCell::new(load());
     let strategy = (
         0..4usize,
         vec(header_mutation(), 0..3),
@@ -3374,12 +3395,17 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
     let t0 = Instant::now();
     let case = Cell::new(0u32);
     let (seen, learned_seen, unseen) = (Cell::new(0u64), Cell::new(0u64), Cell::new(0u64));
-    let n = cases(20_000);
+    let n = cases(50_000);
     let mut runner = TestRunner::new(pt_config(n));
     let result = runner.run(&strategy, |(kind, muts, m6, fix)| {
         let fail = |e: anyhow::Error| TestCaseError::fail(format!("{e:#}"));
         let i = case.get();
         case.set(i + 1);
+        // fresh programs now and then, before the state maps fill up
+        if i % 40_000 == 39_999 {
+            *programs.borrow_mut() = load();
+        }
+        let p = programs.borrow();
         if i % 1000 == 999 {
             p.remove_pending_older_than(std::time::Duration::ZERO);
         }
@@ -3439,18 +3465,15 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
             }
             fix_up(f, fix)
         };
-        let c0 = p.counters();
         let r = p.xdp(&frame, net.turn0).map_err(fail)?;
-        let dq = p.counters().since(&c0);
         prop_assert_eq!(r.verdict, XDP_PASS, "a request was not passed");
         prop_assert!(r.out == frame, "a request was modified");
-        let c1 = p.counters();
+        let (l0, c0) = (learned_total(&p), counter(&p, commits));
         p.server_sends(client, &response).map_err(fail)?;
-        let d = p.counters().since(&c1);
-        let learned: u64 = LEARNED.iter().map(|c| d.get(c)).sum();
+        let learned = learned_total(&p) - l0;
         if request_seen(&frame, &orig) {
             seen.set(seen.get() + 1);
-            if d.get(commits) == 1 {
+            if counter(&p, commits) - c0 == 1 {
                 learned_seen.set(learned_seen.get() + 1);
             }
         } else {
@@ -3458,10 +3481,8 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
             prop_assert_eq!(
                 learned,
                 0,
-                "learned from a request not seen whole:\n{}\nrequest:\n{}response:\n{}",
-                hex_diff(&orig, &frame),
-                dq.render(),
-                d.render()
+                "learned from a request not seen whole:\n{}",
+                hex_diff(&orig, &frame)
             );
             if kind == 0 {
                 prop_assert!(p.allocation(client, SERVER6_EP).is_none());
@@ -3477,7 +3498,7 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
         seen.get(),
         learned_seen.get(),
         unseen.get(),
-        p.map_counts()
+        programs.borrow().map_counts()
     );
     if let Err(e) = result {
         panic!("{e}");
@@ -3489,7 +3510,7 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
         "too few seen whole"
     );
     assert!(
-        learned_seen.get() * 100 >= seen.get() * 98,
+        learned_seen.get() * 100 >= seen.get() * 95,
         "only {} of {} requests seen whole were learned",
         learned_seen.get(),
         seen.get()
