@@ -1890,10 +1890,15 @@ fn fuzz_tc_mutated_responses() {
         if runt {
             return Ok(());
         }
+        let l0 = learned_total(&p);
         let r = p
             .tc(&frame)
             .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         tried.set(tried.get() + 2);
+        // a response tc_snoop cannot read (options, fragment, lengths) commits nothing
+        if !response_readable(&frame) {
+            prop_assert_eq!(learned_total(&p), l0, "an unreadable response committed");
+        }
         prop_assert_eq!(r.verdict, TC_ACT_UNSPEC, "TC verdict");
         prop_assert!(
             r.out == frame,
