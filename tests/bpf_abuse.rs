@@ -27,8 +27,8 @@
 //!
 //! Run: `cargo test --release --test bpf_abuse -- --test-threads=1` (root; skipped otherwise).
 //! `TBT_FUZZ_CASES=<n>` scales the fuzz phases (default 500k: IPv4 100k + 300k XDP and 100k TC;
-//! IPv6 50k + 300k XDP, 100k TC and 50k requests, scaled alike). About 90 s in all on the 2-core
-//! development machine, most of it the two tables' program loads and the IPv6 TC phase.
+//! IPv6 50k + 300k XDP, 100k TC and 50k requests, scaled alike). About 60 s in all on the 2-core
+//! development machine (busy), most of it the two tables' program loads (fresh programs per row).
 
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
