@@ -574,8 +574,8 @@ fn external_ip_v6_client_to_v6_peer() {
 }
 
 /// Mixed families: an IPv6 client gets (coturn's default) an IPv4 relayed address, advertised as
-/// the public IPv4 one; and a dual allocation from an IPv6 client gets both public addresses, one
-/// peer per family.
+/// the public IPv4 one; an IPv4 client asking for IPv6 gets the public IPv6 one; and a dual
+/// allocation from an IPv6 client gets both public addresses, one peer per family.
 #[test]
 fn external_ip_mixed_families() {
     skip_unless_lab!();
@@ -586,6 +586,14 @@ fn external_ip_mixed_families() {
         true,
         RelayFamily::Default,
         &[lab::PEER_V4.into()],
+        &[],
+    );
+    external_ip_case(
+        &lab,
+        "tbz-xipm-v4-to-v6",
+        false,
+        RelayFamily::V6,
+        &[lab::PEER_V6.into()],
         &[],
     );
     external_ip_case(
