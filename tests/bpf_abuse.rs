@@ -1090,7 +1090,7 @@ fn malformed_stun_table() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    run_stun_table("tbz-abuse-stun", &V4);
+    run_stun_table("tbt-abuse-stun", &V4);
 }
 
 /// The same table from an IPv6 client: requests through xdp_turn's IPv6 half, responses through
@@ -1101,7 +1101,7 @@ fn malformed_stun_table_ipv6() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    run_stun_table("tbz-abuse-stun6", &V6);
+    run_stun_table("tbt-abuse-stun6", &V6);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1694,7 +1694,7 @@ fn fuzz_xdp_mutated_packets() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-fuzz-xdp").unwrap();
+    let net = FibNet::new("tbt-abuse-fuzz-xdp").unwrap();
     let _in = net.enter().unwrap();
     let seeds: Vec<Seed> = client_seeds().into_iter().chain(peer_seeds()).collect();
     let strategy = (0..seeds.len(), vec(mutation(), 0..5), fixup());
@@ -1849,7 +1849,7 @@ fn fuzz_tc_mutated_responses() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-fuzz-tc").unwrap();
+    let net = FibNet::new("tbt-abuse-fuzz-tc").unwrap();
     let _in = net.enter().unwrap();
     let p = Programs::load_for(&net, &Config::default()).unwrap();
     let seeds: Vec<(Vec<u8>, Vec<u8>)> = server_seeds()
@@ -1952,7 +1952,7 @@ fn flood_random_transactions() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-flood").unwrap();
+    let net = FibNet::new("tbt-abuse-flood").unwrap();
     let _in = net.enter().unwrap();
     let p = Programs::load_for(&net, &Config::default()).unwrap();
     let bound = p.skel.maps.pending.max_entries() as usize;
@@ -2060,7 +2060,7 @@ fn flood_full_state_maps() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-full").unwrap();
+    let net = FibNet::new("tbt-abuse-full").unwrap();
     let _in = net.enter().unwrap();
     let cfg = Config {
         limits: MapLimits {
@@ -3039,7 +3039,7 @@ fn fuzz_xdp_ipv6_mutated_packets() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-fuzz-xdp6").unwrap();
+    let net = FibNet::new("tbt-abuse-fuzz-xdp6").unwrap();
     let _in = net.enter().unwrap();
     let seeds = seeds6();
     let strategy = (
@@ -3267,7 +3267,7 @@ fn fuzz_tc_ipv6_mutated_responses() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-fuzz-tc6").unwrap();
+    let net = FibNet::new("tbt-abuse-fuzz-tc6").unwrap();
     let _in = net.enter().unwrap();
     let p = Programs::load_for_families(&net, &Config::default()).unwrap();
     let strategy = (
@@ -3417,7 +3417,7 @@ fn fuzz_ipv6_requests_learn_only_what_was_seen() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-learn6").unwrap();
+    let net = FibNet::new("tbt-abuse-learn6").unwrap();
     let _in = net.enter().unwrap();
     // A short pending lifetime (how far a blind spot reaches): the cases run fast, and every
     // blind spot of another case within it that lands in this client's slot (the slot table is
@@ -3611,7 +3611,7 @@ fn flood_random_transactions_ipv6() {
         eprintln!("skipped: needs root (BPF, network namespaces)");
         return;
     }
-    let net = FibNet::new("tbz-abuse-flood6").unwrap();
+    let net = FibNet::new("tbt-abuse-flood6").unwrap();
     let _in = net.enter().unwrap();
     let p = Programs::load_for_families(&net, &Config::default()).unwrap();
     let bound = p.skel.maps.pending.max_entries() as usize;

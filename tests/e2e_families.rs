@@ -552,12 +552,12 @@ fn external_ip_lab(name: &str) -> Lab {
 #[test]
 fn external_ip_v6_client_to_v6_peer() {
     skip_unless_lab!();
-    let lab = external_ip_lab("tbz-xip6");
+    let lab = external_ip_lab("tbt-xip6");
     let explicit = format!("{PUBLIC_V6}={}", lab::RELAY_V6);
     for (round, args) in [
-        ("tbz-xip6-from-coturn", vec![]),
+        ("tbt-xip6-from-coturn", vec![]),
         (
-            "tbz-xip6-explicit",
+            "tbt-xip6-explicit",
             vec!["--external-ip", explicit.as_str()],
         ),
     ] {
@@ -579,10 +579,10 @@ fn external_ip_v6_client_to_v6_peer() {
 #[test]
 fn external_ip_mixed_families() {
     skip_unless_lab!();
-    let lab = external_ip_lab("tbz-xipm");
+    let lab = external_ip_lab("tbt-xipm");
     external_ip_case(
         &lab,
-        "tbz-xipm-v6-to-v4",
+        "tbt-xipm-v6-to-v4",
         true,
         RelayFamily::Default,
         &[lab::PEER_V4.into()],
@@ -590,7 +590,7 @@ fn external_ip_mixed_families() {
     );
     external_ip_case(
         &lab,
-        "tbz-xipm-v4-to-v6",
+        "tbt-xipm-v4-to-v6",
         false,
         RelayFamily::V6,
         &[lab::PEER_V6.into()],
@@ -598,7 +598,7 @@ fn external_ip_mixed_families() {
     );
     external_ip_case(
         &lab,
-        "tbz-xipm-dual",
+        "tbt-xipm-dual",
         true,
         RelayFamily::Dual,
         &[lab::PEER_V4.into(), lab::PEER_V6.into()],
@@ -669,7 +669,7 @@ fn mapped_peer_round(lab: &Lab) -> Vec<(u16, Vec<u8>)> {
 #[test]
 fn a_v4_mapped_peer_gets_what_coturn_alone_gives() {
     skip_unless_lab!();
-    let lab = Lab::up("tbz-map", &[]).unwrap();
+    let lab = Lab::up("tbt-map", &[]).unwrap();
     warm_neighbours(&lab);
     let alone = mapped_peer_round(&lab);
     assert_eq!(
@@ -680,7 +680,7 @@ fn a_v4_mapped_peer_gets_what_coturn_alone_gives() {
         ],
         "coturn alone"
     );
-    let agent = start_agent(&lab, "tbz-map");
+    let agent = start_agent(&lab, "tbt-map");
     let before = srv_in(&lab);
     let with = mapped_peer_round(&lab);
     let after = srv_in(&lab);
