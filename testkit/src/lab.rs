@@ -106,6 +106,13 @@ impl Lab {
     /// e.g. `&["--channel-lifetime", "5"]` (lab.sh turns `--opt value` into coturn's
     /// `--opt=value`).
     pub fn up(name: &str, turn_args: &[&str]) -> Result<Lab> {
+        Lab::up_with(name, turn_args, false)
+    }
+
+    /// Like [`Lab::up`]; with `veth_defaults` every veth keeps the kernel's settings (tx
+    /// checksum offload on, GRO off), as a container runtime leaves them, instead of the lab's
+    /// `tx off` and `gro on` (`LAB_VETH_DEFAULTS=1` of `lab.sh`).
+    pub fn up_with(name: &str, turn_args: &[&str], veth_defaults: bool) -> Result<Lab> {
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -115,7 +122,8 @@ impl Lab {
             bail!("lab name {name:?} must be 1-32 characters of [A-Za-z0-9_-]");
         }
         let mut cmd = lab_script(name);
-        cmd.arg("up");
+        cmd.arg("up")
+            .env("LAB_VETH_DEFAULTS", if veth_defaults { "1" } else { "0" });
         if !turn_args.is_empty() {
             cmd.arg("--").args(turn_args);
         }
