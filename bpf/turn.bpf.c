@@ -474,6 +474,7 @@ int tc_snoop(struct __sk_buff *skb)
  *   tb_devmap_xmit   xdp:xdp_devmap_xmit, a native redirect batch flushed to its device
  *   tb_xdp_bulk_tx   xdp:xdp_bulk_tx, XDP_TX on a veth whose far end will not take the frames
  *   tb_redirect_err  xdp:xdp_redirect_err, a redirect that failed before it was queued
+ * XMIT_DROPPED counts frames lost, XMIT_ERROR the failures (one per batch for devmap_xmit).
  */
 
 /* Only the field read here; CO-RE finds its offset in the running kernel's BTF. */
@@ -537,13 +538,17 @@ int tb_xdp_bulk_tx(__u64 *ctx)
 	return 0;
 }
 
-/* ctx: (dev, xdp prog, target, err, map type, map id, index); dev is where the frame came in. */
+/* ctx: (dev, xdp prog, target, err, map type, map id, index); dev is where the frame came in.
+ * The frame is dropped: by the driver in native mode, with its skb in generic mode. A veth
+ * whose far end has no NAPI fails here (it does not offer ndo_xdp_xmit then, -EOPNOTSUPP). */
 SEC("tp_btf/xdp_redirect_err")
 int tb_redirect_err(__u64 *ctx)
 {
 	const struct net_device *dev = (const void *)ctx[0];
 
-	if (xmit_ours(dev))
-		stat_inc(TB_STAT_XMIT_ERROR);
+	if (!xmit_ours(dev))
+		return 0;
+	stat_inc(TB_STAT_XMIT_DROPPED);
+	stat_inc(TB_STAT_XMIT_ERROR);
 	return 0;
 }

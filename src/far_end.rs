@@ -11,9 +11,9 @@
 //!
 //! So, in native mode, on every veth the agent attaches to: with one interface (everything
 //! leaves where it came in: `XDP_TX`), its far end needs an XDP program; with several, each far
-//! end needs GRO or an XDP program (redirects), and a far end with GRO alone is warned about
-//! once (a datagram that leaves where it came in, a client and its peer behind the same
-//! interface, would wait in its ring). Wrong at start-up: refused. Wrong later (someone took the
+//! end needs GRO or an XDP program (redirects), and a far end with GRO alone gets one info line
+//! (a datagram that leaves where it came in, a client and its peer behind the same interface,
+//! would wait in its ring). Wrong at start-up: refused. Wrong later (someone took the
 //! far end's XDP program away or switched GRO off): the interface leaves `tx_ports`, so nothing
 //! is sent there from XDP (its packets go to the server), and comes back when it is right again.
 //!
@@ -87,7 +87,8 @@ pub enum Seen {
 pub enum Verdict {
     /// Nothing to say: not a veth, generic mode, or the far end has what it needs.
     Fine,
-    /// Fine for redirects, but an `XDP_TX` would wait in the far end's ring: a one-line warning.
+    /// Fine for redirects, but an `XDP_TX` would wait in the far end's ring: one info line (an
+    /// `XDP_TX` needs a client and its peer behind the same interface of several).
     FineButTx(String),
     /// Frames sent there would be lost: refuse at start-up, stop sending there later.
     Wrong(String),
@@ -593,7 +594,8 @@ impl Watch {
         for i in 0..w.ifaces.len() {
             match w.check(i) {
                 Verdict::Wrong(m) => wrong.push(m),
-                Verdict::FineButTx(m) | Verdict::Unknown(m) => w.warn_once(i, m),
+                Verdict::FineButTx(m) => w.note_once(i, m),
+                Verdict::Unknown(m) => w.warn_once(i, m),
                 Verdict::Fine => {}
             }
         }
@@ -611,6 +613,13 @@ impl Watch {
                 "cannot read the far end of {iface} ({e:#}): if it is a veth, its far end needs \
                  an XDP program or GRO on in native XDP mode"
             )),
+        }
+    }
+
+    fn note_once(&mut self, i: usize, msg: String) {
+        if self.ifaces[i].warned.as_deref() != Some(&msg) {
+            log::info!("{msg}");
+            self.ifaces[i].warned = Some(msg);
         }
     }
 
@@ -664,7 +673,8 @@ impl Watch {
                         }
                     }
                     match ok {
-                        Verdict::FineButTx(m) | Verdict::Unknown(m) => self.warn_once(i, m),
+                        Verdict::FineButTx(m) => self.note_once(i, m),
+                        Verdict::Unknown(m) => self.warn_once(i, m),
                         _ => self.ifaces[i].warned = None,
                     }
                 }

@@ -411,6 +411,79 @@ pub fn enter_ns(ns: &str) -> Result<()> {
     setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {ns}"))
 }
 
+/// The generated skeleton of `testkit/bpf/xdp_pass.bpf.c`.
+#[allow(
+    clippy::all,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
+mod xdp_pass_skel {
+    include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
+}
+
+/// An XDP program that passes everything, attached in native mode to `iface` of the network
+/// namespace at `ns_path` (what the README advises for the far end of a veth: it gives that end
+/// NAPI). Detached on drop.
+pub struct XdpPass {
+    _link: std::os::fd::OwnedFd,
+    _skel: xdp_pass_skel::XdpPassSkel<'static>,
+}
+
+impl XdpPass {
+    /// Attach to `iface` in the namespace at `ns_path` (`/run/netns/NAME` or any bind mount).
+    pub fn attach(ns_path: &Path, iface: &str) -> Result<XdpPass> {
+        use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+        let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+        let skel = xdp_pass_skel::XdpPassSkelBuilder::default()
+            .open(storage)
+            .context("opening xdp_pass")?
+            .load()
+            .context("loading xdp_pass")?;
+        let prog = skel.progs.xdp_pass.as_fd().as_raw_fd();
+        let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+        let name = iface.to_string();
+        let link = thread::spawn(move || -> Result<OwnedFd> {
+            setns(&ns, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+            let c = std::ffi::CString::new(name.clone())?;
+            // SAFETY: c is a valid NUL-terminated string.
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if idx == 0 {
+                bail!("no interface {name} there");
+            }
+            let opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
+                flags: 1 << 2, // XDP_FLAGS_DRV_MODE
+                ..Default::default()
+            };
+            // SAFETY: a valid program fd and options struct.
+            let fd = unsafe {
+                libbpf_rs::libbpf_sys::bpf_link_create(
+                    prog,
+                    idx as i32,
+                    libbpf_rs::libbpf_sys::BPF_XDP,
+                    &opts,
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::from_raw_os_error(-fd))
+                    .with_context(|| format!("attaching xdp_pass to {name}"));
+            }
+            // SAFETY: the kernel just gave us this fd.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))??;
+        Ok(XdpPass {
+            _link: link,
+            _skel: skel,
+        })
+    }
+}
+
 /// `/run/netns/<ns>`, where `ip netns` keeps its namespaces.
 pub fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
