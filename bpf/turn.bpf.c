@@ -466,13 +466,12 @@ int tc_snoop(struct __sk_buff *skb)
 }
 
 /*
- * Frames the kernel drops after xdp_turn returned: a redirect or an XDP_TX is a request, and the
- * driver can still refuse it (a veth whose far end has no NAPI, a full ring). Tracing programs
+ * Frames the kernel drops after xdp_turn returned: a redirect is a request, and the kernel can
+ * still refuse it (a veth whose far end has no NAPI, a full ring). Tracing programs
  * on the XDP tracepoints count them, only for interfaces this agent is attached to
  * (xmit_ifaces, filled by the loader with the same ifindexes as tx_ports, and never emptied
  * while it runs). BTF tracepoints (tp_btf) need no tracefs; they never change anything.
  *   tb_devmap_xmit   xdp:xdp_devmap_xmit, a native redirect batch flushed to its device
- *   tb_xdp_bulk_tx   xdp:xdp_bulk_tx, XDP_TX on a veth whose far end will not take the frames
  *   tb_redirect_err  xdp:xdp_redirect_err, a redirect that failed before it was queued
  * XMIT_DROPPED counts frames lost, XMIT_ERROR the failures (one per batch for devmap_xmit).
  */
@@ -514,22 +513,6 @@ int tb_devmap_xmit(__u64 *ctx)
 	int drops = (int)ctx[3], err = (int)ctx[4];
 
 	if (!xmit_ours(from) || !xmit_ours(to))
-		return 0;
-	if (drops > 0)
-		stat_add(TB_STAT_XMIT_DROPPED, drops);
-	if (err)
-		stat_inc(TB_STAT_XMIT_ERROR);
-	return 0;
-}
-
-/* ctx: (dev, sent, drops, err) */
-SEC("tp_btf/xdp_bulk_tx")
-int tb_xdp_bulk_tx(__u64 *ctx)
-{
-	const struct net_device *dev = (const void *)ctx[0];
-	int drops = (int)ctx[2], err = (int)ctx[3];
-
-	if (!xmit_ours(dev))
 		return 0;
 	if (drops > 0)
 		stat_add(TB_STAT_XMIT_DROPPED, drops);

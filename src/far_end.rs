@@ -1,21 +1,16 @@
-//! The veth far-end rule: in native XDP mode a frame sent into a veth is received only when the
-//! veth's far end (its peer device, usually in another network namespace) runs NAPI.
+//! The veth far-end rule: in native XDP mode a frame redirected into a veth (`ndo_xdp_xmit`) is
+//! received only when the veth's far end (its peer device, usually in another network namespace)
+//! runs NAPI: it has an XDP program or GRO on. Otherwise the kernel refuses the redirect after
+//! the program returned `XDP_REDIRECT` (Linux 6.18: the veth does not offer `ndo_xdp_xmit`,
+//! `xdp:xdp_redirect_err`; older kernels drop the batch with `-ENXIO`, `xdp:xdp_devmap_xmit`), and
+//! the frame is lost. The fast path redirects every frame it relays, also back out of the
+//! interface it came in on (`fwd.h`), so the rule holds for every attached interface, in
+//! single-interface mode too. Generic (skb) mode sends through the normal transmit path, where
+//! none of this applies.
 //!
-//! - A redirect into a veth (`ndo_xdp_xmit`) is dropped by the kernel (`-ENXIO`, after the
-//!   program already returned `XDP_REDIRECT`) unless the far end has an XDP program or GRO on.
-//! - `XDP_TX` on a veth (the frame leaves where it came in) is queued on the far end's ring, and
-//!   the far end's NAPI is kicked only when the far end has an XDP program: with GRO alone the
-//!   frames wait there until something else wakes it.
-//!
-//! Generic (skb) mode sends through the normal transmit path, where none of this applies.
-//!
-//! So, in native mode, on every veth the agent attaches to: with one interface (everything
-//! leaves where it came in: `XDP_TX`), its far end needs an XDP program; with several, each far
-//! end needs GRO or an XDP program (redirects), and a far end with GRO alone gets one info line
-//! (a datagram that leaves where it came in, a client and its peer behind the same interface,
-//! would wait in its ring). Wrong at start-up: refused. Wrong later (someone took the
-//! far end's XDP program away or switched GRO off): the interface leaves `tx_ports`, so nothing
-//! is sent there from XDP (its packets go to the server), and comes back when it is right again.
+//! Wrong at start-up: refused. Wrong later (someone took the far end's XDP program away or
+//! switched GRO off): the interface leaves `tx_ports`, so nothing is sent there from XDP (its
+//! datagrams go to the server), and comes back when it is right again.
 //!
 //! The far end is found from the veth's `IFLA_LINK` (its ifindex) and `IFLA_LINK_NETNSID` (its
 //! namespace's id as seen from ours), matched against the namespaces under `/run/netns` and of
@@ -35,24 +30,6 @@ use nix::libc;
 use nix::sched::{setns, CloneFlags};
 
 use crate::attach::Mode;
-
-/// What the far end of one attached interface must have, in native mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// Frames are redirected into it: GRO or an XDP program.
-    Napi,
-    /// Frames leave where they came in (`XDP_TX`, single-interface mode): an XDP program.
-    Xdp,
-}
-
-/// The need of every interface: one interface does everything with `XDP_TX`.
-pub fn need_for(n_ifaces: usize) -> Need {
-    if n_ifaces == 1 {
-        Need::Xdp
-    } else {
-        Need::Napi
-    }
-}
 
 /// The far end of a veth, as read in its namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +62,8 @@ pub enum Seen {
 /// The decision for one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Nothing to say: not a veth, generic mode, or the far end has what it needs.
+    /// Nothing to say: not a veth, generic mode, or the far end has NAPI.
     Fine,
-    /// Fine for redirects, but an `XDP_TX` would wait in the far end's ring: one info line (an
-    /// `XDP_TX` needs a client and its peer behind the same interface of several).
-    FineButTx(String),
     /// Frames sent there would be lost: refuse at start-up, stop sending there later.
     Wrong(String),
     /// Cannot tell: warn once and go on.
@@ -104,7 +78,7 @@ impl Verdict {
 }
 
 /// The rule, as a pure function of what was seen.
-pub fn verdict(iface: &str, mode: Mode, need: Need, seen: &Seen) -> Verdict {
+pub fn verdict(iface: &str, mode: Mode, seen: &Seen) -> Verdict {
     if mode == Mode::Generic {
         return Verdict::Fine;
     }
@@ -120,34 +94,16 @@ pub fn verdict(iface: &str, mode: Mode, need: Need, seen: &Seen) -> Verdict {
         }
         Seen::Known(far) => far,
     };
-    let at = format!(
-        "{iface} is a veth whose far end {} (ifindex {}, {})",
-        far.name, far.ifindex, far.netns
-    );
-    let add_xdp = format!(
-        "attach an XDP program to {} (XDP_PASS is enough; README: \"veth and containers\")",
-        far.name
-    );
-    match (need, far.xdp, far.gro) {
-        (_, true, _) => Verdict::Fine,
-        (Need::Napi, false, true) => Verdict::FineButTx(format!(
-            "{at} has GRO but no XDP program: redirects into {iface} arrive, but a datagram \
-             the fast path sends back out {iface} (a client and its peer both behind it) waits \
-             in that end's ring until something wakes it; {add_xdp}"
-        )),
-        (Need::Napi, false, false) => Verdict::Wrong(format!(
-            "{at} has neither GRO nor an XDP program: in native XDP mode the kernel drops every \
-             frame redirected into {iface}. Fix: {}ethtool -K {} gro on, or {add_xdp}, or run \
-             with --xdp-mode generic",
-            far.exec, far.name
-        )),
-        (Need::Xdp, false, gro) => Verdict::Wrong(format!(
-            "{at} has no XDP program{}: with one interface every relayed frame leaves where it \
-             came in (XDP_TX), and in native XDP mode those frames wait in that end's ring \
-             (GRO is not enough). Fix: {add_xdp}, or run with --xdp-mode generic",
-            if gro { " (GRO alone)" } else { "" }
-        )),
+    if far.xdp || far.gro {
+        return Verdict::Fine;
     }
+    Verdict::Wrong(format!(
+        "{iface} is a veth whose far end {} (ifindex {}, {}) has neither GRO nor an XDP program: \
+         in native XDP mode the kernel drops every frame the fast path sends into {iface}. Fix: \
+         {}ethtool -K {} gro on, or attach an XDP program to {} (XDP_PASS is enough; README: \
+         \"veth and containers\"), or run with --xdp-mode generic",
+        far.name, far.ifindex, far.netns, far.exec, far.name, far.name
+    ))
 }
 
 // ---- netlink (rtnetlink) ----
@@ -563,19 +519,17 @@ struct Watched {
 /// The rule applied to every attached interface at start-up and at every sweep.
 pub struct Watch {
     mode: Mode,
-    need: Need,
     ifaces: Vec<Watched>,
     far_ends: FarEnds,
 }
 
 impl Watch {
     /// Check every interface before anything is sent out of it. An error (one line, every
-    /// wrong interface named) when a far end cannot take what would be sent there; warnings for
-    /// far ends that cannot be seen or that take redirects but not XDP_TX.
+    /// wrong interface named) when a far end cannot take what would be sent there; a warning for
+    /// a far end that cannot be seen.
     pub fn start(mode: Mode, ifaces: &[(String, u32)]) -> Result<Watch> {
         let mut w = Watch {
             mode,
-            need: need_for(ifaces.len()),
             ifaces: ifaces
                 .iter()
                 .map(|(iface, ifindex)| Watched {
@@ -594,7 +548,6 @@ impl Watch {
         for i in 0..w.ifaces.len() {
             match w.check(i) {
                 Verdict::Wrong(m) => wrong.push(m),
-                Verdict::FineButTx(m) => w.note_once(i, m),
                 Verdict::Unknown(m) => w.warn_once(i, m),
                 Verdict::Fine => {}
             }
@@ -608,18 +561,11 @@ impl Watch {
     fn check(&mut self, i: usize) -> Verdict {
         let (iface, ifindex) = (self.ifaces[i].iface.clone(), self.ifaces[i].ifindex);
         match self.far_ends.look(ifindex) {
-            Ok(seen) => verdict(&iface, self.mode, self.need, &seen),
+            Ok(seen) => verdict(&iface, self.mode, &seen),
             Err(e) => Verdict::Unknown(format!(
                 "cannot read the far end of {iface} ({e:#}): if it is a veth, its far end needs \
                  an XDP program or GRO on in native XDP mode"
             )),
-        }
-    }
-
-    fn note_once(&mut self, i: usize, msg: String) {
-        if self.ifaces[i].warned.as_deref() != Some(&msg) {
-            log::info!("{msg}");
-            self.ifaces[i].warned = Some(msg);
         }
     }
 
@@ -673,7 +619,6 @@ impl Watch {
                         }
                     }
                     match ok {
-                        Verdict::FineButTx(m) => self.note_once(i, m),
                         Verdict::Unknown(m) => self.warn_once(i, m),
                         _ => self.ifaces[i].warned = None,
                     }
@@ -700,69 +645,35 @@ mod tests {
 
     #[test]
     fn generic_mode_and_other_devices_need_nothing() {
-        for need in [Need::Napi, Need::Xdp] {
-            for (xdp, gro) in [(false, false), (true, false), (false, true)] {
-                assert_eq!(
-                    verdict("relay0", Mode::Generic, need, &far(xdp, gro)),
-                    Verdict::Fine
-                );
-            }
+        for (xdp, gro) in [(false, false), (true, false), (false, true)] {
             assert_eq!(
-                verdict("eth1", Mode::Native, need, &Seen::NotVeth),
+                verdict("relay0", Mode::Generic, &far(xdp, gro)),
                 Verdict::Fine
             );
         }
+        assert_eq!(verdict("eth1", Mode::Native, &Seen::NotVeth), Verdict::Fine);
     }
 
     #[test]
-    fn a_redirect_target_needs_gro_or_xdp() {
-        assert_eq!(
-            verdict("relay0", Mode::Native, Need::Napi, &far(true, false)),
-            Verdict::Fine
-        );
-        assert_eq!(
-            verdict("relay0", Mode::Native, Need::Napi, &far(true, true)),
-            Verdict::Fine
-        );
-        let Verdict::FineButTx(w) = verdict("relay0", Mode::Native, Need::Napi, &far(false, true))
-        else {
-            panic!("GRO alone is fine for redirects, with a warning");
-        };
-        assert!(w.contains("has GRO but no XDP program"), "{w}");
-        let v = verdict("relay0", Mode::Native, Need::Napi, &far(false, false));
+    fn native_mode_needs_gro_or_xdp_on_the_far_end() {
+        for (xdp, gro) in [(true, false), (false, true), (true, true)] {
+            assert_eq!(
+                verdict("relay0", Mode::Native, &far(xdp, gro)),
+                Verdict::Fine
+            );
+        }
+        let v = verdict("relay0", Mode::Native, &far(false, false));
         assert!(!v.sendable());
         let Verdict::Wrong(m) = v else { panic!() };
         assert_eq!(
             m,
             "relay0 is a veth whose far end eth0 (ifindex 2, network namespace tbv-peer) has \
-             neither GRO nor an XDP program: in native XDP mode the kernel drops every frame \
-             redirected into relay0. Fix: ip netns exec tbv-peer ethtool -K eth0 gro on, or \
+             neither GRO nor an XDP program: in native XDP mode the kernel drops every frame the \
+             fast path sends into relay0. Fix: ip netns exec tbv-peer ethtool -K eth0 gro on, or \
              attach an XDP program to eth0 (XDP_PASS is enough; README: \"veth and \
              containers\"), or run with --xdp-mode generic"
         );
         assert!(!m.contains('\n'));
-    }
-
-    #[test]
-    fn single_interface_mode_needs_xdp_on_the_far_end() {
-        assert_eq!(need_for(1), Need::Xdp);
-        assert_eq!(need_for(2), Need::Napi);
-        assert_eq!(
-            verdict("turn0", Mode::Native, Need::Xdp, &far(true, false)),
-            Verdict::Fine
-        );
-        for gro in [false, true] {
-            let Verdict::Wrong(m) = verdict("turn0", Mode::Native, Need::Xdp, &far(false, gro))
-            else {
-                panic!("GRO is not enough for XDP_TX");
-            };
-            assert!(m.starts_with("turn0 is a veth whose far end eth0"), "{m}");
-            assert!(
-                m.contains("(XDP_TX)") && m.contains("XDP_PASS is enough"),
-                "{m}"
-            );
-            assert_eq!(m.contains("(GRO alone)"), gro, "{m}");
-        }
     }
 
     #[test]
@@ -771,7 +682,7 @@ mod tests {
             nsid: 3,
             why: "not found".into(),
         };
-        let v = verdict("relay0", Mode::Native, Need::Napi, &seen);
+        let v = verdict("relay0", Mode::Native, &seen);
         assert!(v.sendable());
         let Verdict::Unknown(m) = v else { panic!() };
         assert!(

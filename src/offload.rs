@@ -295,7 +295,6 @@ fn load<'obj>(
         );
         for prog in [
             &mut open.progs.tb_devmap_xmit,
-            &mut open.progs.tb_xdp_bulk_tx,
             &mut open.progs.tb_redirect_err,
         ] {
             prog.set_autoload(false);
@@ -385,7 +384,6 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 fn attach_drop_counters(skel: &TurnSkel<'_>, attached: &mut Attachments) {
     let progs = [
         ("xdp:xdp_devmap_xmit", &skel.progs.tb_devmap_xmit),
-        ("xdp:xdp_bulk_tx", &skel.progs.tb_xdp_bulk_tx),
         ("xdp:xdp_redirect_err", &skel.progs.tb_redirect_err),
     ];
     for (tp, prog) in progs {

@@ -3,10 +3,11 @@
 //! real coturn. The lab's usual `tx off`/`gro on` is not applied here (`Lab::up_with(.., true)`)
 //! unless a test says so.
 //!
-//! In native XDP mode a frame sent into a veth is received only when the veth's far end has NAPI
-//! (an XDP program, or GRO for redirects; only an XDP program for XDP_TX). The agent checks that
-//! at attach and at every sweep (`src/far_end.rs`), and counts what the kernel drops after the
-//! program returned (`XMIT_DROPPED`, `XMIT_ERROR`).
+//! In native XDP mode a frame redirected into a veth is received only when the veth's far end
+//! has NAPI (an XDP program, or GRO on); the fast path redirects everything it relays, also back
+//! out of the interface it came in on. The agent checks that at attach and at every sweep
+//! (`src/far_end.rs`), and counts what the kernel drops after the program returned
+//! (`XMIT_DROPPED`, `XMIT_ERROR`).
 
 mod common;
 
@@ -91,9 +92,10 @@ fn refusal(lab: &Lab, log: &str, args: &[&str]) -> String {
 
 /// (a) Native mode, the far ends as the kernel made them (no GRO, no XDP program): the agent
 /// refuses with one line naming each interface, its far end, that end's namespace and the fix,
-/// exits non-zero, and leaves nothing attached. With one interface (XDP_TX), GRO on the far end
-/// is refused too. Positive control: with GRO on both far ends the same command starts, and with
-/// an XDP program on the far end so does the single-interface one.
+/// exits non-zero, and leaves nothing attached; in auto mode (which picks native on a veth), in
+/// native mode, and with one interface. Positive control: with GRO on the client's far end the
+/// single-interface command starts, and with GRO on both far ends (the peer's given an XDP
+/// program instead) the two-interface one.
 #[test]
 fn a_native_mode_refuses_a_far_end_without_napi() {
     skip_unless_lab!();
@@ -111,49 +113,42 @@ fn a_native_mode_refuses_a_far_end_without_napi() {
             let want = format!(
                 "{dev} is a veth whose far end eth0 (ifindex 2, network namespace {ns}) has \
                  neither GRO nor an XDP program: in native XDP mode the kernel drops every frame \
-                 redirected into {dev}. Fix: ip netns exec {ns} ethtool -K eth0 gro on, or \
-                 attach an XDP program to eth0 (XDP_PASS is enough"
+                 the fast path sends into {dev}. Fix: ip netns exec {ns} ethtool -K eth0 gro on, \
+                 or attach an XDP program to eth0 (XDP_PASS is enough"
             );
             assert!(line.contains(&want), "{line}\nwants\n{want}");
         }
     }
 
-    // One interface: every relayed frame leaves where it came in (XDP_TX): GRO is not enough.
-    ethtool(&lab, Host::Cli, &["gro", "on"]);
+    // One interface: everything relayed is redirected back out of it.
     let line = refusal(&lab, "tbv-a-one", &["--enable-forwarding", "turn0"]);
     assert!(
-        line.contains("turn0 is a veth whose far end eth0")
-            && line.contains("has no XDP program (GRO alone)")
-            && line.contains("(XDP_TX)"),
+        line.contains("turn0 is a veth whose far end eth0") && !line.contains("relay0"),
         "{line}"
     );
 
     // Positive controls.
-    ethtool(&lab, Host::Peer, &["gro", "on"]);
-    let agent = AgentProc::start_ready(
-        &agent_bin(),
-        &lab.ns(Host::Srv),
-        &both,
-        &log_path("tbv-a-gro"),
-    )
-    .unwrap();
-    let exit = agent.stop(Signal::SIGINT).unwrap();
-    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
-    assert!(
-        exit.output.contains("has GRO but no XDP program"),
-        "{}",
-        exit.output
-    );
-    let xdp = XdpPass::attach(&ns_path(&lab, Host::Cli), "eth0").unwrap();
+    ethtool(&lab, Host::Cli, &["gro", "on"]);
     let agent = AgentProc::start_ready(
         &agent_bin(),
         &lab.ns(Host::Srv),
         &["--enable-forwarding", "turn0"],
-        &log_path("tbv-a-xdp"),
+        &log_path("tbv-a-gro1"),
     )
     .unwrap();
     let exit = agent.stop(Signal::SIGINT).unwrap();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    let xdp = XdpPass::attach(&ns_path(&lab, Host::Peer), "eth0").unwrap();
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &both,
+        &log_path("tbv-a-gro2"),
+    )
+    .unwrap();
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert!(!exit.output.contains("far end"), "{}", exit.output);
     drop(xdp);
     assert_clean(&lab);
 }
@@ -174,7 +169,13 @@ fn b_native_mode_with_xdp_on_the_far_ends_relays_and_the_sweep_follows_them() {
     let agent = AgentProc::start_ready(
         &agent_bin(),
         &lab.ns(Host::Srv),
-        &["--xdp-mode", "native", "--enable-forwarding", "turn0", "relay0"],
+        &[
+            "--xdp-mode",
+            "native",
+            "--enable-forwarding",
+            "turn0",
+            "relay0",
+        ],
         &log_path("tbv-b"),
     )
     .unwrap();
@@ -184,7 +185,11 @@ fn b_native_mode_with_xdp_on_the_far_ends_relays_and_the_sweep_follows_them() {
     c.channel_bind(CHANNEL, echo.addr).expect("channel bind");
 
     let before = live.read().unwrap();
-    assert_eq!(exchange(&c, CHANNEL, 0, N), N, "0 loss through the fast path");
+    assert_eq!(
+        exchange(&c, CHANNEL, 0, N),
+        N,
+        "0 loss through the fast path"
+    );
     let d = live.read().unwrap().since(&before);
     assert_eq!(d.get("RELAYED_TO_PEER"), N as u64, "{}", d.render());
     assert_eq!(d.get("RELAYED_TO_CLIENT"), N as u64, "{}", d.render());
@@ -245,14 +250,14 @@ fn echo_in_cli(lab: &Lab, port: u16) -> (SocketAddr, Arc<AtomicBool>) {
 }
 
 /// (b, one interface) Native mode on turn0 alone with a peer behind turn0 too: both directions
-/// leave where they came in (XDP_TX). With an XDP_PASS program on the far end all 500 come back
-/// byte-exact through XDP; when the program goes, the sweep takes turn0 out of tx_ports, which
-/// now gates XDP_TX too, and everything goes through coturn with no loss.
+/// are redirected back out of the interface they came in on. With GRO on the far end (no XDP
+/// program) all 500 come back byte-exact through XDP; when GRO goes off, the sweep takes turn0
+/// out of tx_ports and everything goes through coturn with no loss.
 #[test]
-fn b_single_interface_xdp_tx_needs_xdp_on_the_far_end() {
+fn b_single_interface_needs_napi_on_the_far_end() {
     skip_unless_lab!();
     let lab = lab_gro_off("tbv-b1");
-    let xdp_cli = XdpPass::attach(&ns_path(&lab, Host::Cli), "eth0").unwrap();
+    ethtool(&lab, Host::Cli, &["gro", "on"]);
     warm_neighbours(&lab);
     let (peer, stop) = echo_in_cli(&lab, 7401);
     let agent = AgentProc::start_ready(
@@ -273,7 +278,7 @@ fn b_single_interface_xdp_tx_needs_xdp_on_the_far_end() {
     assert_eq!(d.get("RELAYED_TO_PEER"), N as u64, "{}", d.render());
     assert_eq!(d.get("RELAYED_TO_CLIENT"), N as u64, "{}", d.render());
 
-    drop(xdp_cli);
+    ethtool(&lab, Host::Cli, &["gro", "off"]);
     wait_output(
         &agent,
         "the fast path stopped sending out of turn0",
@@ -301,7 +306,7 @@ fn b_single_interface_xdp_tx_needs_xdp_on_the_far_end() {
 /// learned, so coturn relays them). Then the claim that generic mode needs nothing of the far
 /// end, proven with the fast path relaying: the senders' `tx off` (GRO still off, no XDP on any
 /// far end), and all 500 are redirected in XDP both ways and arrive; the same with one interface
-/// and a peer behind it (XDP_TX both ways).
+/// and a peer behind it (redirected back out of turn0 both ways).
 #[test]
 fn c_generic_mode_needs_nothing_of_the_far_end() {
     skip_unless_lab!();
@@ -311,7 +316,13 @@ fn c_generic_mode_needs_nothing_of_the_far_end() {
     let agent = AgentProc::start_ready(
         &agent_bin(),
         &lab.ns(Host::Srv),
-        &["--xdp-mode", "generic", "--enable-forwarding", "turn0", "relay0"],
+        &[
+            "--xdp-mode",
+            "generic",
+            "--enable-forwarding",
+            "turn0",
+            "relay0",
+        ],
         &log_path("tbv-c"),
     )
     .unwrap();
@@ -348,9 +359,8 @@ fn c_generic_mode_needs_nothing_of_the_far_end() {
     ] {
         let mut args = vec!["--xdp-mode", "generic", "--enable-forwarding"];
         args.extend_from_slice(ifaces);
-        let agent =
-            AgentProc::start_ready(&agent_bin(), &lab.ns(Host::Srv), &args, &log_path(log))
-                .unwrap();
+        let agent = AgentProc::start_ready(&agent_bin(), &lab.ns(Host::Srv), &args, &log_path(log))
+            .unwrap();
         let mut c = client(&lab);
         c.allocate(None).expect("allocate");
         c.channel_bind(CHANNEL, peer).expect("channel bind");
@@ -454,7 +464,13 @@ fn d_frames_dropped_after_a_redirect_are_counted() {
     let agent = AgentProc::start_ready(
         &agent_bin(),
         &lab.ns(Host::Srv),
-        &["--xdp-mode", "native", "--enable-forwarding", "turn0", "relay0"],
+        &[
+            "--xdp-mode",
+            "native",
+            "--enable-forwarding",
+            "turn0",
+            "relay0",
+        ],
         &log_path("tbv-d"),
     )
     .unwrap();
