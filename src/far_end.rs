@@ -122,6 +122,9 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const XDP_ATTACHED_DRV: u8 = 1;
+const XDP_ATTACHED_MULTI: u8 = 4;
 const IFLA_LINK_NETNSID: u16 = 37;
 const NETNSA_NSID: u16 = 1;
 const NETNSA_FD: u16 = 3;
@@ -136,7 +139,8 @@ pub struct Link {
     pub link: Option<u32>,
     /// `IFLA_LINK_NETNSID`: the peer's namespace id, when not this namespace.
     pub link_netnsid: Option<i32>,
-    /// An XDP program is attached (any mode).
+    /// An XDP program is attached in native (driver) mode: only that gives a veth NAPI. A
+    /// generic-mode (skb) program does not.
     pub xdp: bool,
 }
 
@@ -198,11 +202,16 @@ pub fn parse_link(body: &[u8]) -> Result<Link> {
                 }
             }
             IFLA_XDP => {
-                for (ty, p) in attrs(p) {
-                    if ty == IFLA_XDP_ATTACHED {
-                        l.xdp = p.first().is_some_and(|m| *m != 0);
-                    }
-                }
+                let xdp = attrs(p);
+                let mode = xdp
+                    .iter()
+                    .find(|(ty, _)| *ty == IFLA_XDP_ATTACHED)
+                    .and_then(|(_, p)| p.first().copied());
+                let drv_prog = xdp
+                    .iter()
+                    .any(|(ty, p)| *ty == IFLA_XDP_DRV_PROG_ID && u32_of(p).unwrap_or(0) != 0);
+                l.xdp = mode == Some(XDP_ATTACHED_DRV)
+                    || (mode == Some(XDP_ATTACHED_MULTI) && drv_prog);
             }
             _ => {}
         }
@@ -710,6 +719,22 @@ mod tests {
                 xdp: true,
             }
         );
+        // generic (skb) mode gives no NAPI; several modes at once count when one is native
+        for (attached, drv_id, native) in
+            [(2u8, None, false), (4, Some(9u32), true), (4, None, false)]
+        {
+            let mut body = vec![0u8; 16];
+            let mut xdp = attr(IFLA_XDP_ATTACHED, &[attached]);
+            if let Some(id) = drv_id {
+                xdp.extend(attr(IFLA_XDP_DRV_PROG_ID, &id.to_ne_bytes()));
+            }
+            body.extend(attr(IFLA_XDP, &xdp));
+            assert_eq!(
+                parse_link(&body).unwrap().xdp,
+                native,
+                "{attached} {drv_id:?}"
+            );
+        }
         assert!(parse_link(&[0; 4]).is_err());
         assert_eq!(parse_link(&[0; 16]).unwrap(), Link::default());
     }

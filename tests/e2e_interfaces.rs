@@ -120,6 +120,15 @@ fn a_native_mode_refuses_a_far_end_without_napi() {
         }
     }
 
+    // An XDP program in generic mode on the far end gives it no NAPI: still refused.
+    let generic = XdpPass::attach_generic(&ns_path(&lab, Host::Cli), "eth0").unwrap();
+    let line = refusal(&lab, "tbv-a-generic", &both);
+    assert!(
+        line.contains("turn0 is a veth whose far end eth0") && line.contains("neither GRO nor"),
+        "{line}"
+    );
+    drop(generic);
+
     // One interface: everything relayed is redirected back out of it.
     let line = refusal(&lab, "tbv-a-one", &["--enable-forwarding", "turn0"]);
     assert!(
@@ -389,6 +398,11 @@ impl HiddenNs {
         let dir = Path::new("/run/tbv-hidden");
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join(name);
+        // Left mounted by a run that was killed?
+        let _ = Command::new("umount")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status();
         File::create(&path).unwrap();
         let ok = Command::new("unshare")
             .arg(format!("--net={}", path.display()))
@@ -421,8 +435,9 @@ impl Drop for HiddenNs {
 /// cannot find (bind-mounted outside /run/netns, no process in it): the agent warns once and
 /// starts. With no GRO and no XDP there, every datagram the fast path redirects into relay0 is
 /// dropped by the kernel: the receiver there gets none of them, and XMIT_DROPPED equals the
-/// number lost. Positive control: GRO switched on in that namespace, the same 500 arrive
-/// byte-exact and XMIT_DROPPED does not move.
+/// number lost; the same with an XDP program there in generic mode (which gives a veth no NAPI).
+/// Positive control: GRO switched on in that namespace, the same 500 arrive byte-exact and
+/// XMIT_DROPPED does not move.
 #[test]
 fn d_frames_dropped_after_a_redirect_are_counted() {
     skip_unless_lab!();
@@ -531,10 +546,19 @@ fn d_frames_dropped_after_a_redirect_are_counted() {
     assert_eq!(d.get("RELAYED_TO_PEER"), lost, "{}", d.render());
     assert!(d.get("XMIT_ERROR") > 0, "{}", d.render());
 
+    // An XDP program in generic mode there gives the veth no NAPI: still all dropped.
+    let generic = XdpPass::attach_generic(&hidden.path, "eth0").unwrap();
+    let before = live.read().unwrap();
+    let got = send_and_count(N);
+    let d = live.read().unwrap().since(&before);
+    assert_eq!(got, 0, "{}", d.render());
+    assert_eq!(d.get("XMIT_DROPPED"), N as u64, "{}", d.render());
+    drop(generic);
+
     // Positive control: GRO on there, and the same stream arrives whole.
     hidden.run(&["ethtool", "-K", "eth0", "gro", "on"]);
     let before = live.read().unwrap();
-    let got = send_and_count(N);
+    let got = send_and_count(2 * N);
     let d = live.read().unwrap().since(&before);
     assert_eq!(got, N as u64, "{}", d.render());
     assert_eq!(d.get("RELAYED_TO_PEER"), N as u64, "{}", d.render());
@@ -544,7 +568,8 @@ fn d_frames_dropped_after_a_redirect_are_counted() {
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     assert!(
         exit.output.contains(&format!(
-            "dropped by the kernel after redirect {lost} (redirect errors"
+            "dropped by the kernel after redirect {} (redirect errors",
+            lost + N as u64
         )),
         "{}",
         exit.output
@@ -640,9 +665,9 @@ fn e_peer_with_tx_checksum_offload_is_passed_or_fixed() {
     assert_eq!(bad, 0, "bad UDP checksums at the client:\n{}", exit.output);
     assert_eq!(got, N, "0 loss:\n{}", exit.output);
     assert!(exit.counter("RELAYED_TO_PEER") >= N as u64 - 2);
-    assert_eq!(
-        exit.counter("RELAYED_TO_CLIENT") + exit.counter("PASS_PARTIAL_CSUM"),
-        N as u64,
+    // Every echo was passed or relayed (other partial-checksum UDP may be passed as well).
+    assert!(
+        exit.counter("RELAYED_TO_CLIENT") + exit.counter("PASS_PARTIAL_CSUM") >= N as u64,
         "{}",
         exit.output
     );

@@ -423,7 +423,7 @@ mod xdp_pass_skel {
     include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
 }
 
-/// An XDP program that passes everything, attached in native mode to `iface` of the network
+/// An XDP program that passes everything, attached to `iface` of the network
 /// namespace at `ns_path` (what the README advises for the far end of a veth: it gives that end
 /// NAPI). Detached on drop.
 pub struct XdpPass {
@@ -434,6 +434,15 @@ pub struct XdpPass {
 impl XdpPass {
     /// Attach to `iface` in the namespace at `ns_path` (`/run/netns/NAME` or any bind mount).
     pub fn attach(ns_path: &Path, iface: &str) -> Result<XdpPass> {
+        XdpPass::attach_in(ns_path, iface, false)
+    }
+
+    /// The same in generic (skb) mode, which gives a veth no NAPI.
+    pub fn attach_generic(ns_path: &Path, iface: &str) -> Result<XdpPass> {
+        XdpPass::attach_in(ns_path, iface, true)
+    }
+
+    fn attach_in(ns_path: &Path, iface: &str, generic: bool) -> Result<XdpPass> {
         use libbpf_rs::skel::{OpenSkel, SkelBuilder};
         use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
@@ -456,7 +465,8 @@ impl XdpPass {
             }
             let opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
                 sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
-                flags: 1 << 2, // XDP_FLAGS_DRV_MODE
+                // XDP_FLAGS_SKB_MODE or XDP_FLAGS_DRV_MODE
+                flags: if generic { 1 << 1 } else { 1 << 2 },
                 ..Default::default()
             };
             // SAFETY: a valid program fd and options struct.
