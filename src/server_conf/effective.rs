@@ -220,7 +220,9 @@ pub fn merge(args: &Args, server: &ServerView) -> Result<(Effective, Vec<String>
         w.extend(c.notes.iter().cloned());
     }
     let (profile, why) = profile::choose(args.server, server.process.as_ref());
-    if conf.is_none() && !profile.lifetimes_readable {
+    // (no process found: the view already said so, and the server watch refuses to start when
+    // nothing listens at all)
+    if conf.is_none() && !profile.lifetimes_readable && server.process.is_some() {
         let assumed = |name: &str, given: Option<u64>, default: u64| match given {
             Some(v) => format!("{name} {v} s (given)"),
             None => format!("{name} {default} s (the profile's)"),
