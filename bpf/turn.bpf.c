@@ -464,3 +464,74 @@ int tc_snoop(struct __sk_buff *skb)
 	snoop_commit(skb, s, UDP4_PAYLOAD_OFF, udp_len - sizeof(udp));
 	return TC_ACT_UNSPEC;
 }
+
+/*
+ * Frames the kernel drops after xdp_turn returned: a redirect is a request, and the kernel can
+ * still refuse it (a veth whose far end has no NAPI, a full ring). Tracing programs
+ * on the XDP tracepoints count them, only for interfaces this agent is attached to
+ * (xmit_ifaces, filled by the loader with the same ifindexes as tx_ports, and never emptied
+ * while it runs). BTF tracepoints (tp_btf) need no tracefs; they never change anything.
+ *   tb_devmap_xmit   xdp:xdp_devmap_xmit, a native redirect batch flushed to its device
+ *   tb_redirect_err  xdp:xdp_redirect_err, a redirect that failed before it was queued
+ * XMIT_DROPPED counts frames lost, XMIT_ERROR the failures (one per batch for devmap_xmit).
+ */
+
+/* Only the field read here; CO-RE finds its offset in the running kernel's BTF. */
+struct net_device {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+/* The ifindexes this agent attached xdp_turn to (ifindex -> 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TB_MAX_TX_PORTS);
+	__type(key, __u32);
+	__type(value, __u8);
+} xmit_ifaces SEC(".maps");
+
+static __always_inline bool xmit_ours(const struct net_device *dev)
+{
+	__u32 idx = dev->ifindex;
+
+	return bpf_map_lookup_elem(&xmit_ifaces, &idx) != NULL;
+}
+
+static __always_inline void stat_add(__u32 reason, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &reason);
+
+	if (v)
+		*v += n;
+}
+
+/* ctx: (from_dev, to_dev, sent, drops, err) */
+SEC("tp_btf/xdp_devmap_xmit")
+int tb_devmap_xmit(__u64 *ctx)
+{
+	const struct net_device *from = (const void *)ctx[0];
+	const struct net_device *to = (const void *)ctx[1];
+	int drops = (int)ctx[3], err = (int)ctx[4];
+
+	if (!xmit_ours(from) || !xmit_ours(to))
+		return 0;
+	if (drops > 0)
+		stat_add(TB_STAT_XMIT_DROPPED, drops);
+	if (err)
+		stat_inc(TB_STAT_XMIT_ERROR);
+	return 0;
+}
+
+/* ctx: (dev, xdp prog, target, err, map type, map id, index); dev is where the frame came in.
+ * The frame is dropped: by the driver in native mode, with its skb in generic mode. A veth
+ * whose far end has no NAPI fails here (it does not offer ndo_xdp_xmit then, -EOPNOTSUPP). */
+SEC("tp_btf/xdp_redirect_err")
+int tb_redirect_err(__u64 *ctx)
+{
+	const struct net_device *dev = (const void *)ctx[0];
+
+	if (!xmit_ours(dev))
+		return 0;
+	stat_inc(TB_STAT_XMIT_DROPPED);
+	stat_inc(TB_STAT_XMIT_ERROR);
+	return 0;
+}

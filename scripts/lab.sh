@@ -9,7 +9,8 @@
 #
 # IP forwarding stays off in the server namespace: the agent has its own option for that.
 # Every veth end gets `tx off` (full UDP checksums) and `gro on` (NAPI, so XDP_REDIRECT into it is
-# received): see shared/NOTES.md.
+# received): see shared/NOTES.md. LAB_VETH_DEFAULTS=1 leaves every veth as the kernel made it (tx
+# checksum offload on, GRO off), as a container runtime does.
 #
 # Usage: scripts/lab.sh up [-- SERVER-ARGS...] | down | status
 #   LAB=name (default tb) picks the namespace prefix and the state dir /run/turn-bpf-lab/$LAB/.
@@ -23,10 +24,12 @@
 #   LAB_VERBATIM=1 passes COTURN-ARGS to coturn exactly as given (no `--opt value` -> `--opt=value`
 #   rewrite, see join_option_values) and accepts coturn's "Unknown argument" alerts: for tests of
 #   how coturn itself reads its command line.
+#   LAB_VETH_DEFAULTS=1 leaves the veths' offload settings untouched (see above).
 set -euo pipefail
 
 LAB="${LAB:-tb}"
 LAB_VERBATIM="${LAB_VERBATIM:-0}"
+LAB_VETH_DEFAULTS="${LAB_VETH_DEFAULTS:-0}"
 TURN_SERVER="${TURN_SERVER:-coturn}"
 # ip, ss and ethtool live in /usr/sbin, which a non-login root PATH may lack.
 PATH="$PATH:/usr/sbin:/sbin"
@@ -50,7 +53,7 @@ say() { echo "lab[$LAB]: $*"; }
 die() { echo "lab[$LAB]: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: [LAB=name] [LAB_VERBATIM=1] [TURN_SERVER=coturn|pion] $0 up [-- SERVER-ARGS...] | down | status" >&2
+    echo "usage: [LAB=name] [LAB_VERBATIM=1] [LAB_VETH_DEFAULTS=1] [TURN_SERVER=coturn|pion] $0 up [-- SERVER-ARGS...] | down | status" >&2
     exit 2
 }
 
@@ -164,6 +167,7 @@ lab_down() {
 
 veth_settings() {
     local ns="$1" dev="$2"
+    [[ $LAB_VETH_DEFAULTS == 1 ]] && return 0
     ip netns exec "$ns" ethtool -K "$dev" tx off >/dev/null
     ip netns exec "$ns" ethtool -K "$dev" gro on >/dev/null
 }
@@ -425,6 +429,8 @@ main() {
     # LAB names namespaces and a directory that `down` removes: keep it plain.
     [[ $LAB =~ ^[A-Za-z0-9_-]{1,32}$ ]] || die "LAB must be 1-32 characters of [A-Za-z0-9_-]"
     [[ $LAB_VERBATIM == 0 || $LAB_VERBATIM == 1 ]] || die "LAB_VERBATIM must be 0 or 1"
+    [[ $LAB_VETH_DEFAULTS == 0 || $LAB_VETH_DEFAULTS == 1 ]] ||
+        die "LAB_VETH_DEFAULTS must be 0 or 1"
     [[ $TURN_SERVER == coturn || $TURN_SERVER == pion ]] || die "TURN_SERVER must be coturn or pion"
     [[ -n $cmd ]] || usage
     shift

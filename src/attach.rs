@@ -652,6 +652,8 @@ pub fn unwatched_interfaces(watched: &[String]) -> Vec<String> {
 pub struct Attachments {
     pub xdp: Vec<XdpLink>,
     pub tc: Vec<TcFilter>,
+    /// The drop counters' tracing programs, by tracepoint.
+    pub tracing: Vec<(&'static str, libbpf_rs::Link)>,
     /// Forwarding we switched on, in the order we did.
     forwarding_enabled_by_us: Vec<(Family, String)>,
     /// Interfaces where we set `accept_ra` from 1 to 2 (with IPv6 forwarding).
@@ -757,6 +759,10 @@ impl Attachments {
         for l in self.xdp.drain(..).rev() {
             info!("detached XDP from {}", l.iface);
             drop(l);
+        }
+        for (tp, link) in self.tracing.drain(..).rev() {
+            debug!("detached the drop counter from {tp}");
+            drop(link);
         }
         for mut f in self.tc.drain(..).rev() {
             f.detach();

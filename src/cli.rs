@@ -8,6 +8,7 @@ use std::str::FromStr;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::server::ServerName;
+use crate::server_conf::profile::ServerKind;
 
 /// Most TURN listening ports the BPF program matches.
 pub const MAX_TURN_PORTS: usize = crate::consts::TB_MAX_TURN_PORTS as usize;
@@ -53,6 +54,12 @@ pub struct Args {
     /// again whenever the server restarts.
     #[arg(long, value_name = "PATH")]
     pub server_pidfile: Option<PathBuf>,
+
+    /// The TURN server's rules (see README "Servers") [default: from the process holding the
+    /// TURN sockets: coturn by its name, pion/turn v2.1.0 by its Go build information, anything
+    /// else rfc8656, the strict profile].
+    #[arg(long, value_enum, value_name = "SERVER")]
+    pub server: Option<ServerKind>,
 
     /// Pass every Nth datagram of a channel to the server instead of relaying it (0: never).
     #[arg(long, value_name = "N", default_value_t = 0)]

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod cli;
 pub mod consts;
+pub mod far_end;
 pub mod gobuild;
 pub mod maps;
 pub mod offload;

@@ -166,6 +166,13 @@ pub fn add_tx_port(map: &impl MapCore, ifindex: u32) -> Result<()> {
     .with_context(|| format!("adding ifindex {ifindex} to tx_ports"))
 }
 
+/// Add `ifindex` to `xmit_ifaces`: the drop counters count frames sent out of or redirected
+/// from it.
+pub fn add_xmit_iface(map: &impl MapCore, ifindex: u32) -> Result<()> {
+    map.update(&ifindex.to_ne_bytes(), &[1u8], MapFlags::ANY)
+        .with_context(|| format!("adding ifindex {ifindex} to xmit_ifaces"))
+}
+
 /// Make `server_socks` hold exactly `cookies`: the sockets whose responses the snooper trusts.
 /// Cookies no longer trusted go first, so a failure part-way never leaves a stale one trusted.
 pub fn set_server_socks(map: &impl MapCore, cookies: &[u64]) -> Result<()> {

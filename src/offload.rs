@@ -5,6 +5,7 @@
 //! at any point undoes what was done (the [`Attachments`] guard).
 
 use std::mem::MaybeUninit;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,11 @@ use log::{error, info, warn};
 
 use crate::attach::{self, Attachments};
 use crate::cli::Args;
+use crate::far_end;
 use crate::maps;
 use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
-use crate::skel::{Settings, TurnSkel, TurnSkelBuilder};
+use crate::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
 
@@ -35,6 +37,8 @@ pub struct Offload<'obj> {
     skel: TurnSkel<'obj>,
     attached: Attachments,
     sweeper: Sweeper,
+    /// The veth far-end rule, checked again at every sweep.
+    far_ends: far_end::Watch,
     start_counters: Counters,
 }
 
@@ -70,9 +74,9 @@ impl<'obj> Offload<'obj> {
         }
         init_maps(&skel, &settings)?;
         maps::set_server_socks(&skel.maps.server_socks, &server.trusted_cookies())?;
-        if !attach_all(&skel, &ifaces, args, stopped, &mut attached)? {
+        let Some(far_ends) = attach_all(&skel, &ifaces, args, stopped, &mut attached)? else {
             return Ok(None);
-        }
+        };
         if let Some(others) = server.describe_others() {
             warn!("{others}");
         }
@@ -99,6 +103,7 @@ impl<'obj> Offload<'obj> {
             skel,
             attached,
             sweeper: Sweeper::new(server),
+            far_ends,
             start_counters,
         }))
     }
@@ -118,13 +123,16 @@ impl<'obj> Offload<'obj> {
             last_sweep = Instant::now();
             self.guard_hooks()?;
             self.sweep();
+            self.far_ends.sweep(&self.skel.maps.tx_ports);
             self.refresh_local_addrs();
             if args.verbose > 0 && last_print.elapsed() >= stats_every {
                 let now = Counters::read(&self.skel.maps.stats)?;
+                let diff = now.since(&last_counters);
                 info!(
-                    "counters over the last {}s:\n{}",
+                    "counters over the last {}s:\n{}{}",
                     last_print.elapsed().as_secs(),
-                    now.since(&last_counters).render()
+                    diff.render(),
+                    diff.relay_summary()
                 );
                 last_counters = now;
                 last_print = Instant::now();
@@ -151,10 +159,14 @@ impl<'obj> Offload<'obj> {
         info!("stopping: detaching");
         self.attached.detach_all();
         match Counters::read(&self.skel.maps.stats) {
-            Ok(c) => println!(
-                "turn-bpf counters:\n{}",
-                c.since(&self.start_counters).render()
-            ),
+            Ok(c) => {
+                let run = c.since(&self.start_counters);
+                println!(
+                    "turn-bpf counters:\n{}{}",
+                    run.render(),
+                    run.relay_summary()
+                )
+            }
             Err(e) => error!("reading counters: {e:#}"),
         }
     }
@@ -273,8 +285,21 @@ fn load<'obj>(
         channel_lifetime_s: settings.channel_lifetime,
         permission_lifetime_s: settings.permission_lifetime,
         pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
+        rules: Rules::of(settings.profile),
     }
     .apply(rodata);
+    if !Path::new(VMLINUX_BTF).exists() {
+        warn!(
+            "{VMLINUX_BTF} is missing: frames the kernel drops after a redirect are not counted \
+             (XMIT_DROPPED, XMIT_ERROR need the kernel's BTF)"
+        );
+        for prog in [
+            &mut open.progs.tb_devmap_xmit,
+            &mut open.progs.tb_redirect_err,
+        ] {
+            prog.set_autoload(false);
+        }
+    }
     open.load().context(
         "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
          Linux 5.18 or later; run with -vv for the verifier's log)",
@@ -310,37 +335,67 @@ fn init_maps(skel: &TurnSkel<'_>, settings: &Effective) -> Result<()> {
     Ok(())
 }
 
-/// XDP everywhere in one mode, then the snooper on the client-facing interface. Returns false
-/// when `stopped()` turned true on the way (what was attached is undone by `attached`'s drop).
+/// XDP everywhere in one mode, the veth far-end rule (refused before anything is sent out of an
+/// interface whose far end cannot take it), the drop counters, then the snooper on the
+/// client-facing interface. Returns None when `stopped()` turned true on the way (what was
+/// attached is undone by `attached`'s drop, and by the links' when the rule refuses).
 fn attach_all(
     skel: &TurnSkel<'_>,
     ifaces: &[String],
     args: &Args,
     stopped: &dyn Fn() -> bool,
     attached: &mut Attachments,
-) -> Result<bool> {
+) -> Result<Option<far_end::Watch>> {
     let prog = attach::prog_fd(&skel.progs.xdp_turn);
-    let Some((_, links)) =
+    let Some((mode, links)) =
         attach::attach_uniform(ifaces, args.xdp_mode, stopped, |iface, mode| {
             attach::attach_xdp(prog, iface, mode)
         })?
     else {
-        return Ok(false);
+        return Ok(None);
     };
+    let named: Vec<(String, u32)> = links.iter().map(|l| (l.iface.clone(), l.ifindex)).collect();
+    let far_ends = far_end::Watch::start(mode, &named)?;
     for link in links {
         maps::add_tx_port(&skel.maps.tx_ports, link.ifindex)?;
+        maps::add_xmit_iface(&skel.maps.xmit_ifaces, link.ifindex)?;
         info!(
             "attached XDP fast path to {} ({} mode)",
             link.iface, link.mode
         );
         attached.xdp.push(link);
     }
+    attach_drop_counters(skel, attached);
     if stopped() {
-        return Ok(false);
+        return Ok(None);
     }
     let client_iface = &ifaces[0];
     let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), client_iface)?;
     info!("attached TC egress snooper to {client_iface}");
     attached.tc.push(tc);
-    Ok(!stopped())
+    Ok((!stopped()).then_some(far_ends))
+}
+
+/// Where the kernel's BTF is read from: the drop counters' tracing programs need it.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The tracing programs that count frames the kernel drops after xdp_turn returned. One that
+/// cannot be attached is warned about; the offload goes on without it.
+fn attach_drop_counters(skel: &TurnSkel<'_>, attached: &mut Attachments) {
+    let progs = [
+        ("xdp:xdp_devmap_xmit", &skel.progs.tb_devmap_xmit),
+        ("xdp:xdp_redirect_err", &skel.progs.tb_redirect_err),
+    ];
+    for (tp, prog) in progs {
+        if !prog.autoload() {
+            continue;
+        }
+        match prog.attach() {
+            Ok(link) => attached.tracing.push((tp, link)),
+            Err(e) => warn!(
+                "cannot attach to the tracepoint {tp} ({e}): frames the kernel drops there \
+                 after a redirect are not counted"
+            ),
+        }
+    }
 }

@@ -97,6 +97,12 @@ impl ProcFs {
             .map_or_else(|_| "?".into(), |c| c.trim().to_string())
     }
 
+    /// `pid`'s executable as the kernel holds it open (readable even after the file was replaced,
+    /// and from another mount namespace).
+    pub fn exe_file(&self, pid: u32) -> PathBuf {
+        self.root.join(pid.to_string()).join("exe")
+    }
+
     /// The executable of `pid`, without the ` (deleted)` the kernel appends once the file was
     /// replaced (a package upgrade under a running server).
     pub fn exe(&self, pid: u32) -> Option<PathBuf> {

@@ -28,6 +28,27 @@ pub struct Settings {
     /// How long a recorded request can be answered, and how far a blind spot reaches
     /// (`TB_PENDING_LIFETIME_MS` in the agent; the packet tests shorten it).
     pub pending_lifetime_ms: u64,
+    /// The server's rules that change what is relayed (its profile's).
+    pub rules: Rules,
+}
+
+/// The server rules the programs apply (`src/server_conf/profile.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// A ChannelBind sets the peer's permission to the channel lifetime (else to the
+    /// permission lifetime).
+    pub bind_permission_is_channel_lifetime: bool,
+    /// A channel relays only while the permission it was bound under lives.
+    pub channel_needs_permission: bool,
+}
+
+impl Rules {
+    pub fn of(p: &crate::server_conf::profile::Profile) -> Rules {
+        Rules {
+            bind_permission_is_channel_lifetime: p.bind_permission_is_channel_lifetime,
+            channel_needs_permission: p.channel_needs_permission,
+        }
+    }
 }
 
 impl Settings {
@@ -40,5 +61,11 @@ impl Settings {
         ro.cfg_channel_lifetime_ns = self.channel_lifetime_s * 1_000_000_000;
         ro.cfg_permission_lifetime_ns = self.permission_lifetime_s * 1_000_000_000;
         ro.cfg_pending_lifetime_ns = self.pending_lifetime_ms * 1_000_000;
+        ro.cfg_bind_permission_ns = if self.rules.bind_permission_is_channel_lifetime {
+            ro.cfg_channel_lifetime_ns
+        } else {
+            ro.cfg_permission_lifetime_ns
+        };
+        ro.cfg_channel_needs_permission = u32::from(self.rules.channel_needs_permission);
     }
 }

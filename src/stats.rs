@@ -63,6 +63,20 @@ impl Counters {
         }
         s
     }
+
+    /// What was relayed, read together with what the kernel dropped after the program had
+    /// redirected it: a redirect is a request, not a delivery.
+    pub fn relay_summary(&self) -> String {
+        let relayed = self.get("RELAYED_TO_PEER") + self.get("RELAYED_TO_CLIENT");
+        format!(
+            "  relayed in XDP {relayed} (to peer {}, to client {}); dropped by the kernel after \
+             redirect {} (redirect errors {})\n",
+            self.get("RELAYED_TO_PEER"),
+            self.get("RELAYED_TO_CLIENT"),
+            self.get("XMIT_DROPPED"),
+            self.get("XMIT_ERROR"),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +112,12 @@ mod tests {
         assert_eq!(d.get("RELAYED_TO_CLIENT"), 0);
         assert!(d.render().contains("RELAYED_TO_PEER"));
         assert!(!d.render().contains("RELAYED_TO_CLIENT"));
+        let mut e = d.clone();
+        e.0[code("XMIT_DROPPED")] = 2;
+        assert_eq!(
+            e.relay_summary(),
+            "  relayed in XDP 5 (to peer 5, to client 0); dropped by the kernel after redirect 2 \
+             (redirect errors 0)\n"
+        );
     }
 }

@@ -1625,6 +1625,40 @@ fn rebinding_a_peer_to_another_number_removes_the_old_number(c: &Ctx) -> Result<
     c.relays_both_ways(C1, 0x4002, R1, P1)
 }
 
+/// Loaded with pion/turn v2.1.0's rules: a ChannelBind gives the peer's permission the
+/// permission lifetime (300 s), not the channel's, and a channel relays whatever its permission
+/// (pion relays ChannelData on the channel alone, both ways: allocation.go, turn.go).
+fn pion_channels_outlive_their_permission(c: &Ctx) -> Result<()> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    let ch = c.p.channel(C1, SERVER_EP, 0x4001).context("channel")?;
+    expect_deadline("channel", ch.chan_expires_ns, 600)?;
+    let perm = c.p.permission(R1, PEER).context("perm")?;
+    expect_deadline("permission a ChannelBind gives", perm.expires_ns, 300)?;
+    expire_permission(c, R1, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    // a CreatePermission for the bound peer refreshes the permission, never the channel
+    create_permission(c, P1)?;
+    let after = c.p.channel(C1, SERVER_EP, 0x4001).context("channel")?;
+    ensure!(
+        after.chan_expires_ns == ch.chan_expires_ns,
+        "a CreatePermission moved the channel's deadline"
+    );
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+/// Loaded with the strict RFC 8656 rules: a ChannelBind's permission lasts the permission
+/// lifetime, and a channel stops with its permission.
+fn rfc8656_channels_stop_with_their_permission(c: &Ctx) -> Result<()> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    let perm = c.p.permission(R1, PEER).context("perm")?;
+    expect_deadline("permission a ChannelBind gives", perm.expires_ns, 300)?;
+    expire_permission(c, R1, P1)?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+    c.bind(C1, 0x4001, P1)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
 type Scenario = fn(&Ctx) -> Result<()>;
 
 #[test]
@@ -1637,6 +1671,11 @@ fn learning_table() {
         channel_lifetime_s: 2,
         ..Config::default()
     };
+    let with_rules = |p: &turn_bpf::server_conf::profile::Profile| Config {
+        rules: turn_bpf::skel::Rules::of(p),
+        ..Config::default()
+    };
+    use turn_bpf::server_conf::profile::{PION, RFC8656};
     let rows: Vec<(&str, Scenario, Config)> = vec![
         (
             "Allocate success commits relay and lifetime",
@@ -1657,6 +1696,16 @@ fn learning_table() {
             "binding a peer on another channel number removes the old number",
             rebinding_a_peer_to_another_number_removes_the_old_number,
             Config::default(),
+        ),
+        (
+            "pion v2.1.0: a channel outlives its permission, CreatePermission never refreshes it",
+            pion_channels_outlive_their_permission,
+            with_rules(&PION),
+        ),
+        (
+            "RFC 8656 (strict): a channel stops with its permission",
+            rfc8656_channels_stop_with_their_permission,
+            with_rules(&RFC8656),
         ),
         (
             "CreatePermission commits every XOR-PEER-ADDRESS",

@@ -4,7 +4,8 @@
 //! Each way, 1,000 datagrams of 1–1,200 bytes come back byte-exact from an echo peer, all of them
 //! relayed in XDP (the agent's counters exactly), and the server's sockets (UDP and UDP6) see no
 //! data datagram. A datagram that does not fit the 20 bytes more of IPv6 still arrives, through
-//! coturn.
+//! coturn. And coturn behind 1:1 NAT in both families (`--external-ip PUBLIC/PRIVATE` per family):
+//! the public IPv6 address advertised, its traffic relayed in XDP, also across families.
 
 mod common;
 
@@ -442,5 +443,262 @@ fn hairpin_without_the_other_channel_goes_through_the_server() {
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     assert_eq!(exit.counter("RELAYED_HAIRPIN"), 10, "{}", exit.output);
     assert!(exit.counter("PASS_FIB_OTHER") >= 10, "{}", exit.output);
+    assert_clean(&lab);
+}
+
+/// The public addresses of coturn's `--external-ip` mappings in `external_ip_*` (on no interface).
+const PUBLIC_V6: &str = "2001:db8:9::9";
+const PUBLIC_V4: &str = "203.0.113.9";
+
+/// coturn behind 1:1 NAT in both families: `--external-ip PUBLIC/PRIVATE` given once per family
+/// (coturn 4.6.1 takes an IPv6 pair as it does an IPv4 one) makes XOR-RELAYED-ADDRESS the public
+/// address of the relayed address's family; the packets arrive at the private one. One
+/// allocation from a client of `client_v6` asking for `family`, one channel per peer; the agent
+/// run with `agent_args` besides the interfaces (none: it takes the mappings from coturn's command
+/// line). Every datagram comes back byte-exact, all relayed in XDP, and coturn's sockets see no
+/// data datagram.
+fn external_ip_case(
+    lab: &Lab,
+    round: &str,
+    client_v6: bool,
+    family: RelayFamily,
+    peers: &[IpAddr],
+    agent_args: &[&str],
+) {
+    let t0 = Instant::now();
+    let echoes: Vec<Echo> = peers
+        .iter()
+        .enumerate()
+        .map(|(k, ip)| Echo::start_at(lab, *ip, 7300 + k as u16))
+        .collect();
+    let mut args = vec!["--enable-forwarding", "turn0", "relay0"];
+    args.extend_from_slice(agent_args);
+    let agent =
+        AgentProc::start_ready(&agent_bin(), &lab.ns(Host::Srv), &args, &log_path(round)).unwrap();
+    let mut c = client_of(lab, client_v6);
+    let alloc = c.allocate_family(None, family).expect("allocate");
+    let relayed: Vec<SocketAddr> = [Some(alloc.relayed), alloc.additional_relayed]
+        .into_iter()
+        .flatten()
+        .collect();
+    for r in &relayed {
+        let public = if r.is_ipv6() { PUBLIC_V6 } else { PUBLIC_V4 };
+        assert_eq!(
+            r.ip().to_string(),
+            public,
+            "{round}: coturn advertises the public address: {alloc:?}"
+        );
+    }
+    for e in &echoes {
+        assert!(
+            relayed.iter().any(|r| r.is_ipv6() == e.addr.is_ipv6()),
+            "{round}: no relayed address of the peer's family: {alloc:?}"
+        );
+    }
+    for (k, e) in echoes.iter().enumerate() {
+        c.channel_bind(0x4000 + k as u16, e.addr)
+            .expect("channel bind");
+    }
+    let before = srv_in(lab);
+    for (k, e) in echoes.iter().enumerate() {
+        let got = exchange(&c, 0x4000 + k as u16, k as u32 + 11);
+        assert_eq!(got, N, "{round}: peer {}: {got} of {N} echoed", e.addr);
+    }
+    let after = srv_in(lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_all_offloaded(&exit, echoes.len() as u64);
+    assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
+    assert_eq!(exit.counter("RELAY_NOT_LOCAL"), 0, "{}", exit.output);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "{round}: data datagrams reached the server's UDP/UDP6 sockets:\n{}",
+        exit.output
+    );
+    // the channels were learned on the private addresses the packets arrive at
+    for e in &echoes {
+        let private = if e.addr.is_ipv6() {
+            format!("relay [{}]:", lab::RELAY_V6)
+        } else {
+            format!("relay {}:", lab::RELAY_V4)
+        };
+        assert!(exit.output.contains(&private), "{round}: {}", exit.output);
+    }
+    for e in echoes {
+        assert_eq!(e.stop(), N as u64);
+    }
+    eprintln!("{round}: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The lab of the `external_ip_*` cases: coturn with an IPv6 and an IPv4 mapping.
+fn external_ip_lab(name: &str) -> Lab {
+    let lab = Lab::up(
+        name,
+        &[
+            "--external-ip",
+            &format!("{PUBLIC_V6}/{}", lab::RELAY_V6),
+            "--external-ip",
+            &format!("{PUBLIC_V4}/{}", lab::RELAY_V4),
+        ],
+    )
+    .unwrap();
+    warm_neighbours(&lab);
+    lab
+}
+
+/// An IPv6 client and an IPv6 peer through the relay's public IPv6 address: once with the
+/// mapping taken from coturn's command line, once with `--external-ip PUBLIC=PRIVATE` given as
+/// well (the same mapping: no change).
+#[test]
+fn external_ip_v6_client_to_v6_peer() {
+    skip_unless_lab!();
+    let lab = external_ip_lab("tbt-xip6");
+    let explicit = format!("{PUBLIC_V6}={}", lab::RELAY_V6);
+    for (round, args) in [
+        ("tbt-xip6-from-coturn", vec![]),
+        (
+            "tbt-xip6-explicit",
+            vec!["--external-ip", explicit.as_str()],
+        ),
+    ] {
+        external_ip_case(
+            &lab,
+            round,
+            true,
+            RelayFamily::V6,
+            &[lab::PEER_V6.into()],
+            &args,
+        );
+    }
+    assert_clean(&lab);
+}
+
+/// Mixed families: an IPv6 client gets (coturn's default) an IPv4 relayed address, advertised as
+/// the public IPv4 one; an IPv4 client asking for IPv6 gets the public IPv6 one; and a dual
+/// allocation from an IPv6 client gets both public addresses, one peer per family.
+#[test]
+fn external_ip_mixed_families() {
+    skip_unless_lab!();
+    let lab = external_ip_lab("tbt-xipm");
+    external_ip_case(
+        &lab,
+        "tbt-xipm-v6-to-v4",
+        true,
+        RelayFamily::Default,
+        &[lab::PEER_V4.into()],
+        &[],
+    );
+    external_ip_case(
+        &lab,
+        "tbt-xipm-v4-to-v6",
+        false,
+        RelayFamily::V6,
+        &[lab::PEER_V6.into()],
+        &[],
+    );
+    external_ip_case(
+        &lab,
+        "tbt-xipm-dual",
+        true,
+        RelayFamily::Dual,
+        &[lab::PEER_V4.into(), lab::PEER_V6.into()],
+        &[],
+    );
+    assert_clean(&lab);
+}
+
+/// Send `payload` from the peer namespace as an IPv6 datagram from `src` (whatever it is) to
+/// `dst`, straight onto the wire to the server's relay0 (an AF_PACKET socket).
+fn send_raw6(lab: &Lab, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+    use turn_bpf_testkit::progtest::Udp6Frame;
+    let mac = |host, dev: &str| {
+        let s = lab
+            .exec(host, &["cat", &format!("/sys/class/net/{dev}/address")])
+            .unwrap();
+        turn_bpf_testkit::raw::parse_mac(s.trim()).expect("a MAC address")
+    };
+    let (SocketAddr::V6(s), SocketAddr::V6(d)) = (src, dst) else {
+        panic!("IPv6 only")
+    };
+    let frame = Udp6Frame::new(
+        mac(Host::Peer, "eth0"),
+        mac(Host::Srv, "relay0"),
+        s,
+        d,
+        payload,
+    )
+    .build();
+    lab::in_ns(&lab.ns(Host::Peer), move || {
+        turn_bpf_testkit::raw::PacketSocket::open("eth0")
+            .and_then(|sock| sock.send(&frame))
+            .expect("sending a raw frame")
+    });
+}
+
+/// The channels an IPv6 client binds on an IPv6 allocation: 0x4000 to the IPv4-mapped form of the
+/// IPv4 peer (coturn 4.6.1 grants it), 0x4001 to the IPv6 peer. Then datagrams are sent onto the
+/// wire from the peer's side to the relayed address, one from each peer address. Returns what
+/// reached the client, by channel.
+fn mapped_peer_round(lab: &Lab) -> Vec<(u16, Vec<u8>)> {
+    let mut c = client_of(lab, true);
+    let alloc = c.allocate_family(None, RelayFamily::V6).expect("allocate");
+    let mapped = SocketAddr::new(lab::PEER_V4.to_ipv6_mapped().into(), 7300);
+    let real = SocketAddr::new(lab::PEER_V6.into(), 7300);
+    c.channel_bind(0x4000, mapped)
+        .expect("coturn grants a channel to an IPv4-mapped peer");
+    c.channel_bind(0x4001, real).expect("channel bind");
+    send_raw6(lab, mapped, alloc.relayed, b"from the IPv4-mapped source");
+    send_raw6(lab, real, alloc.relayed, b"from the IPv6 peer");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some((ch, len)) = c
+        .recv_channel_data(&mut buf, Duration::from_millis(500))
+        .expect("receiving")
+    {
+        got.push((ch, buf[..len].to_vec()));
+    }
+    got
+}
+
+/// Differential, IPv4-mapped addresses: coturn 4.6.1 grants a channel to the IPv4-mapped form of
+/// a peer on an IPv6 allocation, and this kernel delivers an IPv6 datagram from that mapped
+/// source to its relay socket, so coturn alone relays it to the client. With the agent the
+/// client gets exactly the same: the agent leaves the mapped peer to coturn (its mirror of the
+/// server's static peer policy refuses `::ffff:0:0/96`: PEER_REFUSED), so that datagram goes up
+/// to coturn (PASS_NO_CHANNEL) while the IPv6 peer's is relayed in XDP, the positive control.
+#[test]
+fn a_v4_mapped_peer_gets_what_coturn_alone_gives() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbt-map", &[]).unwrap();
+    warm_neighbours(&lab);
+    let alone = mapped_peer_round(&lab);
+    assert_eq!(
+        alone,
+        vec![
+            (0x4000, b"from the IPv4-mapped source".to_vec()),
+            (0x4001, b"from the IPv6 peer".to_vec())
+        ],
+        "coturn alone"
+    );
+    let agent = start_agent(&lab, "tbt-map");
+    let before = srv_in(&lab);
+    let with = mapped_peer_round(&lab);
+    let after = srv_in(&lab);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(with, alone, "with the agent:\n{}", exit.output);
+    for (c, n) in [
+        ("LEARN_CHANNEL", 1),
+        ("PEER_REFUSED", 1),
+        ("RELAYED_TO_CLIENT", 1),
+        ("PASS_NO_CHANNEL", 1),
+    ] {
+        assert_eq!(exit.counter(c), n, "{c}:\n{}", exit.output);
+    }
+    eprintln!(
+        "UDP/UDP6 datagrams at the server's sockets with the agent (control traffic and the \
+         mapped peer's datagram): {:?}",
+        (after.0 - before.0, after.1 - before.1)
+    );
     assert_clean(&lab);
 }

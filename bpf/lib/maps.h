@@ -13,9 +13,15 @@
 volatile const __u16 cfg_turn_ports[TB_MAX_TURN_PORTS] = {};
 /* Pass every Nth datagram of a channel to the server (0: never). */
 volatile const __u32 cfg_spill_every = 0;
-/* coturn's --channel-lifetime and --permission-lifetime, in ns. */
+/* The server's channel and permission lifetimes, in ns. */
 volatile const __u64 cfg_channel_lifetime_ns = 600ULL * 1000000000ULL;
 volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
+/* The server's rules (its profile, src/server_conf/profile.rs). The permission a ChannelBind
+ * gives its peer: coturn's is the channel lifetime, pion's and RFC 8656's the permission
+ * lifetime. Whether a channel relays only while its permission lives (coturn deletes a peer's
+ * channels with its permission; pion relays on a channel whatever the permission). */
+volatile const __u64 cfg_bind_permission_ns = 600ULL * 1000000000ULL;
+volatile const __u32 cfg_channel_needs_permission = 1;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no

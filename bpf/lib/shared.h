@@ -213,7 +213,7 @@ enum tb_stat {
 	TB_STAT_PASS_NO_CSUM = 40, /* no UDP checksum where one is needed (IPv6, or IPv4 leaving as IPv6): passed */
 	TB_STAT_RECORD_FULL = 41, /* requests not recorded because the pending table is full: a blind spot for their client */
 	TB_STAT_PASS_BAD_IP_CSUM = 42, /* an IPv4 header whose checksum fails, that would leave as IPv6: passed (the kernel drops it) */
-	TB_STAT_XMIT_DROPPED = 43, /* relayed frames the kernel dropped after we redirected them (xdp_devmap_xmit drops): relayed, then lost */
+	TB_STAT_XMIT_DROPPED = 43, /* relayed frames the kernel dropped after we redirected them (xdp_redirect_err, xdp_devmap_xmit drops): relayed, then lost */
 	TB_STAT_XMIT_ERROR = 44, /* redirects that failed in the kernel after the program returned (xdp_devmap_xmit / xdp_redirect errors) */
 	TB_STAT_PASS_PARTIAL_CSUM = 45, /* UDP checksum left partial for offload (a GSO/GRO batch or a local sender's unfinished checksum): passed */
 	TB_STAT_RELAYED_HAIRPIN = 46, /* ChannelData relayed client -> client in XDP, both ends allocations of this server (hairpin) */

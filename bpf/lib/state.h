@@ -164,13 +164,16 @@ static __always_inline bool chan_live(struct tb_chan *c, __u64 now, const bool p
 		    !ep_eq(&cc->relay, &c->relay))
 			return false;
 	}
-	pk.relay = c->relay;
-	pk.peer = c->peer;
-	pk.peer.port = 0;
-	p = bpf_map_lookup_elem(&perms, &pk);
-	if (!p || p->alloc_id != c->alloc_id || p->epoch != c->perm_epoch)
-		return false;
-	until = min_u64(min_u64(a->expires_ns, p->expires_ns), c->chan_expires_ns);
+	until = min_u64(a->expires_ns, c->chan_expires_ns);
+	if (cfg_channel_needs_permission) {
+		pk.relay = c->relay;
+		pk.peer = c->peer;
+		pk.peer.port = 0;
+		p = bpf_map_lookup_elem(&perms, &pk);
+		if (!p || p->alloc_id != c->alloc_id || p->epoch != c->perm_epoch)
+			return false;
+		until = min_u64(until, p->expires_ns);
+	}
 	if (now >= until)
 		return false;
 	span = (until >> CACHE_UNIT_SHIFT) - now_u;
@@ -757,8 +760,10 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	c.chan = p->chan;
 	c.alloc_id = a->id;
 	c.chan_expires_ns = exp;
-	/* coturn: ChannelBind sets the peer's permission to the channel lifetime. */
-	c.perm_epoch = set_perm(relay, &c.peer, a->id, exp, now, false);
+	/* A ChannelBind also installs or refreshes the peer's permission: for the channel lifetime
+	 * at coturn, the permission lifetime at pion and in RFC 8656. */
+	c.perm_epoch = set_perm(relay, &c.peer, a->id, deadline(now, cfg_bind_permission_ns), now,
+				false);
 	if (!c.perm_epoch) {
 		stat_inc(TB_STAT_STATE_FULL);
 		return;

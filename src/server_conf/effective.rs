@@ -13,7 +13,8 @@ use anyhow::{bail, Result};
 use log::{debug, warn};
 
 use super::peers::{self, PeerPolicy};
-use super::{ServerConf, Setting, DEFAULT_CHANNEL_LIFETIME, DEFAULT_PERMISSION_LIFETIME};
+use super::profile::{self, Profile, ServerProcess};
+use super::{ServerConf, Setting};
 use crate::cli::{Args, ExternalIp, MAX_TURN_PORTS};
 use crate::owners::ProcFs;
 use crate::server::UdpTable;
@@ -31,6 +32,8 @@ pub struct Effective {
     pub external_ips: Vec<ExternalIp>,
     /// The server's peer policy (coturn's defaults when its settings could not be read).
     pub peers: PeerPolicy,
+    /// The server's rules.
+    pub profile: &'static Profile,
     /// Where all this came from, for the log.
     pub summary: String,
 }
@@ -40,6 +43,8 @@ pub struct Effective {
 pub struct ServerView {
     /// The process that holds the TURN port's sockets, if it was found.
     pub pid: Option<u32>,
+    /// What it is (its name, the pion/turn module it was built with).
+    pub process: Option<ServerProcess>,
     /// Its settings, when it is coturn and they could be read.
     pub conf: Option<ServerConf>,
     /// The ports (of its listening port and, with RFC 5780, its alternate port) on which the
@@ -116,12 +121,13 @@ impl ServerView {
         };
         view.pid = Some(pid);
         let proc_fs = ProcFs::default();
-        let name = proc_fs.comm(pid);
+        let process = server_process(&proc_fs, pid);
+        let name = process.comm.clone();
+        view.process = Some(process);
         if name != "turnserver" {
-            warn!(
-                "the TURN port's sockets belong to pid {pid} ({name}), not to coturn: its \
-                 settings are not read; the agent uses its own options and coturn 4.6.1's \
-                 defaults"
+            debug!(
+                "the TURN port's sockets belong to pid {pid} ({name}), not to coturn: no \
+                 settings to read"
             );
             return Ok(view);
         }
@@ -145,6 +151,18 @@ impl ServerView {
         }
         view.conf = Some(conf);
         Ok(view)
+    }
+}
+
+/// What the process holding the TURN sockets is: its name (the Go build information of its
+/// executable, which names the pion/turn module it was built with, is read once that reader is
+/// in; until then every server but coturn gets the strict profile).
+fn server_process(proc_fs: &ProcFs, pid: u32) -> ServerProcess {
+    let _exe = proc_fs.exe_file(pid);
+    ServerProcess {
+        comm: proc_fs.comm(pid),
+        pion: None,
+        go: false,
     }
 }
 
@@ -201,23 +219,49 @@ pub fn merge(args: &Args, server: &ServerView) -> Result<(Effective, Vec<String>
         refuse_bandwidth_limits(c)?;
         w.extend(c.notes.iter().cloned());
     }
+    let (profile, why) = profile::choose(args.server, server.process.as_ref());
+    // (no process found: the view already said so, and the server watch refuses to start when
+    // nothing listens at all)
+    if conf.is_none() && !profile.lifetimes_readable && server.process.is_some() {
+        let assumed = |name: &str, given: Option<u64>, default: u64| match given {
+            Some(v) => format!("{name} {v} s (given)"),
+            None => format!("{name} {default} s (the profile's)"),
+        };
+        w.push(format!(
+            "server: {why}; its lifetimes cannot be read from it: {}, {} (give \
+             --channel-lifetime/--permission-lifetime if the server uses shorter ones)",
+            assumed(
+                "channel-lifetime",
+                args.channel_lifetime,
+                profile.channel_lifetime_s
+            ),
+            assumed(
+                "permission-lifetime",
+                args.permission_lifetime,
+                profile.permission_lifetime_s
+            ),
+        ));
+    }
     let turn_ports = turn_ports(args, server, &mut w);
     let channel_lifetime = lifetime(
         "channel-lifetime",
         args.channel_lifetime,
         conf.map(|c| c.channel_lifetime),
-        DEFAULT_CHANNEL_LIFETIME,
+        profile.channel_lifetime_s,
         &mut w,
     );
     let permission_lifetime = lifetime(
         "permission-lifetime",
         args.permission_lifetime,
         conf.map(|c| c.permission_lifetime),
-        DEFAULT_PERMISSION_LIFETIME,
+        profile.permission_lifetime_s,
         &mut w,
     );
     let external_ips = external_ips(args, conf, &server.local_addrs, &mut w);
-    let summary = summary(server, &turn_ports, channel_lifetime, permission_lifetime);
+    let summary = format!(
+        "server profile: {why}; {}",
+        summary(server, &turn_ports, channel_lifetime, permission_lifetime)
+    );
     Ok((
         Effective {
             turn_ports,
@@ -225,6 +269,7 @@ pub fn merge(args: &Args, server: &ServerView) -> Result<(Effective, Vec<String>
             permission_lifetime,
             external_ips,
             peers: conf.map(|c| c.peers.clone()).unwrap_or_default(),
+            profile,
             summary,
         },
         w,
@@ -282,11 +327,11 @@ fn lifetime(
     name: &str,
     explicit: Option<u64>,
     server: Option<Setting<i32>>,
-    default: i32,
+    default: u64,
     w: &mut Vec<String>,
 ) -> u64 {
     let Some(s) = server else {
-        return explicit.unwrap_or(default as u64);
+        return explicit.unwrap_or(default);
     };
     let from = s.from;
     match (explicit, u64::try_from(s.value).ok().filter(|v| *v > 0)) {
@@ -320,7 +365,7 @@ fn lifetime(
                  stops after {default} s and leaves the rest to the server",
                 s.value
             ));
-            default as u64
+            default
         }
     }
 }

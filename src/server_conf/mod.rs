@@ -7,6 +7,7 @@
 pub mod effective;
 pub mod options;
 pub mod peers;
+pub mod profile;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -137,18 +137,31 @@ impl Lab {
     /// e.g. `&["--channel-lifetime", "5"]` (lab.sh turns `--opt value` into coturn's
     /// `--opt=value`).
     pub fn up(name: &str, turn_args: &[&str]) -> Result<Lab> {
-        Lab::up_with(name, TurnServer::Coturn, turn_args)
+        Lab::up_with(name, turn_args, false)
+    }
+
+    /// Like [`Lab::up`]; with `veth_defaults` every veth keeps the kernel's settings (tx
+    /// checksum offload on, GRO off), as a container runtime leaves them, instead of the lab's
+    /// `tx off` and `gro on` (`LAB_VETH_DEFAULTS=1` of `lab.sh`).
+    pub fn up_with(name: &str, turn_args: &[&str], veth_defaults: bool) -> Result<Lab> {
+        Lab::up_server(name, TurnServer::Coturn, turn_args, veth_defaults)
     }
 
     /// Builds (or reuses, when identical) the lab `name` with pion/turn in place of coturn, given
     /// the extra flags `pion_args` after the lab's own (e.g. `&["-channel-lifetime", "5s",
     /// "-log-level", "debug"]`; a flag given again wins). Builds the server first if needed.
     pub fn up_pion(name: &str, pion_args: &[&str]) -> Result<Lab> {
-        Lab::up_with(name, TurnServer::Pion, pion_args)
+        Lab::up_server(name, TurnServer::Pion, pion_args, false)
     }
 
-    /// Builds (or reuses, when identical) the lab `name` running `server` with `turn_args`.
-    pub fn up_with(name: &str, server: TurnServer, turn_args: &[&str]) -> Result<Lab> {
+    /// Builds (or reuses, when identical) the lab `name` running `server` with `turn_args`, and
+    /// the veths as [`Lab::up_with`] says.
+    pub fn up_server(
+        name: &str,
+        server: TurnServer,
+        turn_args: &[&str],
+        veth_defaults: bool,
+    ) -> Result<Lab> {
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -158,7 +171,9 @@ impl Lab {
             bail!("lab name {name:?} must be 1-32 characters of [A-Za-z0-9_-]");
         }
         let mut cmd = lab_script(name);
-        cmd.env("TURN_SERVER", server.script_name()).arg("up");
+        cmd.arg("up")
+            .env("TURN_SERVER", server.script_name())
+            .env("LAB_VETH_DEFAULTS", if veth_defaults { "1" } else { "0" });
         if !turn_args.is_empty() {
             cmd.arg("--").args(turn_args);
         }
@@ -458,6 +473,89 @@ pub fn enter_ns(ns: &str) -> Result<()> {
     let path = netns_path(ns);
     let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {ns}"))
+}
+
+/// The generated skeleton of `testkit/bpf/xdp_pass.bpf.c`.
+#[allow(
+    clippy::all,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
+mod xdp_pass_skel {
+    include!(concat!(env!("OUT_DIR"), "/xdp_pass.skel.rs"));
+}
+
+/// An XDP program that passes everything, attached to `iface` of the network
+/// namespace at `ns_path` (what the README advises for the far end of a veth: it gives that end
+/// NAPI). Detached on drop.
+pub struct XdpPass {
+    _link: std::os::fd::OwnedFd,
+    _skel: xdp_pass_skel::XdpPassSkel<'static>,
+}
+
+impl XdpPass {
+    /// Attach to `iface` in the namespace at `ns_path` (`/run/netns/NAME` or any bind mount).
+    pub fn attach(ns_path: &Path, iface: &str) -> Result<XdpPass> {
+        XdpPass::attach_in(ns_path, iface, false)
+    }
+
+    /// The same in generic (skb) mode, which gives a veth no NAPI.
+    pub fn attach_generic(ns_path: &Path, iface: &str) -> Result<XdpPass> {
+        XdpPass::attach_in(ns_path, iface, true)
+    }
+
+    fn attach_in(ns_path: &Path, iface: &str, generic: bool) -> Result<XdpPass> {
+        use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+        let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+        let skel = xdp_pass_skel::XdpPassSkelBuilder::default()
+            .open(storage)
+            .context("opening xdp_pass")?
+            .load()
+            .context("loading xdp_pass")?;
+        let prog = skel.progs.xdp_pass.as_fd().as_raw_fd();
+        let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+        let name = iface.to_string();
+        let link = thread::spawn(move || -> Result<OwnedFd> {
+            setns(&ns, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+            let c = std::ffi::CString::new(name.clone())?;
+            // SAFETY: c is a valid NUL-terminated string.
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if idx == 0 {
+                bail!("no interface {name} there");
+            }
+            let opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
+                // XDP_FLAGS_SKB_MODE or XDP_FLAGS_DRV_MODE
+                flags: if generic { 1 << 1 } else { 1 << 2 },
+                ..Default::default()
+            };
+            // SAFETY: a valid program fd and options struct.
+            let fd = unsafe {
+                libbpf_rs::libbpf_sys::bpf_link_create(
+                    prog,
+                    idx as i32,
+                    libbpf_rs::libbpf_sys::BPF_XDP,
+                    &opts,
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::from_raw_os_error(-fd))
+                    .with_context(|| format!("attaching xdp_pass to {name}"));
+            }
+            // SAFETY: the kernel just gave us this fd.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))??;
+        Ok(XdpPass {
+            _link: link,
+            _skel: skel,
+        })
+    }
 }
 
 /// `/run/netns/<ns>`, where `ip netns` keeps its namespaces.

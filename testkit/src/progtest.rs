@@ -32,7 +32,7 @@ use libbpf_rs::{MapCore, MapFlags, ProgramInput, ProgramMut};
 
 use turn_bpf::maps::{self, bytes_of, from_bytes};
 use turn_bpf::skel::types;
-use turn_bpf::skel::{Settings, TurnSkel, TurnSkelBuilder};
+use turn_bpf::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
 use turn_bpf::stats::Counters;
 
 pub const XDP_ABORTED: u32 = 0;
@@ -350,6 +350,8 @@ pub struct Config {
     /// cookies put in `server_socks` are trusted, and a test run's socket is never among them
     /// (a new socket with a new cookie every run).
     pub trust_test_run: bool,
+    /// The server's rules (coturn's by default).
+    pub rules: Rules,
 }
 
 /// How long a table waits after a blind spot before it shows that learning goes on.
@@ -366,6 +368,7 @@ impl Default for Config {
             trust_test_run: true,
             limits: MapLimits::default(),
             pending_lifetime_ms: PENDING_LIFETIME_MS,
+            rules: Rules::of(&turn_bpf::server_conf::profile::COTURN),
         }
     }
 }
@@ -449,6 +452,7 @@ impl Programs {
                 channel_lifetime_s: cfg.channel_lifetime_s,
                 permission_lifetime_s: cfg.permission_lifetime_s,
                 pending_lifetime_ms: cfg.pending_lifetime_ms,
+                rules: cfg.rules,
             }
             .apply(ro);
             ro.cfg_trust_test_run = u32::from(cfg.trust_test_run);

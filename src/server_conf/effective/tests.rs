@@ -25,6 +25,10 @@ fn server(words: &[&str], file: Option<&str>, ports: &[u16]) -> ServerView {
     let file = file.map(|t| (PathBuf::from("/etc/turnserver.conf"), t.as_bytes()));
     ServerView {
         pid: Some(42),
+        process: Some(ServerProcess {
+            comm: "turnserver".into(),
+            ..ServerProcess::default()
+        }),
         conf: Some(ServerConf::from_parts(&argv, file, &|_| None)),
         ports: ports.to_vec(),
         listened: BTreeSet::new(),
@@ -47,7 +51,8 @@ fn without_options_everything_comes_from_the_server() {
     assert!(e.external_ips.is_empty());
     assert_eq!(
         e.summary,
-        "settings taken from the TURN server (pid 42, config file /etc/turnserver.conf): UDP \
+        "server profile: coturn 4.6.1 (process 'turnserver'); settings taken from the TURN \
+         server (pid 42, config file /etc/turnserver.conf): UDP \
          port(s) [3478, 3479]; channel-lifetime 6 s (server: 6 s, coturn's command line); \
          permission-lifetime 4 s (server: 4 s, coturn's command line); max-allocate-lifetime \
          3600 s (coturn's default)"
@@ -118,10 +123,15 @@ fn a_lifetime_coturn_never_expires() {
 }
 
 #[test]
-fn unknown_server_settings_fall_back_to_options_and_coturns_defaults() {
+fn unknown_server_settings_fall_back_to_options_and_the_strict_profile() {
     let s = ServerView::default();
     let (e, w) = merge(&args(&["eth0"]), &s).unwrap();
-    assert!(w.is_empty());
+    assert_eq!(e.profile.kind, profile::ServerKind::Rfc8656);
+    assert!(
+        w.is_empty(),
+        "the server was not found: said once already: {w:?}"
+    );
+    assert!(e.summary.contains("RFC 8656 (strict)"), "{}", e.summary);
     assert_eq!(e.turn_ports, [3478]);
     assert_eq!((e.channel_lifetime, e.permission_lifetime), (600, 300));
     let (e, _) = merge(
@@ -304,4 +314,55 @@ fn server_ports_are_the_listening_and_alternate_ports() {
     assert_eq!(c.listening_port.from, Source::CommandLine);
     let c = ServerConf::from_parts(&["t".into(), "-p=1".into()], None, &|_| None);
     assert_eq!(server_ports(&c), [1], "port 0 is no port");
+}
+
+/// A server that is not coturn (pid 42, holding 3478): nothing to read.
+fn other_server(comm: &str, pion: Option<(u32, &str)>) -> ServerView {
+    ServerView {
+        pid: Some(42),
+        process: Some(ServerProcess {
+            comm: comm.into(),
+            pion: pion.map(|(m, v)| (m, v.to_string())),
+            go: pion.is_some(),
+        }),
+        conf: None,
+        ports: vec![],
+        listened: BTreeSet::from([3478]),
+        local_addrs: HashSet::from([ip("127.0.0.1"), ip("192.0.2.1")]),
+    }
+}
+
+#[test]
+fn a_server_that_is_not_coturn_gets_its_profile_and_says_what_it_assumes() {
+    let pion = other_server("turn-server", Some((2, "v2.1.0")));
+    let (e, w) = merge(&args(&["eth0"]), &pion).unwrap();
+    assert_eq!(e.profile.kind, profile::ServerKind::Pion);
+    assert_eq!((e.channel_lifetime, e.permission_lifetime), (600, 300));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("pion/turn v2.1.0")
+            && w[0].contains("channel-lifetime 600 s (the profile's)"),
+        "{w:?}"
+    );
+    // explicit lifetimes are the only source: used as given
+    let (e, w) = merge(&args(&["eth0", "--channel-lifetime", "20"]), &pion).unwrap();
+    assert_eq!((e.channel_lifetime, e.permission_lifetime), (20, 300));
+    assert!(w[0].contains("channel-lifetime 20 s (given)"), "{w:?}");
+
+    // a newer pion, or something else: the strict profile
+    for s in [
+        other_server("livekit-server", Some((4, "v4.0.0"))),
+        other_server("eturnal", None),
+    ] {
+        let (e, _) = merge(&args(&["eth0"]), &s).unwrap();
+        assert_eq!(e.profile.kind, profile::ServerKind::Rfc8656, "{s:?}");
+        assert!(e.profile.channel_needs_permission);
+    }
+    // --server names it
+    let (e, _) = merge(
+        &args(&["eth0", "--server", "pion"]),
+        &other_server("x", None),
+    )
+    .unwrap();
+    assert_eq!(e.profile.kind, profile::ServerKind::Pion);
 }

@@ -1,0 +1,244 @@
+//! What differs between TURN servers, one small table per server, and which one runs here.
+//!
+//! The agent mirrors a server's state from its answers; the answers say what was granted, but
+//! not every rule behind them (what a ChannelBind does to the peer's permission, whether a
+//! channel outlives its permission, which lifetimes apply when the answer carries none). Those
+//! rules are read from each server's source and shown on the running server in the tests
+//! (`tests/e2e_trust.rs`, `tests/e2e_lifetimes.rs` for coturn; `tests/pion_lab.rs` for pion):
+//!
+//! | | coturn 4.6.1 | pion/turn v2.1.0 | RFC 8656 (strict) |
+//! |---|---|---|---|
+//! | channel lifetime | `--channel-lifetime` (600) | `ChannelBindTimeout`, in the embedding program's code (600) | 600 |
+//! | permission lifetime | `--permission-lifetime` (300) | 300, fixed | 300 |
+//! | lifetimes readable from the server | yes (command line, config file) | no | no |
+//! | ChannelBind sets the peer's permission to | the channel lifetime | the permission lifetime | the permission lifetime |
+//! | CreatePermission on a bound peer | resets its permission, not the channel | refreshes the permission only | refreshes the permission only |
+//! | a channel relays only while its permission lives | yes (deleted with it) | no | assumed yes |
+//! | additional-family code point | 0x8032 | none | 0x8000 |
+//! | 437 to a Refresh | yes (no allocation) | never | as the RFC says |
+//! | ChannelData padding over UDP | 0–3 bytes accepted, sends none | any accepted, sends none | may be padded |
+//! | identified by | process name `turnserver` | Go build information naming `github.com/pion/turn/v2` | `--server rfc8656`, or any other server |
+//!
+//! Learning from the answers needs none of the informational rows: an Allocate answer lists the
+//! relayed addresses it granted whatever code point asked for them, and a 437 is an error the
+//! agent already acts on. The rows that change what is relayed are the lifetimes and the two
+//! permission rules; the `rfc8656` profile takes the narrower choice of each, so it never relays
+//! longer than an RFC 8656 server would.
+
+use std::fmt;
+
+use clap::ValueEnum;
+
+/// The server profiles, by name (`--server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServerKind {
+    /// coturn 4.6.1: its settings are read from its command line and config file.
+    Coturn,
+    /// pion/turn v2.1.0 (alone or embedded in a Go program).
+    Pion,
+    /// Only what RFC 8656 guarantees; for any other server.
+    Rfc8656,
+}
+
+/// One server's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub kind: ServerKind,
+    /// How the log and the README name it.
+    pub name: &'static str,
+    /// Lifetimes when the server's own settings cannot be read (and no option gives them).
+    pub channel_lifetime_s: u64,
+    pub permission_lifetime_s: u64,
+    /// The server's lifetimes can be read from the running server (its command line and
+    /// config file).
+    pub lifetimes_readable: bool,
+    /// A ChannelBind sets the peer's permission to the channel lifetime (else to the
+    /// permission lifetime).
+    pub bind_permission_is_channel_lifetime: bool,
+    /// A channel relays only while the permission it was bound under lives.
+    pub channel_needs_permission: bool,
+}
+
+pub const COTURN: Profile = Profile {
+    kind: ServerKind::Coturn,
+    name: "coturn 4.6.1",
+    channel_lifetime_s: 600,
+    permission_lifetime_s: 300,
+    lifetimes_readable: true,
+    bind_permission_is_channel_lifetime: true,
+    channel_needs_permission: true,
+};
+
+pub const PION: Profile = Profile {
+    kind: ServerKind::Pion,
+    name: "pion/turn v2.1.0",
+    channel_lifetime_s: 600,
+    permission_lifetime_s: 300,
+    lifetimes_readable: false,
+    bind_permission_is_channel_lifetime: false,
+    channel_needs_permission: false,
+};
+
+pub const RFC8656: Profile = Profile {
+    kind: ServerKind::Rfc8656,
+    name: "RFC 8656 (strict)",
+    channel_lifetime_s: 600,
+    permission_lifetime_s: 300,
+    lifetimes_readable: false,
+    bind_permission_is_channel_lifetime: false,
+    channel_needs_permission: true,
+};
+
+impl ServerKind {
+    pub fn profile(self) -> &'static Profile {
+        match self {
+            ServerKind::Coturn => &COTURN,
+            ServerKind::Pion => &PION,
+            ServerKind::Rfc8656 => &RFC8656,
+        }
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.profile().name)
+    }
+}
+
+/// What is known of the process that holds the TURN sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerProcess {
+    /// Its name (`/proc/PID/comm`).
+    pub comm: String,
+    /// The pion/turn module its executable was built with: (major version, version), the
+    /// version "unknown" when the executable carries no module versions (a GOPATH build).
+    pub pion: Option<(u32, String)>,
+    /// Its executable is a Go program.
+    pub go: bool,
+}
+
+/// The only pion/turn version whose rules are proven here.
+pub const PION_PROVEN: &str = "v2.1.0";
+
+/// The profile for the server process found (or named with `--server`), and why, for the log.
+pub fn choose(
+    named: Option<ServerKind>,
+    found: Option<&ServerProcess>,
+) -> (&'static Profile, String) {
+    if let Some(k) = named {
+        return (k.profile(), format!("{k} (--server)"));
+    }
+    let Some(p) = found else {
+        return (
+            &RFC8656,
+            "RFC 8656 (strict): the server process was not found".to_string(),
+        );
+    };
+    if p.comm == "turnserver" {
+        return (&COTURN, format!("coturn 4.6.1 (process '{}')", p.comm));
+    }
+    match &p.pion {
+        Some((2, v)) if v == PION_PROVEN => (
+            &PION,
+            format!("pion/turn {v} (Go build information of '{}')", p.comm),
+        ),
+        Some((major, v)) => (
+            &RFC8656,
+            format!(
+                "RFC 8656 (strict): '{}' is built with pion/turn {v} (major {major}); only \
+                 {PION_PROVEN}'s rules are proven, and newer versions take their lifetimes \
+                 from the embedding program's code (give --server pion and the lifetimes to \
+                 choose otherwise)",
+                p.comm
+            ),
+        ),
+        None => (
+            &RFC8656,
+            format!(
+                "RFC 8656 (strict): '{}' is neither coturn nor a pion/turn server{}",
+                p.comm,
+                if p.go { " (a Go program)" } else { "" }
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(comm: &str, pion: Option<(u32, &str)>) -> ServerProcess {
+        ServerProcess {
+            comm: comm.into(),
+            pion: pion.map(|(m, v)| (m, v.to_string())),
+            go: pion.is_some(),
+        }
+    }
+
+    #[test]
+    fn the_server_process_picks_the_profile() {
+        for (p, want) in [
+            (process("turnserver", None), ServerKind::Coturn),
+            (
+                process("turn-server", Some((2, "v2.1.0"))),
+                ServerKind::Pion,
+            ),
+            // another v2, a GOPATH build without versions, newer majors: the strict profile
+            (
+                process("turn-server", Some((2, "v2.1.6"))),
+                ServerKind::Rfc8656,
+            ),
+            (
+                process("turn-server", Some((2, "unknown"))),
+                ServerKind::Rfc8656,
+            ),
+            (
+                process("livekit-server", Some((4, "v4.0.0"))),
+                ServerKind::Rfc8656,
+            ),
+            (
+                process("stunnerd", Some((5, "v5.0.1"))),
+                ServerKind::Rfc8656,
+            ),
+            (process("eturnal", None), ServerKind::Rfc8656),
+        ] {
+            let (got, why) = choose(None, Some(&p));
+            assert_eq!(got.kind, want, "{p:?}: {why}");
+        }
+        assert_eq!(choose(None, None).0.kind, ServerKind::Rfc8656);
+    }
+
+    #[test]
+    fn server_option_wins() {
+        let coturn = process("turnserver", None);
+        for k in [ServerKind::Coturn, ServerKind::Pion, ServerKind::Rfc8656] {
+            assert_eq!(choose(Some(k), Some(&coturn)).0.kind, k);
+            assert_eq!(choose(Some(k), None).0.kind, k);
+        }
+    }
+
+    /// `a` never relays longer than `b` would: lifetimes no longer, a ChannelBind's permission
+    /// no longer, and a channel tied to its permission wherever `b` ties it.
+    fn no_wider(a: &Profile, b: &Profile) -> bool {
+        let bind = |p: &Profile| {
+            if p.bind_permission_is_channel_lifetime {
+                p.channel_lifetime_s
+            } else {
+                p.permission_lifetime_s
+            }
+        };
+        a.channel_lifetime_s <= b.channel_lifetime_s
+            && a.permission_lifetime_s <= b.permission_lifetime_s
+            && bind(a) <= bind(b)
+            && (a.channel_needs_permission || !b.channel_needs_permission)
+    }
+
+    #[test]
+    fn the_strict_profile_is_never_wider_than_the_others() {
+        for p in [&COTURN, &PION] {
+            assert!(no_wider(&RFC8656, p), "{}", p.name);
+        }
+        // and the check can tell: pion's rules are wider than coturn's on the permission
+        assert!(!no_wider(&PION, &COTURN));
+    }
+}
