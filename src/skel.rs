@@ -40,6 +40,9 @@ pub struct Rules {
     pub bind_permission_is_channel_lifetime: bool,
     /// A channel relays only while the permission it was bound under lives.
     pub channel_needs_permission: bool,
+    /// The largest datagram the server relays whole, client to peer and peer to client.
+    pub max_to_peer: u32,
+    pub max_to_client: u32,
 }
 
 impl Rules {
@@ -47,6 +50,8 @@ impl Rules {
         Rules {
             bind_permission_is_channel_lifetime: p.bind_permission_is_channel_lifetime,
             channel_needs_permission: p.channel_needs_permission,
+            max_to_peer: p.max_to_peer,
+            max_to_client: p.max_to_client,
         }
     }
 }
@@ -67,5 +72,7 @@ impl Settings {
             ro.cfg_permission_lifetime_ns
         };
         ro.cfg_channel_needs_permission = u32::from(self.rules.channel_needs_permission);
+        ro.cfg_max_to_peer = self.rules.max_to_peer;
+        ro.cfg_max_to_client = self.rules.max_to_client;
     }
 }

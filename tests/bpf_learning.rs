@@ -1659,6 +1659,34 @@ fn rfc8656_channels_stop_with_their_permission(c: &Ctx) -> Result<()> {
     c.relays_both_ways(C1, 0x4001, R1, P1)
 }
 
+/// The largest datagram the server relays whole: under pion's rules (1600-byte buffers) a
+/// ChannelData with more than 1596 bytes of data, or a peer datagram over 1600 bytes, goes to
+/// the server (which drops or cuts it); one byte less takes the normal way (here on to the MTU
+/// check, the lab's links being 1500 bytes). `coturn`: the same sizes are not limited.
+fn size_limits(c: &Ctx, coturn: bool) -> Result<()> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    let big = if coturn { "PASS_MTU" } else { "PASS_TOO_BIG" };
+    for (len, want) in [(1596, "PASS_MTU"), (1597, big)] {
+        let f = to_server(C1, &channel_data(0x4001, &vec![7u8; len], 0, 0));
+        c.p.expect_pass(&f, c.net.turn0, want)
+            .with_context(|| format!("ChannelData of {len} bytes"))?;
+    }
+    for (len, want) in [(1600, "PASS_MTU"), (1601, big)] {
+        let f = udp4(PEER_MAC, RELAY0_MAC, P1, R1, 64, &vec![7u8; len]);
+        c.p.expect_pass(&f, c.net.relay0, want)
+            .with_context(|| format!("peer datagram of {len} bytes"))?;
+    }
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+fn pion_size_limits(c: &Ctx) -> Result<()> {
+    size_limits(c, false)
+}
+
+fn coturn_size_limits(c: &Ctx) -> Result<()> {
+    size_limits(c, true)
+}
+
 type Scenario = fn(&Ctx) -> Result<()>;
 
 #[test]
@@ -1706,6 +1734,16 @@ fn learning_table() {
             "RFC 8656 (strict): a channel stops with its permission",
             rfc8656_channels_stop_with_their_permission,
             with_rules(&RFC8656),
+        ),
+        (
+            "pion v2.1.0: datagrams larger than its buffers go to the server",
+            pion_size_limits,
+            with_rules(&PION),
+        ),
+        (
+            "coturn: the same sizes are not limited",
+            coturn_size_limits,
+            Config::default(),
         ),
         (
             "CreatePermission commits every XOR-PEER-ADDRESS",

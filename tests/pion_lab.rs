@@ -233,7 +233,7 @@ fn build_information_of_the_lab_servers() {
 #[test]
 fn debian_example_client_pings_through_pion() {
     skip_unless_pion!();
-    let lab = pion("tbp-client", &[]);
+    let lab = pion("tbt-pclient", &[]);
     let client = lab::pion_client_bin().unwrap();
     let out = Command::new("timeout")
         .args(["20", "ip", "netns", "exec", &lab.ns(Host::Cli)])
@@ -284,7 +284,7 @@ fn debian_example_client_pings_through_pion() {
 #[test]
 fn channel_lifetime_is_the_flag_and_data_does_not_extend_it() {
     skip_unless_pion!();
-    let lab = pion("tbp-chlife", &["-channel-lifetime", "3s"]);
+    let lab = pion("tbt-pchlife", &["-channel-lifetime", "3s"]);
     let echo = Echo::start(&lab, 7100);
     let mut c = client(&lab);
     c.allocate(None).unwrap();
@@ -323,7 +323,7 @@ fn channel_lifetime_is_the_flag_and_data_does_not_extend_it() {
 #[test]
 fn default_channel_lifetime_outlasts_the_short_one() {
     skip_unless_pion!();
-    let lab = pion("tbp-chdef", &[]);
+    let lab = pion("tbt-pchdef", &[]);
     let echo = Echo::start(&lab, 7101);
     let mut c = client(&lab);
     c.allocate(None).unwrap();
@@ -340,7 +340,7 @@ fn default_channel_lifetime_outlasts_the_short_one() {
 #[test]
 fn only_channel_bind_refreshes_a_channel() {
     skip_unless_pion!();
-    let lab = pion("tbp-chref", &["-channel-lifetime", "3s"]);
+    let lab = pion("tbt-pchref", &["-channel-lifetime", "3s"]);
     let echo = Echo::start(&lab, 7102);
     let mut rebound = client(&lab);
     let mut permitted = client(&lab);
@@ -377,7 +377,7 @@ fn only_channel_bind_refreshes_a_channel() {
 #[test]
 fn refresh_and_lifetime_rules() {
     skip_unless_pion!();
-    let lab = pion("tbp-refresh", &[]);
+    let lab = pion("tbt-prefresh", &[]);
     let echo = Echo::start(&lab, 7103);
     let mut c = client(&lab);
     assert_eq!(
@@ -440,7 +440,7 @@ fn refresh_and_lifetime_rules() {
 #[test]
 fn allocate_retransmission_and_437() {
     skip_unless_pion!();
-    let lab = pion("tbp-alloc", &[]);
+    let lab = pion("tbt-palloc", &[]);
     let mut learner = client(&lab);
     learner.allocate(None).unwrap();
     let auth = auth_of(&learner);
@@ -467,7 +467,7 @@ fn allocate_retransmission_and_437() {
 #[test]
 fn channel_number_rules() {
     skip_unless_pion!();
-    let lab = pion("tbp-chnum", &["-channel-lifetime", "2s"]);
+    let lab = pion("tbt-pchnum", &["-channel-lifetime", "2s"]);
     let a = Echo::start(&lab, 7104);
     let b = Echo::start(&lab, 7105);
     let mut c = client(&lab);
@@ -525,7 +525,7 @@ fn channel_number_rules() {
 #[test]
 fn address_families() {
     skip_unless_pion!();
-    let lab = pion("tbp-family", &[]);
+    let lab = pion("tbt-pfamily", &[]);
     let echo = Echo::start(&lab, 7108);
     let ipv4 = |a: SocketAddr| assert_eq!(a.ip(), IpAddr::V4(lab::RELAY_V4), "{a}");
     let mut c = client(&lab);
@@ -572,7 +572,7 @@ fn address_families() {
 #[test]
 fn an_ipv6_relay_address_fails_every_allocation() {
     skip_unless_pion!();
-    let lab = pion("tbp-relay6", &["-relay", "2001:db8:2::1"]);
+    let lab = pion("tbt-prelay6", &["-relay", "2001:db8:2::1"]);
     let mut c6 = client_of(&lab, true);
     assert_eq!(rejected_code(c6.allocate(None).map(|_| ())), Some(508));
     let mut c4 = client(&lab);
@@ -588,7 +588,7 @@ fn an_ipv6_relay_address_fails_every_allocation() {
 #[test]
 fn channel_data_padding() {
     skip_unless_pion!();
-    let lab = pion("tbp-pad", &[]);
+    let lab = pion("tbt-ppad", &[]);
     let peer = peer_socket(&lab, 7109);
     let mut c = client(&lab);
     let relayed = c.allocate(None).unwrap().relayed;
@@ -628,7 +628,7 @@ fn channel_data_padding() {
 #[test]
 fn datagram_size_limits() {
     skip_unless_pion!();
-    let lab = pion("tbp-size", &[]);
+    let lab = pion("tbt-psize", &[]);
     let peer = peer_socket(&lab, 7113);
     let mut c = client(&lab);
     let relayed = c.allocate(None).unwrap().relayed;
@@ -657,7 +657,7 @@ fn datagram_size_limits() {
 #[test]
 fn responses_carry_no_fingerprint_or_software() {
     skip_unless_pion!();
-    let lab = pion("tbp-attrs", &[]);
+    let lab = pion("tbt-pattrs", &[]);
     let peer = peer_socket(&lab, 7110);
     let mut learner = client(&lab);
     learner.allocate(None).unwrap();
@@ -710,7 +710,7 @@ fn responses_carry_no_fingerprint_or_software() {
 #[test]
 fn data_indications_from_peers_without_a_channel() {
     skip_unless_pion!();
-    let lab = pion("tbp-dataind", &[]);
+    let lab = pion("tbt-pdataind", &[]);
     let peer = peer_socket(&lab, 7111);
     let other_port = peer_socket(&lab, 7112);
     let mut c = client(&lab);
@@ -751,7 +751,7 @@ fn data_indications_from_peers_without_a_channel() {
 fn agent_offloads_pions_channels() {
     skip_unless_pion!();
     const N: usize = 500;
-    let lab = pion("tbp-agent", &[]);
+    let lab = pion("tbt-pagent", &[]);
     let echo = Echo::start(&lab, 7120);
     let agent = AgentProc::start_ready(
         &agent_bin(),
@@ -797,7 +797,7 @@ fn agent_offloads_pions_channels() {
 fn agent_offloads_an_ipv6_clients_channel() {
     skip_unless_pion!();
     const N: usize = 200;
-    let lab = pion("tbp-agent6", &[]);
+    let lab = pion("tbt-pagent6", &[]);
     let echo = Echo::start(&lab, 7122);
     let agent = AgentProc::start_ready(
         &agent_bin(),
@@ -836,7 +836,7 @@ fn agent_offloads_an_ipv6_clients_channel() {
 #[ignore = "slow: 5 min 15 s (pion's permission lifetime is fixed at 5 minutes)"]
 fn channel_relays_after_its_permission_expired() {
     skip_unless_pion!();
-    let lab = pion("tbp-perm", &["-channel-lifetime", "7m"]);
+    let lab = pion("tbt-pperm", &["-channel-lifetime", "7m"]);
     let peer = peer_socket(&lab, 7130);
     let peer_addr = peer.local_addr().unwrap();
     let mut c = client(&lab);
@@ -874,7 +874,7 @@ fn channel_relays_after_its_permission_expired() {
 #[test]
 fn agent_beside_short_pion_channels_needs_the_lifetime_option() {
     skip_unless_pion!();
-    let lab = pion("tbp-agent2", &["-channel-lifetime", "3s"]);
+    let lab = pion("tbt-pagent2", &["-channel-lifetime", "3s"]);
     let echo = Echo::start(&lab, 7121);
     let late = |args: &[&str], log: &str| -> (bool, bool, String) {
         let agent =
@@ -923,7 +923,7 @@ fn agent_beside_short_pion_channels_needs_the_lifetime_option() {
 #[ignore = "slow: 5 min 20 s (pion's permission lifetime is fixed at 5 minutes)"]
 fn agent_relays_a_pion_channel_after_its_permission_expired() {
     skip_unless_pion!();
-    let lab = pion("tbp-agentperm", &["-channel-lifetime", "7m"]);
+    let lab = pion("tbt-pagentperm", &["-channel-lifetime", "7m"]);
     let echo = Echo::start(&lab, 7131);
     let agent = AgentProc::start_ready(
         &agent_bin(),

@@ -24,8 +24,6 @@
 #include "state.h"
 
 #define CHANNEL_HDR_LEN 4
-/* Largest UDP payload we relay; larger datagrams go to the server. */
-#define TB_MAX_DATAGRAM 16384
 
 #define HDRS4_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 

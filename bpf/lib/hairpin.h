@@ -93,6 +93,9 @@ static __always_inline int hairpin(struct xdp_md *ctx, const struct pkt *in, str
 		return xdp_pass(TB_STAT_PASS_FIB_OTHER); /* a local address, not a relay we know */
 	if (c2->client.family != c2->server.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
+	/* the server relays it out of one relayed address and into the other */
+	if (ch->data_len > cfg_max_to_client)
+		return xdp_pass(TB_STAT_PASS_TOO_BIG);
 	if (!chan_live(c2, tb_now(), true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (c2->client.family == TB_AF_INET6)

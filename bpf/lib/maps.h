@@ -22,6 +22,10 @@ volatile const __u64 cfg_permission_lifetime_ns = 300ULL * 1000000000ULL;
  * channels with its permission; pion relays on a channel whatever the permission). */
 volatile const __u64 cfg_bind_permission_ns = 600ULL * 1000000000ULL;
 volatile const __u32 cfg_channel_needs_permission = 1;
+/* The largest datagram the server relays whole, each way (pion reads into 1600-byte buffers:
+ * it drops a larger ChannelData and cuts a larger peer datagram). */
+volatile const __u32 cfg_max_to_peer = 16384;
+volatile const __u32 cfg_max_to_client = 16384;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no

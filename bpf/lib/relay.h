@@ -59,6 +59,8 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
 	if (csum_partial(in))
 		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
+	if (ch.data_len > cfg_max_to_peer)
+		return xdp_pass(TB_STAT_PASS_TOO_BIG);
 	if (!chan_live(c, tb_now(), false))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 1)
@@ -105,6 +107,8 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
+	if (data_len > cfg_max_to_client)
+		return xdp_pass(TB_STAT_PASS_TOO_BIG);
 	if (!chan_live(c, tb_now(), true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 1)

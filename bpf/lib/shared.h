@@ -164,6 +164,9 @@ struct tb_pending {
 	__u8 pad2[4];
 };
 
+/* Largest UDP payload the fast path relays; larger datagrams go to the server. */
+#define TB_MAX_DATAGRAM 16384
+
 #define TB_NO_LIFETIME 0xFFFFFFFFU
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
@@ -217,6 +220,7 @@ enum tb_stat {
 	TB_STAT_XMIT_ERROR = 44, /* redirects that failed in the kernel after the program returned (xdp_devmap_xmit / xdp_redirect errors) */
 	TB_STAT_PASS_PARTIAL_CSUM = 45, /* UDP checksum left partial for offload (a GSO/GRO batch or a local sender's unfinished checksum): passed */
 	TB_STAT_RELAYED_HAIRPIN = 46, /* ChannelData relayed client -> client in XDP, both ends allocations of this server (hairpin) */
+	TB_STAT_PASS_TOO_BIG = 47, /* a datagram larger than the server relays whole (its profile's limit): passed */
 	TB_STAT__MAX
 };
 

@@ -154,15 +154,21 @@ impl ServerView {
     }
 }
 
-/// What the process holding the TURN sockets is: its name (the Go build information of its
-/// executable, which names the pion/turn module it was built with, is read once that reader is
-/// in; until then every server but coturn gets the strict profile).
+/// What the process holding the TURN sockets is: its name, and the pion/turn module its
+/// executable was built with, read from the Go build information in it.
 fn server_process(proc_fs: &ProcFs, pid: u32) -> ServerProcess {
-    let _exe = proc_fs.exe_file(pid);
+    let comm = proc_fs.comm(pid);
+    let info = match crate::gobuild::read(&proc_fs.exe_file(pid)) {
+        Ok(info) => info,
+        Err(e) => {
+            debug!("reading the Go build information of pid {pid} ({comm}): {e:#}");
+            None
+        }
+    };
     ServerProcess {
-        comm: proc_fs.comm(pid),
-        pion: None,
-        go: false,
+        comm,
+        pion: info.as_ref().and_then(|i| i.pion_turn()),
+        go: info.is_some(),
     }
 }
 

@@ -16,13 +16,14 @@
 //! | a channel relays only while its permission lives | yes (deleted with it) | no | assumed yes |
 //! | additional-family code point | 0x8032 | none | 0x8000 |
 //! | 437 to a Refresh | yes (no allocation) | never | as the RFC says |
-//! | ChannelData padding over UDP | 0–3 bytes accepted, sends none | any accepted, sends none | may be padded |
+//! | ChannelData padding over UDP | 0–3 bytes accepted, sends none | any accepted, pads to 4 | may be padded |
+//! | largest datagram relayed whole | 16,384 here (coturn: 64 KiB) | 1,596 to a peer, 1,600 to a client | the smallest known: pion's |
 //! | identified by | process name `turnserver` | Go build information naming `github.com/pion/turn/v2` | `--server rfc8656`, or any other server |
 //!
 //! Learning from the answers needs none of the informational rows: an Allocate answer lists the
 //! relayed addresses it granted whatever code point asked for them, and a 437 is an error the
-//! agent already acts on. The rows that change what is relayed are the lifetimes and the two
-//! permission rules; the `rfc8656` profile takes the narrower choice of each, so it never relays
+//! agent already acts on. The rows that change what is relayed are the lifetimes, the two
+//! permission rules and the datagram sizes; the `rfc8656` profile takes the narrower choice of each, so it never relays
 //! longer than an RFC 8656 server would.
 
 use std::fmt;
@@ -57,7 +58,18 @@ pub struct Profile {
     pub bind_permission_is_channel_lifetime: bool,
     /// A channel relays only while the permission it was bound under lives.
     pub channel_needs_permission: bool,
+    /// The largest datagram (bytes of data) the server relays whole, client to peer and peer
+    /// to client; a larger one goes to the server (which may drop or cut it).
+    pub max_to_peer: u32,
+    pub max_to_client: u32,
 }
+
+use crate::consts::TB_MAX_DATAGRAM;
+
+/// pion v2.1.0 reads every datagram into a 1600-byte buffer (`rtpMTU`, `inboundMTU`): a client's
+/// ChannelData with more than 1596 bytes of data is dropped, a peer's datagram over 1600 bytes
+/// is cut to 1600.
+const PION_BUFFER: u32 = 1600;
 
 pub const COTURN: Profile = Profile {
     kind: ServerKind::Coturn,
@@ -67,6 +79,8 @@ pub const COTURN: Profile = Profile {
     lifetimes_readable: true,
     bind_permission_is_channel_lifetime: true,
     channel_needs_permission: true,
+    max_to_peer: TB_MAX_DATAGRAM as u32,
+    max_to_client: TB_MAX_DATAGRAM as u32,
 };
 
 pub const PION: Profile = Profile {
@@ -77,6 +91,8 @@ pub const PION: Profile = Profile {
     lifetimes_readable: false,
     bind_permission_is_channel_lifetime: false,
     channel_needs_permission: false,
+    max_to_peer: PION_BUFFER - 4,
+    max_to_client: PION_BUFFER,
 };
 
 pub const RFC8656: Profile = Profile {
@@ -87,6 +103,8 @@ pub const RFC8656: Profile = Profile {
     lifetimes_readable: false,
     bind_permission_is_channel_lifetime: false,
     channel_needs_permission: true,
+    max_to_peer: PION_BUFFER - 4,
+    max_to_client: PION_BUFFER,
 };
 
 impl ServerKind {
@@ -231,6 +249,8 @@ mod tests {
             && a.permission_lifetime_s <= b.permission_lifetime_s
             && bind(a) <= bind(b)
             && (a.channel_needs_permission || !b.channel_needs_permission)
+            && a.max_to_peer <= b.max_to_peer
+            && a.max_to_client <= b.max_to_client
     }
 
     #[test]
