@@ -769,6 +769,13 @@ fn agent_offloads_pions_channels() {
     let exit = agent.stop(Signal::SIGINT).unwrap();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     assert_eq!(got, N, "every datagram came back byte-exact");
+    // recognised by its Go build information, with no --server
+    assert!(
+        exit.output
+            .contains("server profile: pion/turn v2.1.0 (Go build information of"),
+        "{}",
+        exit.output
+    );
     let no_neigh = exit.counter("PASS_NO_NEIGH");
     assert!(no_neigh <= 2, "{}", exit.output);
     assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
