@@ -63,11 +63,16 @@ impl GoBuildInfo {
     /// dependency or as the main module (`github.com/pion/turn` is v1, `.../v2` to `.../v5`).
     /// Without module information, the major version found in the function names with the
     /// version `unknown`.
+    /// A pion/turn module replaced by other code (`=>`: a fork, a local directory) reports the
+    /// version `replaced`: its code is not the published version's.
     pub fn pion_turn(&self) -> Option<(u32, String)> {
-        let from_modules = self
-            .modules
-            .iter()
-            .find_map(|(path, version)| Some((pion_turn_major(path)?, version.clone())));
+        let from_modules = self.modules.iter().find_map(|(path, version)| {
+            let major = pion_turn_major(path)?;
+            if self.replaced.iter().any(|(p, _, _)| p == path) {
+                return Some((major, "replaced".to_string()));
+            }
+            Some((major, version.clone()))
+        });
         from_modules.or_else(|| {
             let major = *self.pion_turn_in_symbols.iter().max()?;
             Some((major, "unknown".to_string()))
@@ -424,6 +429,14 @@ mod tests {
             )]
         );
         assert_eq!(info.pion_turn(), Some((2, "v2.1.0".into())));
+        // pion/turn itself replaced (a fork, a local directory): not the published v2.1.0
+        let mut forked = info.clone();
+        forked.replaced.push((
+            "github.com/pion/turn/v2".into(),
+            "../turn-fork".into(),
+            String::new(),
+        ));
+        assert_eq!(forked.pion_turn(), Some((2, "replaced".into())));
     }
 
     #[test]

@@ -2009,7 +2009,7 @@ fn passed_families() {
 // not relay that way (B holds no live channel for A's relayed address and port: the server
 // sends a Data indication or drops) goes to the server unmodified. The output network header
 // is a fresh one (a new datagram, as the server would send): IPv4 with ID 0 and DF, IPv6 with
-// flow label 0; TOS/traffic class copied, TTL/hop limit - 1.
+// flow label 0; TOS/traffic class copied, TTL/hop limit - 2 (the server's two hops).
 
 /// Clients A and B of families `fa` and `fb`, with relayed addresses of family `rf`: A's peer is
 /// B's relayed address and B's peer is A's. `k` keeps ports and channels apart.
@@ -2063,12 +2063,17 @@ fn hairpin_frames(
         &channel_data(b.chan, &data, 0, 0),
     );
     spec_headers(&mut out, &inp);
-    if let Frame::V4(o) = &mut out {
-        o.id = 0;
-        o.df = true;
-        o.mf = false;
-        o.frag_offset = 0;
-        o.udp_check = UdpCheck::Correct;
+    // two hops at the server (into B's relayed address, out to B): the TTL drops by two
+    match &mut out {
+        Frame::V4(o) => {
+            o.id = 0;
+            o.df = true;
+            o.mf = false;
+            o.frag_offset = 0;
+            o.udp_check = UdpCheck::Correct;
+            o.ttl -= 1;
+        }
+        Frame::V6(o) => o.hop_limit -= 1,
     }
     (inp, out)
 }
@@ -2238,7 +2243,7 @@ fn hairpin_rows() -> Vec<Row> {
                     "PASS_EXPIRED",
                     |_| {},
                 ));
-                for hops in [0u8, 1] {
+                for hops in [0u8, 1, 2] {
                     rows.push(hairpin_pass(
                         &format!("TTL/hop limit {hops}"),
                         &a,

@@ -1566,8 +1566,8 @@ fn rebound_channel_number_not_revived_by_permission(c: &Ctx) -> Result<()> {
     // a permission for the first peer: coturn sends its datagrams as Data indications; they
     // must not reach the client as ChannelData on the number that now means P2
     create_permission(c, P1)?;
-    // the rebind took P1's side of the old binding away
-    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")?;
+    // the rebind killed P1's side of the old binding
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
     let now =
         c.p.channel(C1, SERVER_EP, 0x4001)
             .context("chan")?
@@ -1590,14 +1590,17 @@ fn rebinding_a_live_channel_number_removes_the_old_peer(c: &Ctx) -> Result<()> {
         c.p.peer_channel(P1, R1)
             .context("P1's side before the rebind")?;
     c.bind(C1, 0x4001, P2)?;
+    // dead in place (the sweep deletes it): not deleted by the commit, whose own insert would
+    // reuse the element under a fast path still holding it
+    let dead = c.p.peer_channel(P1, R1).context("P1's side")?;
     ensure!(
-        c.p.peer_channel(P1, R1).is_none(),
+        dead.chan_expires_ns == 0 && dead.cache == 0,
         "P1's side outlived the rebind"
     );
-    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
     c.relays_both_ways(C1, 0x4001, R1, P2)?;
     let m = c.counts();
-    ensure!((m.chans, m.peers) == (1, 1), "maps {m}");
+    ensure!((m.chans, m.peers) == (1, 2), "maps {m}");
     // an entry that outlived it anyway (written back here, its cached check included) is caught
     // when its cache is refreshed: the channel number no longer names P1
     let k = types::tb_peer_key {
@@ -1616,10 +1619,13 @@ fn rebinding_a_live_channel_number_removes_the_old_peer(c: &Ctx) -> Result<()> {
 fn rebinding_a_peer_to_another_number_removes_the_old_number(c: &Ctx) -> Result<()> {
     c.live_channel(C1, 0x4001, R1, P1)?;
     c.bind(C1, 0x4002, P1)?;
-    c.channel_data_passes(C1, 0x4001, "PASS_NO_CHANNEL")?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
     c.relays_both_ways(C1, 0x4002, R1, P1)?;
     let m = c.counts();
-    ensure!((m.chans, m.peers) == (1, 1), "maps {m}");
+    ensure!(
+        (m.chans, m.peers) == (2, 1),
+        "maps {m}: the old number's entry, dead, stays"
+    );
     // refreshing a binding as it is removes nothing
     c.bind(C1, 0x4002, P1)?;
     c.relays_both_ways(C1, 0x4002, R1, P1)

@@ -98,9 +98,10 @@ struct {
 } out_scratch SEC(".maps");
 
 /* Build the output network header for `in` leaving from `src` to `dst` with `udp_len` bytes of
- * UDP. */
+ * UDP, having crossed `hops` routers (the TTL or hop limit drops by that much). */
 static __always_inline void l3_build(union l3_out *h, const struct pkt *in, const struct tb_ep *src,
-				     const struct tb_ep *dst, __u16 udp_len, const bool out6)
+				     const struct tb_ep *dst, __u16 udp_len, const bool out6,
+				     __u8 hops)
 {
 	__builtin_memset(h, 0, sizeof(*h));
 	if (out6) {
@@ -109,7 +110,7 @@ static __always_inline void l3_build(union l3_out *h, const struct pkt *in, cons
 		h->v6.flow_lbl[0] = (in->tos & 0xf) << 4;
 		h->v6.payload_len = bpf_htons(udp_len);
 		h->v6.nexthdr = IPPROTO_UDP;
-		h->v6.hop_limit = in->ttl - 1;
+		h->v6.hop_limit = in->ttl - hops;
 		__builtin_memcpy(&h->v6.saddr, src->ip, 16);
 		__builtin_memcpy(&h->v6.daddr, dst->ip, 16);
 	} else {
@@ -121,7 +122,7 @@ static __always_inline void l3_build(union l3_out *h, const struct pkt *in, cons
 		h->v4.tos = in->tos;
 		h->v4.tot_len = bpf_htons(sizeof(struct iphdr) + udp_len);
 		h->v4.frag_off = bpf_htons(0x4000); /* DF */
-		h->v4.ttl = in->ttl - 1;
+		h->v4.ttl = in->ttl - hops;
 		h->v4.protocol = IPPROTO_UDP;
 		h->v4.saddr = ep4_addr(src);
 		h->v4.daddr = ep4_addr(dst);
@@ -226,7 +227,7 @@ static __always_inline int chan_to_udp_x(struct xdp_md *ctx, const struct pkt *i
 	if (csum_sub_channel(&acc, ch, payload, data_end))
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 	nudp.check = csum_udp_finish(acc);
-	l3_build(&o->h, in, &c->relay, &c->peer, new_udp_len, out6);
+	l3_build(&o->h, in, &c->relay, &c->peer, new_udp_len, out6, 1);
 
 	/* --- the packet changes from here on --- */
 	delta = (int)(in->l3_len + CHANNEL_HDR_LEN) - (int)l3;
@@ -266,7 +267,7 @@ static __always_inline int udp_to_chan_x(struct xdp_md *ctx, const struct pkt *i
 	acc = csum_add16(acc, chan_hdr[0]);
 	acc = csum_add16(acc, chan_hdr[1]);
 	nudp.check = csum_udp_finish(acc);
-	l3_build(&o->h, in, &c->server, &c->client, new_udp_len, out6);
+	l3_build(&o->h, in, &c->server, &c->client, new_udp_len, out6, 1);
 
 	/* --- the packet changes from here on --- */
 	delta = (int)in->l3_len - (int)(l3 + CHANNEL_HDR_LEN);

@@ -51,7 +51,8 @@ static __always_inline int chan_to_chan_x(struct xdp_md *ctx, const struct pkt *
 	acc = csum_add16(acc, chan_hdr[0]);
 	acc = csum_add16(acc, chan_hdr[1]);
 	nudp.check = csum_udp_finish(acc);
-	l3_build(&o->h, in, &c2->server, &c2->client, new_udp_len, out6);
+	/* two hops, as at the server: into the other relayed address, and out to its client */
+	l3_build(&o->h, in, &c2->server, &c2->client, new_udp_len, out6, 2);
 
 	/* --- the packet changes from here on --- */
 	delta = (int)in->l3_len - (int)l3;
@@ -98,6 +99,8 @@ static __always_inline int hairpin(struct xdp_md *ctx, const struct pkt *in, str
 		return xdp_pass(TB_STAT_PASS_TOO_BIG);
 	if (!chan_live(c2, tb_now(), true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
+	if (in->ttl <= 2)
+		return xdp_pass(TB_STAT_PASS_TTL);
 	if (c2->client.family == TB_AF_INET6)
 		return chan_to_chan6(ctx, in, udp, ch, c2);
 	return chan_to_chan4(ctx, in, udp, ch, c2);

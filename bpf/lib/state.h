@@ -730,6 +730,13 @@ static __always_inline void request_takes_away(const struct tb_pending_key *k,
 	}
 }
 
+/* A binding that must not relay any more, left in its map for the sweep to delete. */
+static __always_inline void chan_kill(struct tb_chan *c)
+{
+	*(volatile __u64 *)&c->chan_expires_ns = 0;
+	*(volatile __u64 *)&c->cache = 0;
+}
+
 static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 					   const struct tb_pending *p, struct tb_chan *cp, __u64 now)
 {
@@ -770,9 +777,11 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	}
 
 	/* Re-pointing: the server grants a channel number for another peer, or a peer on another
-	 * number, only once the old binding is gone there. Its other half goes in this commit, so
+	 * number, only once the old binding is gone there. Its other half dies in this commit, so
 	 * neither direction can use it (a datagram from the old peer must not reach the client as
-	 * ChannelData on a number that now means someone else). */
+	 * ChannelData on a number that now means someone else). It dies in place, for the sweep to
+	 * delete: a deleted element goes back to the preallocated map's free list at once, and this
+	 * very commit's insert would hand it, refilled, to a fast path still holding it. */
 	ck.client = ak->client;
 	ck.server = ak->server;
 	ck.chan = p->chan;
@@ -783,7 +792,7 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		other = bpf_map_lookup_elem(&peers, &rk);
 		if (other && other->chan == old->chan && ep_eq(&other->client, &old->client) &&
 		    ep_eq(&other->server, &old->server))
-			bpf_map_delete_elem(&peers, &rk);
+			chan_kill(other);
 		repointed = true;
 	}
 	rk.peer = c.peer;
@@ -796,7 +805,7 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		ck.chan = old->chan;
 		other = bpf_map_lookup_elem(&chans, &ck);
 		if (other && ep_eq(&other->peer, &old->peer) && ep_eq(&other->relay, &old->relay))
-			bpf_map_delete_elem(&chans, &ck);
+			chan_kill(other);
 		ck.client = ak->client;
 		ck.server = ak->server;
 		ck.chan = p->chan;

@@ -123,8 +123,9 @@ impl ServerView {
         let proc_fs = ProcFs::default();
         let process = server_process(&proc_fs, pid);
         let name = process.comm.clone();
+        let go = process.go;
         view.process = Some(process);
-        if name != "turnserver" {
+        if name != "turnserver" || go {
             debug!(
                 "the TURN port's sockets belong to pid {pid} ({name}), not to coturn: no \
                  settings to read"
@@ -158,17 +159,19 @@ impl ServerView {
 /// executable was built with, read from the Go build information in it.
 fn server_process(proc_fs: &ProcFs, pid: u32) -> ServerProcess {
     let comm = proc_fs.comm(pid);
-    let info = match crate::gobuild::read(&proc_fs.exe_file(pid)) {
-        Ok(info) => info,
+    let exe = match std::fs::read(proc_fs.exe_file(pid)) {
+        Ok(exe) => exe,
         Err(e) => {
-            debug!("reading the Go build information of pid {pid} ({comm}): {e:#}");
-            None
+            debug!("reading the executable of pid {pid} ({comm}): {e}");
+            Vec::new()
         }
     };
+    let info = crate::gobuild::parse_file(&exe);
     ServerProcess {
         comm,
         pion: info.as_ref().and_then(|i| i.pion_turn()),
         go: info.is_some(),
+        coturn: profile::coturn_version(&exe),
     }
 }
 
@@ -235,7 +238,8 @@ pub fn merge(args: &Args, server: &ServerView) -> Result<(Effective, Vec<String>
         };
         w.push(format!(
             "server: {why}; its lifetimes cannot be read from it: {}, {} (give \
-             --channel-lifetime/--permission-lifetime if the server uses shorter ones)",
+             --channel-lifetime/--permission-lifetime if the server uses shorter ones; a pion \
+             server's InboundMTU below 1600, set in its code, is not seen either)",
             assumed(
                 "channel-lifetime",
                 args.channel_lifetime,

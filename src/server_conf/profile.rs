@@ -17,8 +17,8 @@
 //! | additional-family code point | 0x8032 | none | 0x8000 |
 //! | 437 to a Refresh | yes (no allocation) | never | as the RFC says |
 //! | ChannelData padding over UDP | 0–3 bytes accepted, sends none | any accepted, pads to 4 | may be padded |
-//! | largest datagram relayed whole | 16,384 here (coturn: 64 KiB) | 1,596 to a peer, 1,600 to a client | the smallest known: pion's |
-//! | identified by | process name `turnserver` | Go build information naming `github.com/pion/turn/v2` | `--server rfc8656`, or any other server |
+//! | largest datagram relayed whole | 16,380 bytes of data each way | 1,596 to a peer, 1,600 to a client (`InboundMTU`, in the embedding code) | the smallest known: pion's |
+//! | identified by | process `turnserver`, not a Go program, its executable naming `Coturn-4.6.1` | Go build information naming `github.com/pion/turn/v2` v2.1.0, not replaced | `--server rfc8656`, or any other server |
 //!
 //! Learning from the answers needs none of the informational rows: an Allocate answer lists the
 //! relayed addresses it granted whatever code point asked for them, and a 437 is an error the
@@ -66,6 +66,12 @@ pub struct Profile {
 
 use crate::consts::TB_MAX_DATAGRAM;
 
+/// coturn 4.6.1 reads every UDP datagram into a 16,384-byte buffer (`UDP_STUN_BUFFER_SIZE`) and
+/// relays at most 16,380 bytes of data each way (`peer_input_handler`: the buffer less the
+/// ChannelData header): a longer ChannelData is dropped, a longer peer datagram cut.
+const COTURN_MAX_DATA: u32 = 16_380;
+const _: () = assert!(COTURN_MAX_DATA as u64 <= TB_MAX_DATAGRAM);
+
 /// pion v2.1.0 reads every datagram into a 1600-byte buffer (`rtpMTU`, `inboundMTU`): a client's
 /// ChannelData with more than 1596 bytes of data is dropped, a peer's datagram over 1600 bytes
 /// is cut to 1600.
@@ -79,8 +85,8 @@ pub const COTURN: Profile = Profile {
     lifetimes_readable: true,
     bind_permission_is_channel_lifetime: true,
     channel_needs_permission: true,
-    max_to_peer: TB_MAX_DATAGRAM as u32,
-    max_to_client: TB_MAX_DATAGRAM as u32,
+    max_to_peer: COTURN_MAX_DATA,
+    max_to_client: COTURN_MAX_DATA,
 };
 
 pub const PION: Profile = Profile {
@@ -133,10 +139,27 @@ pub struct ServerProcess {
     pub pion: Option<(u32, String)>,
     /// Its executable is a Go program.
     pub go: bool,
+    /// The coturn version its executable names (`Coturn-4.6.1 'Gorst'`), if any.
+    pub coturn: Option<String>,
 }
 
 /// The only pion/turn version whose rules are proven here.
 pub const PION_PROVEN: &str = "v2.1.0";
+/// The only coturn version whose rules are proven here.
+pub const COTURN_PROVEN: &str = "4.6.1";
+
+/// The coturn version an executable names (`Coturn-4.6.1 'Gorst'`, its SOFTWARE string).
+pub fn coturn_version(exe: &[u8]) -> Option<String> {
+    const TAG: &[u8] = b"Coturn-";
+    let at = exe.windows(TAG.len()).position(|w| w == TAG)? + TAG.len();
+    let version: String = exe[at..]
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|b| *b as char)
+        .collect();
+    (!version.is_empty()).then_some(version)
+}
 
 /// The profile for the server process found (or named with `--server`), and why, for the log.
 pub fn choose(
@@ -152,13 +175,40 @@ pub fn choose(
             "RFC 8656 (strict): the server process was not found".to_string(),
         );
     };
-    if p.comm == "turnserver" {
-        return (&COTURN, format!("coturn 4.6.1 (process '{}')", p.comm));
+    // a Go program is never coturn, whatever its name
+    if !p.go && p.comm == "turnserver" {
+        return match p.coturn.as_deref() {
+            Some(COTURN_PROVEN) => (
+                &COTURN,
+                format!("coturn {COTURN_PROVEN} (process '{}')", p.comm),
+            ),
+            v => (
+                &RFC8656,
+                format!(
+                    "RFC 8656 (strict): process '{}' is {}, and only coturn {COTURN_PROVEN}'s \
+                     rules are proven (give --server coturn to choose them)",
+                    p.comm,
+                    v.map_or(
+                        "not a coturn the agent recognises".to_string(),
+                        |v| format!("coturn {v}")
+                    )
+                ),
+            ),
+        };
     }
     match &p.pion {
         Some((2, v)) if v == PION_PROVEN => (
             &PION,
             format!("pion/turn {v} (Go build information of '{}')", p.comm),
+        ),
+        Some((major, v)) if v == "replaced" => (
+            &RFC8656,
+            format!(
+                "RFC 8656 (strict): '{}' is built with a replaced pion/turn v{major} (a fork or a \
+                 local copy): its code need not be {PION_PROVEN}'s as published (give --server \
+                 pion to choose pion's rules)",
+                p.comm
+            ),
         ),
         Some((major, v)) => (
             &RFC8656,
@@ -190,6 +240,7 @@ mod tests {
             comm: comm.into(),
             pion: pion.map(|(m, v)| (m, v.to_string())),
             go: pion.is_some(),
+            coturn: (comm == "turnserver" && pion.is_none()).then(|| "4.6.1".to_string()),
         }
     }
 
@@ -197,6 +248,34 @@ mod tests {
     fn the_server_process_picks_the_profile() {
         for (p, want) in [
             (process("turnserver", None), ServerKind::Coturn),
+            // named turnserver, but a Go program (pion built so), or another coturn
+            (process("turnserver", Some((2, "v2.1.0"))), ServerKind::Pion),
+            (
+                ServerProcess {
+                    go: true,
+                    ..process("turnserver", None)
+                },
+                ServerKind::Rfc8656,
+            ),
+            (
+                ServerProcess {
+                    coturn: Some("4.7.0".into()),
+                    ..process("turnserver", None)
+                },
+                ServerKind::Rfc8656,
+            ),
+            (
+                ServerProcess {
+                    coturn: None,
+                    ..process("turnserver", None)
+                },
+                ServerKind::Rfc8656,
+            ),
+            // a replaced (forked) pion/turn
+            (
+                process("turn-server", Some((2, "replaced"))),
+                ServerKind::Rfc8656,
+            ),
             (
                 process("turn-server", Some((2, "v2.1.0"))),
                 ServerKind::Pion,
@@ -224,6 +303,20 @@ mod tests {
             assert_eq!(got.kind, want, "{p:?}: {why}");
         }
         assert_eq!(choose(None, None).0.kind, ServerKind::Rfc8656);
+    }
+
+    #[test]
+    fn coturn_names_its_version() {
+        assert_eq!(
+            coturn_version(b"..\0Coturn-4.6.1 'Gorst'\0.."),
+            Some("4.6.1".into())
+        );
+        assert_eq!(coturn_version(b"no version here"), None);
+        assert_eq!(coturn_version(b"Coturn-"), None);
+        // the installed coturn, when there is one
+        if let Ok(exe) = std::fs::read("/usr/bin/turnserver") {
+            assert_eq!(coturn_version(&exe).as_deref(), Some(COTURN_PROVEN));
+        }
     }
 
     #[test]

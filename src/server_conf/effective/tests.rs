@@ -27,6 +27,7 @@ fn server(words: &[&str], file: Option<&str>, ports: &[u16]) -> ServerView {
         pid: Some(42),
         process: Some(ServerProcess {
             comm: "turnserver".into(),
+            coturn: Some("4.6.1".into()),
             ..ServerProcess::default()
         }),
         conf: Some(ServerConf::from_parts(&argv, file, &|_| None)),
@@ -324,6 +325,7 @@ fn other_server(comm: &str, pion: Option<(u32, &str)>) -> ServerView {
             comm: comm.into(),
             pion: pion.map(|(m, v)| (m, v.to_string())),
             go: pion.is_some(),
+            coturn: None,
         }),
         conf: None,
         ports: vec![],
