@@ -971,3 +971,160 @@ fn agent_relays_a_pion_channel_after_its_permission_expired() {
     );
     assert!(exit.counter("RELAYED_TO_PEER") >= 20, "{}", exit.output);
 }
+
+/// What reached the client from the server within 400 ms: (Data indications, ChannelData on
+/// `chan`).
+fn arrivals(c: &TurnClient, chan: u16) -> (usize, usize) {
+    let mut buf = vec![0u8; 2048];
+    let (mut ind, mut cd) = (0, 0);
+    while let Some((n, _)) = c.recv_raw(&mut buf, Duration::from_millis(400)).unwrap() {
+        if n >= 20 && u16::from_be_bytes([buf[0], buf[1]]) == DATA_INDICATION {
+            ind += 1;
+        } else if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == chan {
+            cd += 1;
+        }
+    }
+    (ind, cd)
+}
+
+/// One timeline against pion with 4 s channels: channel CH bound to peer A until pion drops it,
+/// then the same number bound to peer B. A's permission (5 minutes, from the first ChannelBind)
+/// still stands, so pion sends A's datagrams as Data indications, never as ChannelData on the
+/// number that now means B. Returns (Data indications from A, ChannelData from A, B's echoes).
+fn rebind_timeline(lab: &Lab, a: &Echo, b: &Echo, from: usize) -> (usize, usize, usize) {
+    let mut c = client(lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CH, a.addr).unwrap();
+    assert_eq!(exchange(&c, CH, from, 5), 5, "A's channel relays");
+    sleep(Duration::from_millis(5500));
+    c.channel_bind(CH, b.addr).unwrap();
+    for i in 0..5 {
+        a.sock.send_to(&payload(from + 10 + i), relayed).unwrap();
+    }
+    let (ind, cd) = arrivals(&c, CH);
+    (ind, cd, exchange(&c, CH, from + 20, 5))
+}
+
+/// The rebinding case against pion, side by side: pion alone, then pion with the agent (pion's
+/// rules, its 4 s channels given): the same arrivals.
+#[test]
+fn a_rebound_channel_number_never_delivers_the_old_peers_data() {
+    skip_unless_pion!();
+    let lab = pion("tbt-prebind", &["-channel-lifetime", "4s"]);
+    lab.exec(
+        Host::Srv,
+        &["ping", "-c", "1", "-W", "1", &lab::PEER_V4.to_string()],
+    )
+    .unwrap();
+    let pa = Echo::start(&lab, 7140);
+    let pb = Echo::start(&lab, 7141);
+    let alone = rebind_timeline(&lab, &pa, &pb, 0);
+    assert_eq!(
+        alone,
+        (5, 0, 5),
+        "pion alone: (indications, ChannelData, B's echoes)"
+    );
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &[
+            "--enable-forwarding",
+            "--server",
+            "pion",
+            "--channel-lifetime",
+            "4",
+            "turn0",
+            "relay0",
+        ],
+        &log_path("pion-rebind"),
+    )
+    .unwrap();
+    let with = rebind_timeline(&lab, &pa, &pb, 100);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(
+        with, alone,
+        "with the agent, as pion alone:\n{}",
+        exit.output
+    );
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    // both channels' exchanges went in XDP (the first datagram may meet an empty ARP cache)
+    assert!(exit.counter("RELAYED_TO_CLIENT") >= 9, "{}", exit.output);
+    pa.stop();
+    pb.stop();
+}
+
+/// Single-interface mode beside pion: the agent on turn0 alone, the peer on the clients' side,
+/// so every relayed datagram leaves where it came in; pion alone first, then 500 each way in
+/// XDP, byte-exact, pion's sockets seeing none; after Ctrl+C pings and the channel through pion
+/// work at once.
+#[test]
+fn single_interface_beside_pion() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pone", &[]);
+    lab.exec(
+        Host::Srv,
+        &["ping", "-c", "1", "-W", "1", &lab::CLIENT_V4.to_string()],
+    )
+    .unwrap();
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V4, 7300)).expect("binding the echo socket")
+    });
+    let echo_addr = sock.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echo = tc::echo_peer(sock, stop.clone());
+
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo_addr).unwrap();
+    assert_eq!(exchange(&c, CH, 0, 20), 20, "pion alone");
+
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "--server", "pion", "turn0"],
+        &log_path("pion-one"),
+    )
+    .unwrap();
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH + 1, echo_addr).unwrap();
+    let before = lab.nstat_udp_in(Host::Srv);
+    let got = exchange(&c, CH + 1, 100, 500);
+    let after = lab.nstat_udp_in(Host::Srv);
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(got, 500, "{}", exit.output);
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 500, "{}", exit.output);
+    assert_eq!(exit.counter("RELAYED_TO_CLIENT"), 500, "{}", exit.output);
+    assert_eq!(
+        after - before,
+        0,
+        "pion's sockets saw data:\n{}",
+        exit.output
+    );
+
+    let pings = lab
+        .exec(
+            Host::Cli,
+            &[
+                "ping",
+                "-c",
+                "10",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &lab::SERVER_V4.to_string(),
+            ],
+        )
+        .unwrap_or_default();
+    assert!(
+        pings.contains("10 received"),
+        "pings after the agent: {pings}"
+    );
+    let before = lab.nstat_udp_in(Host::Srv);
+    assert_eq!(exchange(&c, CH + 1, 2000, 20), 20, "pion after the agent");
+    assert!(lab.nstat_udp_in(Host::Srv) - before >= 40);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo.join().unwrap();
+}
