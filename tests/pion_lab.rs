@@ -1128,3 +1128,75 @@ fn single_interface_beside_pion() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     echo.join().unwrap();
 }
+
+/// coturn's own test client against pion with the agent: turnutils_uclient (channels) to
+/// turnutils_peer, 500 messages, none lost, relayed in XDP.
+#[test]
+fn turnutils_uclient_through_pion_with_the_agent() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pucl", &[]);
+    let mut peer = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(Host::Peer),
+            "turnutils_peer",
+            "-L",
+            "198.51.100.2",
+            "-p",
+            "3480",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "--server", "pion", "turn0", "relay0"],
+        &log_path("pion-uclient"),
+    )
+    .unwrap();
+    let out = lab.exec(
+        Host::Cli,
+        &[
+            "timeout",
+            "60",
+            "turnutils_uclient",
+            "-u",
+            lab::TURN_USER,
+            "-w",
+            lab::TURN_PASS,
+            "-e",
+            "198.51.100.2",
+            "-r",
+            "3480",
+            "-n",
+            "500",
+            "-m",
+            "1",
+            "-l",
+            "400",
+            "-c",
+            "192.0.2.1",
+        ],
+    );
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let out = out.unwrap();
+    assert!(out.contains("tot_recv_msgs=500"), "{out}");
+    assert!(out.contains("Total lost packets 0 (0.000000%)"), "{out}");
+    let no_neigh = exit.counter("PASS_NO_NEIGH");
+    assert!(no_neigh <= 2, "{}", exit.output);
+    assert!(
+        exit.counter("RELAYED_TO_PEER") + no_neigh >= 500,
+        "{}",
+        exit.output
+    );
+    assert!(
+        exit.counter("RELAYED_TO_CLIENT") + no_neigh >= 500,
+        "{}",
+        exit.output
+    );
+}
