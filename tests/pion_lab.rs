@@ -1200,3 +1200,68 @@ fn turnutils_uclient_through_pion_with_the_agent() {
         exit.output
     );
 }
+
+/// Refresh 0 beside pion (which deletes the allocation at once): the fast path stops at once
+/// too; every later datagram reaches pion's socket (and goes nowhere, as with pion alone). Wrong
+/// credentials get a 401 from pion and leave nothing for the agent to learn.
+#[test]
+fn refresh_zero_and_wrong_credentials_beside_pion() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pref0", &[]);
+    for ip in [lab::CLIENT_V4.to_string(), lab::PEER_V4.to_string()] {
+        lab.exec(Host::Srv, &["ping", "-c", "1", "-W", "1", &ip])
+            .unwrap();
+    }
+    let echo = Echo::start(&lab, 7150);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "--server", "pion", "turn0", "relay0"],
+        &log_path("pion-refresh0"),
+    )
+    .unwrap();
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo.addr).unwrap();
+    let before = lab.nstat_udp_in(Host::Srv);
+    assert_eq!(
+        exchange(&c, CH, 0, 20),
+        20,
+        "offloaded before the deallocation"
+    );
+    assert_eq!(lab.nstat_udp_in(Host::Srv) - before, 0);
+    assert_eq!(c.refresh(0).unwrap(), 0, "pion grants Refresh 0");
+    let before = lab.nstat_udp_in(Host::Srv);
+    assert_eq!(
+        exchange(&c, CH, 100, 5),
+        0,
+        "nothing relayed after Refresh 0"
+    );
+    assert!(
+        lab.nstat_udp_in(Host::Srv) - before >= 5,
+        "to pion's socket"
+    );
+
+    // wrong password: refused by pion, nothing learned
+    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
+        UdpSocket::bind((lab::CLIENT_V4, 0)).expect("binding the client socket")
+    });
+    let mut bad = TurnClient::new(
+        sock,
+        lab::TURN_SERVER_V4,
+        lab::TURN_USER,
+        "not-the-password",
+    );
+    assert!(bad.allocate(None).is_err(), "pion refuses a wrong password");
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(exit.counter("LEARN_DEALLOC"), 1, "{}", exit.output);
+    assert_eq!(
+        exit.counter("LEARN_ALLOC"),
+        1,
+        "only the good one:\n{}",
+        exit.output
+    );
+    assert_eq!(exit.counter("RELAYED_TO_PEER"), 20, "{}", exit.output);
+    echo.stop();
+}
