@@ -2320,6 +2320,29 @@ fn partial_checksum_rows() -> Vec<Row> {
             partial,
         ));
     }
+    // a complete checksum that happens to equal the partial value (1 datagram in 65,535): the
+    // datagram summed whole tells it apart, and it is relayed
+    for c in [A44, A66, A46, A64] {
+        let coincide = |f: &mut Frame| {
+            let want = !partial_check(f);
+            let len = f.payload().len();
+            let w = u16::from_be_bytes([f.payload()[len - 2], f.payload()[len - 1]]);
+            // move the sum to `want` through the last data word
+            let delta = ones_add(want, !f.udp_sum());
+            let w2 = ones_add(w, delta);
+            f.payload_mut()[len - 2..].copy_from_slice(&w2.to_be_bytes());
+            f.set_check(UdpCheck::Correct);
+            assert_eq!(f.udp_sum(), want, "the forced sum");
+        };
+        rows.push(to_peer(
+            "complete checksum equal to the partial value",
+            &c,
+            &data_of(64, 3),
+            0,
+            0,
+            coincide,
+        ));
+    }
     // an IPv4 header with a bad checksum must not get a fresh IPv6 one
     rows.push({
         let mut r = pass_cd("bad IPv4 header checksum", &A46, "PASS_BAD_IP_CSUM", |_| {});

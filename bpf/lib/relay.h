@@ -11,6 +11,27 @@
 #include "chan6.h"
 #include "hairpin.h"
 
+/* The UDP checksum of `in` verifies in full. A subprogram, run only for the rare datagram whose
+ * checksum field looks partial; more data than the recorder checks (TB_MAX_STUN_REQUEST) is not
+ * summed: false. */
+static __noinline int udp_csum_verifies(struct xdp_md *ctx, const struct pkt *in)
+{
+	__u64 acc = csum_addr(0, in->saddr, in->family, true);
+	__u32 data_len = in->udp_len - sizeof(struct udphdr);
+
+	acc = csum_addr(acc, in->daddr, in->family, true);
+	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
+	acc = csum_add16(acc, bpf_htons(in->udp_len));
+	acc = csum_add16(acc, in->sport);
+	acc = csum_add16(acc, in->dport);
+	acc = csum_add16(acc, bpf_htons(in->udp_len));
+	acc = csum_add16(acc, in->check);
+	if (data_len &&
+	    xdp_sum(ctx, sizeof(struct ethhdr) + in->l3_len + sizeof(struct udphdr), data_len, &acc))
+		return 0;
+	return csum_fold64(acc) == 0xffff;
+}
+
 /*
  * A UDP checksum field that holds only the folded pseudo-header sum: how the kernel leaves a
  * checksum for the device to finish (CHECKSUM_PARTIAL). A local sender's datagram with tx
@@ -18,16 +39,19 @@
  * program that way. The data is not summed in yet, so an incremental update would send a wrong
  * checksum, and a batch would leave as one datagram: such packets go to the server, whose stack
  * finishes or segments them. A complete checksum equals this value by chance for 1 datagram in
- * 65,535; that one goes to the server too.
+ * 65,535: that one is told apart by summing it whole (a datagram of up to 1,280 bytes of data; a
+ * longer one goes to the server).
  */
-static __always_inline bool csum_partial(const struct pkt *in)
+static __always_inline bool csum_partial(struct xdp_md *ctx, const struct pkt *in)
 {
 	__u64 acc = csum_addr(0, in->saddr, in->family, true);
 
 	acc = csum_addr(acc, in->daddr, in->family, true);
 	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
 	acc = csum_add16(acc, bpf_htons(in->udp_len));
-	return in->check == csum_fold64(acc);
+	if (in->check != csum_fold64(acc))
+		return false;
+	return !udp_csum_verifies(ctx, in);
 }
 
 /* To peer: UDP to a TURN port whose payload starts like ChannelData. `l3` is the IPv4 or IPv6
@@ -57,7 +81,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
 	if (c->relay.family != c->peer.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-	if (csum_partial(in))
+	if (csum_partial(ctx, in))
 		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (ch.data_len > cfg_max_to_peer)
 		return xdp_pass(TB_STAT_PASS_TOO_BIG);
@@ -103,7 +127,7 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 		return xdp_pass(TB_STAT_PASS_NO_CHANNEL);
 	if (c->client.family != c->server.family)
 		return xdp_pass(TB_STAT_PASS_UNSUPPORTED);
-	if (csum_partial(in))
+	if (csum_partial(ctx, in))
 		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (data_len == 0 || data_len > TB_MAX_DATAGRAM)
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
