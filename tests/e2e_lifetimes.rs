@@ -338,21 +338,6 @@ fn requests_the_server_refuses_leave_nothing_behind() {
     assert_eq!(echo.stop(), 0, "the denied peer received nothing");
 }
 
-/// What reached the client from the server within 300 ms: (Data indications, ChannelData on
-/// `chan`).
-fn arrivals(c: &TurnClient, chan: u16) -> (usize, usize) {
-    let mut buf = vec![0u8; 2048];
-    let (mut ind, mut cd) = (0, 0);
-    while let Some((n, _)) = c.recv_raw(&mut buf, Duration::from_millis(300)).unwrap() {
-        if n >= 20 && buf[0..2] == [0x00, 0x17] {
-            ind += 1;
-        } else if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == chan {
-            cd += 1;
-        }
-    }
-    (ind, cd)
-}
-
 /// One timeline: channel 0x4000 bound to peer A until it expires at the server, then the same
 /// number bound to peer B with a permission for A. A's datagrams must reach the client as Data
 /// indications (never as ChannelData on the number that now means B) and B's channel relays.
@@ -368,7 +353,7 @@ fn rebind_timeline(lab: &Lab, a: &Echo, b: &Echo, from: usize) -> (usize, usize,
     for i in 0..5 {
         a.sock.send_to(&payload(from + 10 + i), relayed).unwrap();
     }
-    let (ind, cd) = arrivals(&c, CHANNEL);
+    let (ind, cd) = arrivals(&c, CHANNEL, Duration::from_millis(300));
     (ind, cd, exchange(&c, CHANNEL, from + 20, 5))
 }
 

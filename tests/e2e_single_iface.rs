@@ -8,49 +8,17 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use turn_bpf_testkit::agent::AgentProc;
 use turn_bpf_testkit::lab::{self, Host, Lab};
-use turn_bpf_testkit::turn_client::{echo_peer, RelayFamily};
+use turn_bpf_testkit::turn_client::RelayFamily;
 
 use common::*;
 
 const N: usize = 1000;
-
-/// An echo on the clients' side of the server (in the client namespace).
-struct ClientSideEcho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl ClientSideEcho {
-    fn start(lab: &Lab, ip: IpAddr, port: u16) -> ClientSideEcho {
-        let sock = lab::in_ns(&lab.ns(Host::Cli), move || {
-            UdpSocket::bind((ip, port)).expect("binding the echo socket")
-        });
-        let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = Some(echo_peer(sock, stop.clone()));
-        ClientSideEcho { addr, stop, handle }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for ClientSideEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
 
 /// Datagrams delivered to the server namespace's UDP and UDP6 sockets so far.
 fn srv_in(lab: &Lab) -> u64 {
@@ -88,7 +56,7 @@ fn case(name: &str, v6: bool) {
         &["ping", "-c", "1", "-W", "2", &client_ip.to_string()],
     )
     .unwrap();
-    let echo = ClientSideEcho::start(&lab, client_ip, 7300);
+    let echo = Echo::start_in(&lab, Host::Cli, client_ip, 7300);
     let family = if v6 { RelayFamily::V6 } else { RelayFamily::V4 };
 
     // coturn alone relays to a peer on the clients' side

@@ -972,21 +972,6 @@ fn agent_relays_a_pion_channel_after_its_permission_expired() {
     assert!(exit.counter("RELAYED_TO_PEER") >= 20, "{}", exit.output);
 }
 
-/// What reached the client from the server within 400 ms: (Data indications, ChannelData on
-/// `chan`).
-fn arrivals(c: &TurnClient, chan: u16) -> (usize, usize) {
-    let mut buf = vec![0u8; 2048];
-    let (mut ind, mut cd) = (0, 0);
-    while let Some((n, _)) = c.recv_raw(&mut buf, Duration::from_millis(400)).unwrap() {
-        if n >= 20 && u16::from_be_bytes([buf[0], buf[1]]) == DATA_INDICATION {
-            ind += 1;
-        } else if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == chan {
-            cd += 1;
-        }
-    }
-    (ind, cd)
-}
-
 /// One timeline against pion with 4 s channels: channel CH bound to peer A until pion drops it,
 /// then the same number bound to peer B. A's permission (5 minutes, from the first ChannelBind)
 /// still stands, so pion sends A's datagrams as Data indications, never as ChannelData on the
@@ -1001,7 +986,7 @@ fn rebind_timeline(lab: &Lab, a: &Echo, b: &Echo, from: usize) -> (usize, usize,
     for i in 0..5 {
         a.sock.send_to(&payload(from + 10 + i), relayed).unwrap();
     }
-    let (ind, cd) = arrivals(&c, CH);
+    let (ind, cd) = arrivals(&c, CH, Duration::from_millis(400));
     (ind, cd, exchange(&c, CH, from + 20, 5))
 }
 
@@ -1066,12 +1051,8 @@ fn single_interface_beside_pion() {
         &["ping", "-c", "1", "-W", "1", &lab::CLIENT_V4.to_string()],
     )
     .unwrap();
-    let sock = lab::in_ns(&lab.ns(Host::Cli), || {
-        UdpSocket::bind((lab::CLIENT_V4, 7300)).expect("binding the echo socket")
-    });
-    let echo_addr = sock.local_addr().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echo = tc::echo_peer(sock, stop.clone());
+    let echo = Echo::start_in(&lab, Host::Cli, lab::CLIENT_V4.into(), 7300);
+    let echo_addr = echo.addr;
 
     let mut c = client(&lab);
     c.allocate(None).unwrap();
@@ -1125,8 +1106,7 @@ fn single_interface_beside_pion() {
     let before = lab.nstat_udp_in(Host::Srv);
     assert_eq!(exchange(&c, CH + 1, 2000, 20), 20, "pion after the agent");
     assert!(lab.nstat_udp_in(Host::Srv) - before >= 40);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    echo.join().unwrap();
+    echo.stop();
 }
 
 /// coturn's own test client against pion with the agent: turnutils_uclient (channels) to

@@ -152,7 +152,12 @@ impl Echo {
 
     /// An echo on `ip` (one of the peer's addresses, IPv4 or IPv6).
     pub fn start_at(lab: &Lab, ip: std::net::IpAddr, port: u16) -> Echo {
-        let sock = lab::in_ns(&lab.ns(Host::Peer), move || {
+        Echo::start_in(lab, Host::Peer, ip, port)
+    }
+
+    /// An echo on `ip` in `host`'s namespace (a peer on the clients' side: `Host::Cli`).
+    pub fn start_in(lab: &Lab, host: Host, ip: std::net::IpAddr, port: u16) -> Echo {
+        let sock = lab::in_ns(&lab.ns(host), move || {
             UdpSocket::bind((ip, port)).expect("binding the echo socket")
         });
         let addr = sock.local_addr().unwrap();
@@ -205,4 +210,19 @@ pub fn exchange(c: &TurnClient, channel: u16, from: usize, n: usize) -> usize {
         }
     }
     got
+}
+
+/// What reached client `c` from the server within `wait`: (Data indications, ChannelData on
+/// `chan`).
+pub fn arrivals(c: &TurnClient, chan: u16, wait: Duration) -> (usize, usize) {
+    let mut buf = vec![0u8; 2048];
+    let (mut ind, mut cd) = (0, 0);
+    while let Some((n, _)) = c.recv_raw(&mut buf, wait).unwrap() {
+        if n >= 20 && buf[0..2] == [0x00, 0x17] {
+            ind += 1;
+        } else if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == chan {
+            cd += 1;
+        }
+    }
+    (ind, cd)
 }
