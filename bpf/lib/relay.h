@@ -14,14 +14,11 @@
 /* The UDP checksum of `in` verifies in full. A subprogram, run only for the rare datagram whose
  * checksum field looks partial; more data than the recorder checks (TB_MAX_STUN_REQUEST) is not
  * summed: false. */
-static __noinline int udp_csum_verifies(struct xdp_md *ctx, const struct pkt *in)
+static __noinline int udp_csum_verifies(struct xdp_md *ctx, const struct pkt *in, __u64 acc)
 {
-	__u64 acc = csum_addr(0, in->saddr, in->family, true);
 	__u32 data_len = in->udp_len - sizeof(struct udphdr);
 
-	acc = csum_addr(acc, in->daddr, in->family, true);
-	acc = csum_add16(acc, bpf_htons(IPPROTO_UDP));
-	acc = csum_add16(acc, bpf_htons(in->udp_len));
+	/* `acc` holds the pseudo-header already */
 	acc = csum_add16(acc, in->sport);
 	acc = csum_add16(acc, in->dport);
 	acc = csum_add16(acc, bpf_htons(in->udp_len));
@@ -51,7 +48,7 @@ static __always_inline bool csum_partial(struct xdp_md *ctx, const struct pkt *i
 	acc = csum_add16(acc, bpf_htons(in->udp_len));
 	if (in->check != csum_fold64(acc))
 		return false;
-	return !udp_csum_verifies(ctx, in);
+	return !udp_csum_verifies(ctx, in, acc);
 }
 
 /* To peer: UDP to a TURN port whose payload starts like ChannelData. `l3` is the IPv4 or IPv6
