@@ -5,7 +5,7 @@
 //! XDP links are closed, our TC filter is removed (never anyone else's), a clsact qdisc is removed
 //! only if we created it and nothing else uses it, and forwarding settings we changed are restored.
 //! If the process is killed with SIGKILL, the XDP links vanish with it; the TC filter stays and
-//! `turn-bpf --detach IFACE` removes it.
+//! `turn-bpf detach IFACE` removes it.
 
 use std::ffi::CString;
 use std::fs;
@@ -19,7 +19,7 @@ use log::{debug, info, warn};
 
 use crate::cli::XdpMode;
 
-/// Handle and priority of our TC filter: fixed, so `--detach` finds it after a SIGKILL.
+/// Handle and priority of our TC filter: fixed, so `turn-bpf detach` finds it after a SIGKILL.
 pub const TC_HANDLE: u32 = 0x7462; // "tb"
 pub const TC_PRIORITY: u32 = 0x7462;
 /// Names of our programs, to recognise them on an interface.
@@ -325,7 +325,7 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         bail!(
             "{iface} already has a TC egress filter at handle {TC_HANDLE:#x} priority \
              {TC_PRIORITY:#x} ({who}); another turn-bpf, or one killed without detaching \
-             (see turn-bpf --detach {iface})"
+             (see turn-bpf detach {iface})"
         );
     }
     if let Err(e) = hook.attach() {
@@ -378,7 +378,7 @@ impl TcFilter {
     }
 }
 
-/// `--detach`: remove a TC filter of ours left behind by a killed agent.
+/// `turn-bpf detach`: remove a TC filter of ours left behind by a killed agent.
 /// Returns a line describing what was done on `iface`.
 pub fn detach_leftovers(iface: &str) -> Result<String> {
     let idx = ifindex(iface)?;

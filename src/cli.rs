@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use crate::server::ServerName;
 use crate::server_conf::profile::ServerKind;
@@ -19,7 +19,74 @@ pub const MAX_TURN_PORTS: usize = crate::consts::TB_MAX_TURN_PORTS as usize;
 /// ChannelData between clients and peers in the kernel. Stop it with Ctrl+C (or SIGTERM): it
 /// detaches and the server carries on alone.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "turn-bpf", version, about, long_about = None)]
+#[command(name = "turn-bpf", version, about, long_about = None,
+          args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Running the offload (no subcommand).
+    #[command(flatten)]
+    pub run: Args,
+}
+
+/// What `turn-bpf` does: run the offload (no subcommand), or one of these.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Remove a turn-bpf TC filter left behind on these interfaces by an agent that was killed
+    /// with SIGKILL, then exit. (Its XDP links vanish with the process by themselves.)
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DetachArgs {
+    /// The interfaces to clean.
+    #[arg(value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+}
+
+/// What the command line asks for, once parsed and checked.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Run(Box<Args>),
+    Detach(DetachArgs),
+}
+
+impl Cli {
+    /// The action, with the checks clap cannot express done. Returns the one line that names the
+    /// problem. `--detach IFACE...` is the same as `detach IFACE...`.
+    pub fn action(self) -> Result<Action, String> {
+        let action = match self.command {
+            Some(Command::Detach(d)) => Action::Detach(d),
+            None if !self.run.detach.is_empty() => Action::Detach(DetachArgs {
+                ifaces: self.run.detach.clone(),
+            }),
+            None => Action::Run(Box::new(self.run.clone())),
+        };
+        match &action {
+            Action::Run(a) => a.validate()?,
+            Action::Detach(d) => check_iface_names(&d.ifaces)?,
+        }
+        Ok(action)
+    }
+}
+
+/// Interface names the kernel could hold, each named once.
+fn check_iface_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if name.is_empty() || name.len() > 15 || name.contains('/') {
+            return Err(format!("'{name}' is not a valid interface name"));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(format!("interface {name} is named twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The options of running the offload.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Interface on which clients reach the TURN server (its listening address lives there).
     #[arg(value_name = "IFACE", required_unless_present = "detach")]
@@ -94,17 +161,16 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
 
-    /// Remove a turn-bpf TC filter left behind on these interfaces by an agent that was killed
-    /// with SIGKILL, then exit. (Its XDP links vanish with the process by themselves.)
+    /// The same as `turn-bpf detach IFACE...`.
     #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
     pub detach: Vec<String>,
 
     /// More output (-v: counters every --stats-interval, -vv: debug, -vvv: trace).
-    #[arg(short, long, action = ArgAction::Count)]
+    #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 
     /// Less output (warnings and errors only).
-    #[arg(short, long, conflicts_with = "verbose")]
+    #[arg(short, long, conflicts_with = "verbose", global = true)]
     pub quiet: bool,
 }
 
@@ -167,15 +233,7 @@ impl Args {
 
     /// Checks clap cannot express. Returns the one line that names the problem.
     pub fn validate(&self) -> Result<(), String> {
-        let mut seen = HashSet::new();
-        for name in self.xdp_ifaces().iter().chain(self.detach.iter()) {
-            if name.is_empty() || name.len() > 15 || name.contains('/') {
-                return Err(format!("'{name}' is not a valid interface name"));
-            }
-            if !seen.insert(name.as_str()) {
-                return Err(format!("interface {name} is named twice"));
-            }
-        }
+        check_iface_names(&self.xdp_ifaces())?;
         let ports: HashSet<u16> = self.turn_ports.iter().copied().collect();
         if ports.len() != self.turn_ports.len() {
             return Err("a --turn-port is named twice".into());
@@ -199,11 +257,17 @@ impl Args {
 mod tests {
     use super::*;
 
+    fn action(args: &[&str]) -> Result<Action, String> {
+        Cli::try_parse_from(std::iter::once("turn-bpf").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .action()
+    }
+
     fn parse(args: &[&str]) -> Result<Args, String> {
-        let args = Args::try_parse_from(std::iter::once("turn-bpf").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
-        args.validate()?;
-        Ok(args)
+        match action(args)? {
+            Action::Run(a) => Ok(*a),
+            other => panic!("{args:?}: {other:?}"),
+        }
     }
 
     #[test]
@@ -324,9 +388,34 @@ mod tests {
     }
 
     #[test]
-    fn detach_alone() {
-        let a = parse(&["--detach", "eth0", "eth1"]).unwrap();
-        assert!(a.iface.is_none());
-        assert_eq!(a.detach, vec!["eth0", "eth1"]);
+    fn detach_as_a_subcommand_or_an_option() {
+        for args in [
+            &["detach", "eth0", "eth1"][..],
+            &["--detach", "eth0", "eth1"],
+        ] {
+            match action(args).unwrap() {
+                Action::Detach(d) => assert_eq!(d.ifaces, vec!["eth0", "eth1"], "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (&["detach"], "IFACE"),
+            (&["detach", "eth0", "eth0"], "named twice"),
+            (
+                &["detach", "this-name-is-far-too-long"],
+                "not a valid interface",
+            ),
+            (&["--detach", "eth0", "--detach", "eth0"], "named twice"),
+            (
+                &["detach", "eth0", "--turn-port", "3478"],
+                "unexpected argument",
+            ),
+        ];
+        for (args, needle) in cases {
+            let err = action(args).expect_err(&format!("{args:?} must be refused"));
+            assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
+        }
+        // -v is global: it goes after a subcommand too.
+        assert!(action(&["detach", "eth0", "-v"]).is_ok());
     }
 }

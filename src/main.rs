@@ -12,12 +12,12 @@ use libbpf_rs::PrintLevel;
 use log::{debug, info, warn};
 
 use turn_bpf::attach;
-use turn_bpf::cli::Args;
+use turn_bpf::cli::{Action, Args, Cli};
 use turn_bpf::offload::Offload;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             // --help, --version
             let _ = e.print();
@@ -25,11 +25,16 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail_line(&one_line(&e.to_string())),
     };
-    if let Err(msg) = args.validate() {
-        return fail_line(&msg);
-    }
-    init_logging(&args);
-    match run(&args) {
+    init_logging(&cli.run);
+    let action = match cli.action() {
+        Ok(a) => a,
+        Err(msg) => return fail_line(&msg),
+    };
+    let done = match action {
+        Action::Run(args) => run(&args),
+        Action::Detach(d) => detach(&d.ifaces),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_line(&format!("{e:#}")),
     }
@@ -86,16 +91,24 @@ fn init_logging(args: &Args) {
     })));
 }
 
-fn run(args: &Args) -> Result<()> {
+fn need_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("turn-bpf needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
     }
-    if !args.detach.is_empty() {
-        for iface in &args.detach {
-            println!("{}", attach::detach_leftovers(iface)?);
-        }
-        return Ok(());
+    Ok(())
+}
+
+/// `turn-bpf detach IFACE...`
+fn detach(ifaces: &[String]) -> Result<()> {
+    need_root()?;
+    for iface in ifaces {
+        println!("{}", attach::detach_leftovers(iface)?);
     }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<()> {
+    need_root()?;
 
     // Signals first: from here on Ctrl+C and SIGTERM only set a flag, and every start-up step
     // checks it, so a signal at any point ends with everything undone.

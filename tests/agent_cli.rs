@@ -363,8 +363,8 @@ fn after_sigkill_detach_removes_the_leftover_filter() {
     )
     .unwrap();
     assert_clean(&lab);
-    // Nothing to do a second time.
-    let (code, out, _) = run_once(Some(&ns), &["--detach", "turn0"]);
+    // Nothing to do a second time (the subcommand spelling).
+    let (code, out, _) = run_once(Some(&ns), &["detach", "turn0"]);
     assert_eq!(code, 0);
     assert!(out.contains("no turn-bpf TC filter"), "{out}");
 }

@@ -3,11 +3,15 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::cli::Cli;
+
 use super::*;
 use crate::server_conf::Source;
 
 fn args(words: &[&str]) -> Args {
-    let a = Args::try_parse_from(std::iter::once("turn-bpf").chain(words.iter().copied())).unwrap();
+    let a = Cli::try_parse_from(std::iter::once("turn-bpf").chain(words.iter().copied()))
+        .unwrap()
+        .run;
     a.validate().unwrap();
     a
 }
