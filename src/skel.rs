@@ -43,6 +43,8 @@ pub struct Rules {
     /// The largest datagram the server relays whole, client to peer and peer to client.
     pub max_to_peer: u32,
     pub max_to_client: u32,
+    /// What a Refresh asking for less (not 0) is granted at least.
+    pub refresh_floor_s: u32,
 }
 
 impl Rules {
@@ -52,6 +54,7 @@ impl Rules {
             channel_needs_permission: p.channel_needs_permission,
             max_to_peer: p.max_to_peer,
             max_to_client: p.max_to_client,
+            refresh_floor_s: p.refresh_floor_s,
         }
     }
 }
@@ -74,5 +77,6 @@ impl Settings {
         ro.cfg_channel_needs_permission = u32::from(self.rules.channel_needs_permission);
         ro.cfg_max_to_peer = self.rules.max_to_peer;
         ro.cfg_max_to_client = self.rules.max_to_client;
+        ro.cfg_refresh_floor_s = self.rules.refresh_floor_s;
     }
 }

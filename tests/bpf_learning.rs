@@ -748,6 +748,32 @@ fn refresh_updates_expiry(c: &Ctx) -> Result<()> {
     c.relays_both_ways(C1, 0x4001, R1, P1)
 }
 
+/// A Refresh asking for less than coturn's 600 s minimum is granted 600 s: what the recorder
+/// takes away before the answer is what coturn grants at least, so the allocation lives on to
+/// the answer (a deadline of 1 s less our margin would have ended it, and nothing revives it).
+fn short_refresh_raised_by_coturn_keeps_the_allocation(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 1), true)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.response(C1, &refresh_ok(t, 600), &[("LEARN_REFRESH", 1)])?;
+    expect_deadline("allocation", c.alloc(C1)?.expires_ns, 600)?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)
+}
+
+/// Under pion's rules the same Refresh is granted as asked (1 s): the allocation ends here as
+/// soon as the request is seen, and its answer does not bring it back.
+fn short_refresh_granted_as_asked_ends_the_allocation(c: &Ctx) -> Result<()> {
+    c.allocate(C1, R1, 600)?;
+    c.bind(C1, 0x4001, P1)?;
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, 1), true)?;
+    c.response(C1, &refresh_ok(t, 1), &[("LEARN_NO_ALLOC", 1)])?;
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
+}
+
 fn refresh_zero_deallocates(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     c.bind(C1, 0x4001, P1)?;
@@ -1750,6 +1776,16 @@ fn learning_table() {
             "coturn: the same sizes are not limited",
             coturn_size_limits,
             Config::default(),
+        ),
+        (
+            "coturn: a Refresh below 600 s (raised to 600 s) keeps the allocation to its answer",
+            short_refresh_raised_by_coturn_keeps_the_allocation,
+            Config::default(),
+        ),
+        (
+            "pion v2.1.0: a Refresh of 1 s (granted as asked) ends the allocation at once",
+            short_refresh_granted_as_asked_ends_the_allocation,
+            with_rules(&PION),
         ),
         (
             "CreatePermission commits every XOR-PEER-ADDRESS",

@@ -26,6 +26,9 @@ volatile const __u32 cfg_channel_needs_permission = 1;
  * it drops a larger ChannelData and cuts a larger peer datagram). */
 volatile const __u32 cfg_max_to_peer = 16384;
 volatile const __u32 cfg_max_to_client = 16384;
+/* A Refresh asking for a LIFETIME below this (not 0) is granted this much (coturn: 600 s); 0: as
+ * asked. What a recorded Refresh takes away before its answer is seen. */
+volatile const __u32 cfg_refresh_floor_s = 0;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no

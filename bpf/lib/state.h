@@ -695,7 +695,7 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
  * answer can be lost on its way out (a firewall's OUTPUT rule, a client that stops answering ARP),
  * and the server has applied the request all the same. A CreatePermission resets each named
  * peer's permission to the permission lifetime; a Refresh with a LIFETIME sets the allocation's
- * (coturn may raise it: the answer then extends ours again). Shorten-only, nothing counted; if the
+ * to what the server grants at least for it (cfg_refresh_floor_s; the answer may extend it again). Shorten-only, nothing counted; if the
  * server refuses the request, we have only offloaded less for a moment. (A Refresh 0 whose answer
  * is lost is caught by the sweep within a second: the server closes the relay socket.)
  */
@@ -723,7 +723,12 @@ static __always_inline void request_takes_away(const struct tb_pending_key *k,
 		if (v->lifetime == 0 || v->lifetime == TB_NO_LIFETIME)
 			return;
 		a = alloc_live(ak, now);
-		exp = deadline(now, (__u64)v->lifetime * NS_PER_SEC);
+		/* what the server grants at least: coturn raises a short LIFETIME to 600 s, and a
+		 * deadline within our margin would end the allocation here before the answer that
+		 * keeps it alive at the server arrives (nothing revives it then) */
+		exp = deadline(now, (__u64)(v->lifetime > cfg_refresh_floor_s ? v->lifetime
+									      : cfg_refresh_floor_s) *
+					    NS_PER_SEC);
 		if (a && exp < a->expires_ns)
 			set_alloc_deadline(a, exp);
 		return;

@@ -62,6 +62,9 @@ pub struct Profile {
     /// to client; a larger one goes to the server (which may drop or cut it).
     pub max_to_peer: u32,
     pub max_to_client: u32,
+    /// A Refresh asking for a LIFETIME below this (but not 0) is granted this much: what the
+    /// recorder may assume of a Refresh whose answer it has not seen yet (0: as asked).
+    pub refresh_floor_s: u32,
 }
 
 use crate::consts::TB_MAX_DATAGRAM;
@@ -77,6 +80,11 @@ const _: () = assert!(COTURN_MAX_DATA as u64 <= TB_MAX_DATAGRAM);
 /// is cut to 1600.
 const PION_BUFFER: u32 = 1600;
 
+/// coturn 4.6.1 raises a Refresh's LIFETIME below 600 s (but not 0) to 600 s, whatever its
+/// --max-allocate-lifetime (its clamps are an if/else-if chain: below the minimum is raised and
+/// not capped after); tests/e2e_differential.rs shows a Refresh of 1 s granted 600 s.
+const COTURN_MIN_LIFETIME: u32 = 600;
+
 pub const COTURN: Profile = Profile {
     kind: ServerKind::Coturn,
     name: "coturn 4.6.1",
@@ -87,6 +95,7 @@ pub const COTURN: Profile = Profile {
     channel_needs_permission: true,
     max_to_peer: COTURN_MAX_DATA,
     max_to_client: COTURN_MAX_DATA,
+    refresh_floor_s: COTURN_MIN_LIFETIME,
 };
 
 pub const PION: Profile = Profile {
@@ -99,6 +108,8 @@ pub const PION: Profile = Profile {
     channel_needs_permission: false,
     max_to_peer: PION_BUFFER - 4,
     max_to_client: PION_BUFFER,
+    // util.go allocationLifeTime: below 3600 s as asked, even 1 s.
+    refresh_floor_s: 0,
 };
 
 pub const RFC8656: Profile = Profile {
@@ -111,6 +122,7 @@ pub const RFC8656: Profile = Profile {
     channel_needs_permission: true,
     max_to_peer: PION_BUFFER - 4,
     max_to_client: PION_BUFFER,
+    refresh_floor_s: 0,
 };
 
 impl ServerKind {
@@ -344,6 +356,7 @@ mod tests {
             && (a.channel_needs_permission || !b.channel_needs_permission)
             && a.max_to_peer <= b.max_to_peer
             && a.max_to_client <= b.max_to_client
+            && a.refresh_floor_s <= b.refresh_floor_s
     }
 
     #[test]
