@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/test.sh, scripts/demo.sh and scripts/bench.sh (sourced, not run).
+# Shared by scripts/test.sh, scripts/demo.sh, scripts/bench.sh and scripts/package.sh (sourced,
+# not run).
 # Sets up PATH, installs the Debian packages the project needs, keeps Debian's own coturn
 # service off (the lab runs its own coturn per namespace).
 
@@ -11,9 +12,15 @@ PATH="$PATH:/usr/sbin:/sbin"
 # Build: clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config. Lab and tests: coturn iproute2
 # ethtool tcpdump iputils-ping (not on a fresh machine image), and for the pion/turn lab the Go
 # toolchain with pion/turn v2's sources (scripts/pion.sh builds them offline). Measurements:
-# sysstat bpftool.
+# sysstat bpftool. The Debian package (scripts/package.sh): dpkg-dev (dpkg-shlibdeps, which
+# cargo-deb runs for the package's Depends), binutils (strip), and systemd for
+# `systemd-analyze verify`, which needs no running systemd.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool)
+    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool
+    dpkg-dev binutils systemd)
+
+# cargo-deb, from crates.io at this version (scripts/package.sh).
+CARGO_DEB_VERSION=3.8.0
 
 SCRIPT=${SCRIPT:-${0##*/}}
 
@@ -70,4 +77,13 @@ require_cargo() {
         echo "$SCRIPT: cargo not found (install the Rust toolchain, e.g. with rustup)" >&2
         exit 1
     }
+}
+
+# cargo-deb at CARGO_DEB_VERSION, installed with cargo unless that version is there already.
+install_cargo_deb() {
+    if [[ $(cargo deb --version 2>/dev/null) == "cargo-deb $CARGO_DEB_VERSION" ]]; then
+        return 0
+    fi
+    log "installing cargo-deb $CARGO_DEB_VERSION (cargo install --locked)"
+    cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 }

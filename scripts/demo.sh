@@ -3,8 +3,8 @@
 # coturn's own test client (turnutils_uclient -> coturn -> turnutils_peer) once through coturn
 # alone and once with turn-bpf attached, print the two side by side, and take the lab down.
 #
-#   sudo scripts/demo.sh            # about a minute
-#   CLIENTS=20 MESSAGES=5000 sudo scripts/demo.sh
+#   scripts/demo.sh                           # as root; about a minute
+#   CLIENTS=20 MESSAGES=5000 scripts/demo.sh  # as root
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds turn-bpf and runs every check: rustfmt, clippy, unit tests, BPF packet tests and the
-# end-to-end tests with coturn in network namespaces. CI runs this (.ci/run).
+# Builds turn-bpf and runs every check: rustfmt, clippy, unit tests, BPF packet tests, the
+# end-to-end tests with coturn in network namespaces, and the Debian package (its contents and
+# its systemd unit). CI runs this (.ci/run).
 #
 # Needs root (apt-get, BPF, network namespaces) on Debian 12; installs the Debian packages it
 # needs. Network tests run one at a time (--test-threads=1): they must not overlap on 2 cores.
@@ -67,6 +68,70 @@ fi
 
 step test timeout --kill-after=30 "$TEST_TIMEOUT" \
     cargo test --release --workspace --no-fail-fast -- --test-threads=1
+
+# The Debian package (scripts/package.sh): what it holds, its control fields, and its systemd
+# unit verified as the package installs it. `systemd-analyze verify --root` needs no running
+# systemd (CI's machine may not boot with it): the package is unpacked into a scratch root that
+# also gets the host's own units (the unit names coturn.service and the system targets), and any
+# complaint (an unknown key, a missing executable, a bad dependency) fails the step.
+check_package() {
+    local deb root listing verify ok=1
+    deb="$(scripts/package.sh | tail -n 1)" || return 1
+    listing="$(dpkg-deb -c "$deb")" || return 1
+    grep -Eq '^-rwxr-xr-x .* \./usr/bin/turn-bpf$' <<<"$listing" || {
+        echo "package: no executable /usr/bin/turn-bpf"
+        ok=0
+    }
+    grep -Eq ' \./usr/lib/systemd/system/turn-bpf\.service$' <<<"$listing" || {
+        echo "package: no /usr/lib/systemd/system/turn-bpf.service"
+        ok=0
+    }
+    [[ $(dpkg-deb -I "$deb" conffiles 2>/dev/null) == /etc/default/turn-bpf ]] || {
+        echo "package: /etc/default/turn-bpf is not its one conffile"
+        ok=0
+    }
+    local depends
+    depends="$(dpkg-deb -f "$deb" Depends)"
+    for dep in libc6 libelf1 zlib1g iproute2; do
+        grep -Eq "(^|, )$dep( |,|$)" <<<"$depends" || {
+            echo "package: Depends ($depends) lacks $dep"
+            ok=0
+        }
+    done
+    [[ $(dpkg-deb -f "$deb" Recommends) == coturn ]] || {
+        echo "package: Recommends is not coturn"
+        ok=0
+    }
+    root="$(mktemp -d)"
+    dpkg-deb -x "$deb" "$root"
+    "$root/usr/bin/turn-bpf" --version >/dev/null || {
+        echo "package: its turn-bpf does not run"
+        ok=0
+    }
+    grep -q '^TURN_BPF_ARGS=' "$root/etc/default/turn-bpf" || {
+        echo "package: /etc/default/turn-bpf sets no TURN_BPF_ARGS"
+        ok=0
+    }
+    # systemd ignores a capability name it does not know: setpriv (util-linux) refuses one.
+    local caps
+    caps="$(sed -n 's/^CapabilityBoundingSet=//p' "$root/usr/lib/systemd/system/turn-bpf.service")"
+    caps="$(tr 'A-Z ' 'a-z\n' <<<"$caps" | sed -n 's/^cap_/+/p' | paste -sd, -)"
+    if [[ -z $caps ]] || ! setpriv --bounding-set "-all,$caps" true; then
+        echo "package: the unit's CapabilityBoundingSet is missing or names an unknown capability"
+        ok=0
+    fi
+    cp -an /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
+    if ! verify="$(systemd-analyze verify --man=no --root="$root" turn-bpf.service 2>&1)" ||
+        [[ -n $verify ]]; then
+        echo "package: systemd-analyze verify turn-bpf.service:"
+        echo "$verify"
+        ok=0
+    fi
+    rm -rf "$root"
+    ((ok)) && echo "package: $deb ($(dpkg-deb -f "$deb" Depends))"
+    ((ok))
+}
+step package check_package
 
 # Tests tear their labs down themselves (also on panic); a killed run may leave some behind.
 leftover="$(ip netns list 2>/dev/null | grep -E '^tbt-' || true)"

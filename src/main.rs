@@ -93,7 +93,15 @@ fn init_logging(args: &Args) {
 
 fn need_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("turn-bpf needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
+        bail!("turn-bpf needs root (CAP_BPF, CAP_NET_ADMIN, ...): run it as root");
+    }
+    if let Some(missing) = effective_caps().and_then(missing_caps) {
+        bail!(
+            "turn-bpf runs as root but lacks {missing}: it needs CAP_BPF, CAP_PERFMON, \
+             CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (and CAP_SYS_ADMIN for the veth \
+             check); check the capability bounding set of its container or systemd unit \
+             (README: \"Installing it as a service\")"
+        );
     }
     Ok(())
 }
@@ -127,4 +135,84 @@ fn run(args: &Args) -> Result<()> {
     offload.run(args, &stopped)?;
     offload.finish();
     Ok(())
+}
+
+/// This process's effective capabilities (`CapEff` in `/proc/self/status`); None if unreadable,
+/// and then nothing is checked up front.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// What the agent cannot run without, as the kernel grants it: each entry is satisfied by any
+/// of its capabilities (CAP_SYS_ADMIN still stands in for CAP_BPF and CAP_PERFMON). Without
+/// them it would fail half-way with a misleading message ("no process holds the sockets": the
+/// server's `/proc/<pid>/fd` unreadable) or a refused load. CAP_SYS_ADMIN itself is optional:
+/// without it the veth far-end check cannot enter other namespaces and warns about each veth.
+const NEEDED_CAPS: [(&str, &[u32], &str); 5] = [
+    ("CAP_BPF", &[39, 21], "loading the BPF programs and maps"),
+    (
+        "CAP_PERFMON",
+        &[38, 21],
+        "loading the programs and their tracepoints",
+    ),
+    (
+        "CAP_NET_ADMIN",
+        &[12],
+        "attaching XDP and TC, setting forwarding",
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        &[19],
+        "reading the server's /proc/<pid>/fd",
+    ),
+    (
+        "CAP_DAC_READ_SEARCH",
+        &[2, 1],
+        "listing /proc/<pid>/fd of a server running as its own user",
+    ),
+];
+
+/// The needed capabilities missing from `eff`, with what each is for; None if none is missing.
+fn missing_caps(eff: u64) -> Option<String> {
+    let missing: Vec<String> = NEEDED_CAPS
+        .iter()
+        .filter(|(_, any_of, _)| !any_of.iter().any(|bit| eff & (1 << bit) != 0))
+        .map(|(name, _, what)| format!("{name} ({what})"))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bit(b: u32) -> u64 {
+        1 << b
+    }
+
+    #[test]
+    fn needed_capabilities() {
+        let unit = [39, 38, 12, 19, 2, 21].iter().fold(0, |a, &b| a | bit(b));
+        assert_eq!(missing_caps(unit), None);
+        assert_eq!(
+            missing_caps(unit & !bit(21)),
+            None,
+            "CAP_SYS_ADMIN optional"
+        );
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel.
+        assert_eq!(missing_caps(unit & !bit(39) & !bit(38)), None);
+        let m = missing_caps(unit & !bit(21) & !bit(39)).unwrap();
+        assert!(m.starts_with("CAP_BPF (") && !m.contains(", "), "{m}");
+        let m = missing_caps(unit & !bit(19)).unwrap();
+        assert!(m.starts_with("CAP_SYS_PTRACE ("), "{m}");
+        // CAP_DAC_OVERRIDE reads every directory too.
+        assert_eq!(missing_caps(unit & !bit(2) | bit(1)), None);
+        assert!(missing_caps(unit & !bit(2))
+            .unwrap()
+            .contains("CAP_DAC_READ_SEARCH"));
+        assert_eq!(missing_caps(u64::MAX), None);
+        assert_eq!(missing_caps(0).unwrap().matches("CAP_").count(), 5);
+    }
 }
