@@ -114,6 +114,12 @@ impl Sizes {
 pub const HTAB_ELEM_HEADER: u64 = 48;
 /// One hash bucket (`struct bucket`: list head and spinlock).
 pub const HTAB_BUCKET: u64 = 16;
+/// The map itself (`struct bpf_htab`), measured on Linux 6.18 as what memlock shows beyond the
+/// entries, buckets and per-CPU parts.
+pub const HTAB_MAP: u64 = 832;
+/// Per possible CPU: the map's lock-nesting counters (`HASHTAB_MAP_LOCK_COUNT` ints) and the
+/// spare-element pointer.
+pub const HTAB_PER_CPU: u64 = 8 * 4 + 8;
 
 /// One table's estimate: what its entries take in a preallocated hash map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,18 +128,21 @@ pub struct TableMemory {
     /// Key + value + the kernel's per-entry header, each rounded to 8 bytes.
     pub per_entry: u64,
     /// Everything: the entries (with one spare per CPU, as the kernel preallocates), the
-    /// buckets (the entries rounded up to a power of two) and the per-CPU spare pointers.
+    /// buckets (the entries rounded up to a power of two), the per-CPU parts and the map.
     pub total: u64,
 }
 
 /// The estimate for a preallocated `BPF_MAP_TYPE_HASH` of `entries` × (`key`, `value`) on a host
-/// with `cpus` possible CPUs (the kernel's `htab_map_mem_usage` without its fixed header).
+/// with `cpus` possible CPUs (the kernel's `htab_map_mem_usage`, Linux 6.4 and later).
 pub fn hash_memory(entries: u32, key: u32, value: u32, cpus: u32) -> TableMemory {
     let round8 = |n: u32| u64::from(n).div_ceil(8) * 8;
     let per_entry = HTAB_ELEM_HEADER + round8(key) + round8(value);
     let buckets = u64::from(entries).next_power_of_two();
     let cpus = u64::from(cpus);
-    let total = per_entry * (u64::from(entries) + cpus) + HTAB_BUCKET * buckets + 8 * cpus;
+    let total = per_entry * (u64::from(entries) + cpus)
+        + HTAB_BUCKET * buckets
+        + HTAB_PER_CPU * cpus
+        + HTAB_MAP;
     TableMemory {
         entries,
         per_entry,
@@ -176,7 +185,7 @@ pub fn memory_line(parts: &[(&str, TableMemory)], kernel_memlock: Option<u64>) -
     );
     format!(
         "state tables: {}; total {} (estimate: entries × (key + value + {HTAB_ELEM_HEADER} B \
-         kernel header) + {HTAB_BUCKET} B per hash bucket); {kernel}",
+         kernel header) + {HTAB_BUCKET} B per hash bucket + {HTAB_MAP} B per table); {kernel}",
         each.join(", "),
         human(total)
     )
@@ -255,8 +264,10 @@ mod tests {
         // 40-byte key, 44-byte value (rounded to 48): 48 + 40 + 48 per entry.
         let m = hash_memory(1000, 40, 44, 2);
         assert_eq!(m.per_entry, 136);
-        assert_eq!(m.total, 136 * 1002 + 16 * 1024 + 16);
-        assert_eq!(hash_memory(2, 8, 8, 1).total, 64 * 3 + 16 * 2 + 8);
+        assert_eq!(m.total, 136 * 1002 + 16 * 1024 + 40 * 2 + 832);
+        assert_eq!(hash_memory(2, 8, 8, 1).total, 64 * 3 + 16 * 2 + 40 + 832);
+        // as the kernel (6.18) accounted the agent's allocs table with 2 entries on 2 CPUs
+        assert_eq!(hash_memory(2, 40, 80, 2).total, 1616);
     }
 
     #[test]
@@ -269,12 +280,12 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(
             line.starts_with(
-                "state tables: allocs 2 × 176 B = 752 B, pending 64 × 216 B = 15 KiB; "
+                "state tables: allocs 2 × 176 B = 2 KiB, pending 64 × 216 B = 16 KiB; "
             ),
             "{line}"
         );
         assert!(
-            line.contains("; total 16 KiB (estimate: entries × (key + value + 48 B"),
+            line.contains("; total 17 KiB (estimate: entries × (key + value + 48 B"),
             "{line}"
         );
         assert!(
