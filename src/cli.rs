@@ -318,6 +318,7 @@ mod tests {
         assert!(!a.enable_forwarding);
         assert_eq!(a.xdp_ifaces(), vec!["eth0"]);
         assert_eq!(a.server_name(), ServerName::Owner);
+        assert_eq!(a.sizes().unwrap(), crate::sizing::Sizes::default());
     }
 
     #[test]
@@ -404,6 +405,22 @@ mod tests {
             (&["eth0", "--detach", "eth1"], "cannot be used"),
             (&["eth0", "--server-pid", "0"], "0"),
             (&["eth0", "--server-pid", "x"], "x"),
+            (
+                &["eth0", "--max-allocations", "0"],
+                "0 is not in 1..=4194304",
+            ),
+            (
+                &["eth0", "--max-channels", "8388609"],
+                "8388609 is not in 1..=8388608",
+            ),
+            (
+                &["eth0", "--max-pending", "15"],
+                "15 is not in 16..=1048576",
+            ),
+            (
+                &["eth0", "--max-channels", "9", "--max-permissions", "8"],
+                "--max-permissions 8 is smaller than --max-channels 9",
+            ),
             (
                 &["eth0", "--server-pid", "1", "--server-pidfile", "/p"],
                 "cannot be used",
