@@ -311,6 +311,23 @@ mod tests {
     }
 
     #[test]
+    fn only_the_servers_own_sockets_on_the_turn_ports_count() {
+        use crate::server::{UdpSock, UdpTable};
+        let sock = |a: &str, inode| UdpSock::unconnected(a.parse().unwrap(), 0, inode);
+        let t = UdpTable::from_sockets([
+            sock("192.0.2.1:3478", 1),
+            sock("192.0.2.1:3478", 2),
+            sock("[2001:db8:1::1]:3479", 3),
+            sock("198.51.100.1:3478", 4),  // another process's
+            sock("198.51.100.1:50000", 5), // a relay socket
+        ]);
+        assert_eq!(
+            listening(&t, &[3478, 3479], &[1, 2, 3, 5]),
+            socks(&["192.0.2.1:3478", "[2001:db8:1::1]:3479"])
+        );
+    }
+
+    #[test]
     fn relay_addresses_elsewhere_are_named_with_their_interface() {
         let relay: Vec<IpAddr> = vec![
             "198.51.100.1".parse().unwrap(),
