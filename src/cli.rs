@@ -156,6 +156,29 @@ pub struct Args {
     #[arg(long)]
     pub enable_forwarding: bool,
 
+    /// Allocations the fast path can hold; more stay with the server [default: 65536].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(crate::sizing::range(&crate::sizing::ALLOCATIONS)))]
+    pub max_allocations: Option<u32>,
+
+    /// Channel bindings the fast path can hold (sizes the client-side and the peer-side
+    /// tables); more stay with the server [default: 131072].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(crate::sizing::range(&crate::sizing::CHANNELS)))]
+    pub max_channels: Option<u32>,
+
+    /// Permissions the fast path can hold, at least --max-channels [default: 131072, or
+    /// --max-channels when larger].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(crate::sizing::range(&crate::sizing::PERMISSIONS)))]
+    pub max_permissions: Option<u32>,
+
+    /// TURN requests waiting for the server's answer that can be recorded; when full, new
+    /// requests are not learned from [default: 8192].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(crate::sizing::range(&crate::sizing::PENDING)))]
+    pub max_pending: Option<u32>,
+
     /// With -v, print the counters every SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -231,9 +254,20 @@ impl Args {
         }
     }
 
+    /// The state tables' sizes (see `sizing`).
+    pub fn sizes(&self) -> Result<crate::sizing::Sizes, String> {
+        crate::sizing::Sizes::of(
+            self.max_allocations,
+            self.max_channels,
+            self.max_permissions,
+            self.max_pending,
+        )
+    }
+
     /// Checks clap cannot express. Returns the one line that names the problem.
     pub fn validate(&self) -> Result<(), String> {
         check_iface_names(&self.xdp_ifaces())?;
+        self.sizes()?;
         let ports: HashSet<u16> = self.turn_ports.iter().copied().collect();
         if ports.len() != self.turn_ports.len() {
             return Err("a --turn-port is named twice".into());
@@ -284,6 +318,7 @@ mod tests {
         assert!(!a.enable_forwarding);
         assert_eq!(a.xdp_ifaces(), vec!["eth0"]);
         assert_eq!(a.server_name(), ServerName::Owner);
+        assert_eq!(a.sizes().unwrap(), crate::sizing::Sizes::default());
     }
 
     #[test]
@@ -370,6 +405,22 @@ mod tests {
             (&["eth0", "--detach", "eth1"], "cannot be used"),
             (&["eth0", "--server-pid", "0"], "0"),
             (&["eth0", "--server-pid", "x"], "x"),
+            (
+                &["eth0", "--max-allocations", "0"],
+                "0 is not in 1..=4194304",
+            ),
+            (
+                &["eth0", "--max-channels", "8388609"],
+                "8388609 is not in 1..=8388608",
+            ),
+            (
+                &["eth0", "--max-pending", "15"],
+                "15 is not in 16..=1048576",
+            ),
+            (
+                &["eth0", "--max-channels", "9", "--max-permissions", "8"],
+                "--max-permissions 8 is smaller than --max-channels 9",
+            ),
             (
                 &["eth0", "--server-pid", "1", "--server-pidfile", "/p"],
                 "cannot be used",

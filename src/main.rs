@@ -84,6 +84,8 @@ fn init_logging(args: &Args) {
             PrintLevel::Warn if msg.contains("Cannot find specified filter chain") => {
                 debug!("{msg}")
             }
+            // Creating the clsact qdisc where one exists already: expected too.
+            PrintLevel::Warn if msg.contains("Exclusivity flag on") => debug!("{msg}"),
             PrintLevel::Warn => warn!("{msg}"),
             PrintLevel::Info => debug!("{msg}"),
             PrintLevel::Debug => log::trace!("{msg}"),

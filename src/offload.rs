@@ -18,8 +18,11 @@ use crate::attach::{self, Attachments};
 use crate::cli::Args;
 use crate::far_end;
 use crate::maps;
+use crate::preflight;
+use crate::probe;
 use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
+use crate::sizing;
 use crate::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
@@ -54,9 +57,16 @@ impl<'obj> Offload<'obj> {
         for iface in &ifaces {
             attach::ifindex(iface)?;
         }
+        let kernel = probe::require().map_err(anyhow::Error::msg)?;
         // The server's own settings, merged with ours; refuses a server with bandwidth limits.
         let settings = effective::resolve(args, &UdpTable::read()?)?;
         let server = find_server(args, &settings.turn_ports)?;
+        let listening = preflight::listening(
+            &UdpTable::read()?,
+            &settings.turn_ports,
+            &server.trusted_inodes(),
+        );
+        preflight::check(&ifaces, &listening, &settings.relay_ips)?;
         refuse_egress_before_snooper(&ifaces[0])?;
 
         let mut attached = Attachments::default();
@@ -64,7 +74,8 @@ impl<'obj> Offload<'obj> {
         if stopped() {
             return Ok(None);
         }
-        let skel = load(args, &settings, storage)?;
+        let skel = load(args, &settings, &kernel, storage)?;
+        info!("{}", sizing::describe_loaded(&skel.maps)?);
         skel.maps
             .bss_data
             .as_deref()
@@ -269,6 +280,7 @@ fn refuse_egress_before_snooper(client_iface: &str) -> Result<()> {
 fn load<'obj>(
     args: &Args,
     settings: &Effective,
+    kernel: &probe::Kernel,
     storage: &'obj mut MaybeUninit<OpenObject>,
 ) -> Result<TurnSkel<'obj>> {
     let mut open = TurnSkelBuilder::default()
@@ -288,10 +300,23 @@ fn load<'obj>(
         rules: Rules::of(settings.profile),
     }
     .apply(rodata);
-    if !Path::new(VMLINUX_BTF).exists() {
+    args.sizes()
+        .map_err(anyhow::Error::msg)?
+        .apply(&mut open.maps)?;
+    if !Path::new(VMLINUX_BTF).exists() || !kernel.drop_counters {
+        let what: Vec<&str> = kernel
+            .drop_counters_missing
+            .iter()
+            .map(|f| f.what)
+            .collect();
         warn!(
-            "{VMLINUX_BTF} is missing: frames the kernel drops after a redirect are not counted \
-             (XMIT_DROPPED, XMIT_ERROR need the kernel's BTF)"
+            "{VMLINUX_BTF} is missing or lacks {}: frames the kernel drops after a redirect are \
+             not counted (XMIT_DROPPED, XMIT_ERROR need the kernel's BTF)",
+            if what.is_empty() {
+                "the tracepoints".to_string()
+            } else {
+                what.join(", ")
+            }
         );
         for prog in [
             &mut open.progs.tb_devmap_xmit,

@@ -345,6 +345,14 @@ impl ServerWatch {
             .collect()
     }
 
+    /// The inodes of the trusted listening sockets.
+    pub fn trusted_inodes(&self) -> Vec<u64> {
+        self.server
+            .iter()
+            .flat_map(|s| s.socks.keys().copied())
+            .collect()
+    }
+
     /// The trusted server, for the log: `pid 4119 (turnserver): 3 listening socket(s) on UDP
     /// port 3478 (inodes 197916, 197917, 197920)`.
     pub fn describe(&self) -> String {

@@ -34,6 +34,9 @@ pub struct Effective {
     pub peers: PeerPolicy,
     /// The server's rules.
     pub profile: &'static Profile,
+    /// The addresses its `relay-ip` settings name (none: it relays from its listening
+    /// addresses, or from every address).
+    pub relay_ips: Vec<IpAddr>,
     /// Where all this came from, for the log.
     pub summary: String,
 }
@@ -280,6 +283,7 @@ pub fn merge(args: &Args, server: &ServerView) -> Result<(Effective, Vec<String>
             external_ips,
             peers: conf.map(|c| c.peers.clone()).unwrap_or_default(),
             profile,
+            relay_ips: conf.map(explicit_relay_ips).unwrap_or_default(),
             summary,
         },
         w,
@@ -473,6 +477,14 @@ fn server_external_ips(
         )),
     }
     out
+}
+
+/// The addresses of coturn's `relay-ip` settings alone.
+fn explicit_relay_ips(conf: &ServerConf) -> Vec<IpAddr> {
+    conf.relay_ips
+        .iter()
+        .filter_map(|s| peers::make_addr(s, &peers::resolve_host))
+        .collect()
 }
 
 /// coturn's relay addresses: `relay-ip`, else the `listening-ip`s, else (discovered) every

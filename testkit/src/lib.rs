@@ -3,10 +3,11 @@
 //! BPF_PROG_TEST_RUN harness and frame builders (`progtest`), crafted IPv4/UDP packets sent from
 //! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), the
 //! baseline XDP forwarder with the micro-benchmark (`baseline`), and the agent's counters read
-//! live from its map (`live_counters`). The agent's integration tests and `scripts/bench.sh` use
+//! live from its map (`live_counters`) and its maps as the kernel sizes them (`agent_maps`). The agent's integration tests and `scripts/bench.sh` use
 //! these.
 
 pub mod agent;
+pub mod agent_maps;
 pub mod baseline;
 pub mod lab;
 pub mod live_counters;
