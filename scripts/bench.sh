@@ -16,7 +16,7 @@
 #   --server  which TURN server to measure alone and with the agent: coturn (the default), pion
 #             (pion/turn v2.1.0, the lab's own build: modes pion and pion_offload, the agent
 #             started with --server pion), or both (all five modes in one sweep, pion in a
-#             second lab; about 5/3 of the time).
+#             second lab: five modes in place of three).
 #
 # Needs root on Debian 12; installs the Debian packages it needs (as scripts/test.sh does). The lab
 # is LAB (default tbb-bench: namespaces tbb-bench-cli/-srv/-peer, plus tbb-micro for the

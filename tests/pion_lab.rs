@@ -29,7 +29,7 @@
 //! | 24 | ChannelData is relayed by the allocation of its 5-tuple and the channel number alone: a raw socket forging A's address and port is relayed as A (UDP gives pion nothing to tell them apart); forged as B on a number only A bound, from a port with no allocation, from an address pion never saw, on an unbound number, or on 0x3FFF/0x8000 (bound, rule 14, but never recognised as ChannelData), it reaches pion's socket and is dropped. Side by side, the agent delivers exactly the same and relays in XDP only what pion alone relays (its live counters around each case). | internal/server/turn.go: handleChannelData (GetAllocation by 5-tuple, GetChannelByNumber); internal/proto/chandata.go: IsChannelData | `client_side_attacks_side_by_side` |
 //! | 25 | Peer data from a permitted address with no channel (another client's allocation), and from another port of a bound peer's address, reach the client as Data indications (rules 5, 20), never as ChannelData; side by side, the same with the agent, none of it in XDP. | allocation.go: packetHandler | `peer_side_attacks_side_by_side` |
 //! | 26 | After Refresh 0 nothing is relayed either way (rule 8): the client's ChannelData reaches pion's socket and is dropped, the peer's datagrams find the relay port closed; side by side, the agent relays none of it in XDP (it learns the deallocation from pion's answer). | turn.go: handleRefreshRequest | `refresh_zero_side_by_side` |
-//! | 27 | Ctrl+C (SIGINT) on the agent in the middle of a steady stream hands the live channel back to pion: 3000 round trips, none lost, each datagram carried once, in XDP before the detach and by pion's sockets after it; nothing of the agent's left on the interfaces. | src/main.rs (Ctrl+C ends the run loop); src/attach.rs (the guard detaches what it attached) | `ctrl_c_hands_a_live_channel_back_to_pion_without_loss` |
+//! | 27 | Ctrl+C (SIGINT) on the agent in the middle of a steady stream hands the live channel back to pion: 3000 round trips, none lost, each datagram carried once, in XDP before the detach and by pion's sockets after it; nothing of the agent's left on the interfaces. turn0's clsact qdisc is made before the agent starts: adding or deleting a qdisc on turn0 drops a datagram pion sends out of it now and then, also with no agent (2 of 3000 in 15 add/del cycles), and an agent that made the qdisc deletes it on exit. | src/main.rs (Ctrl+C ends the run loop); src/attach.rs (the guard detaches what it attached) | `ctrl_c_hands_a_live_channel_back_to_pion_without_loss` |
 //!
 //! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
 
@@ -1738,12 +1738,20 @@ fn refresh_zero_side_by_side() {
 /// Ctrl+C on the agent in the middle of a steady stream on a live channel: the agent detaches and
 /// pion relays the rest through its sockets, with no datagram lost across the handover. Every
 /// datagram is carried once, either in XDP or by pion's sockets.
+///
+/// turn0's clsact qdisc is there before the agent (as on a host where something else uses tc),
+/// so the agent attaches its snooper to it and leaves it in place: adding or deleting a qdisc on
+/// turn0 drops a datagram pion is sending out of it now and then, with pion alone and no agent
+/// at all (2 lost of 3000 over 15 `tc qdisc add`/`del clsact` cycles, counted as turn0's TX
+/// drops). An agent that created the qdisc deletes it on exit and can lose one that way.
 #[test]
 fn ctrl_c_hands_a_live_channel_back_to_pion_without_loss() {
     skip_unless_pion!();
     const N: usize = 3000;
     let lab = pion("tbp-psigint", &[]);
     warm_neighbours(&lab);
+    lab.exec(Host::Srv, &["tc", "qdisc", "add", "dev", "turn0", "clsact"])
+        .unwrap();
     let echo = Echo::start(&lab, 7190);
     let agent = pion_agent(&lab, "pion-sigint");
     let mut c = client(&lab);
@@ -1765,8 +1773,14 @@ fn ctrl_c_hands_a_live_channel_back_to_pion_without_loss() {
         (stream.join().unwrap(), exit)
     });
     let through_pion = lab.nstat_udp_in(Host::Srv) - srv_before;
+    let echoed = echo.stop();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
-    assert_eq!(got, N, "lost across the handover:\n{}", exit.output);
+    assert_eq!(
+        (echoed, got),
+        (N as u64, N),
+        "(echoed by the peer, back at the client): lost across the handover:\n{}",
+        exit.output
+    );
     let (to_peer, to_client) = (
         exit.counter("RELAYED_TO_PEER"),
         exit.counter("RELAYED_TO_CLIENT"),
@@ -1786,6 +1800,17 @@ fn ctrl_c_hands_a_live_channel_back_to_pion_without_loss() {
         "each datagram carried once, in XDP or by pion\n{}",
         exit.output
     );
+    // Everything of the agent's gone; the qdisc it found left in place.
+    for dev in ["turn0", "relay0"] {
+        assert!(!xdp_attached(&lab, dev), "XDP left on {dev}");
+        assert_eq!(forwarding(&lab, dev), "0", "forwarding left on on {dev}");
+    }
+    assert_eq!(tc_filters(&lab, "turn0", "egress").trim(), "");
+    assert!(
+        has_clsact(&lab, "turn0"),
+        "the clsact qdisc it found is gone"
+    );
+    lab.exec(Host::Srv, &["tc", "qdisc", "del", "dev", "turn0", "clsact"])
+        .unwrap();
     assert_clean(&lab);
-    echo.stop();
 }
