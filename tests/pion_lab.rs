@@ -26,12 +26,16 @@
 //! | 21 | The agent runs beside pion and relays its channels in XDP. Until the Go build information is read at start-up (src/gobuild.rs, not yet called by src/server_conf/effective.rs `server_process`), it takes pion for an unknown server (RFC 8656 strict profile, 600/300 s); `--server pion` picks the pion profile. | src/server_conf/profile.rs (agent) | `agent_offloads_pions_channels` (IPv4, 500 each way); `agent_offloads_an_ipv6_clients_channel` (IPv6 client, IPv4 relay and peer, 200 each way) |
 //! | 22 | Rule 1 seen from the agent: pion's channel lifetime cannot be read, so beside a pion with shorter channels the agent needs `--channel-lifetime`; without it, it relays a channel 4.5 s after the bind that pion dropped at 3 s (its start-up warning says so). | rule 1; src/server_conf/effective.rs (agent) | `agent_beside_short_pion_channels_needs_the_lifetime_option` |
 //! | 23 | Rule 6 seen from the agent: with the pion profile a channel is relayed in XDP after its permission expired, as pion does. | rule 6; src/server_conf/profile.rs `PION.channel_needs_permission` | `agent_relays_a_pion_channel_after_its_permission_expired` (ignored: 5 min 20 s) |
+//! | 24 | ChannelData is relayed by the allocation of its 5-tuple and the channel number alone: a raw socket forging A's address and port is relayed as A (UDP gives pion nothing to tell them apart); forged as B on a number only A bound, from a port with no allocation, from an address pion never saw, on an unbound number, or on 0x3FFF/0x8000 (bound, rule 14, but never recognised as ChannelData), it reaches pion's socket and is dropped. Side by side, the agent delivers exactly the same and relays in XDP only what pion alone relays (its live counters around each case). | internal/server/turn.go: handleChannelData (GetAllocation by 5-tuple, GetChannelByNumber); internal/proto/chandata.go: IsChannelData | `client_side_attacks_side_by_side` |
+//! | 25 | Peer data from a permitted address with no channel (another client's allocation), and from another port of a bound peer's address, reach the client as Data indications (rules 5, 20), never as ChannelData; side by side, the same with the agent, none of it in XDP. | allocation.go: packetHandler | `peer_side_attacks_side_by_side` |
+//! | 26 | After Refresh 0 nothing is relayed either way (rule 8): the client's ChannelData reaches pion's socket and is dropped, the peer's datagrams find the relay port closed; side by side, the agent relays none of it in XDP (it learns the deallocation from pion's answer). | turn.go: handleRefreshRequest | `refresh_zero_side_by_side` |
+//! | 27 | Ctrl+C (SIGINT) on the agent in the middle of a steady stream hands the live channel back to pion: 3000 round trips, none lost, each datagram carried once, in XDP before the detach and by pion's sockets after it; nothing of the agent's left on the interfaces. turn0's clsact qdisc is made before the agent starts: adding or deleting a qdisc on turn0 drops a datagram pion sends out of it now and then, also with no agent (2 of 3000 in 15 add/del cycles), and an agent that made the qdisc deletes it on exit. | src/main.rs (Ctrl+C ends the run loop); src/attach.rs (the guard detaches what it attached) | `ctrl_c_hands_a_live_channel_back_to_pion_without_loss` |
 //!
 //! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::thread::sleep;
@@ -39,8 +43,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use turn_bpf::gobuild;
-use turn_bpf_testkit::agent::AgentProc;
+use turn_bpf_testkit::agent::{AgentExit, AgentProc};
 use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::live_counters::LiveCounters;
+use turn_bpf_testkit::progtest::Udp4Frame;
+use turn_bpf_testkit::raw::{self, RawIpSocket};
 use turn_bpf_testkit::turn_client::{
     self as tc, build_request, channel_data, parse_message, Attr, Auth, Class, StunMessage,
     TurnClient, TurnError, TxId, ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
@@ -1244,4 +1251,566 @@ fn refresh_zero_and_wrong_credentials_beside_pion() {
     );
     assert_eq!(exit.counter("RELAYED_TO_PEER"), 20, "{}", exit.output);
     echo.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attacks, side by side: each timeline runs against pion alone, then again with the agent beside
+// it (`--server pion`), in the same lab. With the agent, every case must deliver exactly what it
+// delivered with pion alone, and the agent may relay in XDP only datagrams pion alone delivers
+// too (its live counters, read around each case).
+
+/// One case of a timeline: what reached its targets (descriptions, the same in either run), how
+/// many of those were datagrams the fast path could have relayed, how many datagrams the agent
+/// relayed in XDP while the case ran (0 without an agent), and how many the server namespace's
+/// sockets received (pion's: proof that what was not delivered did arrive).
+#[derive(Debug)]
+struct Case {
+    name: &'static str,
+    got: Vec<String>,
+    relayable: u64,
+    xdp: u64,
+    at_server: u64,
+}
+
+/// The agent beside pion, pion's rules named.
+fn pion_agent(lab: &Lab, log: &str) -> AgentProc {
+    AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "--server", "pion", "turn0", "relay0"],
+        &log_path(log),
+    )
+    .unwrap()
+}
+
+/// Fills the server's ARP cache for the client and the peer, so the fast path relays the first
+/// datagrams too (rather than passing them to the kernel to resolve the neighbour).
+fn warm_neighbours(lab: &Lab) {
+    for ip in [lab::CLIENT_V4.to_string(), lab::PEER_V4.to_string()] {
+        lab.exec(Host::Srv, &["ping", "-c", "1", "-W", "1", &ip])
+            .unwrap();
+    }
+}
+
+/// What `f` returned, the datagrams relayed in XDP both ways while it ran (0 without an agent),
+/// and the datagrams the server namespace's sockets received meanwhile.
+fn in_xdp<T>(lab: &Lab, live: Option<&LiveCounters>, f: impl FnOnce() -> T) -> (T, u64, u64) {
+    let before = live.map(|l| l.read().unwrap());
+    let srv = lab.nstat_udp_in(Host::Srv);
+    let out = f();
+    let at_server = lab.nstat_udp_in(Host::Srv) - srv;
+    let xdp = match (live, before) {
+        (Some(l), Some(before)) => {
+            let d = l.read().unwrap().since(&before);
+            d.get("RELAYED_TO_PEER") + d.get("RELAYED_TO_CLIENT")
+        }
+        _ => 0,
+    };
+    (out, xdp, at_server)
+}
+
+/// A peer socket that reports quickly when nothing more comes.
+fn sink(lab: &Lab, port: u16) -> UdpSocket {
+    let s = peer_socket(lab, port);
+    s.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    s
+}
+
+/// Everything `sinks` received until each was quiet for its read timeout, as `name: payload`.
+fn received(sinks: &[(&str, &UdpSocket)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    for (name, s) in sinks {
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            out.push(format!("{name}: {}", String::from_utf8_lossy(&buf[..n])));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `timeline` against pion alone and then with the agent; checks that every case delivered
+/// the same with the agent as without, that the agent relayed in XDP no more than what pion alone
+/// delivers (nothing where pion delivers nothing), and that it did relay the timeline's positive
+/// control (its first case) in XDP. Returns the agent's exit for the caller's own checks.
+fn side_by_side(
+    lab: &Lab,
+    log: &str,
+    timeline: impl Fn(&Lab, Option<&LiveCounters>) -> Vec<Case>,
+) -> AgentExit {
+    warm_neighbours(lab);
+    let alone = timeline(lab, None);
+    let agent = pion_agent(lab, log);
+    let live = LiveCounters::of_pid(agent.pid()).expect("the agent's stats map");
+    let with = timeline(lab, Some(&live));
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    let table: String = alone
+        .iter()
+        .zip(&with)
+        .map(|(a, w)| {
+            format!(
+                "{:<58} pion alone: {:>2} relayed, {:>2} at pion | with the agent: {:>2} \
+                 relayed, {:>2} at pion, {:>2} in XDP\n",
+                a.name, a.relayable, a.at_server, w.relayable, w.at_server, w.xdp
+            )
+        })
+        .collect();
+    eprint!("{table}");
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(alone.len(), with.len());
+    for (a, w) in alone.iter().zip(&with) {
+        assert_eq!(a.name, w.name);
+        assert_eq!(
+            w.got, a.got,
+            "{}: with the agent, as pion alone\n{table}{}",
+            a.name, exit.output
+        );
+        assert!(
+            w.xdp <= w.relayable,
+            "{}: {} relayed in XDP, pion alone delivers {} such datagrams\n{table}{}",
+            a.name,
+            w.xdp,
+            w.relayable,
+            exit.output
+        );
+    }
+    assert!(
+        with[0].xdp > 0 && with[0].xdp == with[0].relayable,
+        "positive control: {} relayed in XDP of {}\n{table}{}",
+        with[0].xdp,
+        with[0].relayable,
+        exit.output
+    );
+    exit
+}
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => panic!("an IPv4 address expected, not {a}"),
+    }
+}
+
+/// ChannelData bytes for any number (in range or not), unpadded.
+fn channel_data_any(number: u16, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).unwrap();
+    [&number.to_be_bytes()[..], &len.to_be_bytes(), payload].concat()
+}
+
+/// ChannelBind `number` (in range or not) to `peer`: pion's answer class.
+fn bind_any(c: &TurnClient, number: u16, peer: SocketAddr) -> Class {
+    let attrs = [
+        Attr::Raw {
+            typ: 0x000C,
+            value: [number.to_be_bytes().as_slice(), &[0, 0]].concat(),
+        },
+        Attr::XorPeerAddress(peer),
+    ];
+    let (m, _) = request(
+        c,
+        &auth_of(c),
+        CHANNEL_BIND,
+        tc::new_txid(),
+        &attrs,
+        Duration::from_secs(1),
+    )
+    .expect("pion answers a ChannelBind");
+    m.class
+}
+
+/// A source address pion never heard from, on the clients' subnet.
+const STRANGER_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 77);
+const K: usize = 5;
+
+/// Client-side attacks. Client A binds CH to sink pa, client B binds CH+1 to sink pb, client A
+/// also binds 0x3FFF to pc and 0x8000 to pd (pion grants both, rule 14). Then, K datagrams each:
+/// ChannelData sent by a raw socket in the client namespace with A's own address and port (an
+/// attacker who knows A's 5-tuple: pion relays it, nothing tells them apart), with B's address
+/// and port on CH (a number only A bound), from A's address on a port that has no allocation,
+/// from an address pion never saw; A's own ChannelData on a number nobody bound, and on 0x3FFF
+/// and 0x8000, numbers pion bound but never reads ChannelData on.
+fn client_side_timeline(lab: &Lab, live: Option<&LiveCounters>) -> Vec<Case> {
+    let (pa, pb, pc, pd) = (
+        sink(lab, 7160),
+        sink(lab, 7161),
+        sink(lab, 7162),
+        sink(lab, 7163),
+    );
+    let sinks = [("pa", &pa), ("pb", &pb), ("pc", &pc), ("pd", &pd)];
+    let mut a = client(lab);
+    a.allocate(None).unwrap();
+    a.channel_bind(CH, pa.local_addr().unwrap()).unwrap();
+    let mut b = client(lab);
+    b.allocate(None).unwrap();
+    b.channel_bind(CH + 1, pb.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        bind_any(&a, 0x3FFF, pc.local_addr().unwrap()),
+        Class::Success
+    );
+    assert_eq!(
+        bind_any(&a, 0x8000, pd.local_addr().unwrap()),
+        Class::Success
+    );
+    let raw_sock = lab::in_ns(&lab.ns(Host::Cli), || RawIpSocket::open().unwrap());
+    let server = v4(lab::TURN_SERVER_V4);
+    let spoof = |src: SocketAddrV4, number: u16, payload: &[u8]| {
+        let f = Udp4Frame::new(
+            [0; 6],
+            [0; 6],
+            src,
+            server,
+            &channel_data_any(number, payload),
+        );
+        raw_sock.send(&raw::ip_packet(&f)).unwrap();
+    };
+    let (a_addr, b_addr) = (v4(a.local_addr().unwrap()), v4(b.local_addr().unwrap()));
+    let unallocated = SocketAddrV4::new(lab::CLIENT_V4, 40999);
+    let stranger = SocketAddrV4::new(STRANGER_V4, a_addr.port());
+
+    type Sender<'a> = Box<dyn Fn(&[u8]) + 'a>;
+    let cases: Vec<(&'static str, Sender)> = vec![
+        (
+            "control: A's ChannelData on CH",
+            Box::new(|p: &[u8]| a.send_channel_data(CH, p).unwrap()),
+        ),
+        (
+            "raw, as A (A's address and port), on CH",
+            Box::new(|p: &[u8]| spoof(a_addr, CH, p)),
+        ),
+        (
+            "raw, as B (B's address and port), on CH (A's number)",
+            Box::new(|p: &[u8]| spoof(b_addr, CH, p)),
+        ),
+        (
+            "raw, A's address, a port with no allocation, on CH",
+            Box::new(|p: &[u8]| spoof(unallocated, CH, p)),
+        ),
+        (
+            "raw, an address pion never saw, on CH",
+            Box::new(|p: &[u8]| spoof(stranger, CH, p)),
+        ),
+        (
+            "A's ChannelData on an unbound number (CH+7)",
+            Box::new(|p: &[u8]| a.send_channel_data(CH + 7, p).unwrap()),
+        ),
+        (
+            "A's ChannelData on 0x3FFF (bound by pion, out of range)",
+            Box::new(|p: &[u8]| a.send_raw(&channel_data_any(0x3FFF, p)).unwrap()),
+        ),
+        (
+            "A's ChannelData on 0x8000 (bound by pion, out of range)",
+            Box::new(|p: &[u8]| a.send_raw(&channel_data_any(0x8000, p)).unwrap()),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, send) in &cases {
+        let (got, xdp, at_server) = in_xdp(lab, live, || {
+            for i in 0..K {
+                send(format!("{name} #{i}").as_bytes());
+            }
+            received(&sinks)
+        });
+        out.push(Case {
+            name,
+            relayable: got.len() as u64,
+            got,
+            xdp,
+            at_server,
+        });
+    }
+    // Still alive after it all.
+    let (got, xdp, at_server) = in_xdp(lab, live, || {
+        a.send_channel_data(CH, b"after the attacks").unwrap();
+        received(&sinks)
+    });
+    out.push(Case {
+        name: "A's ChannelData on CH after the attacks",
+        relayable: got.len() as u64,
+        got,
+        xdp,
+        at_server,
+    });
+    out
+}
+
+/// Spoofed and stray ChannelData from the client side, side by side: pion alone relays only A's
+/// channel (also when the raw socket forges A's own 5-tuple: UDP gives pion nothing to tell them
+/// apart); the agent beside it relays the same, and nothing else in XDP.
+#[test]
+fn client_side_attacks_side_by_side() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pcliatk", &[]);
+    let exit = side_by_side(&lab, "pion-client-attacks", |lab, live| {
+        let cases = client_side_timeline(lab, live);
+        // pion alone's own outcome, case by case (also checked with the agent).
+        let delivered: Vec<usize> = cases.iter().map(|c| c.got.len()).collect();
+        assert_eq!(delivered, [K, K, 0, 0, 0, 0, 0, 0, 1], "{cases:#?}");
+        // What nobody delivered reached pion's socket, and pion dropped it.
+        for c in cases.iter().filter(|c| c.got.is_empty()) {
+            assert_eq!(c.at_server, K as u64, "{c:?}");
+        }
+        assert!(cases[0]
+            .got
+            .iter()
+            .chain(&cases[1].got)
+            .all(|g| g.starts_with("pa: ")));
+        cases
+    });
+    assert!(
+        exit.counter("PASS_NO_CHANNEL") >= 3 * K as u64,
+        "{}",
+        exit.output
+    );
+    assert_eq!(exit.counter("LEARN_ALLOC"), 2, "{}", exit.output);
+}
+
+/// Peer-side attacks: client A binds CH to peer pa; client D has a permission for pa's address
+/// and no channel. K datagrams each: pa to A's relayed address (the control, ChannelData), pa to
+/// D's relayed address (a permission, no channel), another port of pa's address to A's relayed
+/// address (permitted by address, not bound). What reached each client: (Data indications,
+/// ChannelData).
+fn peer_side_timeline(lab: &Lab, live: Option<&LiveCounters>) -> Vec<Case> {
+    let pa = sink(lab, 7170);
+    let pa_other = sink(lab, 7171);
+    let mut a = client(lab);
+    let a_relayed = a.allocate(None).unwrap().relayed;
+    a.channel_bind(CH, pa.local_addr().unwrap()).unwrap();
+    let mut d = client(lab);
+    let d_relayed = d.allocate(None).unwrap().relayed;
+    d.create_permission(&[pa.local_addr().unwrap()]).unwrap();
+    let cases: [(&'static str, &UdpSocket, SocketAddr, &TurnClient); 3] = [
+        (
+            "control: pa to A's relayed address (bound)",
+            &pa,
+            a_relayed,
+            &a,
+        ),
+        (
+            "pa to D's relayed address (permission, no channel)",
+            &pa,
+            d_relayed,
+            &d,
+        ),
+        (
+            "pa's address, another port, to A's relayed address",
+            &pa_other,
+            a_relayed,
+            &a,
+        ),
+    ];
+    cases
+        .iter()
+        .map(|&(name, from, to, c)| {
+            let ((ind, cd), xdp, at_server) = in_xdp(lab, live, || {
+                for i in 0..K {
+                    from.send_to(format!("{name} #{i}").as_bytes(), to).unwrap();
+                }
+                arrivals(c, CH, Duration::from_millis(200))
+            });
+            Case {
+                name,
+                got: vec![format!("{ind} Data indications, {cd} ChannelData on CH")],
+                relayable: cd as u64,
+                xdp,
+                at_server,
+            }
+        })
+        .collect()
+}
+
+/// Peer-side attacks side by side: pion alone turns only the bound peer's datagrams into
+/// ChannelData and the others into Data indications (rules 5, 20); with the agent the clients
+/// receive exactly the same, and only the bound peer's datagrams are relayed in XDP.
+#[test]
+fn peer_side_attacks_side_by_side() {
+    skip_unless_pion!();
+    let lab = pion("tbt-ppeer", &[]);
+    let exit = side_by_side(&lab, "pion-peer-attacks", |lab, live| {
+        let cases = peer_side_timeline(lab, live);
+        let got: Vec<&str> = cases.iter().map(|c| c.got[0].as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "0 Data indications, 5 ChannelData on CH",
+                "5 Data indications, 0 ChannelData on CH",
+                "5 Data indications, 0 ChannelData on CH",
+            ],
+            "pion's own outcome"
+        );
+        // The Data indications were pion's work: the datagrams reached its relay sockets.
+        for c in &cases[1..] {
+            assert_eq!(c.at_server, K as u64, "{c:?}");
+        }
+        cases
+    });
+    assert!(
+        exit.counter("PASS_NO_CHANNEL") >= 2 * K as u64,
+        "{}",
+        exit.output
+    );
+}
+
+/// Refresh 0 (pion deletes the allocation at once, rule 8): K datagrams each way on the channel
+/// after it, from the client and from the bound peer.
+fn refresh_zero_timeline(lab: &Lab, live: Option<&LiveCounters>) -> Vec<Case> {
+    let p = sink(lab, 7180);
+    let mut c = client(lab);
+    let relayed = c.allocate(None).unwrap().relayed;
+    c.channel_bind(CH, p.local_addr().unwrap()).unwrap();
+    let control = both_ways(
+        lab,
+        "control: both ways before Refresh 0",
+        &c,
+        &p,
+        relayed,
+        live,
+    );
+    assert_eq!(c.refresh(0).unwrap(), 0, "pion grants Refresh 0");
+    let after = both_ways(lab, "both ways after Refresh 0", &c, &p, relayed, live);
+    vec![control, after]
+}
+
+/// K datagrams from `c` on CH, then K from `p` to `relayed`: what reached `p`, and the client.
+fn both_ways(
+    lab: &Lab,
+    name: &'static str,
+    c: &TurnClient,
+    p: &UdpSocket,
+    relayed: SocketAddr,
+    live: Option<&LiveCounters>,
+) -> Case {
+    let ((mut got, cd), xdp, at_server) = in_xdp(lab, live, || {
+        for i in 0..K {
+            c.send_channel_data(CH, format!("{name} #{i}").as_bytes())
+                .unwrap();
+        }
+        let mut got = received(&[("p", p)]);
+        for i in 0..K {
+            p.send_to(format!("{name} back #{i}").as_bytes(), relayed)
+                .unwrap();
+        }
+        let (ind, cd) = arrivals(c, CH, Duration::from_millis(200));
+        got.push(format!(
+            "client: {ind} Data indications, {cd} ChannelData on CH"
+        ));
+        (got, cd)
+    });
+    let relayable = (got.len() - 1 + cd) as u64;
+    got.sort();
+    Case {
+        name,
+        got,
+        relayable,
+        xdp,
+        at_server,
+    }
+}
+
+/// Datagrams on a channel after Refresh 0, side by side: pion alone relays nothing either way
+/// once the allocation is gone; the agent relays nothing in XDP either (it learned the
+/// deallocation from pion's answer).
+#[test]
+fn refresh_zero_side_by_side() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pref0atk", &[]);
+    let exit = side_by_side(&lab, "pion-refresh0-attacks", |lab, live| {
+        let cases = refresh_zero_timeline(lab, live);
+        assert_eq!(cases[0].got.len(), K + 1, "{cases:#?}");
+        assert!(
+            cases[0]
+                .got
+                .contains(&"client: 0 Data indications, 5 ChannelData on CH".to_string()),
+            "{cases:#?}"
+        );
+        assert_eq!(
+            cases[1].got,
+            ["client: 0 Data indications, 0 ChannelData on CH"],
+            "pion alone relays nothing after Refresh 0"
+        );
+        // The client's datagrams reached pion's socket (the peer's found the relay port closed).
+        assert_eq!(cases[1].at_server, K as u64, "{:?}", cases[1]);
+        cases
+    });
+    assert_eq!(exit.counter("LEARN_DEALLOC"), 1, "{}", exit.output);
+}
+
+/// Ctrl+C on the agent in the middle of a steady stream on a live channel: the agent detaches and
+/// pion relays the rest through its sockets, with no datagram lost across the handover. Every
+/// datagram is carried once, either in XDP or by pion's sockets.
+///
+/// turn0's clsact qdisc is there before the agent (as on a host where something else uses tc),
+/// so the agent attaches its snooper to it and leaves it in place: adding or deleting a qdisc on
+/// turn0 drops a datagram pion is sending out of it now and then, with pion alone and no agent
+/// at all (2 lost of 3000 over 15 `tc qdisc add`/`del clsact` cycles, counted as turn0's TX
+/// drops). An agent that created the qdisc deletes it on exit and can lose one that way.
+#[test]
+fn ctrl_c_hands_a_live_channel_back_to_pion_without_loss() {
+    skip_unless_pion!();
+    const N: usize = 3000;
+    let lab = pion("tbt-psigint", &[]);
+    warm_neighbours(&lab);
+    lab.exec(Host::Srv, &["tc", "qdisc", "add", "dev", "turn0", "clsact"])
+        .unwrap();
+    let echo = Echo::start(&lab, 7190);
+    let agent = pion_agent(&lab, "pion-sigint");
+    let mut c = client(&lab);
+    c.allocate(None).unwrap();
+    c.channel_bind(CH, echo.addr).unwrap();
+    let srv_before = lab.nstat_udp_in(Host::Srv);
+    let (got, exit) = std::thread::scope(|s| {
+        let c = &c;
+        let stream = s.spawn(move || {
+            (0..N)
+                .map(|i| {
+                    sleep(Duration::from_micros(500));
+                    exchange(c, CH, i, 1)
+                })
+                .sum::<usize>()
+        });
+        sleep(Duration::from_millis(700));
+        let exit = agent.stop(Signal::SIGINT).unwrap();
+        (stream.join().unwrap(), exit)
+    });
+    let through_pion = lab.nstat_udp_in(Host::Srv) - srv_before;
+    let echoed = echo.stop();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(
+        (echoed, got),
+        (N as u64, N),
+        "(echoed by the peer, back at the client): lost across the handover:\n{}",
+        exit.output
+    );
+    let (to_peer, to_client) = (
+        exit.counter("RELAYED_TO_PEER"),
+        exit.counter("RELAYED_TO_CLIENT"),
+    );
+    eprintln!(
+        "{N} round trips: {to_peer} to the peer and {to_client} back in XDP, {through_pion} \
+         datagrams through pion's sockets"
+    );
+    assert!(
+        to_peer >= 200 && to_peer < N as u64 - 200,
+        "the stream spans the handover: {to_peer} of {N} relayed in XDP\n{}",
+        exit.output
+    );
+    assert_eq!(
+        through_pion,
+        2 * N as u64 - to_peer - to_client,
+        "each datagram carried once, in XDP or by pion\n{}",
+        exit.output
+    );
+    // Everything of the agent's gone; the qdisc it found left in place.
+    for dev in ["turn0", "relay0"] {
+        assert!(!xdp_attached(&lab, dev), "XDP left on {dev}");
+        assert_eq!(forwarding(&lab, dev), "0", "forwarding left on on {dev}");
+    }
+    assert_eq!(tc_filters(&lab, "turn0", "egress").trim(), "");
+    assert!(
+        has_clsact(&lab, "turn0"),
+        "the clsact qdisc it found is gone"
+    );
+    lab.exec(Host::Srv, &["tc", "qdisc", "del", "dev", "turn0", "clsact"])
+        .unwrap();
+    assert_clean(&lab);
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! turn-load run   --lab NAME [--mode coturn|offload|forwarder] [--rate PPS | --flat-out] ...
 //! turn-load micro [--runs N] [--trials T] [--json FILE]
-//! turn-load bench --lab NAME [--quick] [--out DIR] ...
+//! turn-load bench --lab NAME [--server coturn|pion|both] [--pion-lab NAME] [--quick] [--out DIR] ...
 //! turn-load render [--out DIR]
 //! ```
 //!
@@ -13,7 +13,9 @@
 //! plain UDP through the baseline XDP forwarder ("forwarder", the floor under any relay in this
 //! lab) — alternating the modes at every load, runs the micro-benchmark, and writes
 //! `summary.json`, `summary.md`, `chart.svg` and `runs.json`; `render` recomputes the summary,
-//! its Markdown and the chart from a bench's `runs.json`.
+//! its Markdown and the chart from a bench's `runs.json`. With `--server pion` the same sweep
+//! runs pion/turn alone ("pion") and pion with the agent (`--server pion`, "pion_offload")
+//! against the floor; `--server both` runs all five modes in one sweep, pion in a second lab.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,7 +28,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use turn_bpf_testkit::baseline::{self, AttachedForwarder, MicroReport};
-use turn_bpf_testkit::lab::{self, Host, Lab};
+use turn_bpf_testkit::lab::{self, Host, Lab, TurnServer};
 use turn_bpf_testkit::load::{self, AgentCounters, LoadConfig, LoadReport, PathMode, Roles};
 
 #[derive(Parser)]
@@ -60,7 +62,7 @@ struct RenderArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum Mode {
     /// coturn alone.
     Coturn,
@@ -68,6 +70,10 @@ enum Mode {
     Offload,
     /// No TURN: plain UDP through the baseline XDP forwarder (the floor).
     Forwarder,
+    /// pion/turn alone.
+    Pion,
+    /// pion/turn with the turn-bpf agent attached (`--server pion`).
+    PionOffload,
 }
 
 impl Mode {
@@ -76,8 +82,51 @@ impl Mode {
             Mode::Coturn => "coturn",
             Mode::Offload => "offload",
             Mode::Forwarder => "forwarder",
+            Mode::Pion => "pion",
+            Mode::PionOffload => "pion_offload",
         }
     }
+
+    /// The TURN server this mode needs in its lab (`None`: any, the floor uses no TURN).
+    fn server(self) -> Option<TurnServer> {
+        match self {
+            Mode::Coturn | Mode::Offload => Some(TurnServer::Coturn),
+            Mode::Pion | Mode::PionOffload => Some(TurnServer::Pion),
+            Mode::Forwarder => None,
+        }
+    }
+}
+
+/// A server alone and the same server with the agent: the modes compared side by side.
+#[derive(Clone, Copy)]
+struct Pair {
+    /// What the prose calls the server.
+    server: &'static str,
+    alone: Mode,
+    offload: Mode,
+}
+
+/// Every pair a bench can run, coturn's first.
+const PAIRS: [Pair; 2] = [
+    Pair {
+        server: "coturn",
+        alone: Mode::Coturn,
+        offload: Mode::Offload,
+    },
+    Pair {
+        server: "pion",
+        alone: Mode::Pion,
+        offload: Mode::PionOffload,
+    },
+];
+
+/// Which TURN servers a bench measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServerChoice {
+    Coturn,
+    Pion,
+    /// coturn and pion in one sweep (pion in the lab named by `--pion-lab`).
+    Both,
 }
 
 #[derive(ClapArgs, Clone)]
@@ -142,9 +191,19 @@ struct MicroArgs {
 
 #[derive(ClapArgs)]
 struct BenchArgs {
-    /// Lab name (must be up).
+    /// Lab name (must be up): its server is coturn, or pion with `--server pion`.
     #[arg(long, default_value = "tbb-bench")]
     lab: String,
+    /// Which server to measure alone and with the agent: coturn, pion (pion/turn in `--lab`),
+    /// or both (coturn in `--lab`, pion in `--pion-lab`).
+    #[arg(long, value_enum, default_value_t = ServerChoice::Coturn)]
+    server: ServerChoice,
+    /// The lab running pion when `--server both` (must be up).
+    #[arg(long)]
+    pion_lab: Option<String>,
+    /// Name of the micro-benchmark's routing fixture namespace.
+    #[arg(long, default_value = "tbb-micro")]
+    micro_ns: String,
     /// The reduced sweep and micro-benchmark (about 2 minutes).
     #[arg(long)]
     quick: bool,
@@ -247,15 +306,29 @@ fn measure(
     let srv = lab.ns(Host::Srv);
     let mut agent = None;
     let mut fwd = None;
+    if let Some(want) = mode.server() {
+        if lab.server() != want {
+            bail!(
+                "mode {} needs {} in its lab, and lab {} runs {}",
+                mode.name(),
+                want.script_name(),
+                lab.name(),
+                lab.server().script_name()
+            );
+        }
+    }
     match mode {
-        Mode::Coturn => {}
-        Mode::Offload => {
+        Mode::Coturn | Mode::Pion => {}
+        Mode::Offload | Mode::PionOffload => {
             let bin = la.agent.clone().unwrap_or_else(load::default_agent_path);
-            agent = Some(load::start_agent(
-                &bin,
-                &srv,
-                &["--enable-forwarding", lab::IFACE, lab::RELAY_IFACE],
-            )?);
+            // The lab's pion is built from Debian's sources through a go.mod `replace`, which
+            // the agent's detection takes for a fork (strict RFC 8656 profile): name it.
+            let mut args = vec!["--enable-forwarding"];
+            if mode == Mode::PionOffload {
+                args.extend(["--server", "pion"]);
+            }
+            args.extend([lab::IFACE, lab::RELAY_IFACE]);
+            agent = Some(load::start_agent(&bin, &srv, &args)?);
             cfg.agent_pid = agent.as_ref().map(turn_bpf_testkit::agent::AgentProc::pid);
         }
         Mode::Forwarder => {
@@ -350,7 +423,7 @@ struct PointSummary {
     cpu_ns_per_pkt: f64,
     /// The whole machine's busy time (other users included) per relayed datagram, ns.
     machine_ns_per_pkt: f64,
-    /// coturn's CPU, % of one CPU.
+    /// The TURN server's CPU (coturn's, or pion's in the pion modes), % of one CPU.
     coturn_cpu_pct: f64,
     rtt_p50_us: f64,
     rtt_p99_us: f64,
@@ -374,13 +447,18 @@ struct ModeSummary {
     cpu_ns_per_pkt: f64,
     /// At the common offered load: the whole machine's busy time per relayed datagram, ns.
     machine_ns_per_pkt: f64,
-    /// At the common offered load: coturn's CPU, % of one CPU.
+    /// At the common offered load: the TURN server's CPU (coturn's, or pion's in the pion
+    /// modes), % of one CPU.
     coturn_cpu_pct: f64,
     /// At the common offered load: round-trip loss, %.
     loss_pct: f64,
     rtt_p50_us: f64,
     rtt_p99_us: f64,
     rtt_p999_us: f64,
+    /// The common offered load of the figures above: the highest at which this mode's server
+    /// alone lost < 0.1% (the floor takes the first pair's).
+    #[serde(default)]
+    common_load_pps: Option<u64>,
     points: Vec<PointSummary>,
 }
 
@@ -398,6 +476,9 @@ struct MachineInfo {
     cpu_model: String,
     kernel: String,
     coturn_version: String,
+    /// The Debian package pion/turn was built from, when pion was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pion_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -423,18 +504,19 @@ struct Summary {
     machine: MachineInfo,
     config: BenchConfig,
     /// The common offered load (client→peer datagrams/s) of the per-mode figures: the highest
-    /// at which coturn alone lost < 0.1%.
+    /// at which coturn alone lost < 0.1% (pion alone, when coturn was not measured). Each mode
+    /// has its own pair's in `modes.*.common_load_pps`.
     common_load_pps: u64,
     modes: BTreeMap<String, ModeSummary>,
     /// Side by side: how many times better the offload is (coturn / offload, or offload /
-    /// coturn for rates), and the offload against the floor.
+    /// coturn for rates; pion / pion_offload likewise), and the offload against the floor.
     ratios: BTreeMap<String, f64>,
     micro: MicroReport,
     goals: Vec<Goal>,
     elapsed_s: f64,
 }
 
-fn machine_info() -> MachineInfo {
+fn machine_info(pion: bool) -> MachineInfo {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -444,19 +526,27 @@ fn machine_info() -> MachineInfo {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "?".into());
-    let coturn_version = std::process::Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", "coturn"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("?".into(), |o| {
-            String::from_utf8_lossy(&o.stdout).into_owned()
-        });
+    let version = |package: &str| {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", package])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map_or("?".into(), |o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            })
+    };
     MachineInfo {
         nproc: load::online_cpus(),
         cpu_model,
         kernel,
-        coturn_version,
+        coturn_version: version("coturn"),
+        pion_version: pion.then(|| {
+            format!(
+                "pion/turn v2.1.0 (golang-github-pion-turn.v2-dev {})",
+                version("golang-github-pion-turn.v2-dev")
+            )
+        }),
     }
 }
 
@@ -558,57 +648,18 @@ fn mode_summary(points: Vec<PointSummary>, common: Option<u64>) -> ModeSummary {
         rtt_p50_us: f(&|p| p.rtt_p50_us),
         rtt_p99_us: f(&|p| p.rtt_p99_us),
         rtt_p999_us: f(&|p| p.rtt_p999_us),
+        common_load_pps: common,
         points,
     }
 }
 
 fn ratios(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> BTreeMap<String, f64> {
     let mut r = BTreeMap::new();
-    let (Some(c), Some(o)) = (modes.get("coturn"), modes.get("offload")) else {
+    for pair in PAIRS {
+        pair_ratios(modes, pair, &mut r);
+    }
+    if r.is_empty() {
         return r;
-    };
-    r.insert(
-        "cpu_per_pkt_coturn_over_offload".into(),
-        c.cpu_ns_per_pkt / o.cpu_ns_per_pkt,
-    );
-    r.insert(
-        "machine_per_pkt_coturn_over_offload".into(),
-        c.machine_ns_per_pkt / o.machine_ns_per_pkt,
-    );
-    r.insert(
-        "max_delivered_offload_over_coturn".into(),
-        o.max_delivered_pps / c.max_delivered_pps,
-    );
-    r.insert(
-        "rtt_p50_coturn_over_offload".into(),
-        c.rtt_p50_us / o.rtt_p50_us,
-    );
-    r.insert(
-        "rtt_p99_coturn_over_offload".into(),
-        c.rtt_p99_us / o.rtt_p99_us,
-    );
-    if let Some(f) = modes.get("forwarder") {
-        // What each relay adds above the floor (the endpoints' own stacks and the forwarding
-        // every path pays), per relayed datagram.
-        let (rc, ro) = (
-            c.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
-            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
-        );
-        r.insert("relay_cpu_above_floor_coturn_ns".into(), rc);
-        r.insert("relay_cpu_above_floor_offload_ns".into(), ro);
-        // Only meaningful when the offload is measurably above the floor (5% of it); below
-        // that it is within the noise of two separate runs, and the ratio is left out.
-        if ro > 0.05 * f.cpu_ns_per_pkt {
-            r.insert("relay_cpu_above_floor_coturn_over_offload".into(), rc / ro);
-        }
-        r.insert(
-            "offload_cpu_over_floor".into(),
-            o.cpu_ns_per_pkt / f.cpu_ns_per_pkt,
-        );
-        r.insert(
-            "offload_max_delivered_over_floor".into(),
-            o.max_delivered_pps / f.max_delivered_pps,
-        );
     }
     for c in micro.paths_by_ratio() {
         if let (Some(v), Some(vs)) = (c.ratio, &c.vs) {
@@ -618,80 +669,86 @@ fn ratios(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> BTreeMa
     r
 }
 
-fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport, common: u64) -> Vec<Goal> {
-    let mut g = Vec::new();
-    let (Some(c), Some(o)) = (modes.get("coturn"), modes.get("offload")) else {
-        return g;
+/// The floor's point at `pair`'s common load (the floor was measured at every load).
+fn floor_at<'a>(
+    modes: &'a BTreeMap<String, ModeSummary>,
+    alone: &ModeSummary,
+) -> Option<&'a PointSummary> {
+    let common = alone.common_load_pps?;
+    modes
+        .get("forwarder")?
+        .points
+        .iter()
+        .find(|p| p.target_pps == Some(common))
+}
+
+/// One pair's ratios, keyed by its mode names (coturn's: `cpu_per_pkt_coturn_over_offload`,
+/// pion's: `cpu_per_pkt_pion_over_pion_offload`, ...).
+fn pair_ratios(modes: &BTreeMap<String, ModeSummary>, pair: Pair, r: &mut BTreeMap<String, f64>) {
+    let (an, on) = (pair.alone.name(), pair.offload.name());
+    let (Some(c), Some(o)) = (modes.get(an), modes.get(on)) else {
+        return;
     };
-    let ratio = o.cpu_ns_per_pkt / c.cpu_ns_per_pkt;
-    let floor = modes.get("forwarder").map_or(String::new(), |f| {
-        format!(
-            "; the floor alone (no TURN, plain XDP forwarding) costs {:.0} ns: above it coturn \
-             adds {:.0} ns, the offload {:.0} ns",
-            f.cpu_ns_per_pkt,
+    r.insert(
+        format!("cpu_per_pkt_{an}_over_{on}"),
+        c.cpu_ns_per_pkt / o.cpu_ns_per_pkt,
+    );
+    r.insert(
+        format!("machine_per_pkt_{an}_over_{on}"),
+        c.machine_ns_per_pkt / o.machine_ns_per_pkt,
+    );
+    r.insert(
+        format!("max_delivered_{on}_over_{an}"),
+        o.max_delivered_pps / c.max_delivered_pps,
+    );
+    r.insert(
+        format!("rtt_p50_{an}_over_{on}"),
+        c.rtt_p50_us / o.rtt_p50_us,
+    );
+    r.insert(
+        format!("rtt_p99_{an}_over_{on}"),
+        c.rtt_p99_us / o.rtt_p99_us,
+    );
+    if let (Some(f), Some(fmax)) = (
+        floor_at(modes, c),
+        modes.get("forwarder").map(|f| f.max_delivered_pps),
+    ) {
+        // What each relay adds above the floor (the endpoints' own stacks and the forwarding
+        // every path pays), per relayed datagram.
+        let (rc, ro) = (
             c.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
-            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt
-        )
-    });
-    g.push(Goal {
-        goal: "CPU per relayed datagram with offload ≤ 1/5 of coturn's (same offered load)".into(),
-        target: "≤ 0.20×".into(),
-        measured: format!(
-            "{:.2}× ({:.0} vs {:.0} ns at {} pps{floor})",
-            ratio, o.cpu_ns_per_pkt, c.cpu_ns_per_pkt, common,
-        ),
-        met: ratio <= 0.2,
-    });
-    let rate = o.max_delivered_pps / c.max_delivered_pps;
-    g.push(Goal {
-        goal: "Delivered rate at saturation ≥ 5× coturn's".into(),
-        target: "≥ 5×".into(),
-        measured: format!(
-            "{:.2}× ({:.0} vs {:.0} round trips/s)",
-            rate, o.max_delivered_pps, c.max_delivered_pps
-        ),
-        met: rate >= 5.0,
-    });
-    // Loss where coturn is below saturation.
-    let below: Vec<&PointSummary> = c
-        .points
-        .iter()
-        .filter(|p| p.target_pps.is_some() && p.loss_pct < LOSS_OK_PCT)
-        .collect();
-    let worst = below
-        .iter()
-        .filter_map(|p| o.points.iter().find(|q| q.target_pps == p.target_pps))
-        .map(|q| q.loss_pct)
-        .fold(0.0, f64::max);
-    g.push(Goal {
-        goal: "Offload loss < 0.1% wherever coturn is below saturation".into(),
-        target: "< 0.1%".into(),
-        measured: format!(
-            "worst {:.3}% over {} loads ({})",
-            worst,
-            below.len(),
-            below
-                .iter()
-                .map(|p| p.label.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        met: !below.is_empty() && worst < LOSS_OK_PCT,
-    });
-    let coturn_max = o
-        .points
-        .iter()
-        .map(|p| p.coturn_cpu_pct)
-        .fold(0.0, f64::max);
-    g.push(Goal {
-        goal: "coturn's own CPU during an offloaded flow < 1%".into(),
-        target: "< 1%".into(),
-        measured: format!(
-            "{:.2}% at most (all loads, flat out included); {:.2}% at {} pps",
-            coturn_max, o.coturn_cpu_pct, common
-        ),
-        met: coturn_max < 1.0,
-    });
+            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
+        );
+        r.insert(format!("relay_cpu_above_floor_{an}_ns"), rc);
+        r.insert(format!("relay_cpu_above_floor_{on}_ns"), ro);
+        // Only meaningful when the offload is measurably above the floor (5% of it); below
+        // that it is within the noise of two separate runs, and the ratio is left out.
+        if ro > 0.05 * f.cpu_ns_per_pkt {
+            r.insert(format!("relay_cpu_above_floor_{an}_over_{on}"), rc / ro);
+        }
+        r.insert(
+            format!("{on}_cpu_over_floor"),
+            o.cpu_ns_per_pkt / f.cpu_ns_per_pkt,
+        );
+        r.insert(
+            format!("{on}_max_delivered_over_floor"),
+            o.max_delivered_pps / fmax,
+        );
+    }
+}
+
+fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> Vec<Goal> {
+    let mut g = Vec::new();
+    let mut rtt = Vec::new();
+    for pair in PAIRS {
+        if let Some((mut pg, prtt)) = pair_goals(modes, pair) {
+            g.append(&mut pg);
+            rtt.push(prtt);
+        }
+    }
+    if g.is_empty() {
+        return g;
+    }
     g.push(fast_path_goal(micro));
     // The accounting's own clock reads (stats_floor) are in every accounted figure; an absolute
     // budget is for the program's own instructions, so it is judged above that floor.
@@ -706,16 +763,106 @@ fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport, common: u64
         ),
         met: unrelated - floor <= 30.0,
     });
+    g.append(&mut rtt);
+    g
+}
+
+/// One pair's goals: (the four on CPU, rate, loss and the server's CPU; the one on RTT). coturn's
+/// read as they always have; pion's start with "pion: ".
+fn pair_goals(modes: &BTreeMap<String, ModeSummary>, pair: Pair) -> Option<(Vec<Goal>, Goal)> {
+    let (c, o) = (
+        modes.get(pair.alone.name())?,
+        modes.get(pair.offload.name())?,
+    );
+    let server = pair.server;
+    let prefix = if pair.alone == Mode::Coturn {
+        String::new()
+    } else {
+        format!("{server}: ")
+    };
+    let common = c.common_load_pps.unwrap_or(0);
+    let mut g = Vec::new();
+    let ratio = o.cpu_ns_per_pkt / c.cpu_ns_per_pkt;
+    let floor = floor_at(modes, c).map_or(String::new(), |f| {
+        format!(
+            "; the floor alone (no TURN, plain XDP forwarding) costs {:.0} ns: above it {server} \
+             adds {:.0} ns, the offload {:.0} ns",
+            f.cpu_ns_per_pkt,
+            c.cpu_ns_per_pkt - f.cpu_ns_per_pkt,
+            o.cpu_ns_per_pkt - f.cpu_ns_per_pkt
+        )
+    });
     g.push(Goal {
-        goal: "RTT p50 and p99 lower than coturn's".into(),
+        goal: format!(
+            "{prefix}CPU per relayed datagram with offload ≤ 1/5 of {server}'s (same offered load)"
+        ),
+        target: "≤ 0.20×".into(),
+        measured: format!(
+            "{:.2}× ({:.0} vs {:.0} ns at {} pps{floor})",
+            ratio, o.cpu_ns_per_pkt, c.cpu_ns_per_pkt, common,
+        ),
+        met: ratio <= 0.2,
+    });
+    let rate = o.max_delivered_pps / c.max_delivered_pps;
+    g.push(Goal {
+        goal: format!("{prefix}Delivered rate at saturation ≥ 5× {server}'s"),
+        target: "≥ 5×".into(),
+        measured: format!(
+            "{:.2}× ({:.0} vs {:.0} round trips/s)",
+            rate, o.max_delivered_pps, c.max_delivered_pps
+        ),
+        met: rate >= 5.0,
+    });
+    // Loss where the server alone is below saturation.
+    let below: Vec<&PointSummary> = c
+        .points
+        .iter()
+        .filter(|p| p.target_pps.is_some() && p.loss_pct < LOSS_OK_PCT)
+        .collect();
+    let worst = below
+        .iter()
+        .filter_map(|p| o.points.iter().find(|q| q.target_pps == p.target_pps))
+        .map(|q| q.loss_pct)
+        .fold(0.0, f64::max);
+    g.push(Goal {
+        goal: format!("{prefix}Offload loss < 0.1% wherever {server} is below saturation"),
+        target: "< 0.1%".into(),
+        measured: format!(
+            "worst {:.3}% over {} loads ({})",
+            worst,
+            below.len(),
+            below
+                .iter()
+                .map(|p| p.label.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        met: !below.is_empty() && worst < LOSS_OK_PCT,
+    });
+    let server_max = o
+        .points
+        .iter()
+        .map(|p| p.coturn_cpu_pct)
+        .fold(0.0, f64::max);
+    g.push(Goal {
+        goal: format!("{prefix}{server}'s own CPU during an offloaded flow < 1%"),
+        target: "< 1%".into(),
+        measured: format!(
+            "{:.2}% at most (all loads, flat out included); {:.2}% at {} pps",
+            server_max, o.coturn_cpu_pct, common
+        ),
+        met: server_max < 1.0,
+    });
+    let rtt = Goal {
+        goal: format!("{prefix}RTT p50 and p99 lower than {server}'s"),
         target: "both lower".into(),
         measured: format!(
             "p50 {:.0} vs {:.0} µs, p99 {:.0} vs {:.0} µs at {} pps",
             o.rtt_p50_us, c.rtt_p50_us, o.rtt_p99_us, c.rtt_p99_us, common
         ),
         met: o.rtt_p50_us < c.rtt_p50_us && o.rtt_p99_us < c.rtt_p99_us,
-    });
-    g
+    };
+    Some((g, rtt))
 }
 
 /// The goal for every relay path: ≤ 1.3× its output family's baseline forwarder (median of the
@@ -762,13 +909,69 @@ const FAST_PATH_GOAL: f64 = 1.3;
 const MICRO_RUNS: u32 = 20_000;
 const MICRO_TRIALS: usize = 21;
 
+/// The labs of a bench: each pair measured with the lab running its server; the floor runs in
+/// the first.
+struct BenchLabs {
+    pairs: Vec<(Pair, Lab)>,
+}
+
+impl BenchLabs {
+    fn of(&self, mode: Mode) -> &Lab {
+        self.pairs
+            .iter()
+            .find(|(p, _)| mode == p.alone || mode == p.offload)
+            .or(self.pairs.first())
+            .map(|(_, lab)| lab)
+            .expect("a bench has a lab")
+    }
+
+    fn names(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(p, lab)| format!("{} ({})", lab.name(), p.server))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The labs `--server` asks for, each up and running its server.
+fn bench_labs(a: &BenchArgs) -> Result<BenchLabs> {
+    let wanted: Vec<(Pair, &str)> = match (a.server, &a.pion_lab) {
+        (ServerChoice::Coturn, None) => vec![(PAIRS[0], a.lab.as_str())],
+        (ServerChoice::Pion, None) => vec![(PAIRS[1], a.lab.as_str())],
+        (ServerChoice::Both, Some(pion)) => vec![(PAIRS[0], a.lab.as_str()), (PAIRS[1], pion)],
+        (ServerChoice::Both, None) => {
+            bail!("--server both needs --pion-lab (the lab running pion)")
+        }
+        (_, Some(_)) => bail!("--pion-lab is for --server both"),
+    };
+    if a.server != ServerChoice::Coturn && a.load.family == load::Family::V6 {
+        bail!("pion/turn v2 relays from IPv4 addresses only: --family 6 is for --server coturn");
+    }
+    let mut pairs = Vec::new();
+    for (pair, name) in wanted {
+        let lab = Lab::existing(name)?;
+        let want = pair.alone.server().expect("a pair names its server");
+        if lab.server() != want {
+            bail!(
+                "lab {name} runs {}, not {} (TURN_SERVER={} LAB={name} scripts/lab.sh up)",
+                lab.server().script_name(),
+                want.script_name(),
+                want.script_name()
+            );
+        }
+        if lab.turnserver_pid().is_none() {
+            bail!("{} is not running in lab {name}", want.script_name());
+        }
+        pairs.push((pair, lab));
+    }
+    Ok(BenchLabs { pairs })
+}
+
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     need_root()?;
     let t0 = Instant::now();
-    let lab = Lab::existing(&a.lab)?;
-    if lab.turnserver_pid().is_none() {
-        bail!("coturn is not running in lab {}", a.lab);
-    }
+    let labs = bench_labs(&a)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let loads: Vec<u64> = if !a.loads.is_empty() {
         a.loads.clone()
@@ -783,22 +986,28 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let duration = Duration::from_secs_f64(a.duration.unwrap_or(if a.quick { 2.0 } else { 6.0 }));
     let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 2 }).max(1);
     let quiet = Duration::from_secs_f64(a.quiet_wait.unwrap_or(if a.quick { 2.0 } else { 4.0 }));
-    let mut modes = vec![Mode::Coturn, Mode::Offload];
+    let mut modes = Vec::new();
+    for (pair, _) in &labs.pairs {
+        modes.extend([pair.alone, pair.offload]);
+    }
     if !a.no_floor {
         modes.push(Mode::Forwarder);
     }
     let mut targets: Vec<Option<u64>> = loads.iter().map(|&l| Some(l)).collect();
     targets.push(None);
 
-    let info = machine_info();
+    let info = machine_info(a.server != ServerChoice::Coturn);
     println!(
-        "turn-load bench: {} × {}, Linux {}, coturn {}; lab {}; {} loads + flat out × {} modes × \
-         {} round(s), {:.0} s each",
+        "turn-load bench: {} × {}, Linux {}, coturn {}{}; lab {}; {} loads + flat out × {} modes \
+         × {} round(s), {:.0} s each",
         info.nproc,
         info.cpu_model,
         info.kernel,
         info.coturn_version,
-        a.lab,
+        info.pion_version
+            .as_deref()
+            .map_or(String::new(), |v| format!(", {v}")),
+        labs.names(),
         loads.len(),
         modes.len(),
         rounds,
@@ -818,16 +1027,17 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             ms.rotate_left(step % modes.len());
             step += 1;
             for mode in ms {
-                let (r, counters, other) = measure(&lab, mode, t, duration, quiet, &a.load)
-                    .with_context(|| format!("{} at {}", mode.name(), label(t)))?;
+                let (r, counters, other) =
+                    measure(labs.of(mode), mode, t, duration, quiet, &a.load)
+                        .with_context(|| format!("{} at {}", mode.name(), label(t)))?;
                 let offloaded_pct = counters.as_ref().map(|c| {
                     let xdp = c.get("RELAYED_TO_PEER").copied().unwrap_or(0)
                         + c.get("RELAYED_TO_CLIENT").copied().unwrap_or(0);
                     100.0 * xdp as f64 / (r.c2p.sent + r.p2c.sent).max(1) as f64
                 });
                 println!(
-                    "  [{:>5.0} s] round {} {:>9} {:<9} offered {:>8.0}  delivered {:>8.0} rt/s  \
-                     loss {:>7.3}%  cpu {:>6.0} ns/pkt  coturn {:>5.1}%  rtt p50 {:>7.0} p99 {:>7.0} \
+                    "  [{:>5.0} s] round {} {:>9} {:<12} offered {:>8.0}  delivered {:>8.0} rt/s  \
+                     loss {:>7.3}%  cpu {:>6.0} ns/pkt  server {:>5.1}%  rtt p50 {:>7.0} p99 {:>7.0} \
                      µs{}",
                     t0.elapsed().as_secs_f64(),
                     round + 1,
@@ -870,43 +1080,22 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     println!(
         "  micro-benchmark (BPF_PROG_TEST_RUN, {micro_runs} runs per case, {micro_trials} trials) ..."
     );
-    let micro = baseline::run_micro("tbb-micro", micro_runs, micro_trials)?;
+    let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials)?;
 
-    let per_mode: BTreeMap<Mode, Vec<PointSummary>> = modes
-        .iter()
-        .map(|&m| (m, summarize_points(&points, m)))
-        .collect();
-    let common = common_load(&per_mode[&Mode::Coturn]);
-    let summaries: BTreeMap<String, ModeSummary> = per_mode
-        .into_iter()
-        .map(|(m, ps)| (m.name().to_string(), mode_summary(ps, common)))
-        .collect();
-    let common = common.unwrap_or(0);
-    let summary = Summary {
-        machine: info,
-        config: BenchConfig {
-            quick: a.quick,
-            family: a.load.family,
-            duration_s: duration.as_secs_f64(),
-            rounds,
-            loads,
-            allocations: a.load.allocations,
-            payload_len: a.load.payload,
-            batch: a.load.batch,
-            moderation_us: a.load.moderation_us,
-            micro_runs,
-        },
-        common_load_pps: common,
-        ratios: ratios(&summaries, &micro),
-        goals: goals(&summaries, &micro, common),
-        modes: summaries,
-        micro,
-        elapsed_s: t0.elapsed().as_secs_f64(),
+    let config = BenchConfig {
+        quick: a.quick,
+        family: a.load.family,
+        duration_s: duration.as_secs_f64(),
+        rounds,
+        loads,
+        allocations: a.load.allocations,
+        payload_len: a.load.payload,
+        batch: a.load.batch,
+        moderation_us: a.load.moderation_us,
+        micro_runs,
     };
-    write_json(&a.out.join("summary.json"), &summary)?;
-    let md = render_markdown(&summary);
-    std::fs::write(a.out.join("summary.md"), &md)?;
-    chart(&summary, &a.out.join("chart.svg"))?;
+    let summary = build_summary(&points, info, config, micro, t0.elapsed().as_secs_f64());
+    let md = write_outputs(&summary, &a.out)?;
     println!();
     print!("{md}");
     println!(
@@ -931,18 +1120,28 @@ fn build_summary(
         .iter()
         .map(|&m| (m, summarize_points(points, m)))
         .collect();
-    let common = per_mode.get(&Mode::Coturn).and_then(|c| common_load(c));
+    // Each pair's figures at its own server's common load; the floor at the first pair's.
+    let commons: Vec<(Pair, Option<u64>)> = PAIRS
+        .iter()
+        .filter_map(|&pair| Some((pair, common_load(per_mode.get(&pair.alone)?))))
+        .collect();
+    let first = commons.first().and_then(|&(_, c)| c);
     let summaries: BTreeMap<String, ModeSummary> = per_mode
         .into_iter()
-        .map(|(m, ps)| (m.name().to_string(), mode_summary(ps, common)))
+        .map(|(m, ps)| {
+            let common = commons
+                .iter()
+                .find(|(pair, _)| m == pair.alone || m == pair.offload)
+                .map_or(first, |&(_, c)| c);
+            (m.name().to_string(), mode_summary(ps, common))
+        })
         .collect();
-    let common = common.unwrap_or(0);
     Summary {
         machine,
         config,
-        common_load_pps: common,
+        common_load_pps: first.unwrap_or(0),
         ratios: ratios(&summaries, &micro),
-        goals: goals(&summaries, &micro, common),
+        goals: goals(&summaries, &micro),
         modes: summaries,
         micro,
         elapsed_s,
@@ -1069,45 +1268,51 @@ fn render_micro(m: &MicroReport) -> String {
     s
 }
 
-fn render_markdown(s: &Summary) -> String {
-    let mut o = String::new();
-    let m = &s.machine;
-    let _ = writeln!(
-        o,
-        "# turn-bpf benchmark{}\n",
-        if s.config.quick { " (quick)" } else { "" }
-    );
-    let _ = writeln!(
-        o,
-        "Machine: {} × {}, Linux {}, coturn {}. IPv{} load: {} allocations, {}-byte payloads, {} s \
-         per point, {} round(s), modes alternated at every load. {:.0} s in all.\n",
-        m.nproc,
-        m.cpu_model,
-        m.kernel,
-        m.coturn_version,
-        s.config.family,
-        s.config.allocations,
-        s.config.payload_len,
-        s.config.duration_s,
-        s.config.rounds,
-        s.elapsed_s
-    );
-    let c = s.modes.get("coturn");
-    let of = s.modes.get("offload");
+/// One pair's headline table and its notes.
+fn headline(o: &mut String, s: &Summary, pair: Pair) {
+    let (an, on, server) = (pair.alone.name(), pair.offload.name(), pair.server);
+    let c = s.modes.get(an);
+    let of = s.modes.get(on);
     let f = s.modes.get("forwarder");
+    let common = c
+        .and_then(|c| c.common_load_pps)
+        .unwrap_or(s.common_load_pps);
+    // The floor's figures at this pair's common load, its maxima over the sweep.
+    let f = f.map(|f| {
+        let at = f.points.iter().find(|p| p.target_pps == Some(common));
+        let g = |h: &dyn Fn(&PointSummary) -> f64| at.map_or(f64::NAN, h);
+        ModeSummary {
+            cpu_ns_per_pkt: g(&|p| p.cpu_ns_per_pkt),
+            machine_ns_per_pkt: g(&|p| p.machine_ns_per_pkt),
+            coturn_cpu_pct: g(&|p| p.coturn_cpu_pct),
+            loss_pct: g(&|p| p.loss_pct),
+            rtt_p50_us: g(&|p| p.rtt_p50_us),
+            rtt_p99_us: g(&|p| p.rtt_p99_us),
+            rtt_p999_us: g(&|p| p.rtt_p999_us),
+            common_load_pps: Some(common),
+            ..f.clone()
+        }
+    });
+    let f = f.as_ref();
     let col =
         |ms: Option<&ModeSummary>, g: &dyn Fn(&ModeSummary) -> String| ms.map_or("–".into(), g);
     let _ = writeln!(
         o,
-        "## Headline\n\nAt the common offered load of **{} datagrams/s** client→peer (the highest \
-         at which coturn alone lost < 0.1%); maxima over the whole sweep.\n",
-        fmt_num(s.common_load_pps as f64)
+        "## {}\n\nAt the common offered load of **{} datagrams/s** client→peer (the highest \
+         at which {server} alone lost < 0.1%); maxima over the whole sweep.\n",
+        if pair.alone == Mode::Coturn {
+            "Headline".to_string()
+        } else {
+            format!("Headline: {server}")
+        },
+        fmt_num(common as f64)
     );
     let _ = writeln!(
         o,
-        "| | coturn | offload | coturn ÷ offload | floor (baseline XDP forwarder, no TURN) |\n\
+        "| | {an} | {on} | {an} ÷ {on} | floor (baseline XDP forwarder, no TURN) |\n\
          |---|---:|---:|---:|---:|"
     );
+    let server_cpu = format!("{server} CPU (% of one CPU)");
     type Row<'a> = (&'a str, &'a dyn Fn(&ModeSummary) -> f64, bool, usize);
     let rows: [Row; 8] = [
         (
@@ -1134,7 +1339,7 @@ fn render_markdown(s: &Summary) -> String {
             true,
             0,
         ),
-        ("coturn CPU (% of one CPU)", &|x| x.coturn_cpu_pct, true, 2),
+        (server_cpu.as_str(), &|x| x.coturn_cpu_pct, true, 2),
         ("round-trip loss (%)", &|x| x.loss_pct, true, 3),
         ("RTT p50 (µs)", &|x| x.rtt_p50_us, true, 0),
         ("RTT p99 (µs)", &|x| x.rtt_p99_us, true, 0),
@@ -1147,7 +1352,7 @@ fn render_markdown(s: &Summary) -> String {
                 } else {
                     g(of) / g(c)
                 };
-                if name.starts_with("coturn CPU") || name.starts_with("round-trip loss") {
+                if name == server_cpu || name.starts_with("round-trip loss") {
                     "–".to_string()
                 } else if lower_better {
                     format!("{}×", fmt_f(r, 1))
@@ -1175,7 +1380,7 @@ fn render_markdown(s: &Summary) -> String {
     let _ = writeln!(
         o,
         "\nCPU per relayed datagram: the CPU time of every task of the run (the generator's client \
-         and echo, coturn, the agent, kernel threads, each with the kernel work it causes, \
+         and echo, {server}, the agent, kernel threads, each with the kernel work it causes, \
          softirqs included) over the datagrams relayed in both directions. The whole-machine row \
          also counts other users of this shared machine ({}% of it on average during the runs at \
          the common load).",
@@ -1183,16 +1388,16 @@ fn render_markdown(s: &Summary) -> String {
             mean(
                 s.modes
                     .values()
-                    .filter_map(|m| m.points.iter().find(|p| p.target_pps == Some(s.common_load_pps)))
+                    .filter_map(|m| m.points.iter().find(|p| p.target_pps == Some(common)))
                     .map(|p| p.other_pct)
             ),
             0
         )
     );
     if let (Some(rc), Some(ro), Some(f)) = (
-        s.ratios.get("relay_cpu_above_floor_coturn_ns"),
-        s.ratios.get("relay_cpu_above_floor_offload_ns"),
-        s.modes.get("forwarder"),
+        s.ratios.get(&format!("relay_cpu_above_floor_{an}_ns")),
+        s.ratios.get(&format!("relay_cpu_above_floor_{on}_ns")),
+        f,
     ) {
         let off = if *ro > 0.05 * f.cpu_ns_per_pkt {
             format!("{} ns", fmt_num(*ro))
@@ -1206,17 +1411,57 @@ fn render_markdown(s: &Summary) -> String {
             o,
             "\nThe floor is what any path costs in this lab: the client's and the peer's own UDP \
              stacks and the generator, all on this machine, plus plain XDP forwarding. What the \
-             relay itself adds above it, per relayed datagram: coturn {} ns, offload {off}.",
+             relay itself adds above it, per relayed datagram: {server} {} ns, {on} {off}.",
             fmt_num(*rc),
         );
     }
+}
+
+fn render_markdown(s: &Summary) -> String {
+    let mut o = String::new();
+    let m = &s.machine;
+    let _ = writeln!(
+        o,
+        "# turn-bpf benchmark{}\n",
+        if s.config.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {} × {}, Linux {}, coturn {}{}. IPv{} load: {} allocations, {}-byte payloads, \
+         {} s per point, {} round(s), modes alternated at every load. {:.0} s in all.\n",
+        m.nproc,
+        m.cpu_model,
+        m.kernel,
+        m.coturn_version,
+        m.pion_version
+            .as_deref()
+            .map_or(String::new(), |v| format!(", {v}")),
+        s.config.family,
+        s.config.allocations,
+        s.config.payload_len,
+        s.config.duration_s,
+        s.config.rounds,
+        s.elapsed_s
+    );
+    let mut first = true;
+    for pair in PAIRS {
+        if s.modes.contains_key(pair.alone.name()) || s.modes.contains_key(pair.offload.name()) {
+            if !first {
+                o.push('\n');
+            }
+            first = false;
+            headline(&mut o, s, pair);
+        }
+    }
+    let pion = s.modes.contains_key("pion") || s.modes.contains_key("pion_offload");
 
     let _ = writeln!(o, "\n## Sweep\n");
     let _ = writeln!(
         o,
         "| offered (target) | mode | offered/s | delivered c→p/s | delivered p→c/s | round-trip loss % \
-         | CPU ns/pkt | coturn CPU % | RTT p50 µs | RTT p99 µs | RTT p99.9 µs | other users % |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | CPU ns/pkt | {} CPU % | RTT p50 µs | RTT p99 µs | RTT p99.9 µs | other users % |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        if pion { "server" } else { "coturn" }
     );
     let mut labels: Vec<(Option<u64>, String)> = s
         .modes
@@ -1226,7 +1471,7 @@ fn render_markdown(s: &Summary) -> String {
     labels.sort_by_key(|(t, _)| t.unwrap_or(u64::MAX));
     labels.dedup();
     for (t, lab) in labels {
-        for name in ["coturn", "offload", "forwarder"] {
+        for name in ["coturn", "offload", "pion", "pion_offload", "forwarder"] {
             let Some(p) = s
                 .modes
                 .get(name)
@@ -1282,7 +1527,13 @@ fn chart(s: &Summary, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let root = root
         .titled(
-            "turn-bpf: coturn alone vs. offloaded vs. the floor (plain XDP forwarding)",
+            if s.modes.contains_key("pion") && s.modes.contains_key("coturn") {
+                "turn-bpf: coturn and pion alone vs. offloaded vs. the floor (plain XDP forwarding)"
+            } else if s.modes.contains_key("pion") {
+                "turn-bpf: pion alone vs. offloaded vs. the floor (plain XDP forwarding)"
+            } else {
+                "turn-bpf: coturn alone vs. offloaded vs. the floor (plain XDP forwarding)"
+            },
             ("sans-serif", 20),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1290,6 +1541,8 @@ fn chart(s: &Summary, path: &Path) -> Result<()> {
     let colors = [
         ("coturn", RGBColor(200, 60, 40)),
         ("offload", RGBColor(30, 100, 200)),
+        ("pion", RGBColor(230, 150, 20)),
+        ("pion_offload", RGBColor(40, 160, 90)),
         ("forwarder", RGBColor(120, 120, 120)),
     ];
     let series = |name: &str, g: &dyn Fn(&PointSummary) -> f64| -> Vec<(f64, f64)> {
@@ -1473,6 +1726,89 @@ mod tests {
         assert_eq!(m.max_delivered_at, "flat out");
         assert_eq!(m.loss_pct, 0.0);
         assert_eq!(m.max_relayed_pps, 1e5);
+    }
+
+    fn summary_of(modes: &[(Mode, f64)], common: Option<u64>) -> BTreeMap<String, ModeSummary> {
+        modes
+            .iter()
+            .map(|&(m, cpu)| {
+                let mut points = vec![ps(Some(10_000), 0.0, 1e4), ps(None, 10.0, 5e4)];
+                for p in &mut points {
+                    p.cpu_ns_per_pkt = cpu;
+                }
+                (m.name().to_string(), mode_summary(points, common))
+            })
+            .collect()
+    }
+
+    fn empty_micro() -> MicroReport {
+        MicroReport {
+            runs: 0,
+            trials: 0,
+            tail_call_accounted: true,
+            figures: BTreeMap::new(),
+            cases: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn mode_names_are_the_summary_keys() {
+        for (m, name) in [
+            (Mode::Coturn, "coturn"),
+            (Mode::Offload, "offload"),
+            (Mode::Forwarder, "forwarder"),
+            (Mode::Pion, "pion"),
+            (Mode::PionOffload, "pion_offload"),
+        ] {
+            assert_eq!(m.name(), name);
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    #[test]
+    fn coturn_alone_keeps_its_keys_and_pion_gets_its_own() {
+        let micro = empty_micro();
+        let coturn = summary_of(
+            &[
+                (Mode::Coturn, 5000.0),
+                (Mode::Offload, 1000.0),
+                (Mode::Forwarder, 800.0),
+            ],
+            Some(10_000),
+        );
+        let r = ratios(&coturn, &micro);
+        assert_eq!(r["cpu_per_pkt_coturn_over_offload"], 5.0);
+        assert_eq!(r["relay_cpu_above_floor_coturn_ns"], 4200.0);
+        assert_eq!(r["relay_cpu_above_floor_offload_ns"], 200.0);
+        assert_eq!(r["offload_cpu_over_floor"], 1.25);
+        assert!(r.keys().all(|k| !k.contains("pion")), "{r:?}");
+        let g = goals(&coturn, &micro);
+        assert_eq!(g.len(), 7);
+        assert!(g[0].goal.starts_with("CPU per relayed datagram"), "{g:?}");
+        assert!(g[3].goal.starts_with("coturn's own CPU"), "{g:?}");
+
+        let both = summary_of(
+            &[
+                (Mode::Coturn, 5000.0),
+                (Mode::Offload, 1000.0),
+                (Mode::Forwarder, 800.0),
+                (Mode::Pion, 8000.0),
+                (Mode::PionOffload, 1600.0),
+            ],
+            Some(10_000),
+        );
+        let r = ratios(&both, &micro);
+        assert_eq!(r["cpu_per_pkt_coturn_over_offload"], 5.0);
+        assert_eq!(r["cpu_per_pkt_pion_over_pion_offload"], 5.0);
+        assert_eq!(r["relay_cpu_above_floor_pion_ns"], 7200.0);
+        assert_eq!(r["pion_offload_cpu_over_floor"], 2.0);
+        let g = goals(&both, &micro);
+        assert_eq!(g.len(), 12);
+        let pion: Vec<&Goal> = g.iter().filter(|g| g.goal.starts_with("pion: ")).collect();
+        assert_eq!(pion.len(), 5, "{g:?}");
+        assert!(pion.iter().any(|g| g.goal.contains("pion's own CPU")));
+        assert!(pion.iter().all(|g| !g.goal.contains("coturn")), "{pion:?}");
     }
 
     #[test]
