@@ -33,6 +33,9 @@ fn main() -> ExitCode {
     let done = match action {
         Action::Run(args) => run(&args),
         Action::Detach(d) => detach(&d.ifaces),
+        Action::Status(s) => {
+            need_root().and_then(|()| turn_bpf::status::run(&s.ifaces, s.bindings))
+        }
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

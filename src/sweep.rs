@@ -219,7 +219,7 @@ impl Sweeper {
                      channels, {} permissions); new allocations will be learned again",
                     r.allocs_removed, r.perms_removed
                 );
-                self.known.clear();
+                r.gone.extend(self.known.drain().map(|(_, b)| b));
                 self.relay_sockets.clear();
                 r.forgot_all = Some(why);
             }
