@@ -13,7 +13,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 # toolchain with pion/turn v2's sources (scripts/pion.sh builds them offline). Measurements:
 # sysstat bpftool.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool)
+    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool prometheus)
 
 SCRIPT=${SCRIPT:-${0##*/}}
 

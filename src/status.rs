@@ -296,11 +296,15 @@ pub fn read_bindings(src: &Sources, now: u64) -> Result<(Vec<AllocLine>, Vec<Cha
 fn read_config(src: &Sources) -> Option<Config> {
     let m = src.rodata()?;
     let v = m.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).ok()??;
-    if v.len() < std::mem::size_of::<rodata>() {
+    // The section is the struct without its tail padding (84 bytes of an 88-byte struct).
+    let size = std::mem::size_of::<rodata>();
+    if v.len() > size || v.len() + std::mem::align_of::<rodata>() <= size {
         return None;
     }
-    // SAFETY: length checked; rodata is plain integers, valid for any bit pattern.
-    let ro: rodata = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+    let mut buf = vec![0u8; size];
+    buf[..v.len()].copy_from_slice(&v);
+    // SAFETY: buf holds size bytes; rodata is plain integers, valid for any bit pattern.
+    let ro: rodata = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
     Some(Config {
         turn_ports: ro
             .cfg_turn_ports
@@ -376,9 +380,26 @@ fn prog_map_ids(id: u32) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// One running offload, as found from its programs.
+pub struct Found {
+    pub hooks: Vec<Hook>,
+    /// Its maps, opened by id: a snapshot reads them like the agent's own.
+    pub sources: Sources,
+    /// Its programs' ids.
+    pub progs: Vec<u32>,
+}
+
+/// Programs that share a counters map, and their maps' ids.
+#[derive(Default)]
+struct Group {
+    hooks: Vec<Hook>,
+    map_ids: Vec<u32>,
+    progs: Vec<u32>,
+}
+
 /// turn-bpf's programs on `ifaces` (or every interface), grouped by the offload they belong to
 /// (the counters map they share), each with its maps opened.
-pub fn find(named: &[String]) -> Result<Vec<(Vec<Hook>, Sources, Vec<u32>)>> {
+pub fn find(named: &[String]) -> Result<Vec<Found>> {
     let mut hooks = Vec::new();
     for (iface, idx) in interfaces(named)? {
         if let Some((id, mode)) = attach::xdp_attached(idx)? {
@@ -401,7 +422,7 @@ pub fn find(named: &[String]) -> Result<Vec<(Vec<Hook>, Sources, Vec<u32>)>> {
         }
     }
     // Group by the counters map: one offload's programs all use the same one.
-    let mut groups: BTreeMap<u32, (Vec<Hook>, Vec<u32>, Vec<u32>)> = BTreeMap::new();
+    let mut groups: BTreeMap<u32, Group> = BTreeMap::new();
     for h in hooks {
         let map_ids = prog_map_ids(h.prog_id)?;
         let mut stats_id = None;
@@ -414,12 +435,17 @@ pub fn find(named: &[String]) -> Result<Vec<(Vec<Hook>, Sources, Vec<u32>)>> {
         }
         let Some(stats_id) = stats_id else { continue };
         let g = groups.entry(stats_id).or_default();
-        g.1.extend(&map_ids);
-        g.2.push(h.prog_id);
-        g.0.push(h);
+        g.map_ids.extend(&map_ids);
+        g.progs.push(h.prog_id);
+        g.hooks.push(h);
     }
     let mut out = Vec::new();
-    for (hooks, mut map_ids, mut progs) in groups.into_values() {
+    for Group {
+        hooks,
+        mut map_ids,
+        mut progs,
+    } in groups.into_values()
+    {
         map_ids.sort_unstable();
         map_ids.dedup();
         let handles = map_ids
@@ -428,7 +454,11 @@ pub fn find(named: &[String]) -> Result<Vec<(Vec<Hook>, Sources, Vec<u32>)>> {
         let sources = Sources::from_maps(handles)?;
         progs.sort_unstable();
         progs.dedup();
-        out.push((hooks, sources, progs));
+        out.push(Found {
+            hooks,
+            sources,
+            progs,
+        });
     }
     Ok(out)
 }
@@ -444,7 +474,8 @@ pub fn run(named: &[String], bindings: bool) -> Result<()> {
         };
         bail!("no turn-bpf program is attached to {where_}");
     }
-    for (i, (hooks, sources, progs)) in found.iter().enumerate() {
+    for (i, f) in found.iter().enumerate() {
+        let (hooks, sources, progs) = (&f.hooks, &f.sources, &f.progs);
         let mut holders: Vec<u32> = progs
             .iter()
             .flat_map(|p| attach::prog_holders(*p))

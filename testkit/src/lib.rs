@@ -3,7 +3,8 @@
 //! BPF_PROG_TEST_RUN harness and frame builders (`progtest`), crafted IPv4/UDP packets sent from
 //! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), the
 //! baseline XDP forwarder with the micro-benchmark (`baseline`), and the agent's counters read
-//! live from its map (`live_counters`). The agent's integration tests and `scripts/bench.sh` use
+//! live from its map (`live_counters`), and a real Prometheus scraping a lab namespace
+//! (`prometheus`). The agent's integration tests and `scripts/bench.sh` use
 //! these.
 
 pub mod agent;
@@ -12,5 +13,6 @@ pub mod lab;
 pub mod live_counters;
 pub mod load;
 pub mod progtest;
+pub mod prometheus;
 pub mod raw;
 pub mod turn_client;
