@@ -153,7 +153,7 @@ impl Status {
             }
             None => server.push_str("its trusted sockets not readable"),
         }
-        server.push_str(" (which process it is, the agent only logs)");
+        server.push_str(" (its process: see the agent's log)");
         let _ = writeln!(s, "{server}");
         match &self.config {
             Some(c) => {
@@ -606,8 +606,8 @@ mod tests {
             "    turn0           XDP xdp_turn (native mode), program 41; TC egress tc_snoop \
              (handle 0x7462, priority 0x7462), program 42",
             "    relay0          XDP xdp_turn (native mode), program 41",
-            "  server: TURN port(s) 3478; 2 of its sockets trusted (which process it is, the \
-             agent only logs)",
+            "  server: TURN port(s) 3478; 2 of its sockets trusted (its process: see the \
+             agent's log)",
             "  lifetimes: channel 600 s, permission 300 s; spill every never",
             "  relayed in XDP: 100 datagrams, 12.5 KiB of data",
             "    chan4_to_udp4            100 datagrams          12800 bytes",

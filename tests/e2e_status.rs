@@ -150,7 +150,10 @@ fn status_shows_a_running_agent_its_counters_and_bindings() {
     let (code, out, err) = status(&lab, &["turn0", "relay0", "--bindings"]);
     assert_eq!(code, 0, "{out}{err}");
     eprintln!("turn-bpf status turn0 relay0 --bindings:\n{out}");
-    assert!(out.starts_with("turn-bpf on turn0, relay0: process "), "{out}");
+    assert!(
+        out.starts_with("turn-bpf on turn0, relay0: process "),
+        "{out}"
+    );
     let me = c.local_addr().unwrap();
     let alloc_line = format!(
         "    client {me} server 192.0.2.1:3478 relayed {} (",
