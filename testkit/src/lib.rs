@@ -2,10 +2,9 @@
 //! (`lab`), a blocking TURN test client (`turn_client`), the agent process helper (`agent`), the
 //! BPF_PROG_TEST_RUN harness and frame builders (`progtest`), crafted IPv4/UDP packets sent from
 //! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), the
-//! baseline XDP forwarder with the micro-benchmark (`baseline`), and the agent's counters read
-//! live from its map (`live_counters`), and a real Prometheus scraping a lab namespace
-//! (`prometheus`). The agent's integration tests and `scripts/bench.sh` use
-//! these.
+//! baseline XDP forwarder with the micro-benchmark (`baseline`), the agent's counters read live
+//! from its map (`live_counters`), and a real Prometheus scraping the agent in a lab namespace
+//! (`prometheus`). The agent's integration tests and `scripts/bench.sh` use these.
 
 pub mod agent;
 pub mod baseline;
