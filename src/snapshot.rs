@@ -301,7 +301,7 @@ impl Summary {
 
 fn summary_line(now: &Snapshot, secs: u64, packets: u64, bytes: u64, dropped: u64) -> String {
     format!(
-        "{} allocations, {} channels, {} permissions; relayed in XDP in the last {secs} s: \
+        "allocations {}, channels {}, permissions {}; relayed in XDP in the last {secs} s: \
          {packets} datagrams, {} of data; dropped by the kernel after redirect: {dropped}",
         now.entries("allocs"),
         now.entries("chans"),
@@ -367,7 +367,7 @@ mod tests {
         };
         assert_eq!(
             summary_line(&snap, 60, 1000, 2048, 1),
-            "2 allocations, 0 channels, 0 permissions; relayed in XDP in the last 60 s: 1000 \
+            "allocations 2, channels 0, permissions 0; relayed in XDP in the last 60 s: 1000 \
              datagrams, 2.0 KiB of data; dropped by the kernel after redirect: 1"
         );
     }
