@@ -16,7 +16,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 # cargo-deb runs for the package's Depends), binutils (strip), and systemd for
 # `systemd-analyze verify`, which needs no running systemd.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
-    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool
+    tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool prometheus
     dpkg-dev binutils systemd)
 
 # cargo-deb, from crates.io at this version (scripts/package.sh).

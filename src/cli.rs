@@ -36,6 +36,20 @@ pub enum Command {
     /// Remove a turn-bpf TC filter left behind on these interfaces by an agent that was killed
     /// with SIGKILL, then exit. (Its XDP links vanish with the process by themselves.)
     Detach(DetachArgs),
+    /// Show what a running turn-bpf is doing: its attachments, counters and tables (found from
+    /// the programs attached to the interfaces), then exit.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The interfaces to look at [default: every interface of this network namespace].
+    #[arg(value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// Also list every allocation and channel: client, relayed address, peer, time left.
+    #[arg(long)]
+    pub bindings: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +64,7 @@ pub struct DetachArgs {
 pub enum Action {
     Run(Box<Args>),
     Detach(DetachArgs),
+    Status(StatusArgs),
 }
 
 impl Cli {
@@ -58,6 +73,7 @@ impl Cli {
     pub fn action(self) -> Result<Action, String> {
         let action = match self.command {
             Some(Command::Detach(d)) => Action::Detach(d),
+            Some(Command::Status(s)) => Action::Status(s),
             None if !self.run.detach.is_empty() => Action::Detach(DetachArgs {
                 ifaces: self.run.detach.clone(),
             }),
@@ -66,6 +82,7 @@ impl Cli {
         match &action {
             Action::Run(a) => a.validate()?,
             Action::Detach(d) => check_iface_names(&d.ifaces)?,
+            Action::Status(s) => check_iface_names(&s.ifaces)?,
         }
         Ok(action)
     }
@@ -183,6 +200,10 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
+
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9642) [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub prometheus: Option<std::net::SocketAddr>,
 
     /// The same as `turn-bpf detach IFACE...`.
     #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
@@ -468,5 +489,37 @@ mod tests {
         }
         // -v is global: it goes after a subcommand too.
         assert!(action(&["detach", "eth0", "-v"]).is_ok());
+    }
+
+    #[test]
+    fn status_and_prometheus() {
+        match action(&["status"]).unwrap() {
+            Action::Status(s) => {
+                assert!(s.ifaces.is_empty(), "every interface");
+                assert!(!s.bindings);
+            }
+            other => panic!("{other:?}"),
+        }
+        match action(&["status", "eth0", "eth1", "--bindings"]).unwrap() {
+            Action::Status(s) => {
+                assert_eq!(s.ifaces, vec!["eth0", "eth1"]);
+                assert!(s.bindings);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(action(&["status", "eth0", "eth0"])
+            .unwrap_err()
+            .contains("named twice"));
+        assert_eq!(parse(&["eth0"]).unwrap().prometheus, None, "off by default");
+        let a = parse(&["eth0", "--prometheus", "127.0.0.1:9642"]).unwrap();
+        assert_eq!(a.prometheus, Some("127.0.0.1:9642".parse().unwrap()));
+        let a = parse(&["eth0", "--prometheus", "[::1]:9642"]).unwrap();
+        assert_eq!(a.prometheus, Some("[::1]:9642".parse().unwrap()));
+        for bad in ["9642", "localhost:9642", "127.0.0.1"] {
+            assert!(
+                parse(&["eth0", "--prometheus", bad]).is_err(),
+                "--prometheus {bad} must be refused"
+            );
+        }
     }
 }

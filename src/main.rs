@@ -33,6 +33,9 @@ fn main() -> ExitCode {
     let done = match action {
         Action::Run(args) => run(&args),
         Action::Detach(d) => detach(&d.ifaces),
+        Action::Status(s) => {
+            need_root().and_then(|()| turn_bpf::status::run(&s.ifaces, s.bindings))
+        }
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,8 +83,12 @@ fn init_logging(args: &Args) {
     libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
         let msg = msg.trim_end();
         match level {
-            // Probing for a TC filter that is not there yet is expected, not a warning.
-            PrintLevel::Warn if msg.contains("Cannot find specified filter chain") => {
+            // Probing for a TC filter that is not there yet (or for the clsact qdisc it would
+            // hang from, as `status` does on every interface) is expected, not a warning.
+            PrintLevel::Warn
+                if msg.contains("Cannot find specified filter chain")
+                    || msg.contains("Parent Qdisc doesn't exists") =>
+            {
                 debug!("{msg}")
             }
             // Creating the clsact qdisc where one exists already: expected too.

@@ -7,6 +7,7 @@
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,12 +19,14 @@ use crate::attach::{self, Attachments};
 use crate::cli::Args;
 use crate::far_end;
 use crate::maps;
+use crate::metrics::{self, RunStats};
 use crate::preflight;
 use crate::probe;
 use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
 use crate::sizing;
 use crate::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
+use crate::snapshot::{Sources, Summary};
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
 
@@ -43,6 +46,10 @@ pub struct Offload<'obj> {
     /// The veth far-end rule, checked again at every sweep.
     far_ends: far_end::Watch,
     start_counters: Counters,
+    /// What the sweeps counted, for the metrics; and the periodic summary in the log.
+    run_stats: Arc<RunStats>,
+    sources: Sources,
+    summary: Summary,
 }
 
 impl<'obj> Offload<'obj> {
@@ -68,6 +75,7 @@ impl<'obj> Offload<'obj> {
         );
         preflight::check(&ifaces, &listening, &settings.relay_ips)?;
         refuse_egress_before_snooper(&ifaces[0])?;
+        let listener = args.prometheus.map(metrics::bind).transpose()?;
 
         let mut attached = Attachments::default();
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
@@ -110,12 +118,22 @@ impl<'obj> Offload<'obj> {
             settings.turn_ports
         );
         let start_counters = Counters::read(&skel.maps.stats)?;
+        let run_stats = Arc::new(RunStats::default());
+        let sources = Sources::of_skel(&skel.maps)?;
+        if let Some(l) = listener {
+            let info = metrics::BuildInfo::now(settings.profile.kind);
+            metrics::serve(l, Sources::of_skel(&skel.maps)?, run_stats.clone(), info)?;
+        }
+        let summary = Summary::new(&sources.snapshot()?);
         Ok(Some(Offload {
             skel,
             attached,
             sweeper: Sweeper::new(server),
             far_ends,
             start_counters,
+            run_stats,
+            sources,
+            summary,
         }))
     }
 
@@ -136,6 +154,12 @@ impl<'obj> Offload<'obj> {
             self.sweep();
             self.far_ends.sweep(&self.skel.maps.tx_ports);
             self.refresh_local_addrs();
+            if self.summary.due() {
+                match self.sources.snapshot() {
+                    Ok(snap) => info!("{}", self.summary.line(&snap)),
+                    Err(e) => warn!("summary: {e:#}"),
+                }
+            }
             if args.verbose > 0 && last_print.elapsed() >= stats_every {
                 let now = Counters::read(&self.skel.maps.stats)?;
                 let diff = now.since(&last_counters);
@@ -185,6 +209,7 @@ impl<'obj> Offload<'obj> {
     /// One sweep. The allocation sequence is read first, then the sockets: see
     /// [`Sweeper::sweep`].
     fn sweep(&mut self) {
+        let began = Instant::now();
         let seq = self.alloc_seq();
         let socks = UdpTable::read()
             .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
@@ -207,11 +232,12 @@ impl<'obj> Offload<'obj> {
             server_socks: &m.server_socks,
             raise_shortened: &raise,
         };
-        if let Err(e) = self
+        match self
             .sweeper
             .sweep(&state, maps::now_ns(), seq, socks.as_ref())
         {
-            warn!("sweep: {e:#}");
+            Ok(r) => self.run_stats.record(&r, began.elapsed()),
+            Err(e) => warn!("sweep: {e:#}"),
         }
     }
 

@@ -219,7 +219,7 @@ impl Sweeper {
                      channels, {} permissions); new allocations will be learned again",
                     r.allocs_removed, r.perms_removed
                 );
-                self.known.clear();
+                r.gone.extend(self.known.drain().map(|(_, b)| b));
                 self.relay_sockets.clear();
                 r.forgot_all = Some(why);
             }
@@ -735,6 +735,7 @@ mod tests {
             r.forgot_all.as_deref(),
             Some("socket on port 3478 changed (the server restarted)")
         );
+        assert_eq!(r.gone.len(), 1, "the channel it knew is reported gone");
         assert_eq!(m.counts(), (0, 0, 0, 0));
         assert_eq!(m.trusted(), [2 + COOKIE]);
         // Stopped: nothing listens any more, nothing is trusted.

@@ -305,6 +305,7 @@ static __always_inline int chan4_to_udp4(struct xdp_md *ctx, struct iphdr *ip, s
 	if (write_hdrs4(ctx, &fib, &nip, &nudp) || trim_to(ctx, HDRS4_LEN + ch->data_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_TO_PEER);
+	relay_count(TB_DIR_TO_PEER, false, false, ch->data_len);
 	return fwd_verdict(ctx, &fib);
 }
 
@@ -364,6 +365,7 @@ static __always_inline int udp4_to_chan4(struct xdp_md *ctx, struct iphdr *ip, s
 	if (trim_to(ctx, HDRS4_LEN + CHANNEL_HDR_LEN + data_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_TO_CLIENT);
+	relay_count(TB_DIR_TO_CLIENT, false, false, data_len);
 	return fwd_verdict(ctx, &fib);
 }
 

@@ -237,6 +237,7 @@ static __always_inline int chan_to_udp_x(struct xdp_md *ctx, const struct pkt *i
 	    trim_to(ctx, sizeof(struct ethhdr) + l3 + new_udp_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_TO_PEER);
+	relay_count(TB_DIR_TO_PEER, in->family == TB_AF_INET6, out6, ch->data_len);
 	return fwd_verdict(ctx, &o->fib);
 }
 
@@ -277,6 +278,7 @@ static __always_inline int udp_to_chan_x(struct xdp_md *ctx, const struct pkt *i
 	    trim_to(ctx, sizeof(struct ethhdr) + l3 + new_udp_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_TO_CLIENT);
+	relay_count(TB_DIR_TO_CLIENT, in->family == TB_AF_INET6, out6, data_len);
 	return fwd_verdict(ctx, &o->fib);
 }
 

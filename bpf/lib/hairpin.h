@@ -62,6 +62,7 @@ static __always_inline int chan_to_chan_x(struct xdp_md *ctx, const struct pkt *
 	    trim_to(ctx, sizeof(struct ethhdr) + l3 + new_udp_len))
 		return xdp_abort();
 	stat_inc(TB_STAT_RELAYED_HAIRPIN);
+	relay_count(TB_DIR_HAIRPIN, in->family == TB_AF_INET6, out6, ch->data_len);
 	return fwd_verdict(ctx, &o->fib);
 }
 

@@ -178,12 +178,32 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/* Relayed datagrams and their data bytes by path (slots: see tb_relay_count in shared.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TB_RELAY_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tb_relay_count);
+} relayed SEC(".maps");
+
 static __always_inline void stat_inc(__u32 reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &reason);
 
 	if (v)
 		*v += 1;
+}
+
+/* One datagram of `bytes` data relayed in `dir` (TB_DIR_*) between these families. */
+static __always_inline void relay_count(__u32 dir, bool in6, bool out6, __u32 bytes)
+{
+	__u32 slot = dir * 4 + (in6 ? 2 : 0) + (out6 ? 1 : 0);
+	struct tb_relay_count *v = bpf_map_lookup_elem(&relayed, &slot);
+
+	if (v) {
+		v->packets += 1;
+		v->bytes += bytes;
+	}
 }
 
 static __always_inline __u64 tb_now(void)

@@ -169,6 +169,21 @@ struct tb_pending {
 
 #define TB_NO_LIFETIME 0xFFFFFFFFU
 
+/* Relayed traffic by path, for the metrics: a per-CPU array (`relayed` in maps.h) apart from the
+ * counters, one slot per (direction, input family, output family):
+ *   slot = direction * 4 + (input is IPv6) * 2 + (output is IPv6)
+ * `bytes` counts the relayed data: the UDP payload of the peer's datagram, which is the data of
+ * the ChannelData (without its 4-byte header), the same on both sides of the relay. */
+#define TB_DIR_TO_PEER 0
+#define TB_DIR_TO_CLIENT 1
+#define TB_DIR_HAIRPIN 2
+#define TB_RELAY_SLOTS 12
+
+struct tb_relay_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
  * the TB_STAT_ prefix, meaning), which the agent prints and the tests look counters up in. */
@@ -235,5 +250,6 @@ _Static_assert(sizeof(struct tb_perm_key) == 40, "tb_perm_key layout");
 _Static_assert(sizeof(struct tb_perm) == 24, "tb_perm layout");
 _Static_assert(sizeof(struct tb_pending_key) == 52, "tb_pending_key layout");
 _Static_assert(sizeof(struct tb_pending) == 120, "tb_pending layout");
+_Static_assert(sizeof(struct tb_relay_count) == 16, "tb_relay_count layout");
 
 #endif /* TB_SHARED_H */

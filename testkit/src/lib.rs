@@ -2,9 +2,10 @@
 //! (`lab`), a blocking TURN test client (`turn_client`), the agent process helper (`agent`), the
 //! BPF_PROG_TEST_RUN harness and frame builders (`progtest`), crafted IPv4/UDP packets sent from
 //! a lab namespace (`raw`), the load generator behind the `turn-load` binary (`load`), the
-//! baseline XDP forwarder with the micro-benchmark (`baseline`), and the agent's counters read
-//! live from its map (`live_counters`) and its maps as the kernel sizes them (`agent_maps`). The agent's integration tests and `scripts/bench.sh` use
-//! these.
+//! baseline XDP forwarder with the micro-benchmark (`baseline`), the agent's counters read live
+//! from its map (`live_counters`) and its maps as the kernel sizes them (`agent_maps`), and a
+//! real Prometheus scraping the agent in a lab namespace (`prometheus`). The agent's integration
+//! tests and `scripts/bench.sh` use these.
 
 pub mod agent;
 pub mod agent_maps;
@@ -13,5 +14,6 @@ pub mod lab;
 pub mod live_counters;
 pub mod load;
 pub mod progtest;
+pub mod prometheus;
 pub mod raw;
 pub mod turn_client;
