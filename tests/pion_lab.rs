@@ -30,6 +30,7 @@
 //! | 25 | Peer data from a permitted address with no channel (another client's allocation), and from another port of a bound peer's address, reach the client as Data indications (rules 5, 20), never as ChannelData; side by side, the same with the agent, none of it in XDP. | allocation.go: packetHandler | `peer_side_attacks_side_by_side` |
 //! | 26 | After Refresh 0 nothing is relayed either way (rule 8): the client's ChannelData reaches pion's socket and is dropped, the peer's datagrams find the relay port closed; side by side, the agent relays none of it in XDP (it learns the deallocation from pion's answer). | turn.go: handleRefreshRequest | `refresh_zero_side_by_side` |
 //! | 27 | Ctrl+C (SIGINT) on the agent in the middle of a steady stream hands the live channel back to pion: 3000 round trips, none lost, each datagram carried once, in XDP before the detach and by pion's sockets after it; nothing of the agent's left on the interfaces. turn0's clsact qdisc is made before the agent starts: adding or deleting a qdisc on turn0 drops a datagram pion sends out of it now and then, also with no agent (2 of 3000 in 15 add/del cycles), and an agent that made the qdisc deletes it on exit. | src/main.rs (Ctrl+C ends the run loop); src/attach.rs (the guard detaches what it attached) | `ctrl_c_hands_a_live_channel_back_to_pion_without_loss` |
+//! | 28 | pion's own example client with the agent: it pings itself through its relayed address (its relay connection binds a channel to each address it writes to), 10 pings and 10 answers as with pion alone, the channels relayed both ways in XDP. | examples/turn-client/udp; client.go / internal/client (ChannelBind after the first write) | `pion_example_client_pings_through_pion_with_the_agent` |
 //!
 //! Sources are under /usr/share/gocode/src/github.com/pion/turn/v2/.
 
@@ -792,7 +793,8 @@ fn agent_offloads_pions_channels() {
     let no_neigh = exit.counter("PASS_NO_NEIGH");
     assert!(no_neigh <= 2, "{}", exit.output);
     assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
-    assert_eq!(exit.counter("LEARN_CHANNEL"), 1, "{}", exit.output);
+    // one channel to its own mapped address (the first "Hello"), one to the pinging socket's
+    assert_eq!(exit.counter("LEARN_CHANNEL"), 2, "{}", exit.output);
     assert_eq!(
         exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT") + no_neigh,
         2 * N as u64,
@@ -1186,6 +1188,55 @@ fn turnutils_uclient_through_pion_with_the_agent() {
         "{}",
         exit.output
     );
+}
+
+/// pion's own example client (examples/turn-client/udp) with the agent: it allocates, and pings
+/// itself through its relayed address from a second socket (its relay connection echoes each
+/// ping, binding a channel to each address it writes to), so both directions leave and arrive
+/// on the client-facing interface. 10 pings, 10
+/// answers, as with pion alone (`debian_example_client_pings_through_pion`), and the agent
+/// relayed its channel both ways in XDP.
+#[test]
+fn pion_example_client_pings_through_pion_with_the_agent() {
+    skip_unless_pion!();
+    let lab = pion("tbt-pclagent", &[]);
+    let agent = AgentProc::start_ready(
+        &agent_bin(),
+        &lab.ns(Host::Srv),
+        &["--enable-forwarding", "--server", "pion", "turn0", "relay0"],
+        &log_path("pion-example-client"),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &lab.ns(Host::Cli)])
+        .arg(lab::pion_client_bin().unwrap())
+        .args([
+            "-host",
+            "192.0.2.1",
+            "-user",
+            "alice=alice-secret",
+            "-realm",
+            lab::REALM,
+            "-ping",
+        ])
+        .output()
+        .unwrap();
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("bytes from from 198.51.100.1:").count(),
+        10,
+        "{text}"
+    );
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    // one channel to its own mapped address (the first "Hello"), one to the pinging socket's
+    assert_eq!(exit.counter("LEARN_CHANNEL"), 2, "{}", exit.output);
+    // the first ping may go before the channel is bound (a Send indication); every later one
+    // is ChannelData both ways
+    for dir in ["RELAYED_TO_PEER", "RELAYED_TO_CLIENT"] {
+        assert!(exit.counter(dir) >= 8, "{dir}: {}", exit.output);
+    }
 }
 
 /// Refresh 0 beside pion (which deletes the allocation at once): the fast path stops at once
