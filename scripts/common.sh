@@ -75,7 +75,8 @@ keep_coturn_service_off() {
 
 # Whether qemu can use KVM to boot a distribution kernel: /dev/kvm that opens, backed by one of
 # the hardware backends (kvm_intel, kvm_amd). Other backends cannot: under kvm_pvm (the nested
-# "pagetable-based" KVM of some cloud sandboxes) Debian's kernel hangs as it leaves real mode.
+# "pagetable-based" KVM of some cloud sandboxes) Debian's kernel prints nothing after its
+# real-mode setup (nor when booted through PVH) and never reaches its init.
 kvm_usable() {
     [[ -z $(kvm_unusable_why) ]]
 }

@@ -31,6 +31,7 @@ SCRIPT=kernels.sh
 # shellcheck source=scripts/common.sh
 source scripts/common.sh
 require_root "it fetches kernel packages with apt-get and runs qemu with KVM"
+install_packages
 
 # Debian 12's kernel as of its last point release, and the one its security updates ship now:
 # 6.1, whose verifier refuses xdp_turn (README: "Kernels").
@@ -65,7 +66,7 @@ tcg) CPU=(-cpu max) ;;
 esac
 for tool in qemu-system-x86_64 busybox cpio; do
     command -v "$tool" >/dev/null || {
-        echo "$SCRIPT: $tool not found (scripts/common.sh installs it)" >&2
+        echo "$SCRIPT: $tool not found (install_packages should have installed it)" >&2
         exit 1
     }
 done
