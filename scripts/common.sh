@@ -14,10 +14,11 @@ PATH="$PATH:/usr/sbin:/sbin"
 # toolchain with pion/turn v2's sources (scripts/pion.sh builds them offline). Measurements:
 # sysstat bpftool. The Debian package (scripts/package.sh): dpkg-dev (dpkg-shlibdeps, which
 # cargo-deb runs for the package's Depends), binutils (strip), and systemd for
-# `systemd-analyze verify`, which needs no running systemd.
+# `systemd-analyze verify`, which needs no running systemd. Kernels (scripts/kernels.sh):
+# qemu-system-x86, and busybox-static and cpio for the VM's initramfs.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
     tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool prometheus
-    dpkg-dev binutils systemd)
+    dpkg-dev binutils systemd qemu-system-x86 busybox-static cpio)
 
 # cargo-deb, from crates.io at this version (scripts/package.sh).
 CARGO_DEB_VERSION=3.8.0
@@ -69,6 +70,25 @@ keep_coturn_service_off() {
     fi
     if [[ -f /etc/default/coturn ]] && grep -q '^TURNSERVER_ENABLED=1' /etc/default/coturn; then
         sed -i 's/^TURNSERVER_ENABLED=1/#TURNSERVER_ENABLED=1/' /etc/default/coturn
+    fi
+}
+
+# Whether qemu can use KVM to boot a distribution kernel: /dev/kvm that opens, backed by one of
+# the hardware backends (kvm_intel, kvm_amd). Other backends cannot: under kvm_pvm (the nested
+# "pagetable-based" KVM of some cloud sandboxes) Debian's kernel prints nothing after its
+# real-mode setup (nor when booted through PVH) and never reaches its init.
+kvm_usable() {
+    [[ -z $(kvm_unusable_why) ]]
+}
+
+# Why kvm_usable is false (empty when it is true).
+kvm_unusable_why() {
+    if [[ ! -c /dev/kvm ]]; then
+        echo "no /dev/kvm"
+    elif ! { : <>/dev/kvm; } 2>/dev/null; then
+        echo "/dev/kvm cannot be opened"
+    elif [[ ! -d /sys/module/kvm_intel && ! -d /sys/module/kvm_amd ]]; then
+        echo "/dev/kvm is not kvm_intel or kvm_amd (loaded: $(cd /sys/module && echo kvm* | tr ' ' ,))"
     fi
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds turn-bpf and runs every check: rustfmt, clippy, unit tests, BPF packet tests, the
-# end-to-end tests with coturn in network namespaces, and the Debian package (its contents and
-# its systemd unit). CI runs this (.ci/run).
+# end-to-end tests with coturn in network namespaces, the Debian package (its contents and
+# its systemd unit), and the load check on Debian's own kernels in a VM. CI runs this (.ci/run).
 #
 # Needs root (apt-get, BPF, network namespaces) on Debian 12; installs the Debian packages it
 # needs. Network tests run one at a time (--test-threads=1): they must not overlap on 2 cores.
@@ -20,6 +20,8 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 # Bounds that keep a whole run inside CI's 90 minutes.
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 TEST_TIMEOUT=${TEST_TIMEOUT:-2400}
+# The kernels step: under 3 minutes with the kernel packages cached in target/kernels/.
+KERNELS_TIMEOUT=${KERNELS_TIMEOUT:-300}
 
 # rustfmt and clippy: install with rustup if missing; skip (with a message) if that fails.
 have_component() {
@@ -132,6 +134,18 @@ check_package() {
     ((ok))
 }
 step package check_package
+
+# Debian's own kernels booted in qemu, each running the load check (scripts/kernels.sh, README
+# "Kernels"): it fails when a kernel the README calls supported does not load, attach and relay,
+# or one it calls unsupported does. Under KVM where the host has a usable one, else under qemu's
+# CPU emulation (about 15 s a kernel); KERNELS_ACCEL=kvm skips it where there is no usable KVM.
+KERNELS_ACCEL=${KERNELS_ACCEL:-auto}
+if [[ $KERNELS_ACCEL == kvm ]] && ! kvm_usable; then
+    log "kernels: SKIPPED (KERNELS_ACCEL=kvm and no usable KVM: $(kvm_unusable_why))"
+else
+    step kernels timeout --kill-after=30 "$KERNELS_TIMEOUT" \
+        env ACCEL="$KERNELS_ACCEL" scripts/kernels.sh
+fi
 
 # Tests tear their labs down themselves (also on panic); a killed run may leave some behind.
 leftover="$(ip netns list 2>/dev/null | grep -E '^tbt-' || true)"
