@@ -5,7 +5,6 @@
 //! nothing there).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
@@ -58,13 +57,37 @@ pub fn listening(
     out
 }
 
-/// `/sys/class/net/<iface>/type`: the device's ARPHRD link type.
+/// The device's ARPHRD link type, asked of this network namespace's kernel (SIOCGIFHWADDR on a
+/// socket made here): `/sys/class/net` shows the namespace `/sys` was mounted in, which is not
+/// this one under `nsenter -n`.
 fn link_type(iface: &str) -> Result<u32> {
-    let path = format!("/sys/class/net/{iface}/type");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{path} holds {:?}", text.trim()))
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a socket to ask for a link type")?;
+    // SAFETY: ifreq is plain data; the name is NUL-terminated within IFNAMSIZ (names are
+    // checked to be at most 15 bytes), and the ioctl writes only into the struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("asking the link type of {iface}"));
+    }
+    // SAFETY: SIOCGIFHWADDR fills the hardware-address member of the union.
+    Ok(u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family }))
 }
 
 /// The refusal of a device that is not Ethernet.
@@ -93,12 +116,20 @@ fn interface_addresses() -> Result<IfaceAddrs> {
         } else if let Some(v6) = a.as_sockaddr_in6() {
             IpAddr::V6(v6.ip())
         } else {
-            out.entry(ifa.interface_name).or_default();
+            out.entry(device_of(&ifa.interface_name)).or_default();
             continue;
         };
-        out.entry(ifa.interface_name).or_default().insert(ip);
+        out.entry(device_of(&ifa.interface_name))
+            .or_default()
+            .insert(ip);
     }
     Ok(out)
+}
+
+/// The device an address label names: an IPv4 address labelled `eth0:1` (ifupdown's aliases)
+/// belongs to `eth0` (the kernel requires a label to start with its device's name).
+fn device_of(name: &str) -> String {
+    name.split(':').next().unwrap_or(name).to_string()
 }
 
 fn list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -121,6 +152,15 @@ pub fn not_listening_on(
     }
     let here = addrs.get(iface).cloned().unwrap_or_default();
     if listening.iter().any(|s| here.contains(&s.ip())) {
+        return None;
+    }
+    // A service address on the loopback device (an anycast or load-balancer address, reached
+    // through IFACE): nothing tells which interface its clients come through.
+    let on_lo = addrs.get("lo").cloned().unwrap_or_default();
+    if listening
+        .iter()
+        .any(|s| on_lo.contains(&s.ip()) && !s.ip().is_loopback())
+    {
         return None;
     }
     let ips: BTreeSet<IpAddr> = listening.iter().map(|s| s.ip()).collect();
@@ -283,6 +323,26 @@ mod tests {
 
     fn socks(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_label_is_its_device() {
+        assert_eq!(device_of("eth0:1"), "eth0");
+        assert_eq!(device_of("eth0"), "eth0");
+        assert_eq!(device_of("turn0:vip"), "turn0");
+    }
+
+    #[test]
+    fn a_service_address_on_the_loopback_device_is_not_refused() {
+        let mut a = lab();
+        a.get_mut("lo")
+            .unwrap()
+            .insert("203.0.113.7".parse().unwrap());
+        let vip = socks(&["203.0.113.7:3478"]);
+        assert_eq!(not_listening_on("turn0", &vip, &a), None);
+        // the loopback address itself is no service address for clients
+        let local = socks(&["127.0.0.1:3478"]);
+        assert!(not_listening_on("turn0", &local, &a).is_some());
     }
 
     #[test]
