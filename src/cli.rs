@@ -68,6 +68,41 @@ pub enum Action {
 }
 
 impl Cli {
+    /// Parse `argv` (program name first). clap stops looking for a subcommand once any option
+    /// came first, so `turn-bpf -v detach eth0` would run the offload on an interface named
+    /// "detach": the output options (`-v`, `-q`), the only ones a subcommand shares, are moved
+    /// after the subcommand when nothing else comes before it.
+    pub fn parse_from_args(argv: Vec<String>) -> Result<Cli, clap::Error> {
+        let is_output_flag = |a: &str| {
+            matches!(a, "--verbose" | "--quiet")
+                || (a.len() > 1 && a.starts_with('-') && a[1..].chars().all(|c| c == 'v'))
+                || a == "-q"
+        };
+        let first_word = argv
+            .iter()
+            .skip(1)
+            .position(|a| !is_output_flag(a))
+            .map(|i| i + 1);
+        let mut argv = argv;
+        if let Some(i) = first_word.filter(|&i| i > 1) {
+            let is_sub = Cli::command_names().any(|n| n == argv[i]);
+            if is_sub {
+                let flags: Vec<String> = argv.drain(1..i).collect();
+                argv.extend(flags);
+            }
+        }
+        Cli::try_parse_from(argv)
+    }
+
+    fn command_names() -> impl Iterator<Item = String> {
+        use clap::CommandFactory;
+        Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
     /// The action, with the checks clap cannot express done. Returns the one line that names the
     /// problem. `--detach IFACE...` is the same as `detach IFACE...`.
     pub fn action(self) -> Result<Action, String> {
@@ -313,7 +348,11 @@ mod tests {
     use super::*;
 
     fn action(args: &[&str]) -> Result<Action, String> {
-        Cli::try_parse_from(std::iter::once("turn-bpf").chain(args.iter().copied()))
+        let argv = std::iter::once("turn-bpf")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        Cli::parse_from_args(argv)
             .map_err(|e| e.to_string())?
             .action()
     }
@@ -487,8 +526,25 @@ mod tests {
             let err = action(args).expect_err(&format!("{args:?} must be refused"));
             assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
         }
-        // -v is global: it goes after a subcommand too.
-        assert!(action(&["detach", "eth0", "-v"]).is_ok());
+        // -v and -q go after a subcommand, and before it
+        for args in [
+            &["detach", "eth0", "-v"][..],
+            &["-v", "detach", "eth0"],
+            &["-vv", "detach", "eth0"],
+            &["--quiet", "detach", "eth0"],
+        ] {
+            match action(args) {
+                Ok(Action::Detach(d)) => assert_eq!(d.ifaces, vec!["eth0"], "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        let both = action(&["-v", "-q", "detach", "eth0"]).unwrap_err();
+        assert!(both.contains("cannot be used"), "{both}");
+        // an interface named like a subcommand after another option is an interface
+        match action(&["--xdp-mode", "generic", "detach"]) {
+            Ok(Action::Run(a)) => assert_eq!(a.iface.as_deref(), Some("detach")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

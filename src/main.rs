@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use libbpf_rs::PrintLevel;
 use log::{debug, info, warn};
 
@@ -16,7 +15,7 @@ use turn_bpf::cli::{Action, Args, Cli};
 use turn_bpf::offload::Offload;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from_args(std::env::args().collect()) {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             // --help, --version
@@ -34,7 +33,7 @@ fn main() -> ExitCode {
         Action::Run(args) => run(&args),
         Action::Detach(d) => detach(&d.ifaces),
         Action::Status(s) => {
-            need_root().and_then(|()| turn_bpf::status::run(&s.ifaces, s.bindings))
+            need_root(&INSPECT_CAPS).and_then(|()| turn_bpf::status::run(&s.ifaces, s.bindings))
         }
     };
     match done {
@@ -100,11 +99,12 @@ fn init_logging(args: &Args) {
     })));
 }
 
-fn need_root() -> Result<()> {
+/// Root, with `caps` (what the command does needs).
+fn need_root(caps: &[Cap]) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("turn-bpf needs root (CAP_BPF, CAP_NET_ADMIN, ...): run it as root");
     }
-    if let Some(missing) = effective_caps().and_then(missing_caps) {
+    if let Some(missing) = effective_caps().and_then(|eff| missing_caps(caps, eff)) {
         bail!(
             "turn-bpf runs as root but lacks {missing}: it needs CAP_BPF, CAP_PERFMON, \
              CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (and CAP_SYS_ADMIN for the veth \
@@ -117,7 +117,7 @@ fn need_root() -> Result<()> {
 
 /// `turn-bpf detach IFACE...`
 fn detach(ifaces: &[String]) -> Result<()> {
-    need_root()?;
+    need_root(&INSPECT_CAPS)?;
     for iface in ifaces {
         println!("{}", attach::detach_leftovers(iface)?);
     }
@@ -125,7 +125,7 @@ fn detach(ifaces: &[String]) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    need_root()?;
+    need_root(&NEEDED_CAPS)?;
 
     // Signals first: from here on Ctrl+C and SIGTERM only set a flag, and every start-up step
     // checks it, so a signal at any point ends with everything undone.
@@ -159,7 +159,9 @@ fn effective_caps() -> Option<u64> {
 /// them it would fail half-way with a misleading message ("no process holds the sockets": the
 /// server's `/proc/<pid>/fd` unreadable) or a refused load. CAP_SYS_ADMIN itself is optional:
 /// without it the veth far-end check cannot enter other namespaces and warns about each veth.
-const NEEDED_CAPS: [(&str, &[u32], &str); 5] = [
+type Cap = (&'static str, &'static [u32], &'static str);
+
+const NEEDED_CAPS: [Cap; 5] = [
     ("CAP_BPF", &[39, 21], "loading the BPF programs and maps"),
     (
         "CAP_PERFMON",
@@ -183,9 +185,20 @@ const NEEDED_CAPS: [(&str, &[u32], &str); 5] = [
     ),
 ];
 
-/// The needed capabilities missing from `eff`, with what each is for; None if none is missing.
-fn missing_caps(eff: u64) -> Option<String> {
-    let missing: Vec<String> = NEEDED_CAPS
+/// What `detach` and `status` need: the netlink changes and queries, and opening programs and
+/// maps by id (CAP_SYS_ADMIN: how a filter's program is known to be turn-bpf's).
+const INSPECT_CAPS: [Cap; 2] = [
+    ("CAP_NET_ADMIN", &[12], "removing and listing TC filters"),
+    (
+        "CAP_SYS_ADMIN",
+        &[21],
+        "opening programs and maps by id to know they are turn-bpf's",
+    ),
+];
+
+/// The capabilities of `caps` missing from `eff`, with what each is for; None if none is missing.
+fn missing_caps(caps: &[Cap], eff: u64) -> Option<String> {
+    let missing: Vec<String> = caps
         .iter()
         .filter(|(_, any_of, _)| !any_of.iter().any(|bit| eff & (1 << bit) != 0))
         .map(|(name, _, what)| format!("{name} ({what})"))
@@ -204,24 +217,35 @@ mod tests {
     #[test]
     fn needed_capabilities() {
         let unit = [39, 38, 12, 19, 2, 21].iter().fold(0, |a, &b| a | bit(b));
-        assert_eq!(missing_caps(unit), None);
+        assert_eq!(missing_caps(&NEEDED_CAPS, unit), None);
         assert_eq!(
-            missing_caps(unit & !bit(21)),
+            missing_caps(&NEEDED_CAPS, unit & !bit(21)),
             None,
             "CAP_SYS_ADMIN optional"
         );
         // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel.
-        assert_eq!(missing_caps(unit & !bit(39) & !bit(38)), None);
-        let m = missing_caps(unit & !bit(21) & !bit(39)).unwrap();
+        assert_eq!(missing_caps(&NEEDED_CAPS, unit & !bit(39) & !bit(38)), None);
+        let m = missing_caps(&NEEDED_CAPS, unit & !bit(21) & !bit(39)).unwrap();
         assert!(m.starts_with("CAP_BPF (") && !m.contains(", "), "{m}");
-        let m = missing_caps(unit & !bit(19)).unwrap();
+        let m = missing_caps(&NEEDED_CAPS, unit & !bit(19)).unwrap();
         assert!(m.starts_with("CAP_SYS_PTRACE ("), "{m}");
         // CAP_DAC_OVERRIDE reads every directory too.
-        assert_eq!(missing_caps(unit & !bit(2) | bit(1)), None);
-        assert!(missing_caps(unit & !bit(2))
+        assert_eq!(missing_caps(&NEEDED_CAPS, unit & !bit(2) | bit(1)), None);
+        assert!(missing_caps(&NEEDED_CAPS, unit & !bit(2))
             .unwrap()
             .contains("CAP_DAC_READ_SEARCH"));
-        assert_eq!(missing_caps(u64::MAX), None);
-        assert_eq!(missing_caps(0).unwrap().matches("CAP_").count(), 5);
+        assert_eq!(missing_caps(&NEEDED_CAPS, u64::MAX), None);
+        assert_eq!(
+            missing_caps(&NEEDED_CAPS, 0)
+                .unwrap()
+                .matches("CAP_")
+                .count(),
+            5
+        );
+        // detach and status: the netlink and by-id parts only
+        assert_eq!(missing_caps(&INSPECT_CAPS, bit(12) | bit(21)), None);
+        assert!(missing_caps(&INSPECT_CAPS, unit & !bit(21))
+            .unwrap()
+            .contains("CAP_SYS_ADMIN"));
     }
 }
