@@ -18,8 +18,8 @@ use libbpf_rs::{MapCore, MapType};
 use crate::consts;
 use crate::skel::{OpenTurnMaps, TurnMaps};
 
-/// The accepted ranges. Upper bounds keep a typo from asking the kernel for gigabytes: at the
-/// largest, the four tables take about 3 GiB.
+/// The accepted ranges. Upper bounds keep a typo from asking the kernel for tens of gigabytes:
+/// at the largest, the five tables take about 5.6 GiB.
 pub const ALLOCATIONS: RangeInclusive<u32> = 1..=4_194_304;
 pub const CHANNELS: RangeInclusive<u32> = 1..=8_388_608;
 pub const PERMISSIONS: RangeInclusive<u32> = 1..=8_388_608;
@@ -64,11 +64,16 @@ impl Sizes {
         let channels_n = channels.unwrap_or(d.channels);
         let permissions_n = match permissions {
             Some(p) if p < channels_n => {
+                let given = if channels.is_some() {
+                    ""
+                } else {
+                    " (its default)"
+                };
                 return Err(format!(
-                    "--max-permissions {p} is smaller than --max-channels {channels_n}: every \
-                     channel relays under its peer's permission, so the permissions table must \
-                     hold at least as many entries"
-                ))
+                    "--max-permissions {p} is smaller than --max-channels {channels_n}{given}: \
+                     every channel relays under its peer's permission, so the permissions table \
+                     must hold at least as many entries"
+                ));
             }
             Some(p) => p,
             None => d.permissions.max(channels_n),
