@@ -161,6 +161,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
 
+    /// Pin the maps, the XDP links and the snooper's state under DIR (on a bpffs) and leave them
+    /// in place on exit: the next agent given the same DIR adopts them without a gap (README
+    /// "Restarts and upgrades"). With `detach`, remove what is pinned there.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub pin_path: Option<PathBuf>,
+
     /// The same as `turn-bpf detach IFACE...`.
     #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
     pub detach: Vec<String>,

@@ -12,6 +12,8 @@ pub mod gobuild;
 pub mod maps;
 pub mod offload;
 pub mod owners;
+pub mod pin;
+pub mod runlock;
 pub mod server;
 pub mod server_conf;
 pub mod skel;
