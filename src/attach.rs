@@ -914,6 +914,8 @@ impl Attachments {
         }
         self.forwarding_enabled_by_us.clear();
         self.accept_ra_set_by_us.clear();
+        // The record stays for the next agent or `turn-bpf detach` (the lock goes with us).
+        self.lock = None;
     }
 }
 

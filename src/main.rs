@@ -112,13 +112,15 @@ fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
     for iface in ifaces {
         attach::ifindex(iface)?;
         let mut lock = RunLock::open(iface)?;
-        if !lock.try_lock()? {
+        if lock.try_lock()? {
+            locks.push((iface, lock));
+        } else if pins.is_some() {
             bail!(
                 "a turn-bpf agent is running on {iface}: left alone (stop it with SIGINT or \
-                 SIGTERM and it detaches itself)"
+                 SIGTERM, then detach)"
             );
         }
-        locks.push((iface, lock));
+        // else: detach_leftovers below refuses that agent's snooper, naming its process.
     }
     if let Some(p) = &pins {
         p.remove_all()?;

@@ -47,6 +47,9 @@ pub fn kept(name: &str) -> bool {
 /// the whole pinned state incompatible. A new counter changes `stats`' size, not the layout.
 const DISPOSABLE: &[&str] = &["stats", "not_local", "out_scratch"];
 
+/// What a bpffs holds from its mount on (the kernel's own iterators), not ours to remove.
+const PRELOADED: &[&str] = &["maps.debug", "progs.debug"];
+
 /// The pin of the XDP link on `iface`.
 pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("xdp_{iface}"))
@@ -246,7 +249,7 @@ impl PinDir {
         {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if which(&name) && e.file_type()?.is_file() {
+            if which(&name) && e.file_type()?.is_file() && !PRELOADED.contains(&name.as_str()) {
                 fs::remove_file(e.path())
                     .with_context(|| format!("unpinning {}", e.path().display()))?;
             }
