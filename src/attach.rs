@@ -153,8 +153,13 @@ impl XdpLink {
 }
 
 /// Adopt the XDP link pinned at `pin` on `iface` (--pin-path): its program is swapped for `prog`
-/// in one step (`bpf_link_update`), so no packet meets an interface without one.
-pub fn adopt_xdp(prog: BorrowedFd<'_>, iface: &str, pin: &std::path::Path) -> Result<XdpLink> {
+/// in one step (`bpf_link_update`), so no packet meets an interface without one. A pinned link
+/// that is no longer on `iface` (the interface went away and came back) is unpinned: None.
+pub fn adopt_xdp(
+    prog: BorrowedFd<'_>,
+    iface: &str,
+    pin: &std::path::Path,
+) -> Result<Option<XdpLink>> {
     let idx = ifindex(iface)?;
     let c = CString::new(pin.as_os_str().as_encoded_bytes())?;
     // SAFETY: a NUL-terminated path; the fd is owned right away.
@@ -179,12 +184,16 @@ pub fn adopt_xdp(prog: BorrowedFd<'_>, iface: &str, pin: &std::path::Path) -> Re
     }
     // SAFETY: the xdp member is the one of an XDP link (checked by its type).
     let link_ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
-    if info.type_ != libbpf_sys::BPF_LINK_TYPE_XDP || link_ifindex != idx {
-        bail!(
-            "{} is not an XDP link on {iface} (a link of type {} on ifindex {link_ifindex})",
-            pin.display(),
-            info.type_
+    if info.type_ != libbpf_sys::BPF_LINK_TYPE_XDP {
+        bail!("{} is not an XDP link", pin.display());
+    }
+    if link_ifindex != idx {
+        warn!(
+            "the XDP link pinned for {iface} is not on it any more (ifindex {link_ifindex}): \
+             attaching anew"
         );
+        fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        return Ok(None);
     }
     // SAFETY: valid link and program fds; no options.
     let rc = unsafe {
@@ -195,14 +204,14 @@ pub fn adopt_xdp(prog: BorrowedFd<'_>, iface: &str, pin: &std::path::Path) -> Re
             .with_context(|| format!("swapping the XDP program on {iface}"));
     }
     let mode = xdp_attached(idx)?.map_or("?", |(_, m)| m);
-    Ok(XdpLink {
+    Ok(Some(XdpLink {
         iface: iface.to_string(),
         ifindex: idx,
         mode,
         prog_id: prog_id(prog)?,
         _link: link,
         pin: Some(pin.to_path_buf()),
-    })
+    }))
 }
 
 fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
@@ -317,7 +326,9 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLi
     let idx = ifindex(iface)?;
     if let Some((id, m)) = xdp_attached(idx)? {
         let owner = match prog_name(id) {
-            Some(n) if n == XDP_PROG_NAME => " (another turn-bpf is running there)".to_string(),
+            Some(n) if n == XDP_PROG_NAME => " (another turn-bpf is running there, or left it \
+                                               pinned: see turn-bpf detach --pin-path)"
+                .to_string(),
             Some(n) => format!(" ({n})"),
             None => String::new(),
         };
@@ -412,6 +423,25 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         hook,
         created_qdisc,
     })
+}
+
+/// Is turn-bpf's XDP program on `iface`?
+pub fn our_xdp_attached(iface: &str) -> bool {
+    ifindex(iface).and_then(xdp_attached).is_ok_and(
+        |x| matches!(x, Some((id, _)) if prog_name(id).as_deref() == Some(XDP_PROG_NAME)),
+    )
+}
+
+/// Is turn-bpf's snooper at its handle and priority on `iface`?
+pub fn snooper_present(iface: &str) -> bool {
+    let Ok(idx) = ifindex(iface) else {
+        return false;
+    };
+    // SAFETY: as in detach_leftovers: the placeholder fd is never used by the query.
+    let placeholder = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut hook = clsact_hook(placeholder, idx);
+    hook.query()
+        .is_ok_and(|id| prog_name(id).as_deref() == Some(TC_PROG_NAME))
 }
 
 /// Replace the program of the snooper an earlier agent left at our handle and priority on

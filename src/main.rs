@@ -125,6 +125,13 @@ fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
     if let Some(p) = &pins {
         p.remove_all()?;
         println!("removed everything pinned under {}", p.dir.display());
+        // A link whose last pin went is released after an RCU grace period, not at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while ifaces.iter().any(|i| attach::our_xdp_attached(i))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     for iface in ifaces {
         println!("{}", attach::detach_leftovers(iface)?);

@@ -79,7 +79,10 @@ impl<'obj> Offload<'obj> {
             return Ok(None);
         }
         let cookies = server.trusted_cookies();
-        let (skel, found) = load(args, &settings, storage, pins.as_ref(), &cookies)?;
+        // A pinned state is only as good as the snooper that kept it: if it is not in place
+        // (removed, or never attached), the server's answers went unseen.
+        let snooper = attach::snooper_present(&ifaces[0]);
+        let (skel, found) = load(args, &settings, storage, pins.as_ref(), &cookies, snooper)?;
         let globals = Globals::of(&skel.maps.data_pinned)?;
         if stopped() {
             return Ok(None);
@@ -286,6 +289,7 @@ fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
     pins: Option<&PinDir>,
     cookies: &[u64],
+    snooper: bool,
 ) -> Result<(TurnSkel<'obj>, Found)> {
     let mut open = TurnSkelBuilder::default()
         .open(storage)
@@ -319,7 +323,17 @@ fn load<'obj>(
     let found = match pins {
         None => Found::Nothing,
         Some(p) => {
-            let found = p.prepare(open.open_object_mut())?;
+            let mut found = p.prepare(open.open_object_mut())?;
+            if found == Found::Compatible && !snooper {
+                warn!(
+                    "the state pinned under {} cannot be reused (no snooper kept it: the \
+                     server's answers went unseen): starting clean, the server carries the \
+                     current calls",
+                    p.dir.display()
+                );
+                p.remove_state()?;
+                found = Found::Incompatible("no snooper".into());
+            }
             if found == Found::Compatible {
                 let g = p.pinned_globals()?;
                 if p.server_changed(cookies) {
@@ -387,9 +401,10 @@ fn attach_all(
             };
             let path = pin::link_pin(&p.dir, iface);
             if path.exists() {
-                let l = attach::adopt_xdp(prog, iface, &path)?;
-                info!("swapped the XDP program under the pinned link on {iface}");
-                return Ok(l);
+                if let Some(l) = attach::adopt_xdp(prog, iface, &path)? {
+                    info!("swapped the XDP program under the pinned link on {iface}");
+                    return Ok(l);
+                }
             }
             let mut l = attach::attach_xdp(prog, iface, mode)?;
             l.pin(&path)?;

@@ -558,6 +558,25 @@ fn another_layout_is_one_line_and_a_clean_start() {
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
     bind_offloaded(&lab, &pins, &mut c2, &peer2);
+    stop_keeping_pins(agent);
+
+    // A state no snooper kept (someone deleted it while no agent ran) is not adopted either.
+    lab.exec(Host::Srv, &["tc", "qdisc", "del", "dev", "turn0", "clsact"])
+        .unwrap();
+    let agent = AgentProc::start_ready(&agent_bin(), &ns, &args, &log_path("tbr-rst3-c")).unwrap();
+    let out = agent.output();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("cannot be reused"))
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("no snooper kept it"),
+        "{out}"
+    );
+    let c0 = pins.counters();
+    c2.send_channel_data(CHANNEL, &numbered(7)).unwrap();
+    peer2.recv_from(&mut buf).expect("coturn relays it");
+    assert_eq!(pins.counters().since(&c0).get("PASS_NO_CHANNEL"), 1);
     let exit = agent.stop(Signal::SIGINT).unwrap();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     let (ok, out) = detach(&lab, Some(pins.arg()));
