@@ -90,17 +90,31 @@ pub enum Found {
     Incompatible(String),
 }
 
-/// The pin directory.
+/// The pin directory, locked (`flock` on the directory) while this process uses it: one agent
+/// per DIR.
 pub struct PinDir {
     pub dir: PathBuf,
+    _lock: fs::File,
 }
 
 impl PinDir {
-    /// `dir`, checked to be a directory on a bpffs.
+    /// `dir`, checked to be a directory on a bpffs, and locked: refused while another agent (or
+    /// `detach`) uses it.
     pub fn open(dir: &Path) -> Result<PinDir> {
         check_bpffs(dir)?;
+        let lock = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        let rc =
+            unsafe { nix::libc::flock(lock.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) };
+        if rc != 0 {
+            bail!(
+                "--pin-path {} is in use by another turn-bpf agent",
+                dir.display()
+            );
+        }
         Ok(PinDir {
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -425,7 +439,9 @@ mod tests {
         assert_eq!(
             now, RECORDED,
             "bpf/lib/shared.h or maps.h changed: if a struct, a map definition or a pinned global \
-             changed, bump TB_LAYOUT_VERSION; then record ({}, {:#x}) here",
+             changed in layout or meaning, bump TB_LAYOUT_VERSION (a new map, or a new size, \
+             needs no bump: a map that is not pinned yet is created, and sizes are compared \
+             map by map); then record ({}, {:#x}) here",
             now.0, now.1
         );
     }

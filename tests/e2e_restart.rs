@@ -501,6 +501,13 @@ fn no_agent_and_a_restarted_server_stop_the_fast_path() {
     peer.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut c2 = client(&lab);
     bind_offloaded(&lab, &pins, &mut c2, &peer);
+    // DIR is the running agent's: detach is refused, in one line, and changes nothing.
+    let (ok, out) = detach(&lab, Some(pins.arg()));
+    assert!(
+        !ok && out.trim().lines().count() == 1 && out.contains("is in use by another turn-bpf"),
+        "{out}"
+    );
+    assert!(xdp_attached(&lab, "turn0") && pins.dir.join("allocs").exists());
     let exit = agent.stop(Signal::SIGINT).unwrap();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     let (ok, out) = detach(&lab, Some(pins.arg()));
