@@ -161,9 +161,9 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
 
-    /// Pin the maps, the XDP links and the snooper's state under DIR (on a bpffs) and leave them
-    /// in place on exit: the next agent given the same DIR adopts them without a gap (README
-    /// "Restarts and upgrades"). With `detach`, remove what is pinned there.
+    /// Pin the maps, the XDP links and the programs' state under DIR (on a bpffs) and leave them,
+    /// and the snooper, in place on exit: the next agent given the same DIR adopts them without a
+    /// gap (README "Restarts and upgrades"). With `detach`, remove what is pinned there.
     #[arg(long, value_name = "DIR", global = true)]
     pub pin_path: Option<PathBuf>,
 
@@ -423,5 +423,23 @@ mod tests {
         }
         // -v is global: it goes after a subcommand too.
         assert!(action(&["detach", "eth0", "-v"]).is_ok());
+    }
+
+    #[test]
+    fn pin_path_is_global() {
+        for args in [
+            &["turn-bpf", "--pin-path", "/run/p", "eth0"][..],
+            &["turn-bpf", "detach", "--pin-path", "/run/p", "eth0"],
+            &["turn-bpf", "--pin-path", "/run/p", "detach", "eth0"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(
+                cli.run.pin_path.as_deref(),
+                Some(std::path::Path::new("/run/p")),
+                "{args:?}"
+            );
+        }
+        let cli = Cli::try_parse_from(["turn-bpf", "eth0"]).unwrap();
+        assert_eq!(cli.run.pin_path, None);
     }
 }
