@@ -133,6 +133,85 @@ pub struct XdpLink {
     pub mode: &'static str,
     prog_id: u32,
     _link: OwnedFd,
+    /// Where the link is pinned (--pin-path): detaching unpins it.
+    pin: Option<std::path::PathBuf>,
+}
+
+impl XdpLink {
+    /// Pin the link at `path`: it then outlives this process.
+    pub fn pin(&mut self, path: &std::path::Path) -> Result<()> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a link fd we own and a NUL-terminated path.
+        let rc = unsafe { libbpf_sys::bpf_obj_pin(self._link.as_raw_fd(), c.as_ptr()) };
+        if rc < 0 {
+            return Err(io::Error::from_raw_os_error(-rc))
+                .with_context(|| format!("pinning the XDP link at {}", path.display()));
+        }
+        self.pin = Some(path.to_path_buf());
+        Ok(())
+    }
+}
+
+/// Adopt the XDP link pinned at `pin` on `iface` (--pin-path): its program is swapped for `prog`
+/// in one step (`bpf_link_update`), so no packet meets an interface without one. A pinned link
+/// that is no longer on `iface` (the interface went away and came back) is unpinned: None.
+pub fn adopt_xdp(
+    prog: BorrowedFd<'_>,
+    iface: &str,
+    pin: &std::path::Path,
+) -> Result<Option<XdpLink>> {
+    let idx = ifindex(iface)?;
+    let c = CString::new(pin.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path; the fd is owned right away.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("opening the pinned XDP link {}", pin.display()));
+    }
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = libbpf_sys::bpf_link_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info is a properly sized struct and len says so.
+    let rc = unsafe {
+        libbpf_sys::bpf_obj_get_info_by_fd(
+            link.as_raw_fd(),
+            (&mut info as *mut libbpf_sys::bpf_link_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc)).context("reading the pinned link");
+    }
+    // SAFETY: the xdp member is the one of an XDP link (checked by its type).
+    let link_ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
+    if info.type_ != libbpf_sys::BPF_LINK_TYPE_XDP {
+        bail!("{} is not an XDP link", pin.display());
+    }
+    if link_ifindex != idx {
+        warn!(
+            "the XDP link pinned for {iface} is not on it any more (ifindex {link_ifindex}): \
+             attaching anew"
+        );
+        fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        return Ok(None);
+    }
+    // SAFETY: valid link and program fds; no options.
+    let rc = unsafe {
+        libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null())
+    };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc))
+            .with_context(|| format!("swapping the XDP program on {iface}"));
+    }
+    let mode = xdp_attached(idx)?.map_or("?", |(_, m)| m);
+    Ok(Some(XdpLink {
+        iface: iface.to_string(),
+        ifindex: idx,
+        mode,
+        prog_id: prog_id(prog)?,
+        _link: link,
+        pin: Some(pin.to_path_buf()),
+    }))
 }
 
 fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
@@ -247,7 +326,9 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLi
     let idx = ifindex(iface)?;
     if let Some((id, m)) = xdp_attached(idx)? {
         let owner = match prog_name(id) {
-            Some(n) if n == XDP_PROG_NAME => " (another turn-bpf is running there)".to_string(),
+            Some(n) if n == XDP_PROG_NAME => " (another turn-bpf is running there, or left it \
+                                               pinned: see turn-bpf detach --pin-path)"
+                .to_string(),
             Some(n) => format!(" ({n})"),
             None => String::new(),
         };
@@ -274,6 +355,7 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, iface: &str, mode: Mode) -> Result<XdpLi
         mode: mode.name(),
         prog_id: prog_id(prog)?,
         _link: fd,
+        pin: None,
     })
 }
 
@@ -341,6 +423,49 @@ pub fn attach_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<TcFilter> {
         hook,
         created_qdisc,
     })
+}
+
+/// Is turn-bpf's XDP program on `iface`?
+pub fn our_xdp_attached(iface: &str) -> bool {
+    ifindex(iface).and_then(xdp_attached).is_ok_and(
+        |x| matches!(x, Some((id, _)) if prog_name(id).as_deref() == Some(XDP_PROG_NAME)),
+    )
+}
+
+/// Is turn-bpf's snooper at its handle and priority on `iface`?
+pub fn snooper_present(iface: &str) -> bool {
+    let Ok(idx) = ifindex(iface) else {
+        return false;
+    };
+    // SAFETY: as in detach_leftovers: the placeholder fd is never used by the query.
+    let placeholder = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut hook = clsact_hook(placeholder, idx);
+    hook.query()
+        .is_ok_and(|id| prog_name(id).as_deref() == Some(TC_PROG_NAME))
+}
+
+/// Replace the program of the snooper an earlier agent left at our handle and priority on
+/// `iface` (--pin-path) in one step (`BPF_TC_F_REPLACE`). None when there is none to replace.
+pub fn replace_tc(prog: BorrowedFd<'_>, iface: &str) -> Result<Option<TcFilter>> {
+    let idx = ifindex(iface)?;
+    let mut hook = clsact_hook(prog, idx);
+    let Ok(id) = hook.query() else {
+        return Ok(None);
+    };
+    if prog_name(id).as_deref() != Some(TC_PROG_NAME) {
+        return Ok(None); // attach_tc refuses it, naming it
+    }
+    hook.replace(true);
+    hook.attach()
+        .with_context(|| format!("replacing the TC egress snooper's program on {iface}"))?;
+    hook.replace(false);
+    Ok(Some(TcFilter {
+        iface: iface.to_string(),
+        ifindex: idx,
+        prog_id: prog_id(prog)?,
+        hook,
+        created_qdisc: true,
+    }))
 }
 
 /// True when `tc` lists no filter in either direction of `iface`'s clsact qdisc.
@@ -658,6 +783,8 @@ pub struct Attachments {
     forwarding_enabled_by_us: Vec<(Family, String)>,
     /// Interfaces where we set `accept_ra` from 1 to 2 (with IPv6 forwarding).
     accept_ra_set_by_us: Vec<String>,
+    /// Where the forwarding changes are recorded: cleared once they are restored.
+    pub lock: Option<crate::runlock::RunLock>,
 }
 
 impl Attachments {
@@ -757,6 +884,11 @@ impl Attachments {
     /// seen), then the TC snooper, then the forwarding settings we changed.
     pub fn detach_all(&mut self) {
         for l in self.xdp.drain(..).rev() {
+            if let Some(pin) = &l.pin {
+                if let Err(e) = fs::remove_file(pin) {
+                    warn!("unpinning {}: {e}", pin.display());
+                }
+            }
             info!("detached XDP from {}", l.iface);
             drop(l);
         }
@@ -777,6 +909,43 @@ impl Attachments {
         for iface in self.accept_ra_set_by_us.drain(..).rev() {
             restore_accept_ra(&iface, left_on.contains(&iface));
         }
+        if let Some(lock) = &self.lock {
+            if let Err(e) = lock.clear() {
+                warn!("{e:#}");
+            }
+        }
+    }
+}
+
+impl Attachments {
+    /// The forwarding settings this agent changed (or took over), for the record.
+    pub fn changes(&self) -> crate::runlock::Changes {
+        crate::runlock::Changes {
+            forwarding: self.forwarding_enabled_by_us.clone(),
+            accept_ra: self.accept_ra_set_by_us.clone(),
+        }
+    }
+
+    /// Take over what an earlier agent changed and did not restore: restored as our own.
+    pub fn adopt_changes(&mut self, c: crate::runlock::Changes) {
+        self.forwarding_enabled_by_us.extend(c.forwarding);
+        self.accept_ra_set_by_us.extend(c.accept_ra);
+    }
+
+    /// Leave the pinned XDP links, the snooper and the forwarding settings in place (--pin-path):
+    /// only this process's handles go, and the tracing programs with them.
+    pub fn release_pinned(&mut self) {
+        for l in self.xdp.drain(..) {
+            info!("leaving the XDP fast path on {} pinned", l.iface);
+        }
+        self.tracing.clear();
+        for f in self.tc.drain(..) {
+            info!("leaving the TC egress snooper on {} in place", f.iface);
+        }
+        self.forwarding_enabled_by_us.clear();
+        self.accept_ra_set_by_us.clear();
+        // The record stays for the next agent or `turn-bpf detach` (the lock goes with us).
+        self.lock = None;
     }
 }
 

@@ -240,6 +240,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub prometheus: Option<std::net::SocketAddr>,
 
+    /// Pin the maps, the XDP links and the programs' state under DIR (on a bpffs) and leave them,
+    /// and the snooper, in place on exit: the next agent given the same DIR adopts them without a
+    /// gap (README "Restarts and upgrades"). With `detach`, remove what is pinned there.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub pin_path: Option<PathBuf>,
+
     /// The same as `turn-bpf detach IFACE...`.
     #[arg(long, value_name = "IFACE", num_args = 1.., conflicts_with_all = ["iface", "relay_ifaces"])]
     pub detach: Vec<String>,
@@ -577,5 +583,23 @@ mod tests {
                 "--prometheus {bad} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn pin_path_is_global() {
+        for args in [
+            &["turn-bpf", "--pin-path", "/run/p", "eth0"][..],
+            &["turn-bpf", "detach", "--pin-path", "/run/p", "eth0"],
+            &["turn-bpf", "--pin-path", "/run/p", "detach", "eth0"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(
+                cli.run.pin_path.as_deref(),
+                Some(std::path::Path::new("/run/p")),
+                "{args:?}"
+            );
+        }
+        let cli = Cli::try_parse_from(["turn-bpf", "eth0"]).unwrap();
+        assert_eq!(cli.run.pin_path, None);
     }
 }

@@ -2,6 +2,7 @@
 //! (`offload` starts, runs and stops the offload).
 
 use std::mem::MaybeUninit;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use log::{debug, info, warn};
 use turn_bpf::attach;
 use turn_bpf::cli::{Action, Args, Cli};
 use turn_bpf::offload::Offload;
+use turn_bpf::pin::PinDir;
+use turn_bpf::runlock::RunLock;
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_from_args(std::env::args().collect()) {
@@ -25,13 +28,14 @@ fn main() -> ExitCode {
         Err(e) => return fail_line(&one_line(&e.to_string())),
     };
     init_logging(&cli.run);
+    let pin_path = cli.run.pin_path.clone();
     let action = match cli.action() {
         Ok(a) => a,
         Err(msg) => return fail_line(&msg),
     };
     let done = match action {
         Action::Run(args) => run(&args),
-        Action::Detach(d) => detach(&d.ifaces),
+        Action::Detach(d) => detach(&d.ifaces, pin_path.as_deref()),
         Action::Status(s) => {
             need_root(&INSPECT_CAPS).and_then(|()| turn_bpf::status::run(&s.ifaces, s.bindings))
         }
@@ -115,11 +119,50 @@ fn need_root(caps: &[Cap]) -> Result<()> {
     Ok(())
 }
 
-/// `turn-bpf detach IFACE...`
-fn detach(ifaces: &[String]) -> Result<()> {
+/// `turn-bpf detach [--pin-path DIR] IFACE...`: what is pinned under DIR goes first (the XDP
+/// links with their pins), then the snooper; then the forwarding settings a killed agent recorded
+/// are restored. Refused while a live agent runs on one of them.
+fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
     need_root(&INSPECT_CAPS)?;
+    let pins = pin_path.map(PinDir::open).transpose()?;
+    let mut locks = Vec::new();
+    for iface in ifaces {
+        attach::ifindex(iface)?;
+        let mut lock = RunLock::open(iface)?;
+        if lock.try_lock()? {
+            locks.push((iface, lock));
+        } else if pins.is_some() {
+            bail!(
+                "a turn-bpf agent is running on {iface}: left alone (stop it with SIGINT or \
+                 SIGTERM, then detach)"
+            );
+        }
+        // else: detach_leftovers below refuses that agent's snooper, naming its process.
+    }
+    if let Some(p) = &pins {
+        p.remove_all()?;
+        println!("removed everything pinned under {}", p.dir.display());
+        // A link whose last pin went is released after an RCU grace period, not at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while ifaces.iter().any(|i| attach::our_xdp_attached(i))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     for iface in ifaces {
         println!("{}", attach::detach_leftovers(iface)?);
+    }
+    for (iface, lock) in locks {
+        let changes = lock.leftover();
+        if changes.is_empty() {
+            continue;
+        }
+        let mut a = attach::Attachments::default();
+        a.adopt_changes(changes);
+        a.lock = Some(lock);
+        a.detach_all();
+        println!("{iface}: restored the forwarding settings a turn-bpf agent changed");
     }
     Ok(())
 }

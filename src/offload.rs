@@ -6,7 +6,7 @@
 
 use std::mem::MaybeUninit;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,10 @@ use crate::cli::Args;
 use crate::far_end;
 use crate::maps;
 use crate::metrics::{self, RunStats};
+use crate::pin::{self, Found, Globals, PinDir};
 use crate::preflight;
 use crate::probe;
+use crate::runlock::RunLock;
 use crate::server::{ServerWatch, System, UdpTable};
 use crate::server_conf::effective::{self, Effective};
 use crate::sizing;
@@ -50,6 +52,10 @@ pub struct Offload<'obj> {
     run_stats: Arc<RunStats>,
     sources: Sources,
     summary: Summary,
+    /// The programs' global state (sequences, stamps), shared with a pinned state if any.
+    globals: Globals,
+    /// --pin-path: what is pinned stays on exit.
+    pins: Option<PinDir>,
 }
 
 impl<'obj> Offload<'obj> {
@@ -61,6 +67,7 @@ impl<'obj> Offload<'obj> {
         stopped: &dyn Fn() -> bool,
     ) -> Result<Option<Offload<'obj>>> {
         let ifaces = args.xdp_ifaces();
+        let pins = args.pin_path.as_deref().map(PinDir::open).transpose()?;
         for iface in &ifaces {
             attach::ifindex(iface)?;
         }
@@ -78,22 +85,53 @@ impl<'obj> Offload<'obj> {
         let listener = args.prometheus.map(metrics::bind).transpose()?;
 
         let mut attached = Attachments::default();
+        // The lock says this agent is the live one; what an earlier agent changed and did not
+        // restore (killed, or it left its pins) is ours to restore now.
+        let lock = RunLock::acquire(&ifaces[0])?;
+        attached.adopt_changes(lock.leftover());
+        attached.lock = Some(lock);
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;
+        if let Some(lock) = &attached.lock {
+            lock.record(&attached.changes())?;
+        }
         if stopped() {
             return Ok(None);
         }
-        let skel = load(args, &settings, &kernel, storage)?;
+        let cookies = server.trusted_cookies();
+        // A pinned state is only as good as the snooper that kept it: if it is not in place
+        // (removed, or never attached), the server's answers went unseen.
+        let snooper = attach::snooper_present(&ifaces[0]);
+        let (skel, found) = load(
+            args,
+            &settings,
+            &kernel,
+            storage,
+            pins.as_ref(),
+            &cookies,
+            snooper,
+        )?;
         info!("{}", sizing::describe_loaded(&skel.maps)?);
-        skel.maps
-            .bss_data
-            .as_deref()
-            .context("the BPF object has no mmap-ed .bss")?;
+        let globals = Globals::of(&skel.maps.data_pinned)?;
         if stopped() {
             return Ok(None);
+        }
+        if let Some(p) = &pins {
+            p.write_layout()?;
+            if found == Found::Compatible && p.server_changed(&cookies) {
+                let m = &skel.maps;
+                pin::forget_bindings(
+                    &[&m.allocs, &m.chans, &m.peers, &m.perms, &m.pending],
+                    "the TURN server is not the one the pinned state was learned from",
+                );
+                globals.raise_shortened(maps::now_ns());
+            }
         }
         init_maps(&skel, &settings)?;
-        maps::set_server_socks(&skel.maps.server_socks, &server.trusted_cookies())?;
-        let Some(far_ends) = attach_all(&skel, &ifaces, args, stopped, &mut attached)? else {
+        maps::set_server_socks(&skel.maps.server_socks, &cookies)?;
+        globals.stamp_alive(maps::now_ns());
+        let Some(far_ends) =
+            attach_all(&skel, &ifaces, args, stopped, &mut attached, pins.as_ref())?
+        else {
             return Ok(None);
         };
         if let Some(others) = server.describe_others() {
@@ -134,6 +172,8 @@ impl<'obj> Offload<'obj> {
             run_stats,
             sources,
             summary,
+            globals,
+            pins,
         }))
     }
 
@@ -191,8 +231,18 @@ impl<'obj> Offload<'obj> {
     /// print the counters of this run.
     pub fn finish(mut self) {
         self.sweep();
-        info!("stopping: detaching");
-        self.attached.detach_all();
+        if let Some(p) = &self.pins {
+            info!(
+                "stopping: leaving the fast path and the snooper pinned under {} (the snooper \
+                 keeps learning; the fast path relays for {} s more unless an agent adopts them)",
+                p.dir.display(),
+                crate::consts::TB_AGENT_STALE_NS / 1_000_000_000
+            );
+            self.attached.release_pinned();
+        } else {
+            info!("stopping: detaching");
+            self.attached.detach_all();
+        }
         match Counters::read(&self.skel.maps.stats) {
             Ok(c) => {
                 let run = c.since(&self.start_counters);
@@ -210,17 +260,12 @@ impl<'obj> Offload<'obj> {
     /// [`Sweeper::sweep`].
     fn sweep(&mut self) {
         let began = Instant::now();
-        let seq = self.alloc_seq();
+        let seq = self.globals.alloc_seq();
         let socks = UdpTable::read()
             .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
             .ok();
-        let shortened = self.shortened_ptr();
-        let raise = || {
-            // SAFETY: as in alloc_seq: an 8-byte aligned u64 in the skeleton's .bss mapping,
-            // changed by the BPF side only atomically.
-            let s = unsafe { AtomicU64::from_ptr(shortened) };
-            s.fetch_max(maps::now_ns(), Ordering::SeqCst);
-        };
+        let globals = &self.globals;
+        let raise = || globals.raise_shortened(maps::now_ns());
         let m = &self.skel.maps;
         let state = StateMaps {
             allocs: &m.allocs,
@@ -239,30 +284,8 @@ impl<'obj> Offload<'obj> {
             Ok(r) => self.run_stats.record(&r, began.elapsed()),
             Err(e) => warn!("sweep: {e:#}"),
         }
-    }
-
-    /// `tb_shortened_ns` in the BPF program's mmap-ed .bss (see `state_shortened` in state.h).
-    fn shortened_ptr(&mut self) -> *mut u64 {
-        let bss = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .expect("the BPF object has an mmap-ed .bss (checked at start-up)");
-        std::ptr::addr_of_mut!(bss.tb_shortened_ns)
-    }
-
-    /// The allocation sequence the BPF program draws allocation IDs from (`tb_alloc_seq`, in its
-    /// mmap-ed .bss).
-    fn alloc_seq(&mut self) -> u64 {
-        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else {
-            return u64::MAX;
-        };
-        let ptr = std::ptr::addr_of_mut!(bss.tb_alloc_seq);
-        // SAFETY: the pointer is into the .bss mapping, which lives as long as the skeleton; it
-        // is 8-byte aligned (the mapping is page-aligned and tb_alloc_seq is a u64), and the BPF
-        // side only ever changes it atomically.
-        unsafe { AtomicU64::from_ptr(ptr) }.load(Ordering::SeqCst)
+        // Alive: the fast path relays for TB_AGENT_STALE_NS from now.
+        self.globals.stamp_alive(maps::now_ns());
     }
 
     fn refresh_local_addrs(&self) {
@@ -303,12 +326,18 @@ fn refuse_egress_before_snooper(client_iface: &str) -> Result<()> {
 }
 
 /// Open the BPF object, write its load-time configuration, load it.
+/// With `pins`, the maps are pinned there (reused when compatible), and a compatible pinned state
+/// learned from the server that runs now (`cookies`) is stamped alive before the slow load, so
+/// the programs still attached keep relaying meanwhile.
 fn load<'obj>(
     args: &Args,
     settings: &Effective,
     kernel: &probe::Kernel,
     storage: &'obj mut MaybeUninit<OpenObject>,
-) -> Result<TurnSkel<'obj>> {
+    pins: Option<&PinDir>,
+    cookies: &[u64],
+    snooper: bool,
+) -> Result<(TurnSkel<'obj>, Found)> {
     let mut open = TurnSkelBuilder::default()
         .open(storage)
         .context("opening the BPF object")?;
@@ -351,10 +380,36 @@ fn load<'obj>(
             prog.set_autoload(false);
         }
     }
-    open.load().context(
+    let found = match pins {
+        None => Found::Nothing,
+        Some(p) => {
+            let mut found = p.prepare(open.open_object_mut())?;
+            if found == Found::Compatible && !snooper {
+                warn!(
+                    "the state pinned under {} cannot be reused (no snooper kept it: the \
+                     server's answers went unseen): starting clean, the server carries the \
+                     current calls",
+                    p.dir.display()
+                );
+                p.remove_state()?;
+                found = Found::Incompatible("no snooper".into());
+            }
+            if found == Found::Compatible {
+                let g = p.pinned_globals()?;
+                if p.server_changed(cookies) {
+                    g.clear_alive();
+                } else {
+                    g.stamp_alive(maps::now_ns());
+                }
+            }
+            found
+        }
+    };
+    let skel = open.load().context(
         "loading the BPF programs (the kernel needs BPF, XDP links and bpf_xdp_load_bytes: \
          Linux 5.18 or later; run with -vv for the verifier's log)",
-    )
+    )?;
+    Ok((skel, found))
 }
 
 /// The maps the loader keeps: the external-ip mappings and this host's addresses.
@@ -396,11 +451,24 @@ fn attach_all(
     args: &Args,
     stopped: &dyn Fn() -> bool,
     attached: &mut Attachments,
+    pins: Option<&PinDir>,
 ) -> Result<Option<far_end::Watch>> {
     let prog = attach::prog_fd(&skel.progs.xdp_turn);
     let Some((mode, links)) =
         attach::attach_uniform(ifaces, args.xdp_mode, stopped, |iface, mode| {
-            attach::attach_xdp(prog, iface, mode)
+            let Some(p) = pins else {
+                return attach::attach_xdp(prog, iface, mode);
+            };
+            let path = pin::link_pin(&p.dir, iface);
+            if path.exists() {
+                if let Some(l) = attach::adopt_xdp(prog, iface, &path)? {
+                    info!("swapped the XDP program under the pinned link on {iface}");
+                    return Ok(l);
+                }
+            }
+            let mut l = attach::attach_xdp(prog, iface, mode)?;
+            l.pin(&path)?;
+            Ok(l)
         })?
     else {
         return Ok(None);
@@ -421,8 +489,22 @@ fn attach_all(
         return Ok(None);
     }
     let client_iface = &ifaces[0];
-    let tc = attach::attach_tc(attach::prog_fd(&skel.progs.tc_snoop), client_iface)?;
-    info!("attached TC egress snooper to {client_iface}");
+    let snoop = attach::prog_fd(&skel.progs.tc_snoop);
+    let replaced = match pins {
+        Some(_) => attach::replace_tc(snoop, client_iface)?,
+        None => None,
+    };
+    let tc = match replaced {
+        Some(tc) => {
+            info!("replaced the TC egress snooper's program on {client_iface} in place");
+            tc
+        }
+        None => {
+            let tc = attach::attach_tc(snoop, client_iface)?;
+            info!("attached TC egress snooper to {client_iface}");
+            tc
+        }
+    };
     attached.tc.push(tc);
     Ok((!stopped()).then_some(far_ends))
 }

@@ -1220,3 +1220,45 @@ fn spill_every_third() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     assert_eq!(pattern, "RRPRRPRRPRRP RRPRRPRRPRRP");
 }
+
+/// No live agent (its alive stamp older than TB_AGENT_STALE_NS): both directions of a live
+/// channel go to the server unmodified, counted as PASS_NO_AGENT; a fresh stamp relays them
+/// again (the positive control, on the same programs and channel).
+#[test]
+fn no_live_agent_passes_everything() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    let net = FibNet::new("tbt-fastpath-noagent").unwrap();
+    let _in = net.enter().unwrap();
+    let p = Programs::load_for(&net, &Config::default()).unwrap();
+    install(&p, &A).unwrap();
+    let stale = turn_bpf::consts::TB_AGENT_STALE_NS;
+    let mut failed = Vec::new();
+    for (what, alive, relays) in [
+        ("fresh stamp", turn_bpf::maps::now_ns(), true),
+        (
+            "stamp just stale",
+            turn_bpf::maps::now_ns() - stale - 50_000_000,
+            false,
+        ),
+        ("never stamped", 0, false),
+        ("stamped again", turn_bpf::maps::now_ns(), true),
+    ] {
+        p.set_alive_ns(alive).unwrap();
+        let to_peer = chan4_to_udp4(what, &A, &data_of(64, 3), 0, 0, |_| {});
+        let to_client = udp4_to_chan4(what, &A, &data_of(65, 4), |_| {});
+        for row in [to_peer, to_client] {
+            let (want, counters) = if relays {
+                (row.want, row.counters)
+            } else {
+                (Want::Pass, vec![("PASS_NO_AGENT", 1)])
+            };
+            if let Err(e) = check_step(&p, &net, &row.input, row.dev, &want, &counters) {
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

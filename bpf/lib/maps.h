@@ -40,13 +40,22 @@ volatile const __u32 cfg_trust_test_run = 0;
 
 /* --- global state --- */
 
+/* Kept in a section of its own (libbpf makes it one array map, `.data.pinned`) so that with
+ * --pin-path it is pinned beside the maps and a restarted or upgraded agent's programs go on
+ * from it: IDs and epochs must never repeat while the maps that hold them live. */
+#define TB_PINNED SEC(".data.pinned")
+
 /* The last time (coarse ns) a commit shortened or removed a lifetime, an allocation or a
  * permission: a channel's cached validity computed at or before it is void. Only ever raised. */
-__u64 tb_shortened_ns = 0;
+__u64 tb_shortened_ns TB_PINNED = 0;
 /* Source of tb_alloc.id. */
-__u64 tb_alloc_seq = 0;
+__u64 tb_alloc_seq TB_PINNED = 0;
 /* Source of tb_perm.epoch. */
-__u64 tb_epoch_seq = 0;
+__u64 tb_epoch_seq TB_PINNED = 0;
+/* When the agent last said it is alive (bpf_ktime_get_ns clock, stamped at every sweep). The
+ * fast path relays only while this is at most TB_AGENT_STALE_NS old: with no agent running, a
+ * server restart or a deleted snooper would go unnoticed. The snooper keeps learning regardless. */
+__u64 tb_alive_ns TB_PINNED = 0;
 
 /* --- committed state: written only from the server's own success responses --- */
 
@@ -209,6 +218,12 @@ static __always_inline void relay_count(__u32 dir, bool in6, bool out6, __u32 by
 static __always_inline __u64 tb_now(void)
 {
 	return bpf_ktime_get_coarse_ns();
+}
+
+/* Is an agent alive (it stamped tb_alive_ns lately)? One load and one compare per packet. */
+static __always_inline bool agent_alive(__u64 now)
+{
+	return now <= *(volatile __u64 *)&tb_alive_ns + TB_AGENT_STALE_NS;
 }
 
 #endif /* TB_MAPS_H */

@@ -64,6 +64,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 	struct chan_in ch;
 	struct tb_chan *c;
 	__u32 reason;
+	__u64 now;
 	int ret;
 
 	reason = chan_in_parse(&ch, (const __u8 *)(udp + 1), data_end,
@@ -82,7 +83,10 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 		return xdp_pass(TB_STAT_PASS_PARTIAL_CSUM);
 	if (ch.data_len > cfg_max_to_peer)
 		return xdp_pass(TB_STAT_PASS_TOO_BIG);
-	if (!chan_live(c, tb_now(), false))
+	now = tb_now();
+	if (!agent_alive(now))
+		return xdp_pass(TB_STAT_PASS_NO_AGENT);
+	if (!chan_live(c, now, false))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 1)
 		return xdp_pass(TB_STAT_PASS_TTL);
@@ -116,6 +120,7 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 	struct tb_peer_key key = {};
 	struct tb_chan *c;
 	__u16 data_len = in->udp_len - sizeof(struct udphdr);
+	__u64 now;
 
 	ep_of(&key.peer, in, true);
 	ep_of(&key.relay, in, false);
@@ -130,7 +135,10 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 		return xdp_pass(TB_STAT_PASS_BAD_LENGTH);
 	if (data_len > cfg_max_to_client)
 		return xdp_pass(TB_STAT_PASS_TOO_BIG);
-	if (!chan_live(c, tb_now(), true))
+	now = tb_now();
+	if (!agent_alive(now))
+		return xdp_pass(TB_STAT_PASS_NO_AGENT);
+	if (!chan_live(c, now, true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 1)
 		return xdp_pass(TB_STAT_PASS_TTL);

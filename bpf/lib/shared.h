@@ -184,6 +184,16 @@ struct tb_relay_count {
 	__u64 bytes;
 };
 
+/* With --pin-path the programs outlive the agent: they relay only while the agent's last stamp
+ * (tb_alive_ns, renewed at every sweep) is at most this old, in ns. */
+#define TB_AGENT_STALE_NS 5000000000ULL
+
+/* The layout of what --pin-path keeps: the structs above, the maps in maps.h and the pinned
+ * globals. Bump it whenever any of them changes meaning or layout; a pinned state of another
+ * version is not adopted (the agent starts clean). A unit test (src/pin.rs) holds a fingerprint
+ * of this file and maps.h and fails when they change without a look at this number. */
+#define TB_LAYOUT_VERSION 1
+
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
  * the TB_STAT_ prefix, meaning), which the agent prints and the tests look counters up in. */
@@ -236,6 +246,7 @@ enum tb_stat {
 	TB_STAT_PASS_PARTIAL_CSUM = 45, /* UDP checksum left partial for offload (a GSO/GRO batch or a local sender's unfinished checksum): passed */
 	TB_STAT_RELAYED_HAIRPIN = 46, /* ChannelData relayed client -> client in XDP, both ends allocations of this server (hairpin) */
 	TB_STAT_PASS_TOO_BIG = 47, /* a datagram larger than the server relays whole (its profile's limit): passed */
+	TB_STAT_PASS_NO_AGENT = 48, /* no live agent (its stamp is older than TB_AGENT_STALE_NS; see --pin-path): passed */
 	TB_STAT__MAX
 };
 

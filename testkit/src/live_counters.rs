@@ -42,6 +42,15 @@ impl LiveCounters {
         bail!("process {pid} holds no per-CPU BPF map named stats")
     }
 
+    /// The `stats` map pinned under `dir` by an agent run with `--pin-path dir`: readable while
+    /// an agent runs, and while none does.
+    pub fn pinned(dir: &std::path::Path) -> Result<LiveCounters> {
+        let path = dir.join("stats");
+        let map = MapHandle::from_pinned_path(&path)
+            .with_context(|| format!("opening the pinned {}", path.display()))?;
+        Ok(LiveCounters { map })
+    }
+
     /// All counters now, summed over CPUs.
     pub fn read(&self) -> Result<Counters> {
         Counters::read(&self.map)

@@ -473,6 +473,13 @@ impl Programs {
                 }
             }
         }
+        // An agent that is always alive (the fast path's agent_alive check), unless a test
+        // says otherwise with `set_alive_ns`.
+        open.maps
+            .data_pinned_data
+            .as_deref_mut()
+            .context("no .data.pinned")?
+            .tb_alive_ns = u64::MAX - turn_bpf::consts::TB_AGENT_STALE_NS;
         let skel = open.load().context("loading the BPF programs")?;
         let addrs = local.iter().copied().collect();
         maps::sync_local_addrs(&skel.maps.local_addrs, &addrs)?;
@@ -480,6 +487,15 @@ impl Programs {
             maps::add_tx_port(&skel.maps.tx_ports, *i)?;
         }
         Ok(Programs { skel })
+    }
+
+    /// Set the agent's alive stamp (`tb_alive_ns`, CLOCK_MONOTONIC ns): the fast path relays only
+    /// while it is at most `TB_AGENT_STALE_NS` old.
+    pub fn set_alive_ns(&self, ns: u64) -> Result<()> {
+        let g = turn_bpf::pin::Globals::of(&self.skel.maps.data_pinned)?;
+        g.clear_alive();
+        g.stamp_alive(ns);
+        Ok(())
     }
 
     /// The usual fixture: default config, the server and relay addresses local, turn0 and relay0
