@@ -22,6 +22,18 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* A byte-swapped u16 that keeps its bounds: the 6.1 verifier forgets a value's range across a
+ * byte swap (`r1 = be16 r1` leaves an unbounded scalar), so a length read with bpf_ntohs could
+ * not be added to a packet pointer. The mask after the swap, where clang cannot drop it, gives
+ * the range back (one ALU instruction; later verifiers knew it already). */
+#undef bpf_ntohs
+#define bpf_ntohs(x)                                                                               \
+	({                                                                                         \
+		__u32 __v = __bpf_ntohs(x);                                                        \
+		asm volatile("%0 &= 0xffff" : "+r"(__v));                                          \
+		(__u16)__v;                                                                        \
+	})
+
 #include "lib/shared.h"
 #include "lib/maps.h"
 #include "lib/stun.h"

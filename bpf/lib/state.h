@@ -243,8 +243,16 @@ static __always_inline int xdp_sum(struct xdp_md *ctx, __u32 off, __u32 len, __u
 	__u32 zero = 0, total;
 	struct tb_csum_buf *buf = bpf_map_lookup_elem(&csum_buf, &zero);
 
-	if (!buf || len < 1 || len > TB_MAX_STUN_REQUEST)
+	if (!buf)
 		return -1;
+	/* 1..TB_MAX_STUN_REQUEST, checked on the register the load uses: written as two compares,
+	 * clang merges them into one unsigned compare whose lower bound the 6.1 verifier cannot
+	 * see (a length of 0 for bpf_xdp_load_bytes) */
+	len -= 1;
+	barrier_var(len);
+	if (len > TB_MAX_STUN_REQUEST - 1)
+		return -1;
+	len += 1;
 	if (bpf_xdp_load_bytes(ctx, off, buf->b, len))
 		return -1;
 	/* zero the rest of the last 32-bit word: bpf_csum_diff sums whole words */

@@ -218,6 +218,9 @@ static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 				m->peer_overflow = 1;
 				break;
 			}
+			/* keep the checked register for the index: the 6.1 verifier loses a bound
+			 * checked on a copy that was spilled, and clang drops the mask */
+			barrier_var(n);
 			if (stun_xor_addr(ctx, xdp, val, al, &h, &m->peers[n & (TB_MAX_REQ_PEERS - 1)]))
 				return -1;
 			m->npeers = n + 1;
@@ -226,7 +229,10 @@ static __always_inline int stun_parse(void *ctx, bool xdp, __u32 off, __u32 len,
 		case STUN_ATTR_XOR_RELAYED_ADDRESS: {
 			__u8 n = m->nrelay;
 
-			if (n >= 2 || stun_xor_addr(ctx, xdp, val, al, &h, &m->relay[n & 1]))
+			if (n >= 2)
+				return -1;
+			barrier_var(n); /* as for the peers above */
+			if (stun_xor_addr(ctx, xdp, val, al, &h, &m->relay[n & 1]))
 				return -1;
 			m->nrelay = n + 1;
 			break;
