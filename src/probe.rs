@@ -30,6 +30,9 @@ enum Probe {
     Helper(libbpf_sys::bpf_prog_type, libbpf_sys::bpf_func_id),
     /// A type of this name and kind in the kernel's BTF.
     Btf(&'static str, u32),
+    /// The same where the kernel has BTF; without it the feature cannot be told here and is
+    /// taken as present (attaching says so if it is not).
+    BtfIfAny(&'static str, u32),
     Atomics,
 }
 
@@ -109,7 +112,7 @@ const REQUIRED: &[(Probe, Feature)] = &[
         f("bpf_ktime_get_coarse_ns in TC", "5.11"),
     ),
     (
-        Probe::Btf("bpf_xdp_link", libbpf_sys::BTF_KIND_STRUCT),
+        Probe::BtfIfAny("bpf_xdp_link", libbpf_sys::BTF_KIND_STRUCT),
         f("XDP BPF links", "5.9"),
     ),
     (
@@ -216,6 +219,7 @@ fn has(p: Probe, btf: &Btf) -> bool {
             libbpf_sys::libbpf_probe_bpf_helper(t, h, std::ptr::null())
         },
         Probe::Btf(name, kind) => return btf.has(name, kind),
+        Probe::BtfIfAny(name, kind) => return btf.0.is_null() || btf.has(name, kind),
         Probe::Atomics => return atomics(),
     };
     if rc < 0 {
