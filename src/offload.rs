@@ -71,6 +71,8 @@ impl<'obj> Offload<'obj> {
         for iface in &ifaces {
             attach::ifindex(iface)?;
         }
+        // The lock first: "a live agent" is one holding it, whatever is on the hooks.
+        let lock = RunLock::acquire(&ifaces[0])?;
         let kernel = probe::require().map_err(anyhow::Error::msg)?;
         // The server's own settings, merged with ours; refuses a server with bandwidth limits.
         let settings = effective::resolve(args, &UdpTable::read()?)?;
@@ -80,14 +82,13 @@ impl<'obj> Offload<'obj> {
             &settings.turn_ports,
             &server.trusted_inodes(),
         );
-        preflight::check(&ifaces, &listening, &settings.relay_ips)?;
+        preflight::check(&ifaces, &listening, &settings.relay_ips, pins.is_some())?;
         refuse_egress_before_snooper(&ifaces[0])?;
         let listener = args.prometheus.map(metrics::bind).transpose()?;
 
         let mut attached = Attachments::default();
         // The lock says this agent is the live one; what an earlier agent changed and did not
         // restore (killed, or it left its pins) is ours to restore now.
-        let lock = RunLock::acquire(&ifaces[0])?;
         attached.adopt_changes(lock.leftover());
         attached.lock = Some(lock);
         attached.ensure_forwarding(&ifaces, args.enable_forwarding)?;

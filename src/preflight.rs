@@ -18,8 +18,15 @@ use crate::attach;
 pub const ARPHRD_ETHER: u32 = 1;
 
 /// Every check that refuses, in order, then the warnings. `listening`: the server's listening
-/// sockets on the TURN ports; `relay_ips`: the relay addresses its settings name.
-pub fn check(ifaces: &[String], listening: &[SocketAddr], relay_ips: &[IpAddr]) -> Result<()> {
+/// sockets on the TURN ports; `relay_ips`: the relay addresses its settings name. `adopting`
+/// (--pin-path, with the run lock held: no live agent): turn-bpf's own programs on the hooks are
+/// what a stopped agent left pinned, for this one to adopt or replace, not a refusal.
+pub fn check(
+    ifaces: &[String],
+    listening: &[SocketAddr],
+    relay_ips: &[IpAddr],
+    adopting: bool,
+) -> Result<()> {
     for iface in ifaces {
         let t = link_type(iface)?;
         if t != ARPHRD_ETHER {
@@ -31,9 +38,9 @@ pub fn check(ifaces: &[String], listening: &[SocketAddr], relay_ips: &[IpAddr]) 
         bail!("{why}");
     }
     for iface in ifaces {
-        refuse_xdp_taken(iface)?;
+        refuse_xdp_taken(iface, adopting)?;
     }
-    refuse_tc_taken(&ifaces[0])?;
+    refuse_tc_taken(&ifaces[0], adopting)?;
     if let Some(w) = relay_elsewhere(ifaces, relay_ips, &addrs) {
         warn!("{w}");
     }
@@ -220,9 +227,12 @@ pub fn relay_elsewhere(
 }
 
 /// Refuse an interface that already has an XDP program (a running agent's, or anyone's).
-fn refuse_xdp_taken(iface: &str) -> Result<()> {
+fn refuse_xdp_taken(iface: &str, adopting: bool) -> Result<()> {
     let idx = attach::ifindex(iface)?;
     if let Some((id, mode)) = attach::xdp_attached(idx)? {
+        if adopting && attach::prog_name(id).as_deref() == Some(attach::XDP_PROG_NAME) {
+            return Ok(());
+        }
         let owner = match attach::prog_name(id) {
             Some(n) if n == attach::XDP_PROG_NAME => {
                 " (another turn-bpf is running there)".to_string()
@@ -237,13 +247,16 @@ fn refuse_xdp_taken(iface: &str) -> Result<()> {
 
 /// Refuse a client-facing interface whose egress already holds a filter at the snooper's fixed
 /// handle and preference: a running agent's, or the one an agent killed with SIGKILL left.
-fn refuse_tc_taken(iface: &str) -> Result<()> {
+fn refuse_tc_taken(iface: &str, adopting: bool) -> Result<()> {
     let out = Command::new("tc")
         .args(["-j", "filter", "show", "dev", iface, "egress"])
         .output()
         .with_context(|| format!("running tc to list the egress filters of {iface}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if let Some((id, name)) = filter_at_our_handle(&text) {
+        if adopting && name == attach::TC_PROG_NAME {
+            return Ok(());
+        }
         let holders = attach::prog_holders(id);
         bail!("{}", tc_taken(iface, id, &name, &holders));
     }
