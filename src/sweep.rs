@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use libbpf_rs::{MapCore, MapFlags};
-use log::{debug, info, warn};
+use log::{debug, warn};
 
 use crate::maps::{self, bytes_of, from_bytes, show, sockaddr};
 use crate::server::{ServerWatch, UdpTable};
@@ -251,7 +251,7 @@ impl Sweeper {
             if a.keep_until_ns <= now && budget {
                 m.allocs.delete(&k).ok();
                 r.allocs_removed += 1;
-                info!(
+                debug!(
                     "allocation ended: client {} relay {}",
                     show(&key.client),
                     show(&a.relay[0])
@@ -263,7 +263,7 @@ impl Sweeper {
                 }
                 r.allocs_removed += 1;
                 r.allocs_ended += 1;
-                info!(
+                debug!(
                     "allocation ended at the server: client {} relay {relay} (its relay socket \
                      is gone)",
                     show(&key.client)
@@ -400,10 +400,10 @@ impl Sweeper {
         }
 
         for b in &r.learned {
-            info!("channel learned: {b}");
+            debug!("channel learned: {b}");
         }
         for b in &r.gone {
-            info!("channel gone: {b}");
+            debug!("channel gone: {b}");
         }
         if r.allocs_removed + r.chans_removed + r.perms_removed > 0 {
             debug!(

@@ -54,7 +54,8 @@ impl AgentProc {
             .args(["netns", "exec", ns])
             .arg(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            // the per-binding lines (debug) too: tests read them
+            .env("RUST_LOG", "info,turn_bpf::sweep=debug")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
