@@ -151,21 +151,29 @@ pub struct Kernel {
     pub drop_counters_missing: Vec<Feature>,
 }
 
-/// Probe everything; the one-line refusal when a required feature is missing.
+/// Probe everything; the one-line refusal when a required feature is missing, or when the
+/// kernel would not answer (a probe that fails with an error proves nothing about the kernel).
 pub fn require() -> Result<Kernel, String> {
     let release = kernel_release();
     let btf = Btf::load();
-    let missing: Vec<Feature> = REQUIRED
-        .iter()
-        .filter(|(p, _)| !has(*p, &btf))
-        .map(|(_, feature)| *feature)
-        .collect();
+    let mut missing = Vec::new();
+    let mut unanswered = Vec::new();
+    for (p, feature) in REQUIRED {
+        match has(*p, &btf) {
+            Answer::Yes => {}
+            Answer::No => missing.push(*feature),
+            Answer::Failed(rc) => unanswered.push((*feature, rc)),
+        }
+    }
+    if !unanswered.is_empty() {
+        return Err(unanswerable(&unanswered));
+    }
     if !missing.is_empty() {
         return Err(refusal(&release, &missing));
     }
     let drop_counters_missing: Vec<Feature> = TRACEPOINTS
         .iter()
-        .filter(|(p, _)| !has(*p, &btf))
+        .filter(|(p, _)| has(*p, &btf) != Answer::Yes)
         .map(|(_, feature)| *feature)
         .collect();
     debug!("kernel {release}: every feature the fast path needs is there");
@@ -174,6 +182,26 @@ pub fn require() -> Result<Kernel, String> {
         drop_counters: drop_counters_missing.is_empty(),
         drop_counters_missing,
     })
+}
+
+/// The refusal when the kernel refused to be asked (bpf() failing with EPERM under a seccomp
+/// or LSM policy, or without the capabilities): not "this kernel lacks", which would send the
+/// operator after a new kernel.
+pub fn unanswerable(failed: &[(Feature, i32)]) -> String {
+    let (first, rc) = failed[0];
+    let err = nix::errno::Errno::from_raw(-rc);
+    format!(
+        "could not ask the kernel whether it has {} ({} probe(s) failed; the first, {}: {err}): \
+         the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root), and no seccomp or \
+         LSM policy that forbids bpf()",
+        failed
+            .iter()
+            .map(|(f, _)| f.what)
+            .collect::<Vec<_>>()
+            .join(", "),
+        failed.len(),
+        first.what,
+    )
 }
 
 /// The refusal: every missing feature with the version that brought it, and the newest of those
@@ -207,7 +235,29 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn has(p: Probe, btf: &Btf) -> bool {
+/// What a probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Yes,
+    No,
+    /// The probe itself failed (negative errno): nothing is known.
+    Failed(i32),
+}
+
+impl Answer {
+    /// libbpf's probes answer 1 (supported), 0 (not) or a negative error.
+    fn of_libbpf(rc: i32) -> Answer {
+        match rc {
+            1 => Answer::Yes,
+            0 => Answer::No,
+            rc if rc < 0 => Answer::Failed(rc),
+            _ => Answer::No,
+        }
+    }
+}
+
+fn has(p: Probe, btf: &Btf) -> Answer {
+    let known = |yes: bool| if yes { Answer::Yes } else { Answer::No };
     // SAFETY (all three): plain calls with no options; libbpf loads a tiny program or creates a
     // tiny map, frees it and answers 1 (supported), 0 (not) or a negative error.
     let rc = match p {
@@ -218,14 +268,14 @@ fn has(p: Probe, btf: &Btf) -> bool {
         Probe::Helper(t, h) => unsafe {
             libbpf_sys::libbpf_probe_bpf_helper(t, h, std::ptr::null())
         },
-        Probe::Btf(name, kind) => return btf.has(name, kind),
-        Probe::BtfIfAny(name, kind) => return btf.0.is_null() || btf.has(name, kind),
+        Probe::Btf(name, kind) => return known(btf.has(name, kind)),
+        Probe::BtfIfAny(name, kind) => return known(btf.0.is_null() || btf.has(name, kind)),
         Probe::Atomics => return atomics(),
     };
     if rc < 0 {
         debug!("probing {p:?}: error {rc}");
     }
-    rc == 1
+    Answer::of_libbpf(rc)
 }
 
 /// The kernel's BTF, if it has any.
@@ -279,7 +329,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn 
 
 /// Does the verifier take a 64-bit atomic compare-and-exchange (BPF_ATOMIC with BPF_CMPXCHG,
 /// Linux 5.12, the same series as fetch-and-add with a result and exchange)?
-fn atomics() -> bool {
+fn atomics() -> Answer {
     const BPF_ALU64_MOV_K: u8 = 0xb7;
     const BPF_STX_MEM_DW: u8 = 0x7b;
     const BPF_STX_ATOMIC_DW: u8 = 0xdb;
@@ -307,11 +357,20 @@ fn atomics() -> bool {
     };
     if fd < 0 {
         debug!("the atomics probe was refused: error {fd}");
-        return false;
+        // The verifier refuses an unknown instruction with EINVAL; EPERM is about us.
+        return if fd == -libc_eperm() {
+            Answer::Failed(fd)
+        } else {
+            Answer::No
+        };
     }
     // SAFETY: the kernel just gave us this fd; dropping it frees the program.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    true
+    Answer::Yes
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
 }
 
 #[cfg(test)]
@@ -335,6 +394,23 @@ mod tests {
         let one = refusal("5.15.0", &[f("bpf_xdp_load_bytes", "5.18")]);
         assert!(!one.contains('\n'), "{one}");
         assert!(one.ends_with("run turn-bpf on Linux 5.18 or later (README: \"Kernel\")"));
+    }
+
+    #[test]
+    fn a_failed_probe_is_not_a_missing_feature() {
+        assert_eq!(Answer::of_libbpf(1), Answer::Yes);
+        assert_eq!(Answer::of_libbpf(0), Answer::No);
+        assert_eq!(Answer::of_libbpf(-1), Answer::Failed(-1));
+        let line = unanswerable(&[(f("XDP programs", "4.8"), -1), (f("hash maps", "3.19"), -1)]);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(!line.contains("lacks"), "{line}");
+        assert!(
+            line.starts_with(
+                "could not ask the kernel whether it has XDP programs, hash maps (2 probe(s) \
+                 failed; the first, XDP programs: EPERM: Operation not permitted)"
+            ),
+            "{line}"
+        );
     }
 
     #[test]
