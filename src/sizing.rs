@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(s.allocations, 65536);
         assert_eq!(s.channels, 131072);
         assert_eq!(s.permissions, 131072);
-        assert_eq!(s.pending, 8192);
+        assert_eq!(s.pending, 65536);
     }
 
     #[test]

@@ -27,7 +27,7 @@
 #define TB_MAX_PERMS 131072
 #endif
 #ifndef TB_MAX_PENDING
-#define TB_MAX_PENDING 8192
+#define TB_MAX_PENDING 65536
 #endif
 /* Slots of the blind-spot table: a hash of the (client address, server address) pair picks one. */
 #ifndef TB_BLIND_SLOTS

@@ -990,6 +990,11 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		return;
 	if (m->cls == STUN_ERROR) {
 		stat_inc(TB_STAT_LEARN_ERROR);
+		/* The server refused it and changed nothing: the record is done with. Kept, it would
+		 * hold its slot for twice the pending lifetime (every client's first Allocate is
+		 * refused with 401), and a burst of clients would fill the table. A copy of the request
+		 * seen later is recorded afresh, and a success then is the server's own. */
+		bpf_map_delete_elem(&pending, &k);
 		return;
 	}
 
