@@ -1233,13 +1233,13 @@ fn echo_thread(
 
 /// Receives the echoed datagrams on every client socket: round trips, the way back, RTTs.
 fn client_rx_thread(
-    socks: Vec<UdpSocket>,
+    socks: &[Flow],
     path: PathMode,
     moderation: Duration,
     sh: Arc<Shared>,
 ) -> Result<ClientRxResult> {
     let flows = socks.len();
-    let fds: Vec<RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
+    let fds: Vec<RawFd> = socks.iter().map(Flow::fd).collect();
     let mut batch = RecvBatch::new(32, 65536);
     let mut res = ClientRxResult {
         round_trip: vec![SeqTracker::default(); flows],
@@ -1330,12 +1330,12 @@ struct SendResult {
 
 /// Sends stamped ChannelData round-robin over the allocations: at `rate`, every `tick` what is
 /// due (spread over the flows, up to `batch` per send call), or flat out in full batches.
-fn sender_thread(socks: Vec<UdpSocket>, cfg: LoadConfig, sh: Arc<Shared>) -> SendResult {
+fn sender_thread(socks: &[Flow], cfg: LoadConfig, sh: Arc<Shared>) -> SendResult {
     // Sleep precisely: the default 50 µs timer slack would make pacing lumpy.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
     let flows = socks.len();
-    let fds: Vec<RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
+    let fds: Vec<RawFd> = socks.iter().map(Flow::fd).collect();
     let hdr = match cfg.path {
         PathMode::Turn => CHAN_HDR,
         PathMode::Plain => 0,
@@ -1424,9 +1424,21 @@ fn sender_thread(socks: Vec<UdpSocket>, cfg: LoadConfig, sh: Arc<Shared>) -> Sen
 
 /// One allocation with its channel to the echo (or, for plain UDP, a socket connected to the
 /// echo), ready for data.
-struct Flow {
-    client: Option<TurnClient>,
-    data: UdpSocket,
+/// One flow's socket: plain UDP to the echo, or a TURN client's own socket (one descriptor per
+/// flow, shared by the sender and the receiver threads by number: this machine's descriptor
+/// limit, 20,000, must hold ten thousand flows).
+enum Flow {
+    Plain(UdpSocket),
+    Turn(Box<TurnClient>),
+}
+
+impl Flow {
+    fn fd(&self) -> RawFd {
+        match self {
+            Flow::Plain(s) => s.as_raw_fd(),
+            Flow::Turn(c) => c.socket().as_raw_fd(),
+        }
+    }
 }
 
 fn allocate_flows(cfg: &LoadConfig, peer: SocketAddr) -> Result<Vec<Flow>> {
@@ -1439,12 +1451,14 @@ fn allocate_flows(cfg: &LoadConfig, peer: SocketAddr) -> Result<Vec<Flow>> {
             sock.connect(peer)
                 .context("connecting a client socket to the echo")?;
             tune_socket(sock.as_raw_fd(), 4 << 20, 4 << 20)?;
-            flows.push(Flow {
-                client: None,
-                data: sock,
-            });
+            flows.push(Flow::Plain(sock));
             continue;
         }
+        // Connected to the server (the client sends its requests there too): the data path
+        // sends with send(2) and receives only the server's datagrams.
+        sock.connect(cfg.server)
+            .context("connecting a client socket to the server")?;
+        tune_socket(sock.as_raw_fd(), 4 << 20, 4 << 20)?;
         let mut client = TurnClient::new(sock, cfg.server, &cfg.user, &cfg.pass);
         let family = if cfg.peer_ip.is_ipv6() {
             RelayFamily::V6
@@ -1457,17 +1471,7 @@ fn allocate_flows(cfg: &LoadConfig, peer: SocketAddr) -> Result<Vec<Flow>> {
         client
             .channel_bind(CHANNEL, peer)
             .with_context(|| format!("allocation {i}: ChannelBind"))?;
-        let data = client
-            .socket()
-            .try_clone()
-            .context("duplicating a socket")?;
-        data.connect(cfg.server)
-            .context("connecting a data socket to the server")?;
-        tune_socket(data.as_raw_fd(), 4 << 20, 4 << 20)?;
-        flows.push(Flow {
-            client: Some(client),
-            data,
-        });
+        flows.push(Flow::Turn(Box::new(client)));
     }
     Ok(flows)
 }
@@ -1515,19 +1519,15 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport> {
             return Err(e);
         }
     };
-    let clones = || {
-        flows
-            .iter()
-            .map(|f| f.data.try_clone())
-            .collect::<io::Result<Vec<_>>>()
-    };
-    let (rx_socks, tx_socks) = (clones()?, clones()?);
+    // The threads use the flows' descriptors; the flows outlive them (joined below, also when
+    // something fails in between: the Arc keeps the sockets open until the last user goes).
+    let flows = Arc::new(flows);
     let rx = {
-        let sh = sh.clone();
+        let (sh, flows) = (sh.clone(), flows.clone());
         let (path, moderation) = (cfg.path, cfg.moderation);
         thread::Builder::new()
             .name("load-rx".into())
-            .spawn(move || client_rx_thread(rx_socks, path, moderation, sh))?
+            .spawn(move || client_rx_thread(&flows, path, moderation, sh))?
     };
 
     let roles = Roles {
@@ -1537,11 +1537,11 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport> {
     };
     let cpu0 = CpuSnapshot::take()?;
     let tx = {
-        let sh = sh.clone();
+        let (sh, flows) = (sh.clone(), flows.clone());
         let cfg = cfg.clone();
         thread::Builder::new()
             .name("load-tx".into())
-            .spawn(move || sender_thread(tx_socks, cfg, sh))?
+            .spawn(move || sender_thread(&flows, cfg, sh))?
     };
     let sent = tx.join().expect("the sender thread panicked");
     let cpu1 = CpuSnapshot::take()?;
@@ -1566,7 +1566,12 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport> {
     let rx = rx.join().expect("the receive thread panicked")?;
 
     // Give the allocations back (coturn forgets them; an agent sees it).
-    for mut c in flows.into_iter().filter_map(|f| f.client) {
+    let flows = Arc::try_unwrap(flows)
+        .map_err(|_| anyhow::anyhow!("a load thread still holds the flows after being joined"))?;
+    for mut c in flows.into_iter().filter_map(|f| match f {
+        Flow::Turn(c) => Some(*c),
+        Flow::Plain(_) => None,
+    }) {
         c.set_retransmit(2, Duration::from_millis(200));
         if let Err(e) = c.refresh(0) {
             log::debug!("deallocating: {e}");
