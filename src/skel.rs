@@ -45,6 +45,9 @@ pub struct Rules {
     pub max_to_client: u32,
     /// What a Refresh asking for less (not 0) is granted at least.
     pub refresh_floor_s: u32,
+    /// What a Refresh without LIFETIME, or asking for `refresh_max_s` or more, is granted.
+    pub refresh_default_s: u32,
+    pub refresh_max_s: u32,
 }
 
 impl Rules {
@@ -55,6 +58,8 @@ impl Rules {
             max_to_peer: p.max_to_peer,
             max_to_client: p.max_to_client,
             refresh_floor_s: p.refresh_floor_s,
+            refresh_default_s: p.refresh_default_s,
+            refresh_max_s: p.refresh_max_s,
         }
     }
 }
@@ -78,5 +83,7 @@ impl Settings {
         ro.cfg_max_to_peer = self.rules.max_to_peer;
         ro.cfg_max_to_client = self.rules.max_to_client;
         ro.cfg_refresh_floor_s = self.rules.refresh_floor_s;
+        ro.cfg_refresh_default_s = self.rules.refresh_default_s;
+        ro.cfg_refresh_max_s = self.rules.refresh_max_s;
     }
 }

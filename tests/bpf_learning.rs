@@ -774,6 +774,34 @@ fn short_refresh_granted_as_asked_ends_the_allocation(c: &Ctx) -> Result<()> {
     c.peer_data_passes(P1, R1, "PASS_EXPIRED")
 }
 
+/// pion grants a Refresh without LIFETIME, or asking for an hour or more, its default 600 s
+/// (util.go allocationLifeTime): under its rules a recorded one takes a longer allocation down
+/// to 600 s before the answer is seen (the answer could be lost on its way out, and pion would
+/// end the allocation at 600 s); under coturn's nothing is assumed for those.
+fn refresh_without_lifetime_takes_pions_default(c: &Ctx) -> Result<()> {
+    refresh_without_lifetime(c, 600)
+}
+
+fn refresh_without_lifetime_assumes_nothing_at_coturn(c: &Ctx) -> Result<()> {
+    refresh_without_lifetime(c, 3000)
+}
+
+fn refresh_without_lifetime(c: &Ctx, want: u64) -> Result<()> {
+    c.allocate(C1, R1, 3000)?;
+    expect_deadline("allocation", c.alloc(C1)?.expires_ns, 3000)?;
+    for asked in [None, Some(3600), Some(86_400)] {
+        let t = new_txid();
+        let attrs: Vec<Attr> = asked.map(Attr::Lifetime).into_iter().collect();
+        c.request(C1, &req(REFRESH, t, &attrs), true)?;
+        expect_deadline(
+            &format!("allocation after a recorded Refresh {asked:?}"),
+            c.alloc(C1)?.expires_ns,
+            want,
+        )?;
+    }
+    Ok(())
+}
+
 fn refresh_zero_deallocates(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     c.bind(C1, 0x4001, P1)?;
@@ -1783,6 +1811,16 @@ fn learning_table() {
             "pion v2.1.0: a Refresh of 1 s (granted as asked) ends the allocation at once",
             short_refresh_granted_as_asked_ends_the_allocation,
             with_rules(&PION),
+        ),
+        (
+            "pion v2.1.0: a Refresh without LIFETIME or of an hour takes the allocation to 600 s",
+            refresh_without_lifetime_takes_pions_default,
+            with_rules(&PION),
+        ),
+        (
+            "coturn: a Refresh without LIFETIME or of an hour assumes nothing before its answer",
+            refresh_without_lifetime_assumes_nothing_at_coturn,
+            Config::default(),
         ),
         (
             "CreatePermission commits every XOR-PEER-ADDRESS",

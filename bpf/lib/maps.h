@@ -29,6 +29,10 @@ volatile const __u32 cfg_max_to_client = 16384;
 /* A Refresh asking for a LIFETIME below this (not 0) is granted this much (coturn: 600 s); 0: as
  * asked. What a recorded Refresh takes away before its answer is seen. */
 volatile const __u32 cfg_refresh_floor_s = 0;
+/* A Refresh without LIFETIME, or asking for cfg_refresh_max_s or more, is granted this much
+ * (pion: 600 s, its default, for both); 0: nothing assumed (the answer's LIFETIME applies). */
+volatile const __u32 cfg_refresh_default_s = 0;
+volatile const __u32 cfg_refresh_max_s = 0;
 /* Subtracted from every deadline: the server's timers run on a 1 s clock, ours must end first. */
 volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no

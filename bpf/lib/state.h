@@ -703,8 +703,10 @@ static __always_inline void commit_permissions(const struct tb_alloc_key *ak,
  * answer can be lost on its way out (a firewall's OUTPUT rule, a client that stops answering ARP),
  * and the server has applied the request all the same. A CreatePermission resets each named
  * peer's permission to the permission lifetime; a Refresh with a LIFETIME sets the allocation's
- * to what the server grants at least for it (cfg_refresh_floor_s; the answer may extend it again). Shorten-only, nothing counted; if the
- * server refuses the request, we have only offloaded less for a moment. (A Refresh 0 whose answer
+ * to what the server grants at least for it (cfg_refresh_floor_s; the answer may extend it
+ * again), and one without LIFETIME or asking for more than the server's maximum to the default
+ * the server grants then, where the profile knows it (cfg_refresh_default_s). Shorten-only,
+ * nothing counted; if the server refuses the request, we have only offloaded less for a moment. (A Refresh 0 whose answer
  * is lost is caught by the sweep within a second: the server closes the relay socket.)
  */
 _Static_assert(__builtin_offsetof(struct tb_pending_key, client) ==
@@ -721,6 +723,7 @@ static __always_inline void request_takes_away(const struct tb_pending_key *k,
 	const struct tb_alloc_key *ak = (const struct tb_alloc_key *)k;
 	struct tb_alloc *a;
 	__u64 now = tb_now(), exp;
+	__u32 granted;
 
 	switch (v->method) {
 	case STUN_CREATE_PERMISSION:
@@ -728,15 +731,21 @@ static __always_inline void request_takes_away(const struct tb_pending_key *k,
 			commit_permissions(ak, v, now, true);
 		return;
 	case STUN_REFRESH:
-		if (v->lifetime == 0 || v->lifetime == TB_NO_LIFETIME)
+		if (v->lifetime == 0)
 			return;
-		a = alloc_live(ak, now);
+		granted = v->lifetime;
+		if (granted == TB_NO_LIFETIME || (cfg_refresh_max_s && granted >= cfg_refresh_max_s)) {
+			if (!cfg_refresh_default_s)
+				return;
+			granted = cfg_refresh_default_s;
+		}
 		/* what the server grants at least: coturn raises a short LIFETIME to 600 s, and a
 		 * deadline within our margin would end the allocation here before the answer that
 		 * keeps it alive at the server arrives (nothing revives it then) */
-		exp = deadline(now, (__u64)(v->lifetime > cfg_refresh_floor_s ? v->lifetime
-									      : cfg_refresh_floor_s) *
-					    NS_PER_SEC);
+		if (granted < cfg_refresh_floor_s)
+			granted = cfg_refresh_floor_s;
+		a = alloc_live(ak, now);
+		exp = deadline(now, (__u64)granted * NS_PER_SEC);
 		if (a && exp < a->expires_ns)
 			set_alloc_deadline(a, exp);
 		return;

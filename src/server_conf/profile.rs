@@ -65,6 +65,24 @@ pub struct Profile {
     /// A Refresh asking for a LIFETIME below this (but not 0) is granted this much: what the
     /// recorder may assume of a Refresh whose answer it has not seen yet (0: as asked).
     pub refresh_floor_s: u32,
+    /// A Refresh without LIFETIME, or asking for `refresh_max_s` or more, is granted this much
+    /// (0: nothing is assumed before the answer is seen).
+    pub refresh_default_s: u32,
+    pub refresh_max_s: u32,
+}
+
+impl Profile {
+    /// What a Refresh asking for `asked` (None: no LIFETIME; not 0) is granted, as far as the
+    /// recorder may assume before the answer is seen (None: nothing assumed).
+    pub fn refresh_grant(&self, asked: Option<u32>) -> Option<u32> {
+        let capped = self.refresh_max_s != 0 && asked.is_some_and(|a| a >= self.refresh_max_s);
+        let granted = match asked {
+            Some(a) if !capped => a,
+            _ if self.refresh_default_s != 0 => self.refresh_default_s,
+            _ => return None,
+        };
+        Some(granted.max(self.refresh_floor_s))
+    }
 }
 
 use crate::consts::TB_MAX_DATAGRAM;
@@ -85,6 +103,11 @@ const PION_BUFFER: u32 = 1600;
 /// not capped after); tests/e2e_differential.rs shows a Refresh of 1 s granted 600 s.
 const COTURN_MIN_LIFETIME: u32 = 600;
 
+/// pion v2.1.0 (internal/server/util.go allocationLifeTime): a Refresh without LIFETIME, or
+/// asking for an hour or more (maximumAllocationLifetime), is granted proto.DefaultLifetime.
+const PION_DEFAULT_LIFETIME: u32 = 600;
+const PION_MAX_LIFETIME: u32 = 3600;
+
 pub const COTURN: Profile = Profile {
     kind: ServerKind::Coturn,
     name: "coturn 4.6.1",
@@ -96,6 +119,10 @@ pub const COTURN: Profile = Profile {
     max_to_peer: COTURN_MAX_DATA,
     max_to_client: COTURN_MAX_DATA,
     refresh_floor_s: COTURN_MIN_LIFETIME,
+    // coturn clamps a long LIFETIME to its --max-allocate-lifetime, not read here: nothing
+    // assumed (the answer carries what it granted)
+    refresh_default_s: 0,
+    refresh_max_s: 0,
 };
 
 pub const PION: Profile = Profile {
@@ -108,8 +135,11 @@ pub const PION: Profile = Profile {
     channel_needs_permission: false,
     max_to_peer: PION_BUFFER - 4,
     max_to_client: PION_BUFFER,
-    // util.go allocationLifeTime: below 3600 s as asked, even 1 s.
+    // util.go allocationLifeTime: below 3600 s as asked, even 1 s; without LIFETIME, or 3600 s
+    // and more, proto.DefaultLifetime (600 s)
     refresh_floor_s: 0,
+    refresh_default_s: PION_DEFAULT_LIFETIME,
+    refresh_max_s: PION_MAX_LIFETIME,
 };
 
 pub const RFC8656: Profile = Profile {
@@ -123,6 +153,10 @@ pub const RFC8656: Profile = Profile {
     max_to_peer: PION_BUFFER - 4,
     max_to_client: PION_BUFFER,
     refresh_floor_s: 0,
+    // RFC 8656 section 7.2: without LIFETIME the default (10 minutes); above the server's
+    // maximum, which is unknown here: the default too, the least any server grants then
+    refresh_default_s: PION_DEFAULT_LIFETIME,
+    refresh_max_s: PION_MAX_LIFETIME,
 };
 
 impl ServerKind {
@@ -357,6 +391,33 @@ mod tests {
             && a.max_to_peer <= b.max_to_peer
             && a.max_to_client <= b.max_to_client
             && a.refresh_floor_s <= b.refresh_floor_s
+            && [
+                None,
+                Some(1),
+                Some(600),
+                Some(3599),
+                Some(3600),
+                Some(86_400),
+            ]
+            .into_iter()
+            .all(
+                |asked| match (a.refresh_grant(asked), b.refresh_grant(asked)) {
+                    (Some(x), Some(y)) => x <= y,
+                    (Some(_), None) => true,
+                    (None, other) => other.is_none(),
+                },
+            )
+    }
+
+    #[test]
+    fn what_a_recorded_refresh_is_assumed_granted() {
+        assert_eq!(PION.refresh_grant(None), Some(600));
+        assert_eq!(PION.refresh_grant(Some(1)), Some(1));
+        assert_eq!(PION.refresh_grant(Some(3599)), Some(3599));
+        assert_eq!(PION.refresh_grant(Some(3600)), Some(600));
+        assert_eq!(COTURN.refresh_grant(Some(1)), Some(600));
+        assert_eq!(COTURN.refresh_grant(Some(3600)), Some(3600));
+        assert_eq!(COTURN.refresh_grant(None), None);
     }
 
     #[test]
