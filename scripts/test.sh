@@ -144,7 +144,7 @@ step package check_package
 # The packaged unit under a real systemd (scripts/unit-check.sh, README "Restarts and
 # upgrades"): systemd 252 booted in a container in a lab's server namespace runs Debian's
 # coturn.service and turn-bpf.service; a call through a channel keeps being relayed in XDP
-# across `systemctl restart turn-bpf` with nothing lost, a stop leaves the pins, detach and
+# across `systemctl restart turn-bpf` and an upgrade of the package with nothing lost, a stop leaves the pins, detach and
 # `dpkg -r` remove everything. About 35 s (the package is already built by the step above).
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-240}
 step unit timeout --kill-after=30 "$UNIT_TIMEOUT" scripts/unit-check.sh

@@ -11,17 +11,18 @@
 # dpkg -i DEB, `systemctl start coturn turn-bpf` with TURN_BPF_ARGS="--enable-forwarding turn0
 # relay0" and the unit's default --pin-path. From the lab's client namespace turnutils_uclient
 # allocates and binds a channel and sends RUN_MSGS datagrams at 50/s to turnutils_peer (an echo)
-# in the peer namespace; midway `systemctl restart turn-bpf`. It passes only if:
+# in the peer namespace; about 5 s in `systemctl restart turn-bpf`, 5 s later an upgrade
+# (`dpkg -i` of the same package: its postinst restarts the agent). It passes only if:
 #   - before the restart, the agent relays the call in XDP (the positive control);
-#   - a new agent process swapped its programs under the pinned links, learned no allocation
-#     anew, and XDP relayed on after it;
+#   - after each, a new agent process swapped its programs under the pinned links and learned
+#     no allocation anew, and XDP relayed on after the last;
 #   - the client lost nothing, and every datagram of the call each way was relayed in XDP;
 #   - `systemctl stop` leaves the pins and the XDP programs; `turn-bpf detach --pin-path`
 #     removes them, the snooper, and restores forwarding;
 #   - after a fresh start, `dpkg -r turn-bpf` (prerm) leaves no pin, no XDP, no snooper.
 # Everything (container, overlay, tmpfs, lab, peer) goes on exit, also on failure or SIGTERM.
 # Nothing touches this machine's own interfaces: the container shares the lab's server
-# namespace only. About 60 s.
+# namespace only. About 40 s.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +36,7 @@ NS_SRV=$LAB-srv
 NS_CLI=$LAB-cli
 NS_PEER=$LAB-peer
 PIN=/sys/fs/bpf/turn-bpf
-RUN_MSGS=${RUN_MSGS:-750}
+RUN_MSGS=${RUN_MSGS:-1000}
 BOOT_SECS=60
 WORK=""
 NSPAWN_PID=""
@@ -265,6 +266,22 @@ grep -q 'replaced the TC egress snooper.s program on turn0 in place' <<<"$journa
 (($(counter "$after" LEARN_ALLOC) == $(counter "$before" LEARN_ALLOC))) ||
     fail "allocations were learned anew across the restart"
 
+# An upgrade (the same package again: prerm upgrade, then postinst's try-restart) does the same.
+sleep 4
+in_ct dpkg -i "$DEB_IN" >/dev/null
+wait_agent || fail "turn-bpf.service did not come back after the upgrade"
+upgraded="$(status)"
+log "just after dpkg -i (an upgrade):"
+grep -E 'process|RELAYED_TO|LEARN_ALLOC' <<<"$upgraded" || true
+up_pid="$(agent_pid "$upgraded")"
+[[ -n $up_pid && $up_pid != "$new_pid" ]] ||
+    fail "no new agent process after the upgrade (before $new_pid, after '$up_pid')"
+(($(in_ct journalctl -u turn-bpf --no-pager -o cat |
+    grep -c 'swapped the XDP program under the pinned link on turn0') == 2)) ||
+    fail "the agent after the upgrade did not adopt the pinned link on turn0"
+(($(counter "$upgraded" LEARN_ALLOC) == $(counter "$before" LEARN_ALLOC))) ||
+    fail "allocations were learned anew across the upgrade"
+
 wait "$CLIENT_PID" || fail "turnutils_uclient failed (exit $?)"
 CLIENT_PID=""
 end="$(status)"
@@ -275,8 +292,8 @@ grep -Eq "tot_send_msgs=$RUN_MSGS, tot_recv_msgs=$RUN_MSGS( |\$)" "$WORK/client.
     fail "the client did not get all $RUN_MSGS echoes back"
 grep -q 'Total lost packets 0 ' "$WORK/client.log" || fail "the client lost datagrams"
 for c in RELAYED_TO_PEER RELAYED_TO_CLIENT; do
-    after_restart=$(($(counter "$end" $c) - $(counter "$after" $c)))
-    ((after_restart >= 100)) || fail "$c grew by $after_restart only after the restart"
+    after_restart=$(($(counter "$end" $c) - $(counter "$upgraded" $c)))
+    ((after_restart >= 100)) || fail "$c grew by $after_restart only after the upgrade"
     # The counters are kept across the restart (the pinned stats map): the whole call.
     (($(counter "$end" $c) >= RUN_MSGS - 2)) ||
         fail "$c is $(counter "$end" $c): more than 2 of the $RUN_MSGS datagrams missed XDP"
