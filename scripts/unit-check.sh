@@ -25,6 +25,10 @@
 # namespace only. About 40 s.
 set -euo pipefail
 
+DEB=""
+if (($#)); then
+    DEB="$(realpath -e "$1")" || exit 1
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCRIPT=unit-check.sh
 # shellcheck source=scripts/common.sh
@@ -107,7 +111,6 @@ for tool in systemd-nspawn turnutils_uclient turnutils_peer; do
     command -v "$tool" >/dev/null || die "missing $tool (scripts/common.sh installs it)"
 done
 
-DEB=${1:-}
 if [[ -z $DEB ]]; then
     DEB="$(scripts/package.sh | tail -n 1)"
 fi
@@ -205,7 +208,7 @@ xdp_on() { ip -n "$NS_SRV" -d link show "$1" | grep -q 'prog/xdp'; }
 snooper_on() { tc -n "$NS_SRV" filter show dev turn0 egress | grep -q 'handle 0x7462'; }
 wait_agent() {
     local s i
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 0; i < 150; i++)); do
         s="$(status)"
         if [[ -n $(agent_pid "$s") ]] && [[ $s == *turn0* ]] && [[ $s == *relay0* ]]; then
             return 0
