@@ -14,11 +14,12 @@ PATH="$PATH:/usr/sbin:/sbin"
 # toolchain with pion/turn v2's sources (scripts/pion.sh builds them offline). Measurements:
 # sysstat bpftool. The Debian package (scripts/package.sh): dpkg-dev (dpkg-shlibdeps, which
 # cargo-deb runs for the package's Depends), binutils (strip), and systemd for
-# `systemd-analyze verify`, which needs no running systemd. Kernels (scripts/kernels.sh):
+# `systemd-analyze verify`, which needs no running systemd; systemd-container (systemd-nspawn)
+# boots a systemd for the unit check (scripts/unit-check.sh). Kernels (scripts/kernels.sh):
 # qemu-system-x86, and busybox-static and cpio for the VM's initramfs.
 PACKAGES=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config coturn iproute2 ethtool
     tcpdump iputils-ping golang-go golang-github-pion-turn.v2-dev sysstat bpftool prometheus
-    dpkg-dev binutils systemd qemu-system-x86 busybox-static cpio)
+    dpkg-dev binutils systemd systemd-container qemu-system-x86 busybox-static cpio)
 
 # cargo-deb, from crates.io at this version (scripts/package.sh).
 CARGO_DEB_VERSION=3.8.0

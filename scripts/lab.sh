@@ -25,6 +25,8 @@
 #   rewrite, see join_option_values) and accepts coturn's "Unknown argument" alerts: for tests of
 #   how coturn itself reads its command line.
 #   LAB_VETH_DEFAULTS=1 leaves the veths' offload settings untouched (see above).
+#   TURN_SERVER=none builds the namespaces only: the server is started by someone else
+#   (scripts/unit-check.sh runs Debian's coturn.service under systemd in a container there).
 set -euo pipefail
 
 LAB="${LAB:-tb}"
@@ -53,7 +55,7 @@ say() { echo "lab[$LAB]: $*"; }
 die() { echo "lab[$LAB]: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: [LAB=name] [LAB_VERBATIM=1] [LAB_VETH_DEFAULTS=1] [TURN_SERVER=coturn|pion] $0 up [-- SERVER-ARGS...] | down | status" >&2
+    echo "usage: [LAB=name] [LAB_VERBATIM=1] [LAB_VETH_DEFAULTS=1] [TURN_SERVER=coturn|pion|none] $0 up [-- SERVER-ARGS...] | down | status" >&2
     exit 2
 }
 
@@ -367,11 +369,11 @@ lab_up() {
     printf '%s' "$args_now" >"$ARGSFILE"
     echo "$TURN_SERVER" >"$KINDFILE"
     build_net
-    if [[ $TURN_SERVER == pion ]]; then
-        start_pion "$@"
-    else
-        start_coturn "$@"
-    fi
+    case $TURN_SERVER in
+    pion) start_pion "$@" ;;
+    none) say "no server (TURN_SERVER=none): the namespaces only" ;;
+    *) start_coturn "$@" ;;
+    esac
     trap - EXIT
 }
 
@@ -431,7 +433,8 @@ main() {
     [[ $LAB_VERBATIM == 0 || $LAB_VERBATIM == 1 ]] || die "LAB_VERBATIM must be 0 or 1"
     [[ $LAB_VETH_DEFAULTS == 0 || $LAB_VETH_DEFAULTS == 1 ]] ||
         die "LAB_VETH_DEFAULTS must be 0 or 1"
-    [[ $TURN_SERVER == coturn || $TURN_SERVER == pion ]] || die "TURN_SERVER must be coturn or pion"
+    [[ $TURN_SERVER == coturn || $TURN_SERVER == pion || $TURN_SERVER == none ]] ||
+        die "TURN_SERVER must be coturn, pion or none"
     [[ -n $cmd ]] || usage
     shift
     case "$cmd" in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds turn-bpf and runs every check: rustfmt, clippy, unit tests, BPF packet tests, the
 # end-to-end tests with coturn in network namespaces, the Debian package (its contents and
-# its systemd unit), and the load check on Debian's own kernels in a VM. CI runs this (.ci/run).
+# its systemd unit, also run by a real systemd in a container), and the load check on Debian's
+# own kernels in a VM. CI runs this (.ci/run).
 #
 # Needs root (apt-get, BPF, network namespaces) on Debian 12; installs the Debian packages it
 # needs. Network tests run one at a time (--test-threads=1): they must not overlap on 2 cores.
@@ -84,10 +85,14 @@ check_package() {
         echo "package: no executable /usr/bin/turn-bpf"
         ok=0
     }
-    grep -Eq ' \./usr/lib/systemd/system/turn-bpf\.service$' <<<"$listing" || {
-        echo "package: no /usr/lib/systemd/system/turn-bpf.service"
-        ok=0
-    }
+    local f
+    for f in usr/lib/systemd/system/turn-bpf.service usr/lib/systemd/system/turn-bpf-pin-path.service \
+        usr/lib/turn-bpf/turn-bpf-pin-path; do
+        grep -Eq " \./${f//./\\.}$" <<<"$listing" || {
+            echo "package: no /$f"
+            ok=0
+        }
+    done
     [[ $(dpkg-deb -I "$deb" conffiles 2>/dev/null) == /etc/default/turn-bpf ]] || {
         echo "package: /etc/default/turn-bpf is not its one conffile"
         ok=0
@@ -123,9 +128,10 @@ check_package() {
         ok=0
     fi
     cp -an /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
-    if ! verify="$(systemd-analyze verify --man=no --root="$root" turn-bpf.service 2>&1)" ||
+    if ! verify="$(systemd-analyze verify --man=no --root="$root" turn-bpf.service \
+        turn-bpf-pin-path.service 2>&1)" ||
         [[ -n $verify ]]; then
-        echo "package: systemd-analyze verify turn-bpf.service:"
+        echo "package: systemd-analyze verify turn-bpf.service turn-bpf-pin-path.service:"
         echo "$verify"
         ok=0
     fi
@@ -134,6 +140,14 @@ check_package() {
     ((ok))
 }
 step package check_package
+
+# The packaged unit under a real systemd (scripts/unit-check.sh, README "Restarts and
+# upgrades"): systemd 252 booted in a container in a lab's server namespace runs Debian's
+# coturn.service and turn-bpf.service; a call through a channel keeps being relayed in XDP
+# across `systemctl restart turn-bpf` and an upgrade of the package with nothing lost, a stop leaves the pins, detach and
+# `dpkg -r` remove everything. About 35 s (the package is already built by the step above).
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-240}
+step unit timeout --kill-after=30 "$UNIT_TIMEOUT" scripts/unit-check.sh
 
 # Debian's own kernels booted in qemu, each running the load check (scripts/kernels.sh, README
 # "Kernels"): it fails when a kernel the README calls supported does not load, attach and relay,
