@@ -749,26 +749,23 @@ fn filters_before(tc_json: &str, ours: u32) -> Vec<String> {
 /// Interfaces of this network namespace that are up, not loopback, and not in `watched`: a TURN
 /// request that reaches the server through one of them goes past the recorder unseen.
 pub fn unwatched_interfaces(watched: &[String]) -> Vec<String> {
-    const IFF_UP: u32 = 0x1;
-    const ARPHRD_LOOPBACK: u32 = 772;
-    let read_num = |iface: &str, what: &str| -> Option<u32> {
-        let t = fs::read_to_string(format!("/sys/class/net/{iface}/{what}")).ok()?;
-        let t = t.trim();
-        match t.strip_prefix("0x") {
-            Some(hex) => u32::from_str_radix(hex, 16).ok(),
-            None => t.parse().ok(),
-        }
-    };
-    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+    use nix::net::if_::InterfaceFlags;
+    // getifaddrs asks this network namespace over netlink (an entry per link, also one with no
+    // address); /sys/class/net would show the namespace of whoever mounted /sys, which in a
+    // container or under `ip netns exec` need not be ours.
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
-    let mut out: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let mut out: Vec<String> = addrs
+        .filter(|a| {
+            a.flags.contains(InterfaceFlags::IFF_UP)
+                && !a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .map(|a| a.interface_name)
         .filter(|name| !watched.contains(name))
-        .filter(|name| read_num(name, "type") != Some(ARPHRD_LOOPBACK))
-        .filter(|name| read_num(name, "flags").is_some_and(|f| f & IFF_UP != 0))
         .collect();
     out.sort();
+    out.dedup();
     out
 }
 
@@ -785,6 +782,8 @@ pub struct Attachments {
     accept_ra_set_by_us: Vec<String>,
     /// Where the forwarding changes are recorded: cleared once they are restored.
     pub lock: Option<crate::runlock::RunLock>,
+    /// The last `detach_all` restored every forwarding setting it had to (or had none).
+    pub restored: bool,
 }
 
 impl Attachments {
@@ -900,18 +899,38 @@ impl Attachments {
             f.detach();
         }
         let mut left_on = Vec::new();
+        let mut failed = crate::runlock::Changes::default();
         for (family, iface) in self.forwarding_enabled_by_us.drain(..).rev() {
-            if restore_forwarding(family, &iface) == Some(Restore::LeaveOn) && family == Family::V6
-            {
-                left_on.push(iface);
+            match restore_forwarding(family, &iface) {
+                Some(Restore::LeaveOn) if family == Family::V6 => left_on.push(iface),
+                Some(_) => {}
+                None => failed.forwarding.insert(0, (family, iface)),
             }
         }
         for iface in self.accept_ra_set_by_us.drain(..).rev() {
-            restore_accept_ra(&iface, left_on.contains(&iface));
+            if !restore_accept_ra(&iface, left_on.contains(&iface)) {
+                failed.accept_ra.insert(0, iface);
+            }
         }
+        self.restored = failed.is_empty();
         if let Some(lock) = &self.lock {
-            if let Err(e) = lock.clear() {
+            let kept = if self.restored {
+                lock.clear()
+            } else {
+                // what could not be restored stays recorded, for `turn-bpf detach` to try again
+                warn!(
+                    "not every forwarding setting could be restored: those stay recorded in {} \
+                     for `turn-bpf detach`",
+                    crate::runlock::RUN_DIR
+                );
+                lock.record(&failed)
+            };
+            if let Err(e) = kept {
                 warn!("{e:#}");
+            }
+            if !self.restored {
+                // (a second call, on drop, must not clear that record)
+                self.lock = None;
             }
         }
     }
@@ -1005,7 +1024,10 @@ fn restore_forwarding(family: Family, iface: &str) -> Option<Restore> {
     match decision {
         Restore::SwitchOff => match set_forwarding(family, iface, false) {
             Ok(()) => info!("restored {fam} forwarding off on {iface}"),
-            Err(e) => warn!("restoring {fam} forwarding on {iface}: {e:#}"),
+            Err(e) => {
+                warn!("restoring {fam} forwarding on {iface}: {e:#}");
+                return None;
+            }
         },
         Restore::LeaveOn => warn!(
             "leaving {fam} forwarding on on {iface}: someone else enabled forwarding meanwhile \
@@ -1019,16 +1041,23 @@ fn restore_forwarding(family: Family, iface: &str) -> Option<Restore> {
     Some(decision)
 }
 
-fn restore_accept_ra(iface: &str, forwarding_left_on: bool) {
+/// False when the setting could not be read or written back.
+fn restore_accept_ra(iface: &str, forwarding_left_on: bool) -> bool {
     let path = accept_ra_path(iface);
     let now = match read_sysctl(&path) {
         Ok(v) => v,
-        Err(e) => return warn!("leaving accept_ra on {iface} as it is: {e:#}"),
+        Err(e) => {
+            warn!("leaving accept_ra on {iface} as it is: {e:#}");
+            return false;
+        }
     };
     match accept_ra_restore(&now, forwarding_left_on) {
         RaRestore::Back => match write_sysctl(&path, "1") {
             Ok(()) => info!("restored accept_ra=1 on {iface}"),
-            Err(e) => warn!("restoring accept_ra on {iface}: {e:#}"),
+            Err(e) => {
+                warn!("restoring accept_ra on {iface}: {e:#}");
+                return false;
+            }
         },
         RaRestore::LeaveForForwarding => warn!(
             "leaving accept_ra=2 on {iface}: its IPv6 forwarding stays on, and with accept_ra=1 \
@@ -1038,6 +1067,7 @@ fn restore_accept_ra(iface: &str, forwarding_left_on: bool) {
             info!("accept_ra on {iface} was changed meanwhile (now {now}): nothing to restore")
         }
     }
+    true
 }
 
 impl Drop for Attachments {

@@ -162,6 +162,12 @@ fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
         a.adopt_changes(changes);
         a.lock = Some(lock);
         a.detach_all();
+        if !a.restored {
+            bail!(
+                "{iface}: could not restore every forwarding setting a turn-bpf agent changed \
+                 (see above); the record stays for the next `turn-bpf detach`"
+            );
+        }
         println!("{iface}: restored the forwarding settings a turn-bpf agent changed");
     }
     Ok(())

@@ -641,6 +641,28 @@ fn sigkill_then_detach_restores_forwarding() {
         "1",
         "left on by the killed agent"
     );
+    // A detach that cannot write the settings back (here /proc/sys/net read-only in its own
+    // mount namespace, as in a container) says so, fails, and keeps the record for the next.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "unshare", "-m", "sh", "-c"])
+        .arg(format!(
+            "mount --bind -o ro /proc/sys/net /proc/sys/net && exec {} detach turn0 relay0",
+            agent_bin().display()
+        ))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("could not restore every forwarding setting")
+            && !text.contains("restored the forwarding settings"),
+        "{text}"
+    );
+    assert_eq!(forwarding(&lab, "turn0"), "1", "{text}");
     let (ok, out) = detach(&lab, None);
     assert!(ok, "{out}");
     assert!(out.contains("restored the forwarding settings"), "{out}");
