@@ -274,6 +274,31 @@ fn a_relay_interface_left_out_is_warned_about_and_offloads_nothing() {
     assert_clean(&lab);
 }
 
+/// The "up and not watched" warning names this network namespace's interfaces, also when the
+/// agent runs where /sys belongs to another namespace (nsenter, a container): there
+/// /sys/class/net lists the host's interfaces, and the warning named the host's eth0.
+#[test]
+fn unwatched_interfaces_are_this_namespaces_own() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbs-st6", &[]).unwrap();
+    let out = Command::new("timeout")
+        .args(["--preserve-status", "-s", "INT", "8", "nsenter"])
+        .arg(format!("--net=/run/netns/{}", lab.ns(Host::Srv)))
+        .arg(agent_bin())
+        .args(["--enable-forwarding", "turn0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("not watched")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("interface(s) relay0 are up and not watched"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_clean(&lab);
+}
+
 /// With two listening addresses coturn keeps RFC 5780 on and serves TURN on its alternate port
 /// (3479) too: shown with coturn alone, then the agent offloads that port by itself.
 #[test]
