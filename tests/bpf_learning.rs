@@ -802,6 +802,57 @@ fn refresh_without_lifetime(c: &Ctx, want: u64) -> Result<()> {
     Ok(())
 }
 
+/// A refused ChannelBind's record stays: a copy of it the server still held may succeed once
+/// an allocation came meanwhile, and a new request under the same transaction ID naming another
+/// peer must not take that success for its own (it would relay to a peer the server never
+/// bound). The same for CreatePermission.
+fn refused_request_copy_granted_later_commits_nothing_else(c: &Ctx) -> Result<()> {
+    for method in [CHANNEL_BIND, CREATE_PERMISSION] {
+        let (x, y) = {
+            let t = new_txid();
+            if method == CHANNEL_BIND {
+                (
+                    bind_req(t, 0x4001, P1.into()),
+                    bind_req(t, 0x4001, P2.into()),
+                )
+            } else {
+                (perm_req(t, &[P1.into()]), perm_req(t, &[P2.into()]))
+            }
+        };
+        let t: TxId = x[8..20].try_into().unwrap();
+        // two copies of X (no allocation yet): the first refused
+        c.request(C1, &x, true)?;
+        c.request(C1, &x, false)?;
+        c.response(
+            C1,
+            &build_error_response(method, t, 437),
+            &[("LEARN_ERROR", 1)],
+        )?;
+        c.allocate(C1, R1, 600)?;
+        // Y under the same ID names P2: it meets X's record and poisons it; the server's
+        // success (for X's second copy) is then unmatched, and leaves the allocation to it
+        step(
+            c,
+            &[("PASS_STUN", 1), ("PENDING_CONFLICT", 1)],
+            "request Y",
+            || c.p.client_sends(c.net, C1, &y),
+        )?;
+        c.response(
+            C1,
+            &ok(method, t, &[]),
+            &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)],
+        )?;
+        let m = c.counts();
+        ensure!(
+            m.chans == 0 && m.perms == 0 && m.allocs == 0,
+            "{method:#x}: committed: {m}"
+        );
+        c.peer_data_passes(P2, R1, "PASS_NO_CHANNEL")
+            .with_context(|| format!("{method:#x}"))?;
+    }
+    Ok(())
+}
+
 fn refresh_zero_deallocates(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     c.bind(C1, 0x4001, P1)?;
@@ -931,10 +982,12 @@ fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
         };
         c.response(C1, &build_error_response(method, txid, code), want)
             .with_context(|| format!("{code} to method {method:#x}"))?;
-        // done with: the record is deleted (kept, every client's refused first Allocate would
-        // hold a slot for twice the pending lifetime, and a burst of clients fills the table)
+        // A refused Allocate's record is deleted (kept, every client's refused first Allocate
+        // would hold a slot for twice the pending lifetime, and a burst of clients fills the
+        // table); any other stays, answered: a later answer to it changes nothing.
+        let kept = usize::from(method != ALLOCATE);
         ensure!(
-            c.counts().pending == base.pending,
+            c.counts().pending == base.pending + kept,
             "pending after {code}: {}",
             c.counts()
         );
@@ -951,16 +1004,21 @@ fn error_responses_commit_nothing(c: &Ctx) -> Result<()> {
                 "committed after {code}: {now}"
             );
         }
-        // A late success for the same transaction answers nothing recorded any more: it may
-        // take state away, never add any. A grant the agent cannot place leaves the allocation
-        // to the server; a Refresh 0 ends it (here it ended with the 437 already).
-        let late: &[(&str, u64)] = if gone {
-            &[("LEARN_NO_PENDING", 1)]
-        } else {
+        // A late success for the same transaction: to a refused Allocate it answers nothing
+        // recorded any more, and names another transaction than the live allocation's, which
+        // is left to the server; to anything else it is a second answer to an answered
+        // request, and adds nothing.
+        let late: &[(&str, u64)] = if method == ALLOCATE {
             &[("LEARN_NO_PENDING", 1), ("NOT_MIRRORED", 1)]
+        } else {
+            &[("LEARN_DUPLICATE", 1)]
         };
         c.response(C1, &success, late)?;
-        ensure!(c.alloc(C1).is_err(), "after {code}: {}", c.counts());
+        ensure!(
+            c.alloc(C1).is_err() == (gone || method == ALLOCATE),
+            "after {code}: {}",
+            c.counts()
+        );
         ensure!(
             c.counts().chans == 0 && c.counts().perms == 0,
             "{}",
@@ -1820,6 +1878,11 @@ fn learning_table() {
         (
             "coturn: a Refresh without LIFETIME or of an hour assumes nothing before its answer",
             refresh_without_lifetime_assumes_nothing_at_coturn,
+            Config::default(),
+        ),
+        (
+            "a refused ChannelBind's copy granted later commits no other request's peer",
+            refused_request_copy_granted_later_commits_nothing_else,
             Config::default(),
         ),
         (

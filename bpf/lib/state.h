@@ -984,8 +984,9 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		return;
 	}
 	req = *p;
-	/* the entry may have been deleted and reused for another request meanwhile */
-	if (!txid_same(req.txid, m->txid)) {
+	/* the entry may have been deleted and reused for another request meanwhile (the transaction
+	 * ID is the client's to choose: also the element still being under this key says so) */
+	if (!txid_same(req.txid, m->txid) || bpf_map_lookup_elem(&pending, &k) != p) {
 		stat_inc(TB_STAT_LEARN_NO_PENDING);
 		commit_unmatched(&ak, m, now);
 		return;
@@ -999,11 +1000,16 @@ static __always_inline void commit_response(const struct tb_ep *client, const st
 		return;
 	if (m->cls == STUN_ERROR) {
 		stat_inc(TB_STAT_LEARN_ERROR);
-		/* The server refused it and changed nothing: the record is done with. Kept, it would
-		 * hold its slot for twice the pending lifetime (every client's first Allocate is
-		 * refused with 401), and a burst of clients would fill the table. A copy of the request
-		 * seen later is recorded afresh, and a success then is the server's own. */
-		bpf_map_delete_elem(&pending, &k);
+		/* A refused Allocate's record is done with: kept, it would hold its slot for twice the
+		 * pending lifetime, and every client's first Allocate is refused (401), so a burst of
+		 * clients would fill the table. An Allocate commits nothing of its request (the answer
+		 * names the relayed addresses, the lifetime and the transaction), so a later success
+		 * under this ID, for a copy the server still held, commits what the server did. Any
+		 * other method's record stays: a copy of a refused ChannelBind still queued at the
+		 * server may succeed later (its allocation came meanwhile), and a new record under the
+		 * same ID with other contents would take that success for its own. */
+		if (req.method == STUN_ALLOCATE)
+			bpf_map_delete_elem(&pending, &k);
 		return;
 	}
 
