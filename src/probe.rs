@@ -155,6 +155,11 @@ pub struct Kernel {
 /// kernel would not answer (a probe that fails with an error proves nothing about the kernel).
 pub fn require() -> Result<Kernel, String> {
     let release = kernel_release();
+    // libbpf's type probes answer "no" when bpf() itself is refused (they only look at whether
+    // a load worked), and its helper probe "yes": ask once directly whether we may load at all.
+    if let Err(rc) = may_load() {
+        return Err(refused_to_load(rc));
+    }
     let btf = Btf::load();
     let mut missing = Vec::new();
     let mut unanswered = Vec::new();
@@ -182,6 +187,51 @@ pub fn require() -> Result<Kernel, String> {
         drop_counters: drop_counters_missing.is_empty(),
         drop_counters_missing,
     })
+}
+
+/// Load the smallest XDP program there is (r0 = XDP_PASS; exit): Err(-errno) when bpf() is
+/// refused for want of privilege (EPERM, EACCES) or not there at all (ENOSYS, a seccomp filter
+/// may answer that too), which every probe would then take for a missing feature.
+fn may_load() -> Result<(), i32> {
+    const BPF_ALU64_MOV_K: u8 = 0xb7;
+    const BPF_EXIT: u8 = 0x95;
+    let prog = [
+        insn(BPF_ALU64_MOV_K, 0, 0, 0, 2), // r0 = XDP_PASS
+        insn(BPF_EXIT, 0, 0, 0, 0),
+    ];
+    let license = c"GPL";
+    // SAFETY: a valid instruction array of the length given; no options.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            XDP,
+            std::ptr::null(),
+            license.as_ptr(),
+            prog.as_ptr(),
+            prog.len() as _,
+            std::ptr::null_mut(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just gave us this fd; dropping it frees the program.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Ok(());
+    }
+    use nix::errno::Errno;
+    match Errno::from_raw(-fd) {
+        Errno::EPERM | Errno::EACCES | Errno::ENOSYS => Err(fd),
+        // anything else (EINVAL: no XDP at all) is for the probes to name
+        _ => Ok(()),
+    }
+}
+
+/// The refusal when bpf() itself is refused.
+pub fn refused_to_load(rc: i32) -> String {
+    let err = nix::errno::Errno::from_raw(-rc);
+    format!(
+        "could not ask the kernel what it offers: loading a two-instruction XDP program failed \
+         ({err}); the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root), and no \
+         seccomp or LSM policy that forbids bpf()"
+    )
 }
 
 /// The refusal when the kernel refused to be asked (bpf() failing with EPERM under a seccomp
@@ -411,6 +461,13 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_refused_bpf_call_is_named_as_such() {
+        let line = refused_to_load(-1);
+        assert!(!line.contains('\n') && !line.contains("lacks"), "{line}");
+        assert!(line.contains("(EPERM: Operation not permitted)"), "{line}");
     }
 
     #[test]

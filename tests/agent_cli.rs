@@ -516,3 +516,72 @@ fn an_interface_without_ipv6_is_not_checked_for_ipv6_forwarding() {
     .unwrap();
     assert_clean(&lab);
 }
+
+/// Under a seccomp filter that refuses bpf() with EPERM (as a container runtime's default
+/// profile does), the agent says in one line that it could not ask the kernel, not that the
+/// kernel lacks XDP and should be replaced, and leaves nothing attached.
+#[test]
+fn a_refused_bpf_call_is_named_not_taken_for_an_old_kernel() {
+    skip_unless_lab!();
+    use std::os::unix::process::CommandExt;
+    let lab = Lab::up("tbt-cli9", &[]).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.ns(Host::Srv)])
+        .arg(agent_bin())
+        .args(["--enable-forwarding", "turn0", "relay0"]);
+    // SAFETY: only prctl between fork and exec, with a filter that lives on this stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::libc;
+            const SYS_BPF: u32 = libc::SYS_bpf as u32;
+            let filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == bpf: EPERM, else allow
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: SYS_BPF,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("turn-bpf: error: could not ask the kernel what it offers")
+            && lines[0].contains("EPERM")
+            && !lines[0].contains("lacks"),
+        "{err}"
+    );
+    assert_clean(&lab);
+}
