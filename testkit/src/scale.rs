@@ -228,6 +228,24 @@ struct Tally {
     xdp_ns: u64,
     /// Grants by kind: ChannelBind, CreatePermission, Refresh.
     grants: [u64; 3],
+    /// Grants after which `tb_shortened_ns` had moved: each voids every channel's validity
+    /// cache (the next packet of every channel looks its allocation and permission up again).
+    voids: u64,
+}
+
+/// The programs' `tb_shortened_ns` (when a commit last shortened a lifetime).
+fn shortened_ns(p: &Programs) -> Result<u64> {
+    let v = p
+        .skel
+        .maps
+        .data_pinned
+        .lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .context("reading .data.pinned")?
+        .context("no .data.pinned value")?;
+    let at = std::mem::offset_of!(turn_bpf::skel::types::data_pinned, tb_shortened_ns);
+    Ok(u64::from_ne_bytes(
+        v[at..at + 8].try_into().expect("8 bytes"),
+    ))
 }
 
 /// One grant of kind `k` (0 ChannelBind refresh, 1 CreatePermission, 2 Refresh) for binding `f`:
@@ -286,6 +304,7 @@ fn churn(
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
     let pending_age = Duration::from_millis(2 * progtest::Config::default().pending_lifetime_ms);
+    let mut shortened = shortened_ns(p)?;
     ready.wait();
     let start = Instant::now();
     let mut k = 0u64;
@@ -316,7 +335,13 @@ fn churn(
             t.xdp_ns += d.as_nanos() as u64;
         }
         p.server_sends(SocketAddr::V4(f.client), &resp)?;
-        gate.lock().expect("the churn lock").grants[kind] += 1;
+        let now_shortened = shortened_ns(p)?;
+        {
+            let mut t = gate.lock().expect("the churn lock");
+            t.grants[kind] += 1;
+            t.voids += u64::from(now_shortened != shortened);
+        }
+        shortened = now_shortened;
         k += 1;
         if Instant::now() >= next_sweep {
             p.remove_pending_older_than(pending_age);
@@ -506,6 +531,9 @@ pub struct ScaleReport {
     pub churn_grants: u64,
     /// Grants by kind over the whole run.
     pub churn_grants_by_kind: BTreeMap<String, u64>,
+    /// Of those, the grants that voided every channel's validity cache (`tb_shortened_ns`
+    /// moved: a CreatePermission that shortens a bound peer's permission, as coturn does).
+    pub churn_cache_voids: u64,
     /// The state tables' memory at the default sizes, by the kernel's memlock (the figure), with
     /// each table and the estimate; and at the sizes measured here.
     pub map_memory_bytes: u64,
@@ -517,7 +545,15 @@ pub struct ScaleReport {
 }
 
 /// Runs the scale benchmark in a fresh routing fixture namespace `ns` (deleted afterwards).
-pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<ScaleReport> {
+/// Without `with_churn`, only the quiet levels (for profiling one level at a time); the churn figures
+/// are then NaN.
+pub fn run_scale(
+    ns: &str,
+    levels: &[u32],
+    runs: u32,
+    trials: usize,
+    with_churn: bool,
+) -> Result<ScaleReport> {
     ensure!(runs >= 1 && trials >= 1, "runs and trials must be >= 1");
     ensure!(!levels.is_empty() && levels.iter().all(|&n| n >= 1));
     let top = *levels.iter().max().expect("a level");
@@ -556,9 +592,13 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
         }
     }
     // The churn case's own object, filled the same as the largest level.
-    objs.push(Level::new(&net, top, sizes, &data)?);
-    let churn_idx = objs.len() - 1;
-    let measured_mem = table_memory(&objs[churn_idx].progs, sizes)?;
+    let churn_idx = if with_churn {
+        objs.push(Level::new(&net, top, sizes, &data)?);
+        Some(objs.len() - 1)
+    } else {
+        None
+    };
+    let measured_mem = table_memory(&objs.last().expect("a level").progs, sizes)?;
 
     let restore = pin_to(0);
     let _stats = RunTimeStats::enable()?;
@@ -568,9 +608,15 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
     let (mut churn_grants, mut churn_secs) = (0u64, 0.0);
     let ingress = net.turn0;
     let result = (|| -> Result<()> {
+        // Every channel of every level once, untimed: the steady state of live channels is a
+        // valid validity cache (a channel's first packet looks its allocation and permission up).
+        for o in objs.iter_mut() {
+            let n = o.frames.len() as u32;
+            time_level(o.case(), ingress, n, &gate)?;
+        }
         for t in 0..=trials {
             for i in crate::baseline::trial_order(objs.len(), t) {
-                let timed = if i == churn_idx {
+                let timed = if Some(i) == churn_idx {
                     let stop = AtomicBool::new(false);
                     let ready = Barrier::new(2);
                     let case = objs[i].case();
@@ -594,7 +640,7 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
                 if t > 0 {
                     per[i].push(timed.ns);
                     per_tr[i].push(timed.test_run_ns);
-                    if i == churn_idx {
+                    if Some(i) == churn_idx {
                         churn_grants += timed.grants;
                         churn_secs += timed.secs;
                     }
@@ -610,46 +656,49 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
 
     // Every churn grant committed, and nothing went unmatched, stale or full.
     let tally = *gate.lock().expect("the churn lock");
-    let d = objs[churn_idx].progs.counters();
-    for bad in [
-        "LEARN_NO_PENDING",
-        "LEARN_STALE",
-        "LEARN_NO_ALLOC",
-        "LEARN_ERROR",
-        "RECORD_FULL",
-        "STATE_FULL",
-        "PENDING_CONFLICT",
-    ] {
+    if let Some(ci) = churn_idx {
+        let d = objs[ci].progs.counters();
+        for bad in [
+            "LEARN_NO_PENDING",
+            "LEARN_STALE",
+            "LEARN_NO_ALLOC",
+            "LEARN_ERROR",
+            "RECORD_FULL",
+            "STATE_FULL",
+            "PENDING_CONFLICT",
+        ] {
+            ensure!(
+                d.get(bad) == 0,
+                "churn: {bad} is {} (counters:\n{})",
+                d.get(bad),
+                d.render()
+            );
+        }
+        let top64 = u64::from(top);
         ensure!(
-            d.get(bad) == 0,
-            "churn: {bad} is {} (counters:\n{})",
-            d.get(bad),
-            d.render()
+            d.get("LEARN_CHANNEL") == top64 + tally.grants[0]
+                && d.get("LEARN_REFRESH") == tally.grants[2],
+            "churn: {} ChannelBinds and {} Refreshes sent, LEARN_CHANNEL {} (fill {top}), \
+         LEARN_REFRESH {}",
+            tally.grants[0],
+            tally.grants[2],
+            d.get("LEARN_CHANNEL"),
+            d.get("LEARN_REFRESH")
+        );
+        ensure!(
+            d.get("LEARN_PERM") >= tally.grants[1],
+            "churn: {} CreatePermissions sent, LEARN_PERM {}",
+            tally.grants[1],
+            d.get("LEARN_PERM")
         );
     }
-    let top64 = u64::from(top);
-    ensure!(
-        d.get("LEARN_CHANNEL") == top64 + tally.grants[0]
-            && d.get("LEARN_REFRESH") == tally.grants[2],
-        "churn: {} ChannelBinds and {} Refreshes sent, LEARN_CHANNEL {} (fill {top}), \
-         LEARN_REFRESH {}",
-        tally.grants[0],
-        tally.grants[2],
-        d.get("LEARN_CHANNEL"),
-        d.get("LEARN_REFRESH")
-    );
-    ensure!(
-        d.get("LEARN_PERM") >= tally.grants[1],
-        "churn: {} CreatePermissions sent, LEARN_PERM {}",
-        tally.grants[1],
-        d.get("LEARN_PERM")
-    );
 
     let key = |n: u32| n.to_string();
     let one = levels
         .iter()
         .position(|&n| n == *levels.iter().min().expect("a level"))
         .expect("a level");
+    let churned: &[f64] = churn_idx.map_or(&[][..], |c| &per[c][..]);
     let mut report = ScaleReport {
         runs,
         trials,
@@ -667,14 +716,14 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
         ratio_to_1_p10: BTreeMap::new(),
         ratio_to_1_p90: BTreeMap::new(),
         test_run_ns: BTreeMap::new(),
-        churn_ns_per_pkt: median(&per[churn_idx]),
-        churn_ns_per_pkt_p10: percentile(&per[churn_idx], 10.0),
-        churn_ns_per_pkt_p90: percentile(&per[churn_idx], 90.0),
+        churn_ns_per_pkt: median(churned),
+        churn_ns_per_pkt_p10: percentile(churned, 10.0),
+        churn_ns_per_pkt_p90: percentile(churned, 90.0),
         churn_ratio_to_1: f64::NAN,
         churn_ratio_to_1_p10: f64::NAN,
         churn_ratio_to_1_p90: f64::NAN,
         churn_ratio_to_quiet: f64::NAN,
-        churn_test_run_ns: median(&per_tr[churn_idx]),
+        churn_test_run_ns: median(churn_idx.map_or(&[][..], |c| &per_tr[c][..])),
         churn_channels: top,
         churn_grants_per_s: churn_grants as f64 / churn_secs.max(1e-9),
         churn_grants: tally.grants.iter().sum(),
@@ -683,6 +732,7 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
             ("create_permission".into(), tally.grants[1]),
             ("refresh".into(), tally.grants[2]),
         ]),
+        churn_cache_voids: tally.voids,
         map_memory_bytes: default_mem.memlock_bytes,
         map_memory_default: default_mem,
         map_memory_measured: measured_mem,
@@ -703,12 +753,12 @@ pub fn run_scale(ns: &str, levels: &[u32], runs: u32, trials: usize) -> Result<S
         report.ratio_to_1_p90.insert(key(n), percentile(&r, 90.0));
         report.test_run_ns.insert(key(n), median(&per_tr[i]));
     }
-    let rc = crate::baseline::ratios(&per[churn_idx], &per[one]);
+    let rc = crate::baseline::ratios(churned, &per[one]);
     report.churn_ratio_to_1 = median(&rc);
     report.churn_ratio_to_1_p10 = percentile(&rc, 10.0);
     report.churn_ratio_to_1_p90 = percentile(&rc, 90.0);
     let top_idx = levels.iter().position(|&n| n == top).expect("a level");
-    report.churn_ratio_to_quiet = median(&crate::baseline::ratios(&per[churn_idx], &per[top_idx]));
+    report.churn_ratio_to_quiet = median(&crate::baseline::ratios(churned, &per[top_idx]));
     report.goals = scale_goals(&report);
     Ok(report)
 }

@@ -208,6 +208,9 @@ struct ScaleArgs {
     /// Name of the routing fixture namespace.
     #[arg(long, default_value = "tbb-scale")]
     ns: String,
+    /// Leave the churn case out (to profile the quiet levels one at a time).
+    #[arg(long)]
+    no_churn: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -437,7 +440,7 @@ fn cmd_micro(a: MicroArgs) -> Result<()> {
 
 fn cmd_scale(a: ScaleArgs) -> Result<()> {
     need_root()?;
-    let r = scale::run_scale(&a.ns, &a.levels, a.runs, a.trials)?;
+    let r = scale::run_scale(&a.ns, &a.levels, a.runs, a.trials, !a.no_churn)?;
     print!("{}", render_scale(&r));
     if let Some(p) = a.json {
         write_json(&p, &r)?;
@@ -1148,7 +1151,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         "  scale (channels {:?}, and under churn; {scale_runs} runs per case, {scale_trials} trials) ...",
         scale::LEVELS
     );
-    let scale = scale::run_scale(&a.scale_ns, &scale::LEVELS, scale_runs, scale_trials)?;
+    let scale = scale::run_scale(&a.scale_ns, &scale::LEVELS, scale_runs, scale_trials, true)?;
 
     let config = BenchConfig {
         quick: a.quick,
@@ -1392,7 +1395,7 @@ fn render_scale(r: &ScaleReport) -> String {
          {} trials of {} runs per case, each run a different channel's frame, every verdict \
          XDP_REDIRECT and RELAYED_TO_PEER moved once per run. Tables sized for the largest level \
          in every case ({}). Under churn: {:.2}× the quiet case at the same level; {} grants \
-         ({}). Fill of {} channels through the snooper: {:.1} s.\n\n\
+         ({}), {} of which voided every channel's validity cache. Fill of {} channels through the snooper: {:.1} s.\n\n\
          State tables at the default sizes ({} allocations, {} channels, {} permissions, {} \
          pending): **{}** by the kernel's memlock (map_memory_bytes = {}; estimate {}); at the \
          sizes measured: {} (estimate {}).",
@@ -1411,6 +1414,7 @@ fn render_scale(r: &ScaleReport) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", "),
+        r.churn_cache_voids,
         fmt_num(f64::from(r.churn_channels)),
         r.fill_s,
         d.allocations,
