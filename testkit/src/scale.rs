@@ -17,7 +17,7 @@
 //! case run `runs` times per trial with a different frame each run — the level's channels in
 //! turn, continuing where the last trial stopped — one BPF_PROG_TEST_RUN per run, timed by the
 //! kernel's accounting of the program (`run_time_ns / run_cnt`, as the micro-benchmark does).
-//! Every run must return XDP_REDIRECT and `RELAYED_TO_PEER` must move once per run. Trials run
+//! The frames are in a fixed shuffled order (see [`shuffled`]). Every run must return XDP_REDIRECT and `RELAYED_TO_PEER` must move once per run. Trials run
 //! the cases in an order rotated per trial after one untimed warm-up round; the figure is the
 //! median over trials, and a ratio is the median of per-trial ratios (p10–p90 as its spread).
 //! The measuring thread is pinned to the first CPU.
@@ -92,6 +92,19 @@ pub fn flow(i: u32) -> Flow {
         peer: SocketAddrV4::new(progtest::PEER, 20_000 + (i % PEER_PORTS) as u16),
         chan: 0x4000 + (i % 0x4000) as u16,
     }
+}
+
+/// `0..n` in a fixed pseudo-random order (Fisher-Yates with a fixed xorshift seed).
+pub fn shuffled(n: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n).collect();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
 }
 
 /// The relayed addresses `n` bindings use.
@@ -178,7 +191,13 @@ impl Level {
         local.extend(relay_ips(channels).into_iter().map(IpAddr::from));
         let progs = Programs::load(&cfg, &local, &[net.turn0, net.relay0])?;
         fill(&progs, net, channels)?;
-        let frames = (0..channels).map(|i| frame(&flow(i), data)).collect();
+        // In a fixed shuffled order: the fill took the tables' preallocated elements in
+        // binding order, and walking them in that order would let the prefetcher hide misses
+        // that real traffic (clients in no particular order) pays.
+        let frames = shuffled(channels)
+            .into_iter()
+            .map(|i| frame(&flow(i), data))
+            .collect();
         let l = Level {
             channels,
             progs,
@@ -187,7 +206,7 @@ impl Level {
         };
         // Each end of the table relays, to the right peer, with the data intact.
         for i in [0, channels - 1] {
-            let r = l.progs.xdp(&l.frames[i as usize], net.turn0)?;
+            let r = l.progs.xdp(&frame(&flow(i), data), net.turn0)?;
             ensure!(
                 r.verdict == progtest::XDP_REDIRECT,
                 "binding {i} of {channels}: verdict {}",
@@ -382,7 +401,13 @@ impl Level {
     }
 }
 
-fn time_level(l: Case<'_>, ingress: u32, runs: u32, gate: &Mutex<Tally>) -> Result<Timed> {
+fn time_level(
+    l: Case<'_>,
+    ingress: u32,
+    runs: u32,
+    gate: &Mutex<Tally>,
+    void_caches: bool,
+) -> Result<Timed> {
     let prog = &l.progs.skel.progs.xdp_turn;
     let before = l.progs.counters();
     let (t0, c0, tally0) = {
@@ -390,6 +415,11 @@ fn time_level(l: Case<'_>, ingress: u32, runs: u32, gate: &Mutex<Tally>) -> Resu
         let (a, b) = prog_run_stats(prog)?;
         (a, b, *t)
     };
+    if void_caches {
+        // As a commit that shortens a lifetime does: every cache computed before is void.
+        turn_bpf::pin::Globals::of(&l.progs.skel.maps.data_pinned)?
+            .raise_shortened(turn_bpf::maps::now_ns());
+    }
     let started = Instant::now();
     let mut test_run_ns = 0u64;
     for _ in 0..runs {
@@ -546,13 +576,17 @@ pub struct ScaleReport {
 
 /// Runs the scale benchmark in a fresh routing fixture namespace `ns` (deleted afterwards).
 /// Without `with_churn`, only the quiet levels (for profiling one level at a time); the churn figures
-/// are then NaN.
+/// are then NaN. With `void_caches` (a diagnostic, never in the bench), every timed case starts
+/// with every channel's validity cache void, as after a commit that shortened a lifetime: with
+/// `runs` at least the level's channels, every packet takes the slow path (allocation and
+/// permission looked up again).
 pub fn run_scale(
     ns: &str,
     levels: &[u32],
     runs: u32,
     trials: usize,
     with_churn: bool,
+    void_caches: bool,
 ) -> Result<ScaleReport> {
     ensure!(runs >= 1 && trials >= 1, "runs and trials must be >= 1");
     ensure!(!levels.is_empty() && levels.iter().all(|&n| n >= 1));
@@ -612,7 +646,7 @@ pub fn run_scale(
         // valid validity cache (a channel's first packet looks its allocation and permission up).
         for o in objs.iter_mut() {
             let n = o.frames.len() as u32;
-            time_level(o.case(), ingress, n, &gate)?;
+            time_level(o.case(), ingress, n, &gate, false)?;
         }
         for t in 0..=trials {
             for i in crate::baseline::trial_order(objs.len(), t) {
@@ -626,7 +660,7 @@ pub fn run_scale(
                             churn(&shared, &net, top, CHURN_GRANTS_PER_S, &stop, &gate, &ready)
                         });
                         ready.wait();
-                        let r = time_level(case, ingress, runs, &gate);
+                        let r = time_level(case, ingress, runs, &gate, void_caches);
                         stop.store(true, Ordering::Relaxed);
                         let c = h
                             .join()
@@ -635,7 +669,7 @@ pub fn run_scale(
                         r
                     })?
                 } else {
-                    time_level(objs[i].case(), ingress, runs, &gate)?
+                    time_level(objs[i].case(), ingress, runs, &gate, void_caches)?
                 };
                 if t > 0 {
                     per[i].push(timed.ns);
@@ -686,7 +720,7 @@ pub fn run_scale(
             d.get("LEARN_REFRESH")
         );
         ensure!(
-            d.get("LEARN_PERM") >= tally.grants[1],
+            d.get("LEARN_PERM") == tally.grants[1],
             "churn: {} CreatePermissions sent, LEARN_PERM {}",
             tally.grants[1],
             d.get("LEARN_PERM")
@@ -810,6 +844,10 @@ mod tests {
             assert!((49_152..=65_535).contains(&f.relay.port()));
             assert!((0x4000..=0x7FFF).contains(&f.chan));
         }
+        let mut order = shuffled(1000);
+        assert_ne!(order, (0..1000).collect::<Vec<u32>>());
+        order.sort_unstable();
+        assert_eq!(order, (0..1000).collect::<Vec<u32>>());
         assert_eq!(relay_ips(n).len(), 7);
         assert_eq!(relay_ips(1), vec![Ipv4Addr::new(198, 51, 100, 101)]);
         // never the fixture's own addresses

@@ -211,6 +211,11 @@ struct ScaleArgs {
     /// Leave the churn case out (to profile the quiet levels one at a time).
     #[arg(long)]
     no_churn: bool,
+    /// Diagnostic: void every channel's validity cache before every timed case (as a commit
+    /// that shortens a lifetime does), so every packet takes the slow path when --runs is at
+    /// least the level's channels.
+    #[arg(long)]
+    void_caches: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -440,7 +445,14 @@ fn cmd_micro(a: MicroArgs) -> Result<()> {
 
 fn cmd_scale(a: ScaleArgs) -> Result<()> {
     need_root()?;
-    let r = scale::run_scale(&a.ns, &a.levels, a.runs, a.trials, !a.no_churn)?;
+    let r = scale::run_scale(
+        &a.ns,
+        &a.levels,
+        a.runs,
+        a.trials,
+        !a.no_churn,
+        a.void_caches,
+    )?;
     print!("{}", render_scale(&r));
     if let Some(p) = a.json {
         write_json(&p, &r)?;
@@ -1151,7 +1163,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         "  scale (channels {:?}, and under churn; {scale_runs} runs per case, {scale_trials} trials) ...",
         scale::LEVELS
     );
-    let scale = scale::run_scale(&a.scale_ns, &scale::LEVELS, scale_runs, scale_trials, true)?;
+    let scale = scale::run_scale(
+        &a.scale_ns,
+        &scale::LEVELS,
+        scale_runs,
+        scale_trials,
+        true,
+        false,
+    )?;
 
     let config = BenchConfig {
         quick: a.quick,
@@ -1374,19 +1393,21 @@ fn render_scale(r: &ScaleReport) -> String {
             fmt_f(at(&r.test_run_ns, k), 1),
         );
     }
-    let _ = writeln!(
-        s,
-        "| {} + {:.0} grants/s on the other CPU | {} ({}–{}) | {} ({}–{}) | {} |",
-        fmt_num(f64::from(r.churn_channels)),
-        r.churn_grants_per_s,
-        fmt_f(r.churn_ns_per_pkt, 1),
-        fmt_f(r.churn_ns_per_pkt_p10, 1),
-        fmt_f(r.churn_ns_per_pkt_p90, 1),
-        fmt_f(r.churn_ratio_to_1, 3),
-        fmt_f(r.churn_ratio_to_1_p10, 3),
-        fmt_f(r.churn_ratio_to_1_p90, 3),
-        fmt_f(r.churn_test_run_ns, 1),
-    );
+    if !r.churn_ns_per_pkt.is_nan() {
+        let _ = writeln!(
+            s,
+            "| {} + {:.0} grants/s on the other CPU | {} ({}–{}) | {} ({}–{}) | {} |",
+            fmt_num(f64::from(r.churn_channels)),
+            r.churn_grants_per_s,
+            fmt_f(r.churn_ns_per_pkt, 1),
+            fmt_f(r.churn_ns_per_pkt_p10, 1),
+            fmt_f(r.churn_ns_per_pkt_p90, 1),
+            fmt_f(r.churn_ratio_to_1, 3),
+            fmt_f(r.churn_ratio_to_1_p10, 3),
+            fmt_f(r.churn_ratio_to_1_p90, 3),
+            fmt_f(r.churn_test_run_ns, 1),
+        );
+    }
     let d = &r.map_memory_default;
     let m = &r.map_memory_measured;
     let _ = writeln!(
