@@ -828,6 +828,115 @@ pub fn scale_goals(r: &ScaleReport) -> Vec<ScaleGoal> {
     g
 }
 
+/// What a burst of clients did to the recorder (see [`run_burst`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BurstReport {
+    pub clients: u32,
+    /// The pending table's size (`--max-pending`).
+    pub pending: u32,
+    /// Counters after the burst.
+    pub record_full: u64,
+    pub learn_no_pending: u64,
+    pub learn_error: u64,
+    pub learn_alloc: u64,
+    pub learn_channel: u64,
+    pub pending_added: u64,
+}
+
+/// A burst through the loaded programs (BPF_PROG_TEST_RUN, not the lab): `clients` clients each
+/// send an unauthenticated Allocate (answered 401, as coturn does), a signed Allocate (success)
+/// and a ChannelBind (success), every client's request of a step before any answer of that
+/// step, with the pending table sized `pending` and no sweep in between (the agent's sweep only
+/// removes answered requests after twice the pending lifetime, 20 s by default: a burst
+/// shorter than that sees no sweep either).
+pub fn run_burst(ns: &str, clients: u32, pending: u32) -> Result<BurstReport> {
+    use crate::turn_client::ALLOCATE;
+    let net = FibNet::new(ns).with_context(|| format!("building the routing fixture {ns}"))?;
+    let _in = net.enter()?;
+    let sizes = sizes_for(clients);
+    let cfg = progtest::Config {
+        limits: MapLimits {
+            allocs: Some(sizes.allocations),
+            chans: Some(sizes.channels),
+            perms: Some(sizes.permissions),
+            pending: Some(pending),
+        },
+        // the agent's own pending lifetime: nothing goes stale during the burst
+        pending_lifetime_ms: turn_bpf::consts::TB_PENDING_LIFETIME_MS,
+        ..progtest::Config::default()
+    };
+    let mut local: Vec<IpAddr> = vec![progtest::SERVER.into()];
+    local.extend(relay_ips(clients).into_iter().map(IpAddr::from));
+    let p = Programs::load(&cfg, &local, &[net.turn0, net.relay0])?;
+    let auth = progtest::test_auth();
+    let flows: Vec<Flow> = (0..clients).map(flow).collect();
+    let before = p.counters();
+    for step in 0..3 {
+        let msgs: Vec<(Vec<u8>, Vec<u8>)> = flows
+            .iter()
+            .map(|f| {
+                let txid = new_txid();
+                match step {
+                    0 => (
+                        build_request(ALLOCATE, txid, &[Attr::RequestedTransport(17)], None),
+                        build_message(
+                            Class::Error,
+                            ALLOCATE,
+                            txid,
+                            &[Attr::ErrorCode {
+                                code: 401,
+                                reason: "Unauthorized".into(),
+                            }],
+                            None,
+                        ),
+                    ),
+                    1 => (
+                        build_request(
+                            ALLOCATE,
+                            txid,
+                            &[
+                                Attr::RequestedTransport(17),
+                                Attr::Lifetime(ALLOC_LIFETIME_S),
+                            ],
+                            Some(&auth),
+                        ),
+                        build_message(
+                            Class::Success,
+                            ALLOCATE,
+                            txid,
+                            &[
+                                Attr::XorRelayedAddress(SocketAddr::V4(f.relay)),
+                                Attr::Lifetime(ALLOC_LIFETIME_S),
+                                Attr::XorMappedAddress(SocketAddr::V4(f.client)),
+                            ],
+                            Some(&auth),
+                        ),
+                    ),
+                    _ => grant(0, f),
+                }
+            })
+            .collect();
+        for (f, (req, _)) in flows.iter().zip(&msgs) {
+            p.client_sends(&net, SocketAddr::V4(f.client), req)?;
+        }
+        for (f, (_, resp)) in flows.iter().zip(&msgs) {
+            p.server_sends(SocketAddr::V4(f.client), resp)?;
+        }
+    }
+    let d = p.counters().since(&before);
+    log::info!("burst of {clients} with pending {pending}:\n{}", d.render());
+    Ok(BurstReport {
+        clients,
+        pending,
+        record_full: d.get("RECORD_FULL"),
+        learn_no_pending: d.get("LEARN_NO_PENDING"),
+        learn_error: d.get("LEARN_ERROR"),
+        learn_alloc: d.get("LEARN_ALLOC"),
+        learn_channel: d.get("LEARN_CHANNEL"),
+        pending_added: d.get("PENDING_ADDED"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

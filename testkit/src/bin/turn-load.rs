@@ -52,6 +52,8 @@ enum Cmd {
     Micro(MicroArgs),
     /// The fast path with 1, 1,000 and 100,000 live channels, and under churn.
     Scale(ScaleArgs),
+    /// Diagnostic: a burst of clients through the loaded programs, against the pending table.
+    Burst(BurstArgs),
     /// The whole benchmark: sweep, both modes and the floor, micro-benchmark, scale, summary.
     Bench(BenchArgs),
     /// Recompute summary.json, summary.md and chart.svg from a bench's runs.json (and the
@@ -195,6 +197,18 @@ struct MicroArgs {
 }
 
 #[derive(ClapArgs)]
+struct BurstArgs {
+    /// Clients, each an unauthenticated Allocate (401), a signed Allocate and a ChannelBind.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u32,
+    /// The pending table's size (`--max-pending`; the agent's default when left out).
+    #[arg(long)]
+    pending: Option<u32>,
+    #[arg(long, default_value = "tbb-scale-burst")]
+    ns: String,
+}
+
+#[derive(ClapArgs)]
 struct ScaleArgs {
     /// Test runs (one program run, one channel's frame each) per case per trial.
     #[arg(long, default_value_t = SCALE_RUNS)]
@@ -289,6 +303,14 @@ fn main() -> ExitCode {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Micro(a) => cmd_micro(a),
         Cmd::Scale(a) => cmd_scale(a),
+        Cmd::Burst(a) => need_root().and_then(|()| {
+            let pending = a
+                .pending
+                .unwrap_or(turn_bpf::sizing::Sizes::default().pending);
+            let r = scale::run_burst(&a.ns, a.clients, pending)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Render(a) => cmd_render(a),
     };
