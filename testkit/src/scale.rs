@@ -122,6 +122,16 @@ pub fn sizes_for(n: u32) -> Sizes {
     Sizes::of(allocations, channels, None, None).expect("sizes from one rule are consistent")
 }
 
+/// The pending table the churn needs, as an operator would size it (`--max-pending`): every
+/// request stays until the sweep removes it, twice the pending lifetime after it was seen, so
+/// the table holds the grants of that long (1,000 a second × 20 s = 20,000: 32,768). The
+/// default (8,192) fills within seconds at this rate, and then requests go unrecorded, their
+/// clients blind, and allocations are left to the server (`RECORD_FULL`, `NOT_MIRRORED`).
+pub fn churn_pending() -> u32 {
+    let held = u64::from(CHURN_GRANTS_PER_S) * 2 * turn_bpf::consts::TB_PENDING_LIFETIME_MS / 1000;
+    (held as u32).next_power_of_two()
+}
+
 /// The ChannelData frame of binding `f` (client → server on turn0), carrying `data`.
 pub fn frame(f: &Flow, data: &[u8]) -> Vec<u8> {
     progtest::udp4(
@@ -185,6 +195,8 @@ impl Level {
                 perms: Some(sizes.permissions),
                 pending: Some(sizes.pending),
             },
+            // the agent's own: requests are kept, and swept, as the agent does
+            pending_lifetime_ms: turn_bpf::consts::TB_PENDING_LIFETIME_MS,
             ..progtest::Config::default()
         };
         let mut local: Vec<IpAddr> = vec![progtest::SERVER.into()];
@@ -321,8 +333,11 @@ fn churn(
     }
     let tick = Duration::from_secs(1) / rate;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    // The agent's sweep: requests older than twice the pending lifetime, once a second (and at
+    // the start of each window, for the time the object sat idle between windows).
+    let pending_age = Duration::from_millis(2 * turn_bpf::consts::TB_PENDING_LIFETIME_MS);
+    p.remove_pending_older_than(pending_age);
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
-    let pending_age = Duration::from_millis(2 * progtest::Config::default().pending_lifetime_ms);
     let mut shortened = shortened_ns(p)?;
     ready.wait();
     let start = Instant::now();
@@ -609,7 +624,10 @@ pub fn run_scale(
     }
     let _in = net.enter()?;
     let data: Vec<u8> = (0..128u8).collect();
-    let sizes = sizes_for(top);
+    let sizes = Sizes {
+        pending: churn_pending(),
+        ..sizes_for(top)
+    };
 
     let default_mem = {
         let p = Programs::load(&progtest::Config::default(), &[], &[])?;
@@ -972,6 +990,8 @@ mod tests {
         assert_eq!(s.allocations, 131_072);
         assert!(s.channels >= 100_000 && s.permissions >= s.channels);
         assert_eq!(s.pending, Sizes::default().pending);
+        // 1,000 grants a second, each kept 2 × 10 s
+        assert_eq!(churn_pending(), 32_768);
     }
 
     #[test]
