@@ -262,6 +262,9 @@ struct Tally {
     /// Grants after which `tb_shortened_ns` had moved: each voids every channel's validity
     /// cache (the next packet of every channel looks its allocation and permission up again).
     voids: u64,
+    /// The churn's random state, carried from window to window: a sequence restarted in every
+    /// window would repeat the first window's grants, which shorten nothing the second time.
+    seed: u64,
 }
 
 /// The programs' `tb_shortened_ns` (when a commit last shortened a lifetime).
@@ -332,7 +335,7 @@ fn churn(
         pin_to(1);
     }
     let tick = Duration::from_secs(1) / rate;
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seed = gate.lock().expect("the churn lock").seed;
     // The agent's sweep: requests older than twice the pending lifetime, once a second (and at
     // the start of each window, for the time the object sat idle between windows).
     let pending_age = Duration::from_millis(2 * turn_bpf::consts::TB_PENDING_LIFETIME_MS);
@@ -374,6 +377,7 @@ fn churn(
             let mut t = gate.lock().expect("the churn lock");
             t.grants[kind] += 1;
             t.voids += u64::from(now_shortened != shortened);
+            t.seed = seed;
         }
         shortened = now_shortened;
         k += 1;
@@ -654,7 +658,10 @@ pub fn run_scale(
 
     let restore = pin_to(0);
     let _stats = RunTimeStats::enable()?;
-    let gate = Mutex::new(Tally::default());
+    let gate = Mutex::new(Tally {
+        seed: 0x9E37_79B9_7F4A_7C15,
+        ..Tally::default()
+    });
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); objs.len()];
     let mut per_tr: Vec<Vec<f64>> = vec![Vec::new(); objs.len()];
     let (mut churn_grants, mut churn_secs) = (0u64, 0.0);
