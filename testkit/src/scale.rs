@@ -7,26 +7,29 @@
 //! Allocate request through `xdp_turn` (recorded), its success response through `tc_snoop`
 //! (committed), then a ChannelBind and its success (allocation, permission and both channel
 //! entries, with the deadlines the server granted). The tables are sized as the agent sizes them
-//! for that many (`--max-allocations`, `--max-channels`: [`turn_bpf::sizing::Sizes`]), the same
-//! sizes for every level, so the levels differ only in what the tables hold. Relayed addresses
+//! for that many (`--max-allocations`, `--max-channels`: [`turn_bpf::sizing::Sizes`]) and for the
+//! churn's rate (`--max-pending`: [`churn_pending`]), the same sizes for every level, so the
+//! levels differ only in what the tables hold. Relayed addresses
 //! carry 16,384 ports each (coturn's default 49152–65535), so 100,000 allocations use seven of
 //! them; clients and peers have distinct endpoints.
 //!
 //! How a level is timed: one loaded object per level (and one more, filled the same, for the
 //! churn case, so that the churn's voided validity caches never leak into the quiet case), every
 //! case run `runs` times per trial with a different frame each run — the level's channels in
-//! turn, continuing where the last trial stopped — one BPF_PROG_TEST_RUN per run, timed by the
-//! kernel's accounting of the program (`run_time_ns / run_cnt`, as the micro-benchmark does).
-//! The frames are in a fixed shuffled order (see [`shuffled`]). Every run must return XDP_REDIRECT and `RELAYED_TO_PEER` must move once per run. Trials run
-//! the cases in an order rotated per trial after one untimed warm-up round; the figure is the
-//! median over trials, and a ratio is the median of per-trial ratios (p10–p90 as its spread).
-//! The measuring thread is pinned to the first CPU.
+//! turn, in a fixed shuffled order (see [`shuffled`]), continuing where the last trial stopped —
+//! one BPF_PROG_TEST_RUN per run, timed by the kernel's accounting of the program (`run_time_ns /
+//! run_cnt`, as the micro-benchmark does). Every run must return XDP_REDIRECT and
+//! `RELAYED_TO_PEER` must move once per run. Every channel relays once, untimed, before the
+//! trials; trials run the cases in an order rotated per trial after one untimed warm-up round;
+//! the figure is the median over trials, and a ratio is the median of per-trial ratios (p10–p90
+//! as its spread). The measuring thread is pinned to the first CPU.
 //!
 //! Churn: a second thread, pinned to the other CPU, sends 1,000 grants a second to the churn
 //! object — ChannelBind refreshes, CreatePermissions and Refreshes of random live allocations,
-//! in turn — each a request through `xdp_turn` and the server's success response through
-//! `tc_snoop`, and removes answered requests older than twice the pending lifetime once a second
-//! (the agent's sweep). Its requests run `xdp_turn` too, so the kernel's figures for the program
+//! in turn, the random sequence carried from window to window — each a request through `xdp_turn`
+//! and the server's success response through `tc_snoop`, with the agent's pending lifetime, and
+//! removes requests older than twice that once a second (the agent's sweep). It counts the grants
+//! after which `tb_shortened_ns` moved: each voids every channel's validity cache. Its requests run `xdp_turn` too, so the kernel's figures for the program
 //! include them: they run under a lock that the measuring thread takes to read the figures, so
 //! each is wholly inside a window or outside it, and their own count and test-run times are
 //! taken off (a few hundred runs of some thousand ns against hundreds of thousands). Every grant
