@@ -5,14 +5,18 @@
 # load so drift hits them all; then the BPF_PROG_TEST_RUN micro-benchmark: every relay path of
 # bpf/ (chanX_to_udpY, udpX_to_chanY), an unrelated datagram, and the baseline forwarder of each
 # family, each timed by the kernel's own run-time accounting, with every path's ratio to its
-# output family's baseline (median of per-trial ratios, p10-p90 spread).
+# output family's baseline (median of per-trial ratios, p10-p90 spread); then the scale
+# benchmark: the client->peer path with the tables holding 1, 1,000 and 100,000 channels learned
+# through the snooper, the same at 100,000 while the other CPU commits 1,000 grants a second,
+# and the state tables' memory at the default sizes (summary.json's `scale`).
 #
 # Writes target/bench/summary.json, summary.md, chart.svg (delivered rate and CPU per datagram vs
 # offered load) and runs.json (every point, raw), and prints the summary with the goals.
 #
 # Usage: scripts/bench.sh [--quick] [--server coturn|pion|both] [--out DIR] [-- MORE turn-load bench ARGS...]
-#   --quick   the reduced sweep and micro-benchmark (< 3 minutes with the build done); the full
-#             run takes < 20 minutes. `-- --family 6` runs the load over IPv6 (coturn only).
+#   --quick   the reduced sweep, micro-benchmark and scale runs (< 3 minutes with the build
+#             done); the full run takes < 20 minutes. `-- --family 6` runs the load over IPv6
+#             (coturn only).
 #   --server  which TURN server to measure alone and with the agent: coturn (the default), pion
 #             (pion/turn v2.1.0, the lab's own build: modes pion and pion_offload, the agent
 #             started with --server pion), or both (all five modes in one sweep, pion in a
@@ -20,8 +24,8 @@
 #
 # Needs root on Debian 12; installs the Debian packages it needs (as scripts/test.sh does). The lab
 # is LAB (default tbb-bench: namespaces tbb-bench-cli/-srv/-peer, plus tbb-micro for the
-# micro-benchmark; with --server both also $LAB-pion for pion), torn down at the end, also on
-# failure or Ctrl+C.
+# micro-benchmark and tbb-scale for the scale benchmark; with --server both also $LAB-pion for
+# pion), torn down at the end, also on failure or Ctrl+C.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,7 +61,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -71,6 +75,7 @@ done
 LAB="${LAB:-tbb-bench}"
 # tbb-bench -> tbb-micro, as it always was; another LAB gets its own.
 MICRO_NS="${LAB%-bench}-micro"
+SCALE_NS="${LAB%-bench}-scale"
 # The lab of each server measured: "LAB KIND" lines.
 LABS=()
 case "$SERVER" in
@@ -116,6 +121,7 @@ cleanup() {
             log "warning: LAB=$name scripts/lab.sh down failed"
     done
     ip netns del "$MICRO_NS" 2>/dev/null || true
+    ip netns del "$SCALE_NS" 2>/dev/null || true
     exit "$rc"
 }
 
@@ -137,7 +143,7 @@ for entry in "${LABS[@]}"; do
     LAB="$name" TURN_SERVER="$kind" scripts/lab.sh up
 done
 
-ARGS=(bench --lab "$LAB" --server "$SERVER" --micro-ns "$MICRO_NS" --out "$OUT"
+ARGS=(bench --lab "$LAB" --server "$SERVER" --micro-ns "$MICRO_NS" --scale-ns "$SCALE_NS" --out "$OUT"
     --agent target/release/turn-bpf)
 [[ $SERVER == both ]] && ARGS+=(--pion-lab "$LAB-pion")
 ((QUICK)) && ARGS+=(--quick)

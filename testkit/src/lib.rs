@@ -16,4 +16,5 @@ pub mod load;
 pub mod progtest;
 pub mod prometheus;
 pub mod raw;
+pub mod scale;
 pub mod turn_client;

@@ -3,12 +3,14 @@
 //! ```text
 //! turn-load run   --lab NAME [--mode coturn|offload|forwarder] [--rate PPS | --flat-out] ...
 //! turn-load micro [--runs N] [--trials T] [--json FILE]
+//! turn-load scale [--runs N] [--trials T] [--levels 1,1000,100000] [--json FILE]
 //! turn-load bench --lab NAME [--server coturn|pion|both] [--pion-lab NAME] [--quick] [--out DIR] ...
 //! turn-load render [--out DIR]
 //! ```
 //!
 //! `run` measures one offered load through an existing lab (`scripts/lab.sh up`); `micro` times
-//! the BPF programs with BPF_PROG_TEST_RUN; `bench` (what `scripts/bench.sh` runs) sweeps offered
+//! the BPF programs with BPF_PROG_TEST_RUN; `scale` times the client→peer path with the tables
+//! holding 1, 1,000 and 100,000 snooped channels, and under churn (`turn_bpf_testkit::scale`); `bench` (what `scripts/bench.sh` runs) sweeps offered
 //! loads in three modes — coturn alone, coturn with the turn-bpf agent attached ("offload"), and
 //! plain UDP through the baseline XDP forwarder ("forwarder", the floor under any relay in this
 //! lab) — alternating the modes at every load, runs the micro-benchmark, and writes
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use turn_bpf_testkit::baseline::{self, AttachedForwarder, MicroReport};
 use turn_bpf_testkit::lab::{self, Host, Lab, TurnServer};
 use turn_bpf_testkit::load::{self, AgentCounters, LoadConfig, LoadReport, PathMode, Roles};
+use turn_bpf_testkit::scale::{self, ScaleReport};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +50,11 @@ enum Cmd {
     Run(RunArgs),
     /// The BPF_PROG_TEST_RUN micro-benchmark.
     Micro(MicroArgs),
-    /// The whole benchmark: sweep, both modes and the floor, micro-benchmark, summary.
+    /// The fast path with 1, 1,000 and 100,000 live channels, and under churn.
+    Scale(ScaleArgs),
+    /// Diagnostic: a burst of clients through the loaded programs, against the pending table.
+    Burst(BurstArgs),
+    /// The whole benchmark: sweep, both modes and the floor, micro-benchmark, scale, summary.
     Bench(BenchArgs),
     /// Recompute summary.json, summary.md and chart.svg from a bench's runs.json (and the
     /// micro-benchmark, machine and configuration in its summary.json).
@@ -190,6 +197,49 @@ struct MicroArgs {
 }
 
 #[derive(ClapArgs)]
+struct BurstArgs {
+    /// Clients, each an unauthenticated Allocate (401), a signed Allocate and a ChannelBind.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u32,
+    /// The pending table's size (`--max-pending`; the agent's default when left out).
+    #[arg(long)]
+    pending: Option<u32>,
+    #[arg(long, default_value = "tbb-scale-burst")]
+    ns: String,
+}
+
+#[derive(ClapArgs)]
+struct ScaleArgs {
+    /// Test runs (one program run, one channel's frame each) per case per trial.
+    #[arg(long, default_value_t = SCALE_RUNS)]
+    runs: u32,
+    /// Trials, each running every case once (medians are reported).
+    #[arg(long, default_value_t = SCALE_TRIALS)]
+    trials: usize,
+    /// Live channels of each level (the largest is also the churn case's).
+    #[arg(long, value_delimiter = ',', default_values_t = scale::LEVELS)]
+    levels: Vec<u32>,
+    /// Name of the routing fixture namespace.
+    #[arg(long, default_value = "tbb-scale")]
+    ns: String,
+    /// Leave the churn case out (to profile the quiet levels one at a time).
+    #[arg(long)]
+    no_churn: bool,
+    /// Diagnostic: void every channel's validity cache before every timed case (as a commit
+    /// that shortens a lifetime does), so every packet takes the slow path when --runs is at
+    /// least the level's channels.
+    #[arg(long)]
+    void_caches: bool,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The scale benchmark's default runs per case per trial and trials (full; quick: a quarter
+/// of the runs and 5 trials).
+const SCALE_RUNS: u32 = 100_000;
+const SCALE_TRIALS: usize = 11;
+
+#[derive(ClapArgs)]
 struct BenchArgs {
     /// Lab name (must be up): its server is coturn, or pion with `--server pion`.
     #[arg(long, default_value = "tbb-bench")]
@@ -204,6 +254,15 @@ struct BenchArgs {
     /// Name of the micro-benchmark's routing fixture namespace.
     #[arg(long, default_value = "tbb-micro")]
     micro_ns: String,
+    /// Name of the scale benchmark's routing fixture namespace.
+    #[arg(long, default_value = "tbb-scale")]
+    scale_ns: String,
+    /// Test runs per case per trial of the scale benchmark (default 100000 full, 25000 quick).
+    #[arg(long)]
+    scale_runs: Option<u32>,
+    /// Trials of the scale benchmark (default 11 full, 5 quick).
+    #[arg(long)]
+    scale_trials: Option<usize>,
     /// The reduced sweep and micro-benchmark (about 2 minutes).
     #[arg(long)]
     quick: bool,
@@ -243,6 +302,15 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Micro(a) => cmd_micro(a),
+        Cmd::Scale(a) => cmd_scale(a),
+        Cmd::Burst(a) => need_root().and_then(|()| {
+            let pending = a
+                .pending
+                .unwrap_or(turn_bpf::sizing::Sizes::default().pending);
+            let r = scale::run_burst(&a.ns, a.clients, pending)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Render(a) => cmd_render(a),
     };
@@ -397,6 +465,23 @@ fn cmd_micro(a: MicroArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_scale(a: ScaleArgs) -> Result<()> {
+    need_root()?;
+    let r = scale::run_scale(
+        &a.ns,
+        &a.levels,
+        a.runs,
+        a.trials,
+        !a.no_churn,
+        a.void_caches,
+    )?;
+    print!("{}", render_scale(&r));
+    if let Some(p) = a.json {
+        write_json(&p, &r)?;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------
 // The bench
 // ------------------------------------------------------------------------------------------
@@ -513,6 +598,10 @@ struct Summary {
     ratios: BTreeMap<String, f64>,
     micro: MicroReport,
     goals: Vec<Goal>,
+    /// The fast path at 1, 1,000 and 100,000 live channels and under churn, and the state
+    /// tables' memory (absent from a summary written before it was measured).
+    #[serde(default)]
+    scale: Option<ScaleReport>,
     elapsed_s: f64,
 }
 
@@ -1081,6 +1170,29 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         "  micro-benchmark (BPF_PROG_TEST_RUN, {micro_runs} runs per case, {micro_trials} trials) ..."
     );
     let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials)?;
+    let (scale_runs, scale_trials) = if a.quick {
+        (
+            a.scale_runs.unwrap_or(SCALE_RUNS / 4),
+            a.scale_trials.unwrap_or(5),
+        )
+    } else {
+        (
+            a.scale_runs.unwrap_or(SCALE_RUNS),
+            a.scale_trials.unwrap_or(SCALE_TRIALS),
+        )
+    };
+    println!(
+        "  scale (channels {:?}, and under churn; {scale_runs} runs per case, {scale_trials} trials) ...",
+        scale::LEVELS
+    );
+    let scale = scale::run_scale(
+        &a.scale_ns,
+        &scale::LEVELS,
+        scale_runs,
+        scale_trials,
+        true,
+        false,
+    )?;
 
     let config = BenchConfig {
         quick: a.quick,
@@ -1094,7 +1206,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         moderation_us: a.load.moderation_us,
         micro_runs,
     };
-    let summary = build_summary(&points, info, config, micro, t0.elapsed().as_secs_f64());
+    let mut summary = build_summary(&points, info, config, micro, t0.elapsed().as_secs_f64());
+    summary.scale = Some(scale);
     let md = write_outputs(&summary, &a.out)?;
     println!();
     print!("{md}");
@@ -1144,6 +1257,7 @@ fn build_summary(
         goals: goals(&summaries, &micro),
         modes: summaries,
         micro,
+        scale: None,
         elapsed_s,
     }
 }
@@ -1169,11 +1283,14 @@ fn cmd_render(a: RenderArgs) -> Result<()> {
         machine: MachineInfo,
         config: BenchConfig,
         micro: MicroReport,
+        #[serde(default)]
+        scale: Option<ScaleReport>,
         elapsed_s: f64,
     }
     let points: Vec<Point> = serde_json::from_str(&read("runs.json")?).context("runs.json")?;
     let old: Head = serde_json::from_str(&read("summary.json")?).context("summary.json")?;
-    let summary = build_summary(&points, old.machine, old.config, old.micro, old.elapsed_s);
+    let mut summary = build_summary(&points, old.machine, old.config, old.micro, old.elapsed_s);
+    summary.scale = old.scale;
     print!("{}", write_outputs(&summary, &a.out)?);
     Ok(())
 }
@@ -1264,6 +1381,108 @@ fn render_micro(m: &MicroReport) -> String {
     let _ = writeln!(s, "\nKeys:");
     for (k, v) in &m.figures {
         let _ = writeln!(s, "    {k} = {}", fmt_f(*v, 3));
+    }
+    s
+}
+
+/// The scale table: every level and the churn case side by side with their ratios to the cost
+/// at 1 channel, the memory, and the goals.
+fn render_scale(r: &ScaleReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| live channels | ns per packet (p10–p90) | × the cost at 1 (p10–p90) | test-run ns per run |\n\
+         |---|---:|---:|---:|"
+    );
+    let mut levels: Vec<(u32, &String)> = r
+        .ns_per_pkt
+        .keys()
+        .filter_map(|k| Some((k.parse().ok()?, k)))
+        .collect();
+    levels.sort();
+    let at = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    for (n, k) in levels {
+        let _ = writeln!(
+            s,
+            "| {} | {} ({}–{}) | {} ({}–{}) | {} |",
+            fmt_num(f64::from(n)),
+            fmt_f(at(&r.ns_per_pkt, k), 1),
+            fmt_f(at(&r.ns_per_pkt_p10, k), 1),
+            fmt_f(at(&r.ns_per_pkt_p90, k), 1),
+            fmt_f(at(&r.ratio_to_1, k), 3),
+            fmt_f(at(&r.ratio_to_1_p10, k), 3),
+            fmt_f(at(&r.ratio_to_1_p90, k), 3),
+            fmt_f(at(&r.test_run_ns, k), 1),
+        );
+    }
+    if !r.churn_ns_per_pkt.is_nan() {
+        let _ = writeln!(
+            s,
+            "| {} + {:.0} grants/s on the other CPU | {} ({}–{}) | {} ({}–{}) | {} |",
+            fmt_num(f64::from(r.churn_channels)),
+            r.churn_grants_per_s,
+            fmt_f(r.churn_ns_per_pkt, 1),
+            fmt_f(r.churn_ns_per_pkt_p10, 1),
+            fmt_f(r.churn_ns_per_pkt_p90, 1),
+            fmt_f(r.churn_ratio_to_1, 3),
+            fmt_f(r.churn_ratio_to_1_p10, 3),
+            fmt_f(r.churn_ratio_to_1_p90, 3),
+            fmt_f(r.churn_test_run_ns, 1),
+        );
+    }
+    let d = &r.map_memory_default;
+    let m = &r.map_memory_measured;
+    let _ = writeln!(
+        s,
+        "\nPath {}: the program's own time (kernel accounting, `run_time_ns / run_cnt`), median of \
+         {} trials of {} runs per case, each run a different channel's frame, every verdict \
+         XDP_REDIRECT and RELAYED_TO_PEER moved once per run. Tables sized for the largest level \
+         in every case ({}). Under churn: {:.2}× the quiet case at the same level; {} grants \
+         ({}), {} of which voided every channel's validity cache. Fill of {} channels through the snooper: {:.1} s.\n\n\
+         State tables at the default sizes ({} allocations, {} channels, {} permissions, {} \
+         pending): **{}** by the kernel's memlock (map_memory_bytes = {}; estimate {}); at the \
+         sizes measured: {} (estimate {}).",
+        r.path,
+        r.trials,
+        r.runs,
+        r.sizes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.churn_ratio_to_quiet,
+        r.churn_grants,
+        r.churn_grants_by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.churn_cache_voids,
+        fmt_num(f64::from(r.churn_channels)),
+        r.fill_s,
+        d.allocations,
+        d.channels,
+        d.permissions,
+        d.pending,
+        turn_bpf::sizing::human(d.memlock_bytes),
+        d.memlock_bytes,
+        turn_bpf::sizing::human(d.estimate_bytes),
+        turn_bpf::sizing::human(m.memlock_bytes),
+        turn_bpf::sizing::human(m.estimate_bytes),
+    );
+    let _ = writeln!(
+        s,
+        "\n| scale goal | target | measured | |\n|---|---|---|---|"
+    );
+    for g in &r.goals {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            g.goal,
+            g.target,
+            g.measured,
+            if g.met { "**met**" } else { "**missed**" }
+        );
     }
     s
 }
@@ -1500,6 +1719,10 @@ fn render_markdown(s: &Summary) -> String {
         "\n## Micro-benchmark (BPF_PROG_TEST_RUN through the loaded programs)\n"
     );
     o.push_str(&render_micro(&s.micro));
+    if let Some(sc) = &s.scale {
+        let _ = writeln!(o, "\n## Scale (live channels, churn, table memory)\n");
+        o.push_str(&render_scale(sc));
+    }
     let _ = writeln!(o, "\n## Ratios\n\n| ratio | value |\n|---|---:|");
     for (k, v) in &s.ratios {
         let _ = writeln!(o, "| {k} | {} |", fmt_f(*v, 2));
@@ -1809,6 +2032,69 @@ mod tests {
         assert_eq!(pion.len(), 5, "{g:?}");
         assert!(pion.iter().any(|g| g.goal.contains("pion's own CPU")));
         assert!(pion.iter().all(|g| !g.goal.contains("coturn")), "{pion:?}");
+    }
+
+    /// summary.json keeps every key it had, and the scale figures the issue asks for are under
+    /// `scale`, keyed by live channels.
+    #[test]
+    fn summary_keys_and_the_scale_section() {
+        let machine = MachineInfo {
+            nproc: 2,
+            cpu_model: "x".into(),
+            kernel: "6.18".into(),
+            coturn_version: "4.6.1".into(),
+            pion_version: None,
+        };
+        let config = BenchConfig {
+            quick: true,
+            family: load::Family::default(),
+            duration_s: 2.0,
+            rounds: 1,
+            loads: vec![20_000],
+            allocations: 16,
+            payload_len: 128,
+            batch: 64,
+            moderation_us: 0,
+            micro_runs: 1,
+        };
+        let mut s = build_summary(&[], machine, config, empty_micro(), 1.0);
+        let mut sc = ScaleReport::default();
+        for n in scale::LEVELS {
+            sc.ns_per_pkt.insert(n.to_string(), 400.0);
+        }
+        sc.churn_ns_per_pkt = 450.0;
+        sc.map_memory_bytes = 92_674_352;
+        s.scale = Some(sc);
+        let v = serde_json::to_value(&s).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "machine",
+            "config",
+            "common_load_pps",
+            "modes",
+            "ratios",
+            "micro",
+            "goals",
+            "elapsed_s",
+            "scale",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        let sc = &v["scale"];
+        for n in ["1", "1000", "100000"] {
+            assert_eq!(sc["ns_per_pkt"][n], 400.0, "{sc}");
+        }
+        assert_eq!(sc["churn_ns_per_pkt"], 450.0);
+        assert_eq!(sc["map_memory_bytes"], 92_674_352);
+        // A summary written before the scale section existed still reads (render).
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("scale");
+        let back: Summary = serde_json::from_value(old).unwrap();
+        assert!(back.scale.is_none());
+        // The printed table shows each level and the churn case with its ratio.
+        let md = render_scale(s.scale.as_ref().unwrap());
+        assert!(md.contains("| 100 000 | 400.0"), "{md}");
+        assert!(md.contains("grants/s on the other CPU | 450.0"), "{md}");
     }
 
     #[test]
