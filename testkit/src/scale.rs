@@ -594,6 +594,29 @@ pub struct ScaleReport {
     /// Seconds the fill of the largest level took (snooped allocations and channels).
     pub fill_s: f64,
     pub goals: Vec<ScaleGoal>,
+    /// The load generator with many allocations (one channel each) at one offered load, the
+    /// server alone and with the agent (`turn-load bench`, coturn's lab): by mode name.
+    #[serde(default)]
+    pub e2e: BTreeMap<String, ScaleE2e>,
+}
+
+/// One mode of the many-allocation load run (`scale.e2e`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScaleE2e {
+    pub allocations: usize,
+    pub offered_pps: f64,
+    /// Round trips delivered per second, and lost.
+    pub delivered_pps: f64,
+    pub loss_pct: f64,
+    /// CPU of the run (every process of it, softirq included) per relayed datagram, ns.
+    pub cpu_ns_per_relayed: f64,
+    /// The TURN server's own CPU, % of one CPU.
+    pub server_cpu_pct: Option<f64>,
+    /// Datagrams relayed in XDP, % of those sent (with the agent), and server answers the
+    /// agent could not match to a recorded request (LEARN_NO_PENDING: the burst goal is 0).
+    pub offloaded_pct: Option<f64>,
+    pub learn_no_pending: Option<u64>,
+    pub learned_allocations: Option<u64>,
 }
 
 /// Runs the scale benchmark in a fresh routing fixture namespace `ns` (deleted afterwards).
@@ -762,6 +785,7 @@ pub fn run_scale(
         .expect("a level");
     let churned: &[f64] = churn_idx.map_or(&[][..], |c| &per[c][..]);
     let mut report = ScaleReport {
+        e2e: BTreeMap::new(),
         runs,
         trials,
         path: "chan4_to_udp4".into(),

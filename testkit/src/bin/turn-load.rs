@@ -236,6 +236,10 @@ struct ScaleArgs {
 
 /// The scale benchmark's default runs per case per trial and trials (full; quick: a quarter
 /// of the runs and 5 trials).
+/// The scale benchmark's many-allocation load run: allocations (one channel each, allocating
+/// at once before the measurement) and the offered load.
+const SCALE_E2E_ALLOCATIONS: usize = 10_000;
+const SCALE_E2E_PPS: u64 = 20_000;
 const SCALE_RUNS: u32 = 100_000;
 const SCALE_TRIALS: usize = 11;
 
@@ -1014,6 +1018,13 @@ impl BenchLabs {
             .expect("a bench has a lab")
     }
 
+    /// A lab of this bench runs `mode`'s pair.
+    fn has(&self, mode: Mode) -> bool {
+        self.pairs
+            .iter()
+            .any(|(p, _)| mode == p.alone || mode == p.offload)
+    }
+
     fn names(&self) -> String {
         self.pairs
             .iter()
@@ -1193,6 +1204,51 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         true,
         false,
     )?;
+
+    let mut scale = scale;
+    if labs.has(Mode::Offload) {
+        // Many allocations through coturn, alone and with the agent: the headline's figures
+        // beyond 16 allocations, and the burst of them allocating at once (LEARN_NO_PENDING).
+        let e2e_load = LoadArgs {
+            allocations: SCALE_E2E_ALLOCATIONS,
+            ..a.load.clone()
+        };
+        for mode in [Mode::Coturn, Mode::Offload] {
+            println!(
+                "  scale e2e: {} with {SCALE_E2E_ALLOCATIONS} allocations at {SCALE_E2E_PPS} pps ...",
+                mode.name()
+            );
+            let (r, counters, _) = measure(
+                labs.of(mode),
+                mode,
+                Some(SCALE_E2E_PPS),
+                duration,
+                quiet,
+                &e2e_load,
+            )
+            .with_context(|| format!("scale e2e, {}", mode.name()))?;
+            let counter = |k: &str| counters.as_ref().map(|c| c.get(k).copied().unwrap_or(0));
+            let offloaded_pct = counters.as_ref().map(|_| {
+                let xdp = counter("RELAYED_TO_PEER").unwrap_or(0)
+                    + counter("RELAYED_TO_CLIENT").unwrap_or(0);
+                100.0 * xdp as f64 / (r.c2p.sent + r.p2c.sent).max(1) as f64
+            });
+            scale.e2e.insert(
+                mode.name().to_string(),
+                scale::ScaleE2e {
+                    allocations: SCALE_E2E_ALLOCATIONS,
+                    offered_pps: r.c2p.offered_pps,
+                    delivered_pps: r.round_trip.delivered_pps,
+                    loss_pct: r.round_trip.loss_pct,
+                    cpu_ns_per_relayed: r.cpu_ns_per_relayed,
+                    server_cpu_pct: r.coturn_cpu_pct,
+                    offloaded_pct,
+                    learn_no_pending: counter("LEARN_NO_PENDING"),
+                    learned_allocations: counter("LEARN_ALLOC"),
+                },
+            );
+        }
+    }
 
     let config = BenchConfig {
         quick: a.quick,
@@ -1483,6 +1539,32 @@ fn render_scale(r: &ScaleReport) -> String {
             g.measured,
             if g.met { "**met**" } else { "**missed**" }
         );
+    }
+    if !r.e2e.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| many allocations (load generator) | allocations | offered /s | delivered rt/s | \
+             loss | CPU ns per relayed datagram | server CPU | in XDP | allocations learned | \
+             answers unmatched |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (mode, e) in &r.e2e {
+            let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                "| {mode} | {} | {:.0} | {:.0} | {:.3}% | {:.0} | {} | {} | {} | {} |",
+                e.allocations,
+                e.offered_pps,
+                e.delivered_pps,
+                e.loss_pct,
+                e.cpu_ns_per_relayed,
+                e.server_cpu_pct
+                    .map_or("–".to_string(), |v| format!("{v:.1}%")),
+                e.offloaded_pct
+                    .map_or("–".to_string(), |v| format!("{v:.1}%")),
+                opt(e.learned_allocations),
+                opt(e.learn_no_pending),
+            );
+        }
     }
     s
 }
