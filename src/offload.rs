@@ -354,11 +354,21 @@ fn load<'obj>(
         permission_lifetime_s: settings.permission_lifetime,
         pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
         rules: Rules::of(settings.profile),
+        binding_counters: args.binding_counters,
     }
     .apply(rodata);
-    args.sizes()
-        .map_err(anyhow::Error::msg)?
-        .apply(&mut open.maps)?;
+    let sizes = args.sizes().map_err(anyhow::Error::msg)?;
+    sizes.apply(&mut open.maps)?;
+    // per-binding counters: one entry per channel, or none to speak of when they are off
+    let counts = if args.binding_counters {
+        sizes.channels
+    } else {
+        1
+    };
+    open.maps
+        .binding_counts
+        .set_max_entries(counts)
+        .with_context(|| format!("sizing binding_counts to {counts} entries"))?;
     if !Path::new(VMLINUX_BTF).exists() || !kernel.drop_counters {
         let what: Vec<&str> = kernel
             .drop_counters_missing

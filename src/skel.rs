@@ -30,6 +30,9 @@ pub struct Settings {
     pub pending_lifetime_ms: u64,
     /// The server's rules that change what is relayed (its profile's).
     pub rules: Rules,
+    /// Count packets, data bytes and the last packet's time per channel binding, each way
+    /// (`--binding-counters`).
+    pub binding_counters: bool,
 }
 
 /// The server rules the programs apply (`src/server_conf/profile.rs`).
@@ -78,5 +81,6 @@ impl Settings {
         ro.cfg_max_to_peer = self.rules.max_to_peer;
         ro.cfg_max_to_client = self.rules.max_to_client;
         ro.cfg_refresh_floor_s = self.rules.refresh_floor_s;
+        ro.cfg_binding_counters = u32::from(self.binding_counters);
     }
 }
