@@ -185,6 +185,9 @@ struct MicroArgs {
     /// Name of the routing fixture namespace.
     #[arg(long, default_value = "tbb-micro")]
     ns: String,
+    /// Load the programs with `--binding-counters` (per-binding counters on).
+    #[arg(long)]
+    binding_counters: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -225,6 +228,9 @@ struct BenchArgs {
     /// Trials of the micro-benchmark (default 21 full, 11 quick).
     #[arg(long)]
     micro_trials: Option<usize>,
+    /// The micro-benchmark's programs loaded with `--binding-counters`.
+    #[arg(long)]
+    binding_counters: bool,
     /// Skip the forwarder (floor) mode.
     #[arg(long)]
     no_floor: bool,
@@ -389,7 +395,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
 fn cmd_micro(a: MicroArgs) -> Result<()> {
     need_root()?;
-    let m = baseline::run_micro(&a.ns, a.runs, a.trials)?;
+    let m = baseline::run_micro(&a.ns, a.runs, a.trials, a.binding_counters)?;
     print!("{}", render_micro(&m));
     if let Some(p) = a.json {
         write_json(&p, &m)?;
@@ -1080,7 +1086,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     println!(
         "  micro-benchmark (BPF_PROG_TEST_RUN, {micro_runs} runs per case, {micro_trials} trials) ..."
     );
-    let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials)?;
+    let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials, a.binding_counters)?;
 
     let config = BenchConfig {
         quick: a.quick,
