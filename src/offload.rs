@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::OpenObject;
+use libbpf_rs::{MapCore, OpenObject};
 use log::{error, info, warn};
 
 use crate::attach::{self, Attachments};
@@ -112,6 +112,17 @@ impl<'obj> Offload<'obj> {
             snooper,
         )?;
         info!("{}", sizing::describe_loaded(&skel.maps)?);
+        if args.binding_counters {
+            let m = &skel.maps.binding_counts;
+            let memlock = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
+            info!(
+                "per-binding counters on (--binding-counters): binding_counts {} entries × {} B \
+                 per CPU; the kernel accounts {}",
+                m.max_entries(),
+                m.value_size(),
+                crate::snapshot::human_bytes(memlock)
+            );
+        }
         let globals = Globals::of(&skel.maps.data_pinned)?;
         if stopped() {
             return Ok(None);
