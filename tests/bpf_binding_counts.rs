@@ -4,7 +4,8 @@
 //! `turn-bpf status --bindings` reads them (summed over CPUs). Each binding's counters move by
 //! exactly its own datagrams and data bytes, each way; another binding's stay at zero; a refresh
 //! keeps them; a passed datagram moves nothing; and with the option off nothing is counted and
-//! the status says so.
+//! the status says so. Every relay path of the micro-benchmark's case table (eight family pairs
+//! and the hairpin) counts in its own binding and direction only.
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use turn_bpf::maps::now_ns;
 use turn_bpf::snapshot::Sources;
 use turn_bpf::status::{read_bindings, ChanLine, DirLine};
+use turn_bpf_testkit::baseline::{binding, Fixture, Kind, CASES};
 use turn_bpf_testkit::lab::is_root;
 use turn_bpf_testkit::progtest::{Config, FibNet, Programs, CLIENT, PEER, RELAY};
 
@@ -224,4 +226,87 @@ fn off_by_default_counts_nothing_and_says_so() {
         0
     );
     assert_eq!(chan_line(&p, 0x4001).counts, None);
+}
+
+/// One channel's counts: (channel, to peer (packets, bytes), to client (packets, bytes)).
+type ChanCounts = (u16, (u64, u64), (u64, u64));
+
+/// Every channel's counts.
+fn all_counts(sources: &Sources) -> Vec<ChanCounts> {
+    let (_, chans) = read_bindings(sources, now_ns()).unwrap();
+    chans
+        .iter()
+        .map(|c| {
+            let (up, down) = c.counts.expect("counters are on");
+            (
+                c.channel,
+                (up.packets, up.bytes),
+                (down.packets, down.bytes),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_path_counts_in_its_own_binding_and_direction() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF, network namespaces)");
+        return;
+    }
+    const RUNS: u64 = 3;
+    let fx = Fixture::with_counters("tbt-ctr-paths", true).unwrap();
+    let _in = fx.net.enter().unwrap();
+    let prog = &fx.turn.skel.progs.xdp_turn;
+    let bytes = fx.data.len() as u64;
+    let mut paths = 0;
+    for row in CASES.iter().filter(|r| r.pending.is_none()) {
+        // (channel, direction 0 = to peer / 1 = to client) that must move
+        let moves: Vec<(u16, usize)> = match row.kind {
+            Kind::ToPeer(c, p) => vec![(binding(c, p).chan, 0)],
+            Kind::ToClient(p, c) => vec![(binding(c, p).chan, 1)],
+            // client A (0x4200) to client B (0x4300) through their relayed addresses: A's
+            // to-peer half and B's to-client half
+            Kind::Custom(_) if row.key == "hairpin" => vec![(0x4200, 0), (0x4300, 1)],
+            _ => continue,
+        };
+        let inp = fx.input(row.kind).unwrap();
+        let sources = Sources::of_skel(&fx.turn.skel.maps).unwrap();
+        let before = all_counts(&sources);
+        for _ in 0..RUNS {
+            let (r, _) =
+                turn_bpf_testkit::progtest::xdp_test_run(prog, &inp.frame, inp.ingress, 1).unwrap();
+            assert_eq!(
+                r.verdict,
+                turn_bpf_testkit::progtest::XDP_REDIRECT,
+                "{}",
+                row.key
+            );
+        }
+        let after = all_counts(&sources);
+        for (chan, up, down) in &after {
+            let (_, up0, down0) =
+                before
+                    .iter()
+                    .find(|b| b.0 == *chan)
+                    .copied()
+                    .unwrap_or((*chan, (0, 0), (0, 0)));
+            for (dir, now, was) in [(0, up, up0), (1, down, down0)] {
+                let d = (now.0 - was.0, now.1 - was.1);
+                if moves.contains(&(*chan, dir)) {
+                    assert_eq!(d, (RUNS, RUNS * bytes), "{}: {chan:#x} dir {dir}", row.key);
+                } else {
+                    assert_eq!(d, (0, 0), "{}: {chan:#x} dir {dir} moved", row.key);
+                }
+            }
+        }
+        for (chan, _) in &moves {
+            assert!(
+                after.iter().any(|a| a.0 == *chan),
+                "{}: {chan:#x} listed",
+                row.key
+            );
+        }
+        paths += 1;
+    }
+    assert_eq!(paths, 9, "eight family pairs and the hairpin");
 }
