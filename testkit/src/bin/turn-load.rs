@@ -1752,6 +1752,7 @@ mod tests {
             runs: 0,
             trials: 0,
             tail_call_accounted: true,
+            binding_counters: false,
             figures: BTreeMap::new(),
             cases: Vec::new(),
             pending: Vec::new(),
