@@ -184,6 +184,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub spill_every: u32,
 
+    /// Count packets, data bytes and the last packet's time of every channel binding, each
+    /// way, for `status --bindings` (per-CPU; costs a map lookup per relayed datagram).
+    #[arg(long)]
+    pub binding_counters: bool,
+
     /// Channel lifetime in seconds [default: the server's channel-lifetime]. Never longer
     /// than the server's: a longer value yields to it (with a warning).
     #[arg(long, value_name = "SECS",
@@ -378,6 +383,7 @@ mod tests {
         assert!(a.turn_ports.is_empty(), "the server's ports");
         assert_eq!(a.xdp_mode, XdpMode::Auto);
         assert_eq!(a.spill_every, 0);
+        assert!(!a.binding_counters);
         assert_eq!(a.channel_lifetime, None, "the server's");
         assert_eq!(a.permission_lifetime, None, "the server's");
         assert_eq!(a.turnserver_conf, None);

@@ -228,7 +228,8 @@ mod tests {
         assert_eq!(size_of::<tb_alloc>(), 80);
         assert_eq!(size_of::<tb_chan_key>(), 44);
         assert_eq!(size_of::<tb_peer_key>(), 40);
-        assert_eq!(size_of::<tb_chan>(), 128);
+        assert_eq!(size_of::<tb_chan>(), 136);
+        assert_eq!(size_of::<crate::skel::types::tb_binding_count>(), 48);
         assert_eq!(size_of::<tb_perm_key>(), 40);
         assert_eq!(size_of::<tb_perm>(), 24);
         assert_eq!(size_of::<crate::skel::types::tb_pending>(), 120);

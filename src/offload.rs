@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::OpenObject;
+use libbpf_rs::{MapCore, OpenObject};
 use log::{error, info, warn};
 
 use crate::attach::{self, Attachments};
@@ -112,6 +112,17 @@ impl<'obj> Offload<'obj> {
             snooper,
         )?;
         info!("{}", sizing::describe_loaded(&skel.maps)?);
+        if args.binding_counters {
+            let m = &skel.maps.binding_counts;
+            let memlock = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
+            info!(
+                "per-binding counters on (--binding-counters): binding_counts {} entries × {} B \
+                 per CPU; the kernel accounts {}",
+                m.max_entries(),
+                m.value_size(),
+                crate::snapshot::human_bytes(memlock)
+            );
+        }
         let globals = Globals::of(&skel.maps.data_pinned)?;
         if stopped() {
             return Ok(None);
@@ -354,11 +365,21 @@ fn load<'obj>(
         permission_lifetime_s: settings.permission_lifetime,
         pending_lifetime_ms: crate::consts::TB_PENDING_LIFETIME_MS,
         rules: Rules::of(settings.profile),
+        binding_counters: args.binding_counters,
     }
     .apply(rodata);
-    args.sizes()
-        .map_err(anyhow::Error::msg)?
-        .apply(&mut open.maps)?;
+    let sizes = args.sizes().map_err(anyhow::Error::msg)?;
+    sizes.apply(&mut open.maps)?;
+    // per-binding counters: one entry per channel, or none to speak of when they are off
+    let counts = if args.binding_counters {
+        sizes.channels
+    } else {
+        1
+    };
+    open.maps
+        .binding_counts
+        .set_max_entries(counts)
+        .with_context(|| format!("sizing binding_counts to {counts} entries"))?;
     if !Path::new(VMLINUX_BTF).exists() || !kernel.drop_counters {
         let what: Vec<&str> = kernel
             .drop_counters_missing

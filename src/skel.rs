@@ -30,6 +30,9 @@ pub struct Settings {
     pub pending_lifetime_ms: u64,
     /// The server's rules that change what is relayed (its profile's).
     pub rules: Rules,
+    /// Count packets, data bytes and the last packet's time per channel binding, each way
+    /// (`--binding-counters`).
+    pub binding_counters: bool,
 }
 
 /// The server rules the programs apply (`src/server_conf/profile.rs`).
@@ -85,5 +88,6 @@ impl Settings {
         ro.cfg_refresh_floor_s = self.rules.refresh_floor_s;
         ro.cfg_refresh_default_s = self.rules.refresh_default_s;
         ro.cfg_refresh_max_s = self.rules.refresh_max_s;
+        ro.cfg_binding_counters = u32::from(self.binding_counters);
     }
 }

@@ -12,7 +12,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::consts::{TB_DIR_HAIRPIN, TB_DIR_TO_CLIENT, TB_DIR_TO_PEER, TB_RELAY_SLOTS};
 use crate::maps::from_bytes;
-use crate::skel::types::tb_relay_count;
+use crate::skel::types::{tb_binding_count, tb_relay_count};
 use crate::stats::Counters;
 
 /// The tables whose fill level is shown: map name and what one entry is.
@@ -26,7 +26,7 @@ pub const TABLES: &[(&str, &str)] = &[
 ];
 
 /// The maps a snapshot reads, besides the tables.
-const OTHERS: &[&str] = &["stats", "relayed"];
+const OTHERS: &[&str] = &["stats", "relayed", "binding_counts"];
 
 /// The maps of one offload, by name.
 #[derive(Debug, Default)]
@@ -60,12 +60,14 @@ impl Sources {
         let handles = [
             MapHandle::try_from(&m.stats),
             MapHandle::try_from(&m.relayed),
+            MapHandle::try_from(&m.binding_counts),
             MapHandle::try_from(&m.allocs),
             MapHandle::try_from(&m.chans),
             MapHandle::try_from(&m.peers),
             MapHandle::try_from(&m.perms),
             MapHandle::try_from(&m.pending),
             MapHandle::try_from(&m.server_socks),
+            MapHandle::try_from(&m.rodata),
         ];
         let mut out = Vec::new();
         for h in handles {
@@ -192,6 +194,46 @@ fn read_relayed(map: &MapHandle) -> Result<Vec<PathCount>> {
         });
     }
     Ok(out)
+}
+
+/// One direction of one channel binding (`--binding-counters`), summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirCount {
+    pub packets: u64,
+    /// Data bytes, as the `relayed` map counts them.
+    pub bytes: u64,
+    /// The last datagram's time (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC), the latest of any
+    /// CPU's; 0: none yet.
+    pub last_ns: u64,
+}
+
+/// Both directions of one channel binding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindingCount {
+    pub to_peer: DirCount,
+    pub to_client: DirCount,
+}
+
+/// The counters of the binding with this id (`tb_chan.id`) in `binding_counts`, summed over
+/// CPUs; all zero when it has none (nothing relayed yet, or its entry aged out).
+pub fn read_binding_count(map: &MapHandle, id: u64) -> Result<BindingCount> {
+    let per_cpu = map
+        .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("reading the counters of binding {id}"))?
+        .unwrap_or_default();
+    let mut sum = BindingCount::default();
+    for v in &per_cpu {
+        let c: tb_binding_count = from_bytes(&v[..std::mem::size_of::<tb_binding_count>()]);
+        for (s, d) in [
+            (&mut sum.to_peer, &c.to_peer),
+            (&mut sum.to_client, &c.to_client),
+        ] {
+            s.packets += d.packets;
+            s.bytes += d.bytes;
+            s.last_ns = s.last_ns.max(d.last_ns);
+        }
+    }
+    Ok(sum)
 }
 
 /// How full one table is.
@@ -395,6 +437,11 @@ mod tests {
         assert_eq!(
             open.maps.relayed.value_size() as usize,
             std::mem::size_of::<tb_relay_count>()
+        );
+        assert_eq!(open.maps.binding_counts.key_size(), 8, "a binding's id");
+        assert_eq!(
+            open.maps.binding_counts.value_size() as usize,
+            std::mem::size_of::<tb_binding_count>()
         );
     }
 }

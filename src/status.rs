@@ -18,7 +18,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, TcHookBuilder, TC_EGRESS};
 use crate::attach::{self, TC_HANDLE, TC_PRIORITY, TC_PROG_NAME, XDP_PROG_NAME};
 use crate::maps::{from_bytes, now_ns, show, sockaddr};
 use crate::skel::types::{rodata, tb_alloc, tb_alloc_key, tb_chan};
-use crate::snapshot::{human_bytes, Snapshot, Sources};
+use crate::snapshot::{human_bytes, read_binding_count, DirCount, Snapshot, Sources};
 
 /// One of turn-bpf's programs on an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub struct Config {
     pub channel_lifetime_s: u64,
     pub permission_lifetime_s: u64,
     pub spill_every: u32,
+    /// Loaded with `--binding-counters`.
+    pub binding_counters: bool,
 }
 
 /// One allocation, as `--bindings` shows it.
@@ -71,6 +73,38 @@ pub struct ChanLine {
     pub peer: String,
     pub channel: u16,
     pub left: Left,
+    /// What it relayed each way (None: the per-binding counters are off).
+    pub counts: Option<(DirLine, DirLine)>,
+}
+
+/// One direction of a channel as `--bindings` shows it: datagrams, data bytes, and how long ago
+/// the last one was relayed (None: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirLine {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_ago_ms: Option<u64>,
+}
+
+impl DirLine {
+    pub fn of(c: &DirCount, now_ns: u64) -> DirLine {
+        DirLine {
+            packets: c.packets,
+            bytes: c.bytes,
+            // the coarse clock the programs stamp with can be a tick behind this one
+            last_ago_ms: (c.last_ns != 0).then(|| now_ns.saturating_sub(c.last_ns) / 1_000_000),
+        }
+    }
+}
+
+impl std::fmt::Display for DirLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} datagrams {} bytes, last ", self.packets, self.bytes)?;
+        match self.last_ago_ms {
+            Some(ms) => write!(f, "{}.{} s ago", ms / 1000, ms % 1000 / 100),
+            None => write!(f, "never"),
+        }
+    }
 }
 
 /// Time left before a deadline.
@@ -236,13 +270,27 @@ fn render_bindings(s: &mut String, allocs: &[AllocLine], chans: &[ChanLine]) {
             a.left
         );
     }
-    let _ = writeln!(s, "  channels ({}):", chans.len());
+    let off = chans.iter().any(|c| c.counts.is_none());
+    let _ = writeln!(
+        s,
+        "  channels ({}{}):",
+        chans.len(),
+        if off {
+            "; per-binding counters off (see --binding-counters)"
+        } else {
+            ""
+        }
+    );
     for c in chans {
-        let _ = writeln!(
+        let _ = write!(
             s,
             "    client {} relayed {} peer {} channel {:#06x} ({})",
             c.client, c.relayed, c.peer, c.channel, c.left
         );
+        if let Some((to_peer, to_client)) = &c.counts {
+            let _ = write!(s, "; to peer {to_peer}; to client {to_client}");
+        }
+        s.push('\n');
     }
 }
 
@@ -270,6 +318,10 @@ pub fn read_bindings(src: &Sources, now: u64) -> Result<(Vec<AllocLine>, Vec<Cha
             });
         }
     }
+    // per-binding counters: only from programs loaded with them (their .rodata says so)
+    let counts_map = src
+        .get("binding_counts")
+        .filter(|_| read_config(src).is_some_and(|c| c.binding_counters));
     let mut chans = Vec::new();
     if let Some(m) = src.get("chans") {
         for k in m.keys() {
@@ -277,12 +329,20 @@ pub fn read_bindings(src: &Sources, now: u64) -> Result<(Vec<AllocLine>, Vec<Cha
                 continue;
             };
             let c: tb_chan = from_bytes(&v);
+            let counts = match counts_map {
+                Some(cm) => {
+                    let b = read_binding_count(cm, c.id)?;
+                    Some((DirLine::of(&b.to_peer, now), DirLine::of(&b.to_client, now)))
+                }
+                None => None,
+            };
             chans.push(ChanLine {
                 client: show(&c.client),
                 relayed: show(&c.relay),
                 peer: show(&c.peer),
                 channel: u16::from_be(c.chan),
                 left: Left::of(c.chan_expires_ns, now),
+                counts,
             });
         }
     }
@@ -315,6 +375,7 @@ fn read_config(src: &Sources) -> Option<Config> {
         channel_lifetime_s: ro.cfg_channel_lifetime_ns / 1_000_000_000,
         permission_lifetime_s: ro.cfg_permission_lifetime_ns / 1_000_000_000,
         spill_every: ro.cfg_spill_every,
+        binding_counters: ro.cfg_binding_counters != 0,
     })
 }
 
@@ -544,6 +605,7 @@ mod tests {
                 channel_lifetime_s: 600,
                 permission_lifetime_s: 300,
                 spill_every: 0,
+                binding_counters: true,
             }),
             snapshot: Snapshot {
                 counters: c,
@@ -593,6 +655,18 @@ mod tests {
                     peer: "203.0.113.5:7000".into(),
                     channel: 0x4000,
                     left: Left::Ended,
+                    counts: Some((
+                        DirLine {
+                            packets: 200,
+                            bytes: 25_600,
+                            last_ago_ms: Some(1_234),
+                        },
+                        DirLine {
+                            packets: 0,
+                            bytes: 0,
+                            last_ago_ms: None,
+                        },
+                    )),
                 }],
             )),
         }
@@ -618,7 +692,8 @@ mod tests {
              left)",
             "  channels (1):",
             "    client 192.0.2.10:40000 relayed 198.51.100.1:50000 peer 203.0.113.5:7000 channel \
-             0x4000 (ended)",
+             0x4000 (ended); to peer 200 datagrams 25600 bytes, last 1.2 s ago; to client 0 \
+             datagrams 0 bytes, last never",
         ];
         for line in expect {
             assert!(out.lines().any(|l| l == line), "missing\n{line}\nin\n{out}");
@@ -644,6 +719,45 @@ mod tests {
         );
         assert!(out.contains("configuration: not readable"), "{out}");
         assert!(!out.contains("allocations ("), "{out}");
+    }
+
+    #[test]
+    fn counters_off_is_said_once() {
+        let mut s = status();
+        if let Some((_, chans)) = &mut s.bindings {
+            chans[0].counts = None;
+            let second = chans[0].clone();
+            chans.push(second);
+        }
+        let out = s.render();
+        assert_eq!(out.matches("counters off").count(), 1, "{out}");
+        assert!(out.contains("  channels (2; per-binding counters off (see --binding-counters)):"));
+        assert!(!out.contains("datagrams 0 bytes"), "no zeros: {out}");
+    }
+
+    #[test]
+    fn last_packet_ago() {
+        let d = |last_ns| {
+            DirLine::of(
+                &DirCount {
+                    packets: 1,
+                    bytes: 2,
+                    last_ns,
+                },
+                5_000_000_000,
+            )
+        };
+        assert_eq!(d(0).last_ago_ms, None, "never");
+        assert_eq!(d(3_750_000_000).last_ago_ms, Some(1_250));
+        assert_eq!(
+            d(5_001_000_000).last_ago_ms,
+            Some(0),
+            "a coarse stamp a tick ahead"
+        );
+        assert_eq!(
+            d(3_750_000_000).to_string(),
+            "1 datagrams 2 bytes, last 1.2 s ago"
+        );
     }
 
     #[test]

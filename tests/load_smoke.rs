@@ -243,7 +243,7 @@ fn micro_benchmark_reports_every_path() {
         eprintln!("SKIPPED: needs root (BPF)");
         return;
     }
-    let m = baseline::run_micro("tbm-micro-smoke", 200, 3).expect("micro-benchmark");
+    let m = baseline::run_micro("tbm-micro-smoke", 200, 3, false).expect("micro-benchmark");
     for row in baseline::CASES {
         let ns = m.get(&format!("{}_ns", row.key));
         match row.pending {

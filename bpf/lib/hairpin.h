@@ -87,6 +87,8 @@ static __always_inline int hairpin(struct xdp_md *ctx, const struct pkt *in, str
 				   struct tb_peer_key *key)
 {
 	struct tb_chan *c2;
+	__u64 now;
+	int ret;
 
 	key->peer = c->relay;
 	key->relay = c->peer;
@@ -98,13 +100,19 @@ static __always_inline int hairpin(struct xdp_md *ctx, const struct pkt *in, str
 	/* the server relays it out of one relayed address and into the other */
 	if (ch->data_len > cfg_max_to_client)
 		return xdp_pass(TB_STAT_PASS_TOO_BIG);
-	if (!chan_live(c2, tb_now(), true))
+	now = tb_now();
+	if (!chan_live(c2, now, true))
 		return xdp_pass(TB_STAT_PASS_EXPIRED);
 	if (in->ttl <= 2)
 		return xdp_pass(TB_STAT_PASS_TTL);
 	if (c2->client.family == TB_AF_INET6)
-		return chan_to_chan6(ctx, in, udp, ch, c2);
-	return chan_to_chan4(ctx, in, udp, ch, c2);
+		ret = chan_to_chan6(ctx, in, udp, ch, c2);
+	else
+		ret = chan_to_chan4(ctx, in, udp, ch, c2);
+	/* the other binding's to-client half (the caller counts the sender's to-peer half) */
+	if (ret == XDP_REDIRECT)
+		binding_count(c2->id, TB_DIR_TO_CLIENT, ch->data_len, now);
+	return ret;
 }
 
 #endif /* TB_HAIRPIN_H */

@@ -38,6 +38,9 @@ volatile const __u64 cfg_margin_ns = 1000000000ULL;
 /* A recorded request can be committed only if its answer comes within this time of it, and no
  * blind spot of its client lies within this time of it, before or after. */
 volatile const __u64 cfg_pending_lifetime_ns = TB_PENDING_LIFETIME_MS * 1000000ULL;
+/* Count packets, data bytes and the last packet's time of each channel binding, each way
+ * (`binding_counts`; --binding-counters). Off: the code is dead and the map is one entry. */
+volatile const __u32 cfg_binding_counters = 0;
 /* Test harness only (the agent never sets it): tc_snoop also trusts the dummy socket that
  * BPF_PROG_TEST_RUN gives its packets (see from_server_socket() in turn.bpf.c). */
 volatile const __u32 cfg_trust_test_run = 0;
@@ -199,6 +202,21 @@ struct {
 	__type(value, struct tb_relay_count);
 } relayed SEC(".maps");
 
+/* Per-binding counters by tb_chan.id (with cfg_binding_counters): an LRU map sized like the
+ * channel tables, so that the ids of deleted bindings, which nothing deletes here, age out. A
+ * binding whose entry aged out (or was never made) gets a fresh one on its next datagram. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, TB_MAX_CHANNELS);
+	__type(key, __u64);
+	__type(value, struct tb_binding_count);
+} binding_counts SEC(".maps");
+
+/* What a new binding_counts entry starts from (an update copies it to this CPU's slot and zeroes
+ * the others). In .rodata, not on the fast path's tight stack; global, so that the generated
+ * `rodata` type covers the whole section. */
+const struct tb_binding_count tb_no_count = {};
+
 static __always_inline void stat_inc(__u32 reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &reason);
@@ -217,6 +235,28 @@ static __always_inline void relay_count(__u32 dir, bool in6, bool out6, __u32 by
 		v->packets += 1;
 		v->bytes += bytes;
 	}
+}
+
+/* One datagram of `bytes` data relayed in `dir` (TB_DIR_TO_PEER or TB_DIR_TO_CLIENT) through the
+ * binding with this id, at `now`. Nothing unless cfg_binding_counters. */
+static __always_inline void binding_count(__u64 id, __u32 dir, __u32 bytes, __u64 now)
+{
+	struct tb_binding_count *v;
+	struct tb_dir_count *d;
+
+	if (!cfg_binding_counters)
+		return;
+	v = bpf_map_lookup_elem(&binding_counts, &id);
+	if (!v) {
+		bpf_map_update_elem(&binding_counts, &id, &tb_no_count, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&binding_counts, &id);
+		if (!v)
+			return;
+	}
+	d = dir == TB_DIR_TO_PEER ? &v->to_peer : &v->to_client;
+	d->packets += 1;
+	d->bytes += bytes;
+	d->last_ns = now;
 }
 
 static __always_inline __u64 tb_now(void)

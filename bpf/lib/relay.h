@@ -2,7 +2,8 @@
 /*
  * The two directions of the fast path: the checks every family pair shares (the binding, its
  * lifetimes, the lengths, the TTL or hop limit), then the unit for the pair, chosen by the
- * input's family and the binding's (chan4.h, chan6.h). Nothing here changes the packet.
+ * input's family and the binding's (chan4.h, chan6.h). Nothing here changes the packet. What a
+ * unit relayed (XDP_REDIRECT) is counted for its binding here, once per direction.
  */
 #ifndef TB_RELAY_H
 #define TB_RELAY_H
@@ -105,12 +106,15 @@ static __always_inline int to_peer(struct xdp_md *ctx, const struct pkt *in, voi
 	} else {
 		ret = chan6_to_udp6(ctx, in, udp, c, &ch);
 	}
-	if (ret != TB_HAIRPIN)
-		return ret;
-	/* the peer is an address of this host: another allocation's relayed address? */
-	if (in->family == TB_AF_INET && !ip4_csum_ok(l3))
-		return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
-	return hairpin(ctx, in, udp, c, &ch, &key.peer);
+	if (ret == TB_HAIRPIN) {
+		/* the peer is an address of this host: another allocation's relayed address? */
+		if (in->family == TB_AF_INET && !ip4_csum_ok(l3))
+			return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
+		ret = hairpin(ctx, in, udp, c, &ch, &key.peer);
+	}
+	if (ret == XDP_REDIRECT)
+		binding_count(c->id, TB_DIR_TO_PEER, ch.data_len, now);
+	return ret;
 }
 
 /* To client: UDP to a relay port, from a bound peer. */
@@ -121,6 +125,7 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 	struct tb_chan *c;
 	__u16 data_len = in->udp_len - sizeof(struct udphdr);
 	__u64 now;
+	int ret;
 
 	ep_of(&key.peer, in, true);
 	ep_of(&key.relay, in, false);
@@ -143,15 +148,21 @@ static __always_inline int to_client(struct xdp_md *ctx, const struct pkt *in, v
 	if (in->ttl <= 1)
 		return xdp_pass(TB_STAT_PASS_TTL);
 	if (in->family == TB_AF_INET) {
-		if (c->client.family == TB_AF_INET)
-			return udp4_to_chan4(ctx, l3, udp, in->udp_len, c);
-		if (!ip4_csum_ok(l3))
-			return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
-		return udp4_to_chan6(ctx, in, c);
+		if (c->client.family == TB_AF_INET) {
+			ret = udp4_to_chan4(ctx, l3, udp, in->udp_len, c);
+		} else {
+			if (!ip4_csum_ok(l3))
+				return xdp_pass(TB_STAT_PASS_BAD_IP_CSUM);
+			ret = udp4_to_chan6(ctx, in, c);
+		}
+	} else if (c->client.family == TB_AF_INET) {
+		ret = udp6_to_chan4(ctx, in, c);
+	} else {
+		ret = udp6_to_chan6(ctx, in, c);
 	}
-	if (c->client.family == TB_AF_INET)
-		return udp6_to_chan4(ctx, in, c);
-	return udp6_to_chan6(ctx, in, c);
+	if (ret == XDP_REDIRECT)
+		binding_count(c->id, TB_DIR_TO_CLIENT, data_len, now);
+	return ret;
 }
 
 #endif /* TB_RELAY_H */

@@ -125,6 +125,8 @@ struct tb_chan {
 	__u64 cache;           /* computed-at (2^20 ns units) << 20 | valid-for (units, < 2^20) */
 	__u64 perm_epoch;      /* the permission instance it was bound under (tb_perm.epoch) */
 	__u64 packets;         /* datagrams seen by the fast path (drives the spill) */
+	__u64 id;              /* this binding's own, unique (from tb_epoch_seq), kept by a refresh:
+				* the key of its counters in `binding_counts` */
 };
 
 /* A permission: the allocation (by relayed endpoint) and the peer's address (port 0). */
@@ -184,6 +186,19 @@ struct tb_relay_count {
 	__u64 bytes;
 };
 
+/* Per-binding counters (--binding-counters): a per-CPU value of `binding_counts` (maps.h) by
+ * tb_chan.id, one half per direction, summed over CPUs by the reader (`last_ns`: the latest). */
+struct tb_dir_count {
+	__u64 packets;
+	__u64 bytes;           /* data bytes, as tb_relay_count's */
+	__u64 last_ns;         /* bpf_ktime_get_coarse_ns() of the last one (0: none yet) */
+};
+
+struct tb_binding_count {
+	struct tb_dir_count to_peer;
+	struct tb_dir_count to_client;
+};
+
 /* With --pin-path the programs outlive the agent: they relay only while the agent's last stamp
  * (tb_alive_ns, renewed at every sweep) is at most this old, in ns. */
 #define TB_AGENT_STALE_NS 5000000000ULL
@@ -192,7 +207,7 @@ struct tb_relay_count {
  * globals. Bump it whenever any of them changes meaning or layout; a pinned state of another
  * version is not adopted (the agent starts clean). A unit test (src/pin.rs) holds a fingerprint
  * of this file and maps.h and fails when they change without a look at this number. */
-#define TB_LAYOUT_VERSION 1
+#define TB_LAYOUT_VERSION 2
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
@@ -256,11 +271,12 @@ _Static_assert(sizeof(struct tb_alloc_key) == 40, "tb_alloc_key layout");
 _Static_assert(sizeof(struct tb_alloc) == 80, "tb_alloc layout");
 _Static_assert(sizeof(struct tb_chan_key) == 44, "tb_chan_key layout");
 _Static_assert(sizeof(struct tb_peer_key) == 40, "tb_peer_key layout");
-_Static_assert(sizeof(struct tb_chan) == 128, "tb_chan layout");
+_Static_assert(sizeof(struct tb_chan) == 136, "tb_chan layout");
 _Static_assert(sizeof(struct tb_perm_key) == 40, "tb_perm_key layout");
 _Static_assert(sizeof(struct tb_perm) == 24, "tb_perm layout");
 _Static_assert(sizeof(struct tb_pending_key) == 52, "tb_pending_key layout");
 _Static_assert(sizeof(struct tb_pending) == 120, "tb_pending layout");
 _Static_assert(sizeof(struct tb_relay_count) == 16, "tb_relay_count layout");
+_Static_assert(sizeof(struct tb_binding_count) == 48, "tb_binding_count layout");
 
 #endif /* TB_SHARED_H */

@@ -817,6 +817,13 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 			chan_kill(other);
 		repointed = true;
 	}
+	/* Its id: a refresh of the live binding keeps it (and so its counters); anything else is a
+	 * new binding, also the same channel, peer and relay under a new allocation or permission. */
+	if (old && !repointed && old->alloc_id == c.alloc_id && old->perm_epoch == c.perm_epoch &&
+	    *(volatile __u64 *)&old->chan_expires_ns > now)
+		c.id = old->id;
+	else
+		c.id = __sync_fetch_and_add(&tb_epoch_seq, 1) + 1;
 	rk.peer = c.peer;
 	rk.relay = c.relay;
 	old = bpf_map_lookup_elem(&peers, &rk);

@@ -560,9 +560,18 @@ pub struct Fixture {
 impl Fixture {
     /// The fixture in a fresh namespace `ns` (deleted with it), with one binding per family pair.
     pub fn new(ns: &str) -> Result<Fixture> {
+        Fixture::with_counters(ns, false)
+    }
+
+    /// [`Fixture::new`], the programs loaded with `--binding-counters` or without.
+    pub fn with_counters(ns: &str, binding_counters: bool) -> Result<Fixture> {
         let net = FibNet::new(ns).with_context(|| format!("building the routing fixture {ns}"))?;
         let _in = net.enter()?;
-        let turn = Programs::load_for_families(&net, &progtest::Config::default())?;
+        let cfg = progtest::Config {
+            binding_counters,
+            ..progtest::Config::default()
+        };
+        let turn = Programs::load_for_families(&net, &cfg)?;
         let base = Baseline::load(&[net.turn0, net.relay0])?;
         for (c, p) in [
             (Fam::V4, Fam::V4),
@@ -786,6 +795,9 @@ pub struct MicroReport {
     /// Whether the kernel accounted a tail-called program's run time to it (the probe; when
     /// false, a harness in front of the program cannot isolate its time).
     pub tail_call_accounted: bool,
+    /// The programs were loaded with `--binding-counters`.
+    #[serde(default)]
+    pub binding_counters: bool,
     /// Every figure by key: `<case>_ns`, `<path>_ratio`, `<path>_ratio_p10`, `<path>_ratio_p90`,
     /// `<path>_net_ratio`, and the IPv4 aliases `cli2rem_ns`, `rem2cli_ns`, `baseline_ns`.
     pub figures: BTreeMap<String, f64>,
@@ -859,9 +871,14 @@ pub fn trial_order(n: usize, t: usize) -> Vec<usize> {
 
 /// Runs the micro-benchmark in a fresh routing fixture namespace `ns` (deleted afterwards):
 /// one warm-up round, then `trials` rounds over every case, `runs` test runs per case per round.
-pub fn run_micro(ns: &str, runs: u32, trials: usize) -> Result<MicroReport> {
+pub fn run_micro(
+    ns: &str,
+    runs: u32,
+    trials: usize,
+    binding_counters: bool,
+) -> Result<MicroReport> {
     ensure!(runs >= 1 && trials >= 1, "runs and trials must be >= 1");
-    let fx = Fixture::new(ns)?;
+    let fx = Fixture::with_counters(ns, binding_counters)?;
     let _in = fx.net.enter()?;
     let _stats = RunTimeStats::enable()?;
 
@@ -940,6 +957,7 @@ pub fn run_micro(ns: &str, runs: u32, trials: usize) -> Result<MicroReport> {
     Ok(MicroReport {
         runs,
         trials,
+        binding_counters,
         tail_call_accounted: callee,
         figures,
         cases,

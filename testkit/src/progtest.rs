@@ -352,6 +352,8 @@ pub struct Config {
     pub trust_test_run: bool,
     /// The server's rules (coturn's by default).
     pub rules: Rules,
+    /// Per-binding counters (`--binding-counters`; off by default, as in the agent).
+    pub binding_counters: bool,
 }
 
 /// How long a table waits after a blind spot before it shows that learning goes on.
@@ -369,6 +371,7 @@ impl Default for Config {
             limits: MapLimits::default(),
             pending_lifetime_ms: PENDING_LIFETIME_MS,
             rules: Rules::of(&turn_bpf::server_conf::profile::COTURN),
+            binding_counters: false,
         }
     }
 }
@@ -433,6 +436,9 @@ pub struct RunResult {
 }
 
 /// The loaded programs and their maps.
+/// Ids of installed bindings (`tb_chan.id`): unique, and far from the programs' own sequence.
+static INSTALLED_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
+
 pub struct Programs {
     pub skel: TurnSkel<'static>,
 }
@@ -453,6 +459,7 @@ impl Programs {
                 permission_lifetime_s: cfg.permission_lifetime_s,
                 pending_lifetime_ms: cfg.pending_lifetime_ms,
                 rules: cfg.rules,
+                binding_counters: cfg.binding_counters,
             }
             .apply(ro);
             ro.cfg_trust_test_run = u32::from(cfg.trust_test_run);
@@ -877,6 +884,7 @@ impl Programs {
             chan: chan.to_be(),
             alloc_id: id,
             chan_expires_ns: d.chan_ns,
+            id: INSTALLED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ..Default::default()
         };
         let ck = types::tb_chan_key {

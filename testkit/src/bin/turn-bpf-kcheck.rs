@@ -89,6 +89,8 @@ fn agent_config(kind: ServerKind) -> Config {
         pending_lifetime_ms: turn_bpf::consts::TB_PENDING_LIFETIME_MS,
         trust_test_run: false,
         rules: Rules::of(p),
+        // the agent's default (--binding-counters off)
+        binding_counters: false,
     }
 }
 

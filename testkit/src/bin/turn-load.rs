@@ -192,6 +192,9 @@ struct MicroArgs {
     /// Name of the routing fixture namespace.
     #[arg(long, default_value = "tbb-micro")]
     ns: String,
+    /// Load the programs with `--binding-counters` (per-binding counters on).
+    #[arg(long)]
+    binding_counters: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -288,6 +291,9 @@ struct BenchArgs {
     /// Trials of the micro-benchmark (default 21 full, 11 quick).
     #[arg(long)]
     micro_trials: Option<usize>,
+    /// The micro-benchmark's programs loaded with `--binding-counters`.
+    #[arg(long)]
+    binding_counters: bool,
     /// Skip the forwarder (floor) mode.
     #[arg(long)]
     no_floor: bool,
@@ -461,7 +467,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
 fn cmd_micro(a: MicroArgs) -> Result<()> {
     need_root()?;
-    let m = baseline::run_micro(&a.ns, a.runs, a.trials)?;
+    let m = baseline::run_micro(&a.ns, a.runs, a.trials, a.binding_counters)?;
     print!("{}", render_micro(&m));
     if let Some(p) = a.json {
         write_json(&p, &m)?;
@@ -1180,7 +1186,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     println!(
         "  micro-benchmark (BPF_PROG_TEST_RUN, {micro_runs} runs per case, {micro_trials} trials) ..."
     );
-    let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials)?;
+    let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials, a.binding_counters)?;
     let (scale_runs, scale_trials) = if a.quick {
         (
             a.scale_runs.unwrap_or(SCALE_RUNS / 4),
@@ -2051,6 +2057,7 @@ mod tests {
             runs: 0,
             trials: 0,
             tail_call_accounted: true,
+            binding_counters: false,
             figures: BTreeMap::new(),
             cases: Vec::new(),
             pending: Vec::new(),
