@@ -91,11 +91,18 @@ impl UdpTable {
     /// Read `/proc/net/udp` and `/proc/net/udp6`: the sockets of the network namespace of this
     /// process's main thread (the agent's). A missing `udp6` (IPv6 disabled) is no error.
     pub fn read() -> Result<UdpTable> {
-        let v4 = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
-        let v6 = match std::fs::read_to_string("/proc/net/udp6") {
+        UdpTable::read_from(std::path::Path::new("/proc/net"))
+    }
+
+    /// Read `udp` and `udp6` in `dir` (`/proc/thread-self/net`: the calling thread's network
+    /// namespace).
+    pub fn read_from(dir: &std::path::Path) -> Result<UdpTable> {
+        let v4 = std::fs::read_to_string(dir.join("udp"))
+            .with_context(|| format!("reading {}/udp", dir.display()))?;
+        let v6 = match std::fs::read_to_string(dir.join("udp6")) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).context("reading /proc/net/udp6"),
+            Err(e) => return Err(e).with_context(|| format!("reading {}/udp6", dir.display())),
         };
         Ok(UdpTable::from_sockets(
             parse_proc_net_udp(&v4)

@@ -794,4 +794,245 @@ mod tests {
             "one sweep took {took:?}"
         );
     }
+
+    /// A network namespace of this test's own (`tbt-swp-…`) that the calling thread enters;
+    /// leaving it (drop) returns the thread to where it was and deletes the namespace.
+    struct ThreadNetns {
+        name: String,
+        home: std::fs::File,
+    }
+
+    impl ThreadNetns {
+        fn enter(name: &str) -> ThreadNetns {
+            use std::process::Command;
+            let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let ok = |args: &[&str]| {
+                let st = Command::new("ip").args(args).status().expect("running ip");
+                assert!(st.success(), "ip {args:?}");
+            };
+            ok(&["netns", "add", name]);
+            let ns = ThreadNetns {
+                name: name.into(),
+                home,
+            };
+            ok(&["-n", name, "link", "set", "lo", "up"]);
+            let f = std::fs::File::open(format!("/run/netns/{name}")).expect("the netns");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering it");
+            ns
+        }
+    }
+
+    impl Drop for ThreadNetns {
+        fn drop(&mut self) {
+            let _ = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWNET);
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    /// This thread's CPU time (user + system).
+    fn thread_cpu() -> std::time::Duration {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+        std::time::Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+    }
+
+    /// Child processes holding `n` UDP relay sockets (`bench_relay(0..n)`) in this thread's
+    /// network namespace, [`Self::EACH`] each: one process may not hold more (RLIMIT_NOFILE,
+    /// 20 000 here, cannot be raised without CAP_SYS_RESOURCE). Killed on drop.
+    struct SocketHolders {
+        children: Vec<(nix::unistd::Pid, std::os::fd::OwnedFd)>,
+    }
+
+    impl SocketHolders {
+        const EACH: usize = 19_000;
+
+        fn open(n: usize) -> SocketHolders {
+            use nix::libc;
+            use std::os::fd::AsRawFd;
+            let mut h = SocketHolders { children: vec![] };
+            for first in (0..n).step_by(Self::EACH) {
+                let last = n.min(first + Self::EACH);
+                let (hold_r, hold_w) = nix::unistd::pipe().unwrap();
+                let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+                // SAFETY: the child makes only system calls (no allocation, no locks) and
+                // leaves with _exit.
+                match unsafe { nix::unistd::fork() }.expect("fork") {
+                    nix::unistd::ForkResult::Child => unsafe {
+                        for i in first..last {
+                            let a = bench_relay(i);
+                            let SocketAddr::V4(a) = a else { libc::_exit(2) };
+                            let sin = libc::sockaddr_in {
+                                sin_family: libc::AF_INET as u16,
+                                sin_port: a.port().to_be(),
+                                sin_addr: libc::in_addr {
+                                    s_addr: u32::from(*a.ip()).to_be(),
+                                },
+                                sin_zero: [0; 8],
+                            };
+                            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                            let p = (&sin as *const libc::sockaddr_in).cast();
+                            if fd < 0 || libc::bind(fd, p, size_of_val(&sin) as u32) != 0 {
+                                libc::_exit(1);
+                            }
+                        }
+                        let b = [1u8];
+                        libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
+                        let mut r = [0u8];
+                        drop(hold_w);
+                        libc::read(hold_r.as_raw_fd(), r.as_mut_ptr().cast(), 1);
+                        libc::_exit(0);
+                    },
+                    nix::unistd::ForkResult::Parent { child } => {
+                        drop(ready_w);
+                        drop(hold_r);
+                        h.children.push((child, hold_w));
+                        let mut b = [0u8];
+                        let got = nix::unistd::read(&ready_r, &mut b).unwrap_or(0);
+                        assert_eq!(got, 1, "a socket holder failed to bind its sockets");
+                    }
+                }
+            }
+            h
+        }
+
+        /// The first holder's sockets close: it is killed (each child also holds the pipe
+        /// ends of the ones forked before it, so a closed pipe alone would not end it).
+        fn close_first(&mut self) {
+            let (pid, w) = self.children.remove(0);
+            drop(w);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            nix::sys::wait::waitpid(pid, None).unwrap();
+        }
+    }
+
+    impl Drop for SocketHolders {
+        fn drop(&mut self) {
+            while !self.children.is_empty() {
+                self.close_first();
+            }
+        }
+    }
+
+    /// CPU milliseconds of `f`, and its result.
+    fn cpu_ms<T>(f: impl FnOnce() -> T) -> (f64, T) {
+        let t0 = thread_cpu();
+        let r = f();
+        ((thread_cpu() - t0).as_secs_f64() * 1e3, r)
+    }
+
+    /// `median [min–max]` of `v`.
+    fn spread(v: &mut [f64]) -> String {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!("{:8.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
+    }
+
+    /// The relayed address of allocation `i` in the cost measurement: 50 000 ports on each of
+    /// 127.0.0.1, 127.0.1.1, …
+    fn bench_relay(i: usize) -> SocketAddr {
+        SocketAddr::from((
+            [127, 0, (i / 50_000) as u8, 1],
+            10_000 + (i % 50_000) as u16,
+        ))
+    }
+
+    /// What the sweep costs at scale (issue 13): N live allocations with one channel (both
+    /// sides) and one permission each, in real BPF hash maps, and N real UDP relay sockets in a
+    /// network namespace of its own. Prints CPU milliseconds per sweep (median [min–max] of
+    /// interleaved repeats); asserts only what the sweep must do (nothing live is removed, every
+    /// channel is learned), never a time.
+    ///
+    /// `TB_SWEEP_SIZES=1000,10000,100000 cargo test --release -p turn-bpf --lib sweep_cost --
+    /// --ignored --nocapture --test-threads=1`
+    #[test]
+    #[ignore = "a measurement: run by hand (root, about a minute)"]
+    fn sweep_cost_at_scale() {
+        let sizes: Vec<usize> = std::env::var("TB_SWEEP_SIZES")
+            .unwrap_or_else(|_| "1000,10000,100000".into())
+            .split(',')
+            .map(|s| s.trim().parse().expect("a size"))
+            .collect();
+        let repeats: usize = std::env::var("TB_SWEEP_REPEATS")
+            .ok()
+            .map_or(7, |s| s.parse().expect("a count"));
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        println!("N allocations | what | CPU ms per pass: median [min–max] of {repeats}");
+        for n in sizes {
+            let m = Maps::new(n as u32 + 64).unwrap();
+            for i in 0..n {
+                let ak = tb_alloc_key {
+                    client: ep(SocketAddr::from((
+                        [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                        5000,
+                    ))),
+                    server: ep(SERVER.parse().unwrap()),
+                };
+                let relay = bench_relay(i);
+                let mut a = tb_alloc {
+                    id: i as u64 + 1,
+                    expires_ns: FAR,
+                    keep_until_ns: FAR,
+                    ..Default::default()
+                };
+                a.relay[0] = ep(relay);
+                Maps::put(&m.allocs, &ak, &a);
+                let peer = format!("198.51.{}.{}:7000", (i >> 8) as u8, i as u8);
+                let peer = if i < 65536 {
+                    peer
+                } else {
+                    format!("203.0.{}.{}:{}", (i >> 8) as u8, i as u8, 7000 + (i >> 16))
+                };
+                m.chan(&ak, i as u64 + 1, &relay.to_string(), &peer, 0x4000);
+            }
+            assert_eq!(m.counts(), (n, n, n, n));
+            let ns = ThreadNetns::enter("tbt-swp-bench");
+            let mut socks = SocketHolders::open(n);
+            let dir = std::path::Path::new("/proc/thread-self/net");
+            let mut s = Sweeper::default();
+            let t = UdpTable::read_from(dir).unwrap();
+            let r = s.sweep(&m.state(), NOW, u64::MAX, Some(&t)).unwrap();
+            assert_eq!(
+                (r.allocs_removed, r.learned.len()),
+                (0, n),
+                "positive control"
+            );
+            let (mut proc_ms, mut diag_ms, mut sweep_ms) = (vec![], vec![], vec![]);
+            for _ in 0..repeats {
+                let (ms, t) = cpu_ms(|| UdpTable::read_from(dir).unwrap());
+                proc_ms.push(ms);
+                let (ms, d) = cpu_ms(|| crate::sockdiag::udp_sockets().unwrap());
+                assert!(d.len() >= n);
+                diag_ms.push(ms);
+                let (ms, r) = cpu_ms(|| s.sweep(&m.state(), NOW, u64::MAX, Some(&t)).unwrap());
+                assert_eq!((r.allocs_removed, r.chans_removed), (0, 0), "all live");
+                sweep_ms.push(ms);
+            }
+            // Closed relay sockets are noticed (the measurement covers a sweep that works).
+            socks.close_first();
+            let t = UdpTable::read_from(dir).unwrap();
+            let r = s.sweep(&m.state(), NOW, u64::MAX, Some(&t)).unwrap();
+            assert_eq!(r.allocs_ended, n.min(SWEEP_BUDGET).min(SocketHolders::EACH));
+            drop(socks);
+            drop(ns);
+            println!(
+                "{n:>7} | /proc/net/udp{{,6}} read  | {}",
+                spread(&mut proc_ms)
+            );
+            println!(
+                "{n:>7} | sock_diag full dump     | {}",
+                spread(&mut diag_ms)
+            );
+            println!(
+                "{n:>7} | sweep (maps + checks)   | {}",
+                spread(&mut sweep_ms)
+            );
+        }
+    }
 }
