@@ -13,6 +13,7 @@ use anyhow::Result;
 use libbpf_rs::{MapCore, MapFlags};
 use log::{debug, warn};
 
+use crate::batch;
 use crate::maps::{self, bytes_of, from_bytes, show, sockaddr};
 use crate::server::{ServerWatch, UdpTable};
 use crate::skel::types::{
@@ -38,9 +39,9 @@ pub fn collect_keys(map: &impl MapCore) -> Vec<Vec<u8>> {
 
 /// Delete every entry of `map`; returns how many went.
 fn delete_all(map: &impl MapCore) -> usize {
-    collect_keys(map)
+    batch::entries(map)
         .iter()
-        .filter(|k| map.delete(k).is_ok())
+        .filter(|(k, _)| map.delete(k).is_ok())
         .count()
 }
 
@@ -82,10 +83,9 @@ impl std::fmt::Display for Binding {
 
 /// Every channel binding in `chans` (the client-side map).
 pub fn bindings(chans: &impl MapCore) -> Vec<Binding> {
-    chans
-        .keys()
-        .filter_map(|k| chans.lookup(&k, MapFlags::ANY).ok().flatten())
-        .map(|v| Binding::of(&from_bytes::<tb_chan>(&v)))
+    batch::entries(chans)
+        .iter()
+        .map(|(_, v)| Binding::of(&from_bytes::<tb_chan>(v)))
         .collect()
 }
 
@@ -234,13 +234,10 @@ impl Sweeper {
         // Allocations past their deadline, or whose relay socket the server closed.
         let mut live_allocs: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut ids_seen = HashSet::new();
-        for k in collect_keys(m.allocs) {
-            let Some(v) = m.allocs.lookup(&k, MapFlags::ANY)? else {
-                continue;
-            };
-            let a: tb_alloc = from_bytes(&v);
+        for (k, v) in batch::entries(m.allocs).iter() {
+            let a: tb_alloc = from_bytes(v);
             ids_seen.insert(a.id);
-            let key: tb_alloc_key = from_bytes(&k);
+            let key: tb_alloc_key = from_bytes(k);
             let ended = match socks {
                 Some(t) if a.id <= alloc_seq => self.relay_gone(&a, t),
                 _ => None,
@@ -249,7 +246,7 @@ impl Sweeper {
             // An allocation that ended (deadline passed, or ended here: 0) stays, dead, until
             // the server surely holds it no more, so that a retransmitted Allocate is known.
             if a.keep_until_ns <= now && budget {
-                m.allocs.delete(&k).ok();
+                m.allocs.delete(k).ok();
                 r.allocs_removed += 1;
                 debug!(
                     "allocation ended: client {} relay {}",
@@ -257,7 +254,7 @@ impl Sweeper {
                     show(&a.relay[0])
                 );
             } else if let (Some(relay), true) = (ended, budget) {
-                m.allocs.delete(&k).ok();
+                m.allocs.delete(k).ok();
                 if a.expires_ns > now {
                     (m.raise_shortened)();
                 }
@@ -269,7 +266,7 @@ impl Sweeper {
                     show(&key.client)
                 );
             } else if a.expires_ns > now {
-                live_allocs.insert(k, a.id);
+                live_allocs.insert(k.to_vec(), a.id);
             }
         }
         self.relay_sockets
@@ -284,17 +281,21 @@ impl Sweeper {
 
         // Channels whose allocation went or whose own lifetime ended.
         let mut seen = HashSet::new();
-        for k in collect_keys(m.chans) {
-            let Some(v) = m.chans.lookup(&k, MapFlags::ANY)? else {
-                continue;
-            };
-            let c: tb_chan = from_bytes(&v);
+        let chans = batch::entries(m.chans);
+        // Client-side entries as read, and those this sweep removed: what the peer-side walk
+        // below checks twins against before it asks the kernel.
+        let mut chans_read: HashMap<&[u8], &[u8]> = HashMap::with_capacity(chans.len());
+        let mut chans_deleted: HashSet<&[u8]> = HashSet::new();
+        for (k, v) in chans.iter() {
+            chans_read.insert(k, v);
+            let c: tb_chan = from_bytes(v);
             // An allocation committed during the sweep is not in `live_allocs`: leave its
             // channels alone.
             let dead = c.alloc_id <= alloc_seq
                 && (c.chan_expires_ns <= now || !alloc_live(&c.client, &c.server, c.alloc_id));
             if dead && r.chans_removed < SWEEP_BUDGET {
-                m.chans.delete(&k).ok();
+                m.chans.delete(k).ok();
+                chans_deleted.insert(k);
                 // Its peer-side twin, if that entry is still this binding (the peer may have
                 // been bound again meanwhile, to another channel or allocation).
                 let pk = tb_peer_key {
@@ -309,22 +310,19 @@ impl Sweeper {
                 r.chans_removed += 1;
                 continue;
             }
-            seen.insert(k.clone());
-            if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(k) {
+            seen.insert(k);
+            if !self.known.contains_key(k) {
                 let b = Binding::of(&c);
-                e.insert(b.clone());
+                self.known.insert(k.to_vec(), b.clone());
                 r.learned.push(b);
             }
         }
         // Peer-side entries left without their client-side twin.
-        for k in collect_keys(m.peers) {
+        for (k, v) in batch::entries(m.peers).iter() {
             if r.chans_removed >= SWEEP_BUDGET {
                 break;
             }
-            let Some(v) = m.peers.lookup(&k, MapFlags::ANY)? else {
-                continue;
-            };
-            let c: tb_chan = from_bytes(&v);
+            let c: tb_chan = from_bytes(v);
             if c.alloc_id > alloc_seq {
                 continue;
             }
@@ -334,19 +332,26 @@ impl Sweeper {
                 chan: c.chan,
                 pad: [0; 2],
             };
-            let twin = m
-                .chans
-                .lookup(bytes_of(&ck), MapFlags::ANY)?
-                .is_some_and(|t| same_binding(&from_bytes::<tb_chan>(&t), &c));
+            let ck = bytes_of(&ck);
+            let read_twin = !chans_deleted.contains(ck)
+                && chans_read
+                    .get(ck)
+                    .is_some_and(|t| same_binding(&from_bytes::<tb_chan>(t), &c));
+            // Not among the entries read (or removed since): the twin may have been committed
+            // after the read, so the kernel is asked.
+            let twin = read_twin
+                || m.chans
+                    .lookup(ck, MapFlags::ANY)?
+                    .is_some_and(|t| same_binding(&from_bytes::<tb_chan>(&t), &c));
             if !twin {
-                m.peers.delete(&k).ok();
+                m.peers.delete(k).ok();
                 r.chans_removed += 1;
             }
         }
         let gone: Vec<Vec<u8>> = self
             .known
             .keys()
-            .filter(|k| !seen.contains(*k))
+            .filter(|k| !seen.contains(&k[..]))
             .cloned()
             .collect();
         for k in gone {
@@ -357,40 +362,35 @@ impl Sweeper {
 
         // Permissions of allocations that went, or past their deadline.
         let live_ids: HashSet<u64> = live_allocs.values().copied().collect();
-        for k in collect_keys(m.perms) {
+        for (k, v) in batch::entries(m.perms).iter() {
             if r.perms_removed >= SWEEP_BUDGET {
                 break;
             }
-            let Some(v) = m.perms.lookup(&k, MapFlags::ANY)? else {
-                continue;
-            };
-            let p: tb_perm = from_bytes(&v);
+            let p: tb_perm = from_bytes(v);
             if p.alloc_id <= alloc_seq && (p.expires_ns <= now || !live_ids.contains(&p.alloc_id)) {
-                let _: tb_perm_key = from_bytes(&k);
-                m.perms.delete(&k).ok();
+                let _: tb_perm_key = from_bytes(k);
+                m.perms.delete(k).ok();
                 r.perms_removed += 1;
             }
         }
 
         // Recorded requests past any answer.
-        for k in collect_keys(m.pending) {
+        for (k, v) in batch::entries(m.pending).iter() {
             if r.pending_removed >= SWEEP_BUDGET {
                 break;
             }
-            let Some(v) = m.pending.lookup(&k, MapFlags::ANY)? else {
-                continue;
-            };
-            let p: tb_pending = from_bytes(&v);
+            let p: tb_pending = from_bytes(v);
             if p.created_ns.saturating_add(PENDING_KEEP_NS) < now {
-                m.pending.delete(&k).ok();
+                m.pending.delete(k).ok();
                 r.pending_removed += 1;
             }
         }
 
         // Relayed addresses we could not offload: say so once each.
-        for k in collect_keys(m.not_local) {
-            if self.reported_not_local.insert(k.clone()) {
-                let e: tb_ep = from_bytes(&k);
+        for (k, _) in batch::entries(m.not_local).iter() {
+            if !self.reported_not_local.contains(k) {
+                self.reported_not_local.insert(k.to_vec());
+                let e: tb_ep = from_bytes(k);
                 warn!(
                     "relayed address {} is not local and not mapped by --external-ip: its \
                      allocations stay with the server",
