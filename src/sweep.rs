@@ -1019,7 +1019,7 @@ mod tests {
 
     /// `median [min–max]` of `v`.
     fn spread(v: &mut [f64]) -> String {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.sort_by(f64::total_cmp);
         format!("{:8.2} [{:.2}–{:.2}]", v[v.len() / 2], v[0], v[v.len() - 1])
     }
 
@@ -1051,6 +1051,8 @@ mod tests {
         let repeats: usize = std::env::var("TB_SWEEP_REPEATS")
             .ok()
             .map_or(7, |s| s.parse().expect("a count"));
+        // TB_SWEEP_PROC=0: leave out reading /proc/net/udp (10 s a time at 100 000).
+        let skip_proc = std::env::var("TB_SWEEP_PROC").is_ok_and(|v| v == "0");
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: needs root");
             return;
@@ -1077,12 +1079,21 @@ mod tests {
                 "positive control"
             );
             let (mut proc_ms, mut diag_ms, mut sweep_ms) = (vec![], vec![], vec![]);
+            let mut read_ms = vec![];
             for _ in 0..repeats {
-                let (ms, _) = cpu_ms(|| UdpTable::read_from(dir).unwrap());
-                proc_ms.push(ms);
+                if skip_proc {
+                    proc_ms.push(f64::NAN);
+                } else {
+                    let (ms, _) = cpu_ms(|| UdpTable::read_from(dir).unwrap());
+                    proc_ms.push(ms);
+                }
                 let (ms, t) = cpu_ms(|| UdpTable::read().unwrap());
                 assert_eq!(t.bound_to(bench_relay(0)).len(), 1);
                 diag_ms.push(ms);
+                let (ms, _) = cpu_ms(|| {
+                    [&m.allocs, &m.chans, &m.peers, &m.perms].map(|map| batch::entries(map).len())
+                });
+                read_ms.push(ms);
                 let (ms, r) = cpu_ms(|| s.sweep(&m.state(), NOW, u64::MAX, Some(&t)).unwrap());
                 assert_eq!((r.allocs_removed, r.chans_removed), (0, 0), "all live");
                 sweep_ms.push(ms);
@@ -1101,6 +1112,10 @@ mod tests {
             println!(
                 "{n:>7} | UdpTable::read (diag)   | {}",
                 spread(&mut diag_ms)
+            );
+            println!(
+                "{n:>7} | the 4 maps read (batch) | {}",
+                spread(&mut read_ms)
             );
             println!(
                 "{n:>7} | sweep (maps + checks)   | {}",
