@@ -532,7 +532,10 @@ mod tests {
             pion_turn_majors_in(b"github.com/pion/turn.(*Server).Close\0"),
             vec![1]
         );
-        assert_eq!(pion_turn_majors_in(b"github.com/pion/stun.Build\0"), vec![]);
+        assert_eq!(
+            pion_turn_majors_in(b"github.com/pion/stun.Build\0"),
+            Vec::<u32>::new()
+        );
         let info = GoBuildInfo {
             go_version: "go1.19.8".into(),
             pion_turn_in_symbols: vec![2],

@@ -5,6 +5,7 @@
 //! the load generator are in the `turn-bpf-testkit` crate (`testkit/`), not here.
 
 pub mod attach;
+pub mod batch;
 pub mod cli;
 pub mod consts;
 pub mod far_end;

@@ -272,12 +272,18 @@ impl<'obj> Offload<'obj> {
     /// [`Sweeper::sweep`].
     fn sweep(&mut self) {
         let began = Instant::now();
+        // Alive, before and during the sweep as well as after it: however long it takes (the
+        // socket table, hundreds of thousands of entries), the stamp is never older than one
+        // step of it; an agent stuck for good stops stamping, and the fast path stops.
+        self.globals.stamp_alive(maps::now_ns());
         let seq = self.globals.alloc_seq();
         let socks = UdpTable::read()
             .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
             .ok();
+        self.globals.stamp_alive(maps::now_ns());
         let globals = &self.globals;
         let raise = || globals.raise_shortened(maps::now_ns());
+        let alive = || globals.stamp_alive(maps::now_ns());
         let m = &self.skel.maps;
         let state = StateMaps {
             allocs: &m.allocs,
@@ -288,6 +294,7 @@ impl<'obj> Offload<'obj> {
             not_local: &m.not_local,
             server_socks: &m.server_socks,
             raise_shortened: &raise,
+            alive: &alive,
         };
         match self
             .sweeper

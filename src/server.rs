@@ -88,14 +88,37 @@ pub struct UdpTable {
 }
 
 impl UdpTable {
-    /// Read `/proc/net/udp` and `/proc/net/udp6`: the sockets of the network namespace of this
-    /// process's main thread (the agent's). A missing `udp6` (IPv6 disabled) is no error.
+    /// The UDP sockets of the calling thread's network namespace (the agent's), from one
+    /// sock_diag dump per address family: binary, and linear in the number of sockets. Reading
+    /// `/proc/net/udp` instead costs 2.8 ms of CPU at 1 000 sockets, 0.1 s at 10 000 and 10 s
+    /// at 100 000 (each read(2) of it walks the table again from the start); the dump 0.6 ms,
+    /// 6 ms and 53 ms (issue 13). Where sock_diag is unavailable (no `udp_diag`), the text
+    /// tables are read.
     pub fn read() -> Result<UdpTable> {
-        let v4 = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
-        let v6 = match std::fs::read_to_string("/proc/net/udp6") {
+        match sockdiag::udp_sockets() {
+            Ok(socks) => Ok(UdpTable::from_sockets(socks.into_iter().map(|d| UdpSock {
+                local: SocketAddr::new(d.ip, d.port),
+                state: d.state,
+                uid: d.uid,
+                inode: d.inode,
+            }))),
+            Err(e) => {
+                debug!("sock_diag: {e:#}: reading /proc/net/udp instead");
+                UdpTable::read_from(std::path::Path::new("/proc/net"))
+            }
+        }
+    }
+
+    /// Read `udp` and `udp6` in `dir` (`/proc/net`: the namespace of this process's main
+    /// thread; `/proc/thread-self/net`: the calling thread's). A missing `udp6` (IPv6 disabled)
+    /// is no error.
+    pub fn read_from(dir: &std::path::Path) -> Result<UdpTable> {
+        let v4 = std::fs::read_to_string(dir.join("udp"))
+            .with_context(|| format!("reading {}/udp", dir.display()))?;
+        let v6 = match std::fs::read_to_string(dir.join("udp6")) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).context("reading /proc/net/udp6"),
+            Err(e) => return Err(e).with_context(|| format!("reading {}/udp6", dir.display())),
         };
         Ok(UdpTable::from_sockets(
             parse_proc_net_udp(&v4)

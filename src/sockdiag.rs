@@ -9,6 +9,7 @@
 //! `linux/netlink.h`, `linux/sock_diag.h` and `linux/inet_diag.h`.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +35,7 @@ const SOCKID_LEN: usize = 48;
 const DIAG_MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 /// Offsets in `inet_diag_msg`.
 const MSG_SPORT: usize = 4;
+const MSG_SRC: usize = 4 + 4;
 const MSG_COOKIE: usize = 4 + 40;
 const MSG_UID: usize = 4 + SOCKID_LEN + 12;
 const MSG_INODE: usize = 4 + SOCKID_LEN + 16;
@@ -43,7 +45,8 @@ const MSG_INODE: usize = 4 + SOCKID_LEN + 16;
 pub struct DiagSock {
     pub family: u8,
     pub state: u8,
-    /// Local port.
+    /// Local address (an IPv4-mapped IPv6 address is given as IPv4) and port.
+    pub ip: IpAddr,
     pub port: u16,
     pub uid: u32,
     pub inode: u64,
@@ -107,6 +110,7 @@ pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
                 SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => out.socks.push(DiagSock {
                     family: body[0],
                     state: body[1],
+                    ip: local_ip(body[0], &body[MSG_SRC..MSG_SRC + 16]),
                     port: u16::from_be_bytes([body[MSG_SPORT], body[MSG_SPORT + 1]]),
                     uid: u32_at(body, MSG_UID),
                     inode: u64::from(u32_at(body, MSG_INODE)),
@@ -119,6 +123,15 @@ pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
         off += (len + 3) & !3; // NLMSG_ALIGN
     }
     Ok(out)
+}
+
+/// The local address in `idiag_src` of a socket of `family` (AF_INET: the first 4 bytes).
+fn local_ip(family: u8, src: &[u8]) -> IpAddr {
+    if family == libc_af(AddressFamily::Inet) {
+        return IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
+    }
+    let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(src).expect("16 bytes"));
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
 /// Every UDP socket (IPv4 and IPv6) of the network namespace of the calling thread.
@@ -250,6 +263,7 @@ mod tests {
                 DiagSock {
                     family: 2,
                     state: 7,
+                    ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
                     port: 3478,
                     uid: 0,
                     inode: 197916,
@@ -258,6 +272,7 @@ mod tests {
                 DiagSock {
                     family: 2,
                     state: 7,
+                    ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
                     port: 3478,
                     uid: 65534,
                     inode: 197917,
@@ -313,6 +328,7 @@ mod tests {
             .collect();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].port, found[0].cookie), (port, cookie));
+        assert_eq!(found[0].ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(found[0].family, 2);
         let map = udp_cookies(&[inode, 1].into()).unwrap();
         assert_eq!(map, BTreeMap::from([(inode, cookie)]));
