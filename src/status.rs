@@ -152,7 +152,17 @@ impl Status {
         let mut ifaces: Vec<&str> = self.hooks.iter().map(|h| h.iface.as_str()).collect();
         ifaces.dedup();
         let who = if self.holders.is_empty() {
-            "held by no process: a TC filter left behind (see turn-bpf detach)".to_string()
+            // An XDP program that outlives every process is held by a pinned link (--pin-path:
+            // the agent left it on purpose); a lone TC filter is what a killed agent leaves.
+            if self.hooks.iter().any(|h| h.xdp_mode.is_some()) {
+                "held by no process: pinned by an agent that stopped (the fast path passes \
+                 everything to the server once its alive stamp is 5 s old; the next agent with \
+                 the same --pin-path adopts it, `turn-bpf detach --pin-path DIR IFACE...` \
+                 removes it)"
+                    .to_string()
+            } else {
+                "held by no process: a TC filter left behind (see turn-bpf detach)".to_string()
+            }
         } else {
             let p: Vec<String> = self
                 .holders
@@ -714,11 +724,20 @@ mod tests {
         s.config = None;
         let out = s.render();
         assert!(
-            out.starts_with("turn-bpf on turn0, relay0: held by no process"),
+            out.starts_with(
+                "turn-bpf on turn0, relay0: held by no process: pinned by an agent that stopped"
+            ),
             "{out}"
         );
         assert!(out.contains("configuration: not readable"), "{out}");
         assert!(!out.contains("allocations ("), "{out}");
+        // the TC filter alone: what a killed agent leaves
+        s.hooks.retain(|h| h.xdp_mode.is_none());
+        let out = s.render();
+        assert!(
+            out.contains("held by no process: a TC filter left behind"),
+            "{out}"
+        );
     }
 
     #[test]

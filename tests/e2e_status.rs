@@ -349,7 +349,9 @@ fn status_bindings_counts_each_way_live_and_pinned() {
     let (code, out, err) = status(&lab, &["turn0", "relay0", "--bindings"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with("turn-bpf on turn0, relay0: held by no process"),
+        out.starts_with(
+            "turn-bpf on turn0, relay0: held by no process: pinned by an agent that stopped"
+        ),
         "{out}"
     );
     let (up_p, down_p) = chan_counts(&out, &prefix);
