@@ -608,4 +608,79 @@ mod tests {
         let cli = Cli::try_parse_from(["turn-bpf", "eth0"]).unwrap();
         assert_eq!(cli.run.pin_path, None);
     }
+
+    /// `--help` and the README's option table name the same options and subcommands: the
+    /// README is the manual page.
+    #[test]
+    fn every_option_is_in_the_readme_table_and_every_row_is_an_option() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| {
+                l.starts_with("| `--")
+                    || l.starts_with("| `-")
+                    || l.starts_with("| `status")
+                    || l.starts_with("| `detach")
+            })
+            .collect();
+        let first_cell = |row: &str| -> String {
+            row.trim_start_matches("| ")
+                .split(" | ")
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        let cells: Vec<String> = rows.iter().map(|r| first_cell(r)).collect();
+        let mut cmd = Cli::command();
+        let mut seen = Vec::new();
+        let mut check = |long: &str| {
+            let want = format!("--{long}");
+            let names = |r: &str| {
+                r.match_indices(&want).any(|(i, _)| {
+                    let after = r[i + want.len()..].chars().next();
+                    let before = r[..i].chars().next_back();
+                    matches!(before, Some('`' | '[' | ' '))
+                        && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+            };
+            assert!(
+                rows.iter().any(|r| names(r)),
+                "--{long} is an option but not in the README's option table"
+            );
+            seen.push(format!("--{long}"));
+        };
+        for a in cmd.get_arguments() {
+            if let Some(long) = a.get_long() {
+                if long != "help" && long != "version" {
+                    check(long);
+                }
+            }
+        }
+        for sub in cmd.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            assert!(
+                cells.iter().any(|c| c.starts_with(&format!("`{name}"))),
+                "subcommand {name} is not in the README's option table"
+            );
+            for a in sub.get_arguments() {
+                if let Some(long) = a.get_long() {
+                    if long != "help" && long != "version" {
+                        check(long);
+                    }
+                }
+            }
+        }
+        // and every --option the table names exists
+        for c in &cells {
+            for word in c.split(['`', ' ', '[', ']']) {
+                if let Some(long) = word.strip_prefix("--") {
+                    assert!(
+                        seen.iter().any(|s| s == &format!("--{long}")),
+                        "the README's option table names --{long}, which turn-bpf does not have"
+                    );
+                }
+            }
+        }
+    }
 }
