@@ -237,6 +237,8 @@ impl Sweeper {
         if let (Some(server), Some(t)) = (self.server.as_mut(), socks) {
             let w = server.check(t);
             if let Some(why) = w.forget {
+                // every cached check void first: the deletions take a while at scale
+                (m.raise_shortened)();
                 r.allocs_removed = delete_all(m.allocs);
                 let chans = delete_all(m.chans);
                 r.chans_removed = chans + delete_all(m.peers);
@@ -282,7 +284,10 @@ impl Sweeper {
                     show(&key.client),
                     show(&a.relay[0])
                 );
-            } else if let (Some(relay), true) = (ended, budget) {
+            } else if let Some(relay) = ended {
+                // Not bounded by the budget: the server ended it, and until it is gone here the
+                // fast path relays its channels (a mass teardown must not take N / budget
+                // seconds to be seen).
                 m.allocs.delete(k).ok();
                 if a.expires_ns > now {
                     (m.raise_shortened)();
@@ -728,6 +733,41 @@ mod tests {
         // Without a socket table nothing is judged.
         let r = s.sweep(&m.state(), NOW, 4, None).unwrap();
         assert_eq!(r.allocs_removed, 0);
+    }
+
+    /// A mass teardown at the server is seen in one sweep: allocations whose relay socket went
+    /// away are not held back by the budget (until removed here, their channels relay on).
+    #[test]
+    fn a_mass_teardown_at_the_server_is_not_held_back_by_the_budget() {
+        const N: usize = SWEEP_BUDGET + 100;
+        let Some(m) = Maps::new(2 * N as u32) else {
+            return;
+        };
+        for i in 0..N {
+            let k = tb_alloc_key {
+                client: ep(SocketAddr::from((
+                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                    5000,
+                ))),
+                server: ep(SERVER.parse().unwrap()),
+            };
+            let mut a = tb_alloc {
+                id: i as u64 + 1,
+                expires_ns: FAR,
+                keep_until_ns: FAR,
+                ..Default::default()
+            };
+            a.relay[0] = ep(SocketAddr::from(([198, 51, 100, 1], 20000 + i as u16)));
+            Maps::put(&m.allocs, &k, &a);
+        }
+        let p = FakeProc::new("sweep-teardown");
+        let mut s = Sweeper::new(watch(&p, &relays(&[])));
+        // every relay socket gone at once
+        let r = s
+            .sweep(&m.state(), NOW, u64::MAX, Some(&relays(&[])))
+            .unwrap();
+        assert_eq!((r.allocs_removed, r.allocs_ended), (N, N));
+        assert_eq!(m.counts().0, 0);
     }
 
     #[test]
