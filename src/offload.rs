@@ -56,6 +56,30 @@ pub struct Offload<'obj> {
     globals: Globals,
     /// --pin-path: what is pinned stays on exit.
     pins: Option<PinDir>,
+    /// When the server's sockets were last read: the alive stamp vouches for them.
+    table: TableAge,
+}
+
+/// The alive stamp says "the server's sockets were checked a moment ago", so it is renewed only
+/// while the last socket table read is younger than [`TableAge::FRESH`]: a sweep that runs long
+/// on an old table (or a table that cannot be read) lets the stamp age, and the fast path stops
+/// within TB_AGENT_STALE_NS of the last check, as it would if the agent were gone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TableAge {
+    read_at: Option<Instant>,
+}
+
+impl TableAge {
+    /// Under TB_AGENT_STALE_NS (5 s), with room for the sweep step between two stamps.
+    pub const FRESH: Duration = Duration::from_secs(3);
+
+    pub fn read_now(&mut self) {
+        self.read_at = Some(Instant::now());
+    }
+
+    pub fn may_stamp(&self) -> bool {
+        self.read_at.is_some_and(|t| t.elapsed() < Self::FRESH)
+    }
 }
 
 impl<'obj> Offload<'obj> {
@@ -186,6 +210,12 @@ impl<'obj> Offload<'obj> {
             summary,
             globals,
             pins,
+            // the trust check at start read the server's sockets a moment ago
+            table: {
+                let mut t = TableAge::default();
+                t.read_now();
+                t
+            },
         }))
     }
 
@@ -272,18 +302,29 @@ impl<'obj> Offload<'obj> {
     /// [`Sweeper::sweep`].
     fn sweep(&mut self) {
         let began = Instant::now();
-        // Alive, before and during the sweep as well as after it: however long it takes (the
-        // socket table, hundreds of thousands of entries), the stamp is never older than one
-        // step of it; an agent stuck for good stops stamping, and the fast path stops.
-        self.globals.stamp_alive(maps::now_ns());
+        // Alive, before and during the sweep as well as after it, while the server's sockets
+        // were read a moment ago (TableAge): a long sweep of hundreds of thousands of entries
+        // keeps the fast path on, a sweep on an old table (or none) does not, and an agent
+        // stuck for good stops stamping.
+        if self.table.may_stamp() {
+            self.globals.stamp_alive(maps::now_ns());
+        }
         let seq = self.globals.alloc_seq();
         let socks = UdpTable::read()
             .map_err(|e| warn!("the server's sockets are not checked this time: {e:#}"))
             .ok();
-        self.globals.stamp_alive(maps::now_ns());
+        if socks.is_some() {
+            self.table.read_now();
+            self.globals.stamp_alive(maps::now_ns());
+        }
         let globals = &self.globals;
+        let table = self.table;
         let raise = || globals.raise_shortened(maps::now_ns());
-        let alive = || globals.stamp_alive(maps::now_ns());
+        let alive = || {
+            if table.may_stamp() {
+                globals.stamp_alive(maps::now_ns());
+            }
+        };
         let m = &self.skel.maps;
         let state = StateMaps {
             allocs: &m.allocs,
@@ -304,7 +345,9 @@ impl<'obj> Offload<'obj> {
             Err(e) => warn!("sweep: {e:#}"),
         }
         // Alive: the fast path relays for TB_AGENT_STALE_NS from now.
-        self.globals.stamp_alive(maps::now_ns());
+        if self.table.may_stamp() {
+            self.globals.stamp_alive(maps::now_ns());
+        }
     }
 
     fn refresh_local_addrs(&self) {
@@ -559,5 +602,20 @@ fn attach_drop_counters(skel: &TurnSkel<'_>, attached: &mut Attachments) {
                  after a redirect are not counted"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alive_stamp_vouches_only_for_a_fresh_socket_table() {
+        let mut t = TableAge::default();
+        assert!(!t.may_stamp(), "never read: no stamp");
+        t.read_now();
+        assert!(t.may_stamp());
+        t.read_at = Instant::now().checked_sub(TableAge::FRESH + Duration::from_millis(1));
+        assert!(!t.may_stamp(), "read too long ago: no stamp");
     }
 }

@@ -103,6 +103,15 @@ impl UdpTable {
                 inode: d.inode,
             }))),
             Err(e) => {
+                // said once (at scale the text table costs seconds a read: the operator must
+                // know why the agent's CPU went up)
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    log::warn!(
+                        "sock_diag: {e:#}: reading /proc/net/udp instead (slow with many \
+                         sockets: load udp_diag)"
+                    )
+                });
                 debug!("sock_diag: {e:#}: reading /proc/net/udp instead");
                 UdpTable::read_from(std::path::Path::new("/proc/net"))
             }
