@@ -39,7 +39,10 @@ pub fn map_pin_name(name: &str) -> String {
 /// Whether a map of the object is kept under DIR: every map the programs share state through,
 /// not the object's constant sections (`.rodata`, `.kconfig`) nor any other internal one.
 pub fn kept(name: &str) -> bool {
-    !name.starts_with('.') || name == ".data.pinned"
+    // libbpf names the object's own sections "<object>.rodata", "<object>.bss" (and a custom
+    // one by its section name): a name from the C source has no dot. A pinned .rodata was
+    // reused by the next agent with the old settings in it (its --channel-lifetime ignored).
+    !name.contains('.') || name == ".data.pinned"
 }
 
 /// Maps whose contents nothing depends on (counters, scratch space, a log-once list): one that
@@ -49,6 +52,44 @@ const DISPOSABLE: &[&str] = &["stats", "not_local", "out_scratch", "binding_coun
 
 /// What a bpffs holds from its mount on (the kernel's own iterators), not ours to remove.
 const PRELOADED: &[&str] = &["maps.debug", "progs.debug"];
+
+/// The maps turn-bpf pins under DIR, by pin name (a test holds this list to the object's kept
+/// maps). With the layout version and the XDP links (`xdp_IFACE`), nothing else of DIR is ours:
+/// `detach` and a clean start remove only these, and a DIR holding anything else is refused.
+const OUR_MAPS: &[&str] = &[
+    "allocs",
+    "binding_counts",
+    "blind",
+    "chans",
+    "csum_buf",
+    "data_pinned",
+    "external_ips",
+    "local_addrs",
+    "not_local",
+    "out_scratch",
+    "peers",
+    "pending",
+    "perms",
+    "refused_peers",
+    "relay_ports",
+    "relayed",
+    "scratch",
+    "server_socks",
+    "stats",
+    "tx_ports",
+    "xmit_ifaces",
+];
+
+/// Pins earlier builds made and this one does not (removed with the rest).
+const FORMERLY_OURS: &[&str] = &["turn_bpf_rodata"];
+
+/// A pin turn-bpf makes under DIR.
+pub fn ours(name: &str) -> bool {
+    OUR_MAPS.contains(&name)
+        || FORMERLY_OURS.contains(&name)
+        || name == LAYOUT_PIN
+        || name.starts_with("xdp_")
+}
 
 /// The pin of the XDP link on `iface`.
 pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
@@ -102,6 +143,22 @@ impl PinDir {
     /// `detach`) uses it.
     pub fn open(dir: &Path) -> Result<PinDir> {
         check_bpffs(dir)?;
+        let mut foreign: Vec<String> = fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !ours(n) && !PRELOADED.contains(&n.as_str()))
+            .collect();
+        if !foreign.is_empty() {
+            foreign.sort();
+            bail!(
+                "--pin-path {} holds what turn-bpf did not pin ({}): give turn-bpf a directory \
+                 of its own (for example {})",
+                dir.display(),
+                foreign.join(", "),
+                dir.join("turn-bpf").display()
+            );
+        }
         let lock = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
         // SAFETY: flock on a descriptor we own.
         let rc =
@@ -166,6 +223,12 @@ impl PinDir {
     /// and give every kept map its pin path (libbpf then reuses the pinned map or creates and pins
     /// a new one).
     pub fn prepare(&self, object: &mut libbpf_rs::OpenObject) -> Result<Found> {
+        for name in FORMERLY_OURS {
+            let p = self.path(name);
+            if p.exists() {
+                fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+            }
+        }
         let mut maps: Vec<libbpf_rs::OpenMapMut<'_>> = object
             .maps_mut()
             .filter(|m| kept(&m.name().to_string_lossy()))
@@ -263,7 +326,7 @@ impl PinDir {
         {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if which(&name) && e.file_type()?.is_file() && !PRELOADED.contains(&name.as_str()) {
+            if which(&name) && ours(&name) && e.file_type()?.is_file() {
                 fs::remove_file(e.path())
                     .with_context(|| format!("unpinning {}", e.path().display()))?;
             }
@@ -453,12 +516,36 @@ mod tests {
         assert_ne!(fingerprint(a), fingerprint("struct x { __u32 a; };"));
     }
 
+    /// OUR_MAPS is every map of the object that is pinned, no more.
+    #[test]
+    fn our_pins_are_the_objects_kept_maps() {
+        let mut storage = std::mem::MaybeUninit::uninit();
+        let open = {
+            use libbpf_rs::skel::SkelBuilder;
+            crate::skel::TurnSkelBuilder::default()
+                .open(&mut storage)
+                .expect("opening the object")
+        };
+        use libbpf_rs::skel::OpenSkel;
+        let mut kept_maps: Vec<String> = open
+            .open_object()
+            .maps()
+            .map(|m| m.name().to_string_lossy().into_owned())
+            .filter(|n| kept(n))
+            .map(|n| map_pin_name(&n))
+            .collect();
+        kept_maps.sort();
+        assert_eq!(kept_maps, OUR_MAPS);
+        assert!(ours("xdp_eth0") && ours(LAYOUT_PIN) && !ours("cilium_calls"));
+    }
+
     #[test]
     fn pin_names() {
         assert_eq!(map_pin_name(".data.pinned"), STATE_PIN);
         assert_eq!(map_pin_name("allocs"), "allocs");
         assert!(kept("allocs") && kept(".data.pinned"));
         assert!(!kept(".rodata") && !kept(".bss") && !kept(".kconfig"));
+        assert!(!kept("turn_bpf.rodata") && !kept("turn_bpf.bss"));
     }
 
     #[test]

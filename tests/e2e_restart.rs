@@ -695,3 +695,76 @@ fn sigkill_then_detach_restores_forwarding() {
 }
 
 use std::os::unix::process::ExitStatusExt;
+
+/// A restart with other settings runs with them: the object's constants (.rodata) are not
+/// pinned, or the next agent would load its programs with the last one's (a shorter
+/// --channel-lifetime given at the restart was ignored, the fast path relaying as long as
+/// before). And DIR is turn-bpf's alone: one holding another program's pin is refused in one
+/// line, that pin left in place, and `detach` removes only turn-bpf's.
+#[test]
+fn a_restart_runs_with_its_own_settings_and_the_pin_dir_is_ours_alone() {
+    skip_unless_lab!();
+    let lab = Lab::up("tbr-rst6", &[]).unwrap();
+    let ns = lab.ns(Host::Srv);
+    let pins = PinFs::mount("tbr-rst6-pins");
+    let status = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(agent_bin())
+            .arg("status")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (extra, want) in [
+        (&["--channel-lifetime", "7"][..], "lifetimes: channel 7 s"),
+        (&[][..], "lifetimes: channel 600 s"),
+        (&["--channel-lifetime", "9"][..], "lifetimes: channel 9 s"),
+    ] {
+        let mut args = vec!["--enable-forwarding"];
+        args.extend(agent_args(&pins, extra));
+        let agent =
+            AgentProc::start_ready(&agent_bin(), &ns, &args, &log_path("tbr-rst6")).unwrap();
+        let out = status();
+        assert!(out.contains(want), "{extra:?}: {out}");
+        stop_keeping_pins(agent);
+    }
+    assert!(
+        !pins.dir.join("turn_bpf_rodata").exists(),
+        "the constants are not pinned"
+    );
+
+    // Another program's pin in DIR: refused, left alone; detach removes only ours.
+    let foreign = pins.dir.join("other_prog_map");
+    let st = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", "1", "name", "other",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "bpftool map create (scripts/common.sh installs bpftool)"
+    );
+    let args = agent_args(&pins, &[]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(agent_bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        lines.len() == 1 && lines[0].contains("holds what turn-bpf did not pin (other_prog_map)"),
+        "{err}"
+    );
+    assert!(foreign.exists());
+    std::fs::remove_file(&foreign).unwrap();
+    let (ok, out) = detach(&lab, Some(pins.arg()));
+    assert!(ok, "{out}");
+    assert_clean(&lab);
+}
