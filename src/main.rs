@@ -125,9 +125,15 @@ fn need_root(caps: &[Cap]) -> Result<()> {
 fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
     need_root(&INSPECT_CAPS)?;
     let pins = pin_path.map(PinDir::open).transpose()?;
+    // An interface that is gone (renamed, its namespace deleted) has nothing attached any more:
+    // said, and skipped, so that what is pinned still goes and the rest is still cleaned.
+    let (present, missing): (Vec<String>, Vec<String>) = ifaces
+        .iter()
+        .cloned()
+        .partition(|iface| attach::ifindex(iface).is_ok());
+    let ifaces = &present[..];
     let mut locks = Vec::new();
     for iface in ifaces {
-        attach::ifindex(iface)?;
         let mut lock = RunLock::open(iface)?;
         if lock.try_lock()? {
             locks.push((iface, lock));
@@ -169,6 +175,12 @@ fn detach(ifaces: &[String], pin_path: Option<&Path>) -> Result<()> {
             );
         }
         println!("{iface}: restored the forwarding settings a turn-bpf agent changed");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "no interface named {}: skipped (the rest is done)",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
