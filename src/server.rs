@@ -1,4 +1,4 @@
-//! The TURN server's UDP sockets (`/proc/net/udp`, `/proc/net/udp6`), who the server is (the
+//! The TURN server's UDP sockets (a sock_diag dump, or `/proc/net/udp{,6}`), who the server is (the
 //! process holding the listening sockets of the TURN ports), and the watch on its listening
 //! sockets that tells when it stopped or restarted and keeps the trusted socket cookies.
 
