@@ -20,7 +20,7 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 # Bounds that keep a whole run inside CI's 90 minutes.
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
-TEST_TIMEOUT=${TEST_TIMEOUT:-2400}
+TEST_TIMEOUT=${TEST_TIMEOUT:-3000}
 # The kernels step: under 3 minutes with the kernel packages cached in target/kernels/.
 KERNELS_TIMEOUT=${KERNELS_TIMEOUT:-300}
 
