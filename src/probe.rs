@@ -199,23 +199,9 @@ fn may_load() -> Result<(), i32> {
         insn(BPF_ALU64_MOV_K, 0, 0, 0, 2), // r0 = XDP_PASS
         insn(BPF_EXIT, 0, 0, 0, 0),
     ];
-    let license = c"GPL";
-    // SAFETY: a valid instruction array of the length given; no options.
-    let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            XDP,
-            std::ptr::null(),
-            license.as_ptr(),
-            prog.as_ptr(),
-            prog.len() as _,
-            std::ptr::null_mut(),
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: the kernel just gave us this fd; dropping it frees the program.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    let Err(fd) = load_xdp(&prog) else {
         return Ok(());
-    }
+    };
     use nix::errno::Errno;
     match Errno::from_raw(-fd) {
         Errno::EPERM | Errno::EACCES | Errno::ENOSYS => Err(fd),
@@ -393,6 +379,19 @@ fn atomics() -> Answer {
         insn(BPF_ALU64_MOV_K, 0, 0, 0, 2),               // r0 = XDP_PASS
         insn(BPF_EXIT, 0, 0, 0, 0),
     ];
+    match load_xdp(&prog) {
+        Ok(()) => Answer::Yes,
+        // The verifier refuses an unknown instruction with EINVAL; EPERM is about us.
+        Err(rc) if rc == -(nix::errno::Errno::EPERM as i32) => Answer::Failed(rc),
+        Err(rc) => {
+            debug!("the atomics probe was refused: error {rc}");
+            Answer::No
+        }
+    }
+}
+
+/// Load `prog` as an XDP program and free it at once: Err(-errno) when the kernel refuses it.
+fn load_xdp(prog: &[libbpf_sys::bpf_insn]) -> Result<(), i32> {
     let license = c"GPL";
     // SAFETY: a valid instruction array of the length given; no options.
     let fd = unsafe {
@@ -406,21 +405,11 @@ fn atomics() -> Answer {
         )
     };
     if fd < 0 {
-        debug!("the atomics probe was refused: error {fd}");
-        // The verifier refuses an unknown instruction with EINVAL; EPERM is about us.
-        return if fd == -libc_eperm() {
-            Answer::Failed(fd)
-        } else {
-            Answer::No
-        };
+        return Err(fd);
     }
     // SAFETY: the kernel just gave us this fd; dropping it frees the program.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    Answer::Yes
-}
-
-fn libc_eperm() -> i32 {
-    nix::errno::Errno::EPERM as i32
+    Ok(())
 }
 
 #[cfg(test)]

@@ -568,6 +568,28 @@ mod tests {
             k
         }
 
+        /// Allocation number `i` of many (client 10.x.y.z:5000, ID i + 1), relayed at `relay`.
+        fn nth_alloc(&self, i: usize, relay: Option<SocketAddr>, expires_ns: u64) -> tb_alloc_key {
+            let k = tb_alloc_key {
+                client: ep(SocketAddr::from((
+                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                    5000,
+                ))),
+                server: ep(SERVER.parse().unwrap()),
+            };
+            let mut a = tb_alloc {
+                id: i as u64 + 1,
+                expires_ns,
+                keep_until_ns: expires_ns,
+                ..Default::default()
+            };
+            if let Some(relay) = relay {
+                a.relay[0] = ep(relay);
+            }
+            Self::put(&self.allocs, &k, &a);
+            k
+        }
+
         /// A channel (both sides) and its permission, for allocation `ak` (`id`, `relay`).
         fn chan(&self, ak: &tb_alloc_key, id: u64, relay: &str, peer: &str, chan: u16) -> tb_chan {
             let c = tb_chan {
@@ -744,21 +766,8 @@ mod tests {
             return;
         };
         for i in 0..N {
-            let k = tb_alloc_key {
-                client: ep(SocketAddr::from((
-                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                    5000,
-                ))),
-                server: ep(SERVER.parse().unwrap()),
-            };
-            let mut a = tb_alloc {
-                id: i as u64 + 1,
-                expires_ns: FAR,
-                keep_until_ns: FAR,
-                ..Default::default()
-            };
-            a.relay[0] = ep(SocketAddr::from(([198, 51, 100, 1], 20000 + i as u16)));
-            Maps::put(&m.allocs, &k, &a);
+            let relay = SocketAddr::from(([198, 51, 100, 1], 20000 + i as u16));
+            m.nth_alloc(i, Some(relay), FAR);
         }
         let p = FakeProc::new("sweep-teardown");
         let mut s = Sweeper::new(watch(&p, &relays(&[])));
@@ -833,21 +842,7 @@ mod tests {
         };
         // N expired allocations among N live ones.
         for i in 0..2 * N {
-            let k = tb_alloc_key {
-                client: ep(SocketAddr::from((
-                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                    5000,
-                ))),
-                server: ep(SERVER.parse().unwrap()),
-            };
-            let expires_ns = if i % 2 == 0 { NOW - 1 } else { FAR };
-            let a = tb_alloc {
-                id: i as u64 + 1,
-                expires_ns,
-                keep_until_ns: expires_ns,
-                ..Default::default()
-            };
-            Maps::put(&m.allocs, &k, &a);
+            m.nth_alloc(i, None, if i % 2 == 0 { NOW - 1 } else { FAR });
         }
         let mut s = Sweeper::default();
         let t0 = std::time::Instant::now();
@@ -873,22 +868,8 @@ mod tests {
     /// permission of its peer.
     fn fill_live(m: &Maps, n: usize) {
         for i in 0..n {
-            let ak = tb_alloc_key {
-                client: ep(SocketAddr::from((
-                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                    5000,
-                ))),
-                server: ep(SERVER.parse().unwrap()),
-            };
             let relay = bench_relay(i);
-            let mut a = tb_alloc {
-                id: i as u64 + 1,
-                expires_ns: FAR,
-                keep_until_ns: FAR,
-                ..Default::default()
-            };
-            a.relay[0] = ep(relay);
-            Maps::put(&m.allocs, &ak, &a);
+            let ak = m.nth_alloc(i, Some(relay), FAR);
             let peer = format!("198.51.{}.{}:7000", (i >> 8) as u8, i as u8);
             let peer = if i < 65536 {
                 peer

@@ -26,10 +26,8 @@ use std::time::{Duration, Instant};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use turn_bpf::stats::Counters;
 use turn_bpf_testkit::agent::AgentProc;
 use turn_bpf_testkit::lab::{self, Host, Lab};
-use turn_bpf_testkit::live_counters::LiveCounters;
 use turn_bpf_testkit::turn_client::{channel_data, parse_channel_data, TurnClient};
 
 use common::*;
@@ -38,45 +36,6 @@ const CHANNEL: u16 = 0x4000;
 /// Datagrams per second, each way.
 const RATE: u64 = 2000;
 const PEER_PORT: u16 = 6100;
-
-/// A bpffs mounted at /run/NAME for one test; unmounted (taking every pin with it) on drop.
-struct PinFs {
-    dir: PathBuf,
-}
-
-impl PinFs {
-    fn mount(name: &str) -> PinFs {
-        let dir = PathBuf::from(format!("/run/{name}"));
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting a bpffs at {}", dir.display());
-        PinFs { dir }
-    }
-
-    fn arg(&self) -> &str {
-        self.dir.to_str().unwrap()
-    }
-
-    fn counters(&self) -> Counters {
-        LiveCounters::pinned(&self.dir).unwrap().read().unwrap()
-    }
-}
-
-impl Drop for PinFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 fn agent_args<'a>(pins: &'a PinFs, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["--pin-path", pins.arg()];

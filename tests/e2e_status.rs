@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use nix::sys::signal::Signal;
@@ -205,37 +204,6 @@ fn status_shows_a_running_agent_its_counters_and_bindings() {
     );
     assert_clean(&lab);
     echo.stop();
-}
-
-/// A bpffs mounted at /run/NAME for one test; unmounted (taking every pin with it) on drop.
-struct PinFs {
-    dir: PathBuf,
-}
-
-impl PinFs {
-    fn mount(name: &str) -> PinFs {
-        let dir = PathBuf::from(format!("/run/{name}"));
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting a bpffs at {}", dir.display());
-        PinFs { dir }
-    }
-}
-
-impl Drop for PinFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// One direction of a channel line: (datagrams, bytes, "last ..." as printed).

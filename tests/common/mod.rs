@@ -226,3 +226,50 @@ pub fn arrivals(c: &TurnClient, chan: u16, wait: Duration) -> (usize, usize) {
     }
     (ind, cd)
 }
+
+/// A bpffs mounted at /run/NAME for one test; unmounted (taking every pin with it) on drop.
+pub struct PinFs {
+    pub dir: PathBuf,
+}
+
+impl PinFs {
+    pub fn mount(name: &str) -> PinFs {
+        use std::process::Command;
+        let dir = PathBuf::from(format!("/run/{name}"));
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a bpffs at {}", dir.display());
+        PinFs { dir }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// The counters of the state pinned here.
+    pub fn counters(&self) -> turn_bpf::stats::Counters {
+        turn_bpf_testkit::live_counters::LiveCounters::pinned(&self.dir)
+            .unwrap()
+            .read()
+            .unwrap()
+    }
+}
+
+impl Drop for PinFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -1172,32 +1172,24 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     write_json(&a.out.join("runs.json"), &points)?;
 
-    let (micro_runs, micro_trials) = if a.quick {
-        (
-            a.micro_runs.unwrap_or(MICRO_RUNS / 4),
-            a.micro_trials.unwrap_or(11),
-        )
-    } else {
-        (
-            a.micro_runs.unwrap_or(MICRO_RUNS),
-            a.micro_trials.unwrap_or(MICRO_TRIALS),
-        )
-    };
+    // Test runs per case and trials: given, or the full defaults, or a quarter of the runs and
+    // fewer trials with --quick.
+    let runs_trials =
+        |runs: Option<u32>, trials: Option<usize>, full: (u32, usize), quick_trials| {
+            if a.quick {
+                (runs.unwrap_or(full.0 / 4), trials.unwrap_or(quick_trials))
+            } else {
+                (runs.unwrap_or(full.0), trials.unwrap_or(full.1))
+            }
+        };
+    let (micro_runs, micro_trials) =
+        runs_trials(a.micro_runs, a.micro_trials, (MICRO_RUNS, MICRO_TRIALS), 11);
     println!(
         "  micro-benchmark (BPF_PROG_TEST_RUN, {micro_runs} runs per case, {micro_trials} trials) ..."
     );
     let micro = baseline::run_micro(&a.micro_ns, micro_runs, micro_trials, a.binding_counters)?;
-    let (scale_runs, scale_trials) = if a.quick {
-        (
-            a.scale_runs.unwrap_or(SCALE_RUNS / 4),
-            a.scale_trials.unwrap_or(5),
-        )
-    } else {
-        (
-            a.scale_runs.unwrap_or(SCALE_RUNS),
-            a.scale_trials.unwrap_or(SCALE_TRIALS),
-        )
-    };
+    let (scale_runs, scale_trials) =
+        runs_trials(a.scale_runs, a.scale_trials, (SCALE_RUNS, SCALE_TRIALS), 5);
     println!(
         "  scale (channels {:?}, and under churn; {scale_runs} runs per case, {scale_trials} trials) ...",
         scale::LEVELS
