@@ -5,6 +5,7 @@
 //! at any point undoes what was done (the [`Attachments`] guard).
 
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::attach::{self, Attachments};
 use crate::cli::Args;
@@ -29,12 +30,25 @@ use crate::server_conf::effective::{self, Effective};
 use crate::sizing;
 use crate::skel::{Rules, Settings, TurnSkel, TurnSkelBuilder};
 use crate::snapshot::{Sources, Summary};
+use crate::sockdiag::DestroyWatch;
 use crate::stats::Counters;
 use crate::sweep::{StateMaps, Sweeper};
 
 /// How often expired entries are swept and local addresses re-read. Correctness never waits for
 /// it: the fast path checks every deadline itself.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A full sweep (every map walked, every UDP socket dumped) costs what the tables hold: it runs
+/// at most once a second, and no more often than keeps its CPU under 1/FULL_SHARE of a core
+/// (16 ms a second: at 100 000 allocations a pass of about half a second runs every 30 s or
+/// so). Between passes the server's own teardown is seen from the kernel's destroy notices
+/// (about 5 µs each), and expiry needs no sweep (the fast path checks every deadline).
+pub const FULL_SHARE: u32 = 64;
+/// The longest time between two full sweeps.
+pub const FULL_MAX_EVERY: Duration = Duration::from_secs(60);
+/// `TURN_BPF_FULL_SWEEP_EVERY=<seconds>`: a fixed time between full sweeps instead (for tests
+/// that watch the notices alone do their work).
+pub const FULL_EVERY_ENV: &str = "TURN_BPF_FULL_SWEEP_EVERY";
+
 /// How often the sweep runs while no TURN server is trusted (it stopped or restarted): nothing
 /// is learned until its new sockets are trusted, so they are looked for at every tick. With
 /// nothing trusted nothing is committed either, so these sweeps have little to do.
@@ -58,6 +72,63 @@ pub struct Offload<'obj> {
     pins: Option<PinDir>,
     /// When the server's sockets were last read: the alive stamp vouches for them.
     table: TableAge,
+    /// The kernel's notices of destroyed sockets (None: unavailable, every sweep is full).
+    destroyed: Option<DestroyWatch>,
+    cadence: Cadence,
+}
+
+/// When the next full sweep is due.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    last: Option<Instant>,
+    /// The CPU the last full sweep took.
+    cost: Duration,
+    /// A fixed time between full sweeps ([`FULL_EVERY_ENV`]).
+    fixed: Option<Duration>,
+}
+
+impl Cadence {
+    /// The first full sweep is due one interval from now: the start read the sockets.
+    pub fn new(fixed: Option<Duration>) -> Cadence {
+        Cadence {
+            last: Some(Instant::now()),
+            cost: Duration::ZERO,
+            fixed,
+        }
+    }
+
+    /// From [`FULL_EVERY_ENV`]; a value that is not a whole number of seconds is refused.
+    pub fn from_env() -> Result<Cadence> {
+        let fixed = match std::env::var(FULL_EVERY_ENV) {
+            Ok(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
+                anyhow::anyhow!("{FULL_EVERY_ENV}={v}: not a whole number of seconds")
+            })?)),
+            Err(_) => None,
+        };
+        Ok(Cadence::new(fixed))
+    }
+
+    /// The time between two full sweeps now.
+    pub fn every(&self) -> Duration {
+        self.fixed
+            .unwrap_or_else(|| (self.cost * FULL_SHARE).clamp(SWEEP_EVERY, FULL_MAX_EVERY))
+    }
+
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= self.every())
+    }
+
+    /// A full sweep began at `at` and took `cost` of CPU.
+    pub fn done(&mut self, at: Instant, cost: Duration) {
+        self.last = Some(at);
+        self.cost = cost;
+    }
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// The alive stamp says "the server's sockets were checked a moment ago", so it is renewed only
@@ -98,6 +169,15 @@ impl<'obj> Offload<'obj> {
         // The lock first: "a live agent" is one holding it, whatever is on the hooks.
         let lock = RunLock::acquire(&ifaces[0])?;
         let kernel = probe::require().map_err(anyhow::Error::msg)?;
+        // Notices of destroyed sockets are queued from before the first read of the sockets.
+        let destroyed = DestroyWatch::open()
+            .map_err(|e| {
+                warn!(
+                    "{e:#}: the server's sockets are dumped at every sweep instead (costly with \
+                     many allocations)"
+                )
+            })
+            .ok();
         // The server's own settings, merged with ours; refuses a server with bandwidth limits.
         let settings = effective::resolve(args, &UdpTable::read()?)?;
         let server = find_server(args, &settings.turn_ports)?;
@@ -156,7 +236,9 @@ impl<'obj> Offload<'obj> {
             if found == Found::Compatible && p.server_changed(&cookies) {
                 let m = &skel.maps;
                 pin::forget_bindings(
-                    &[&m.allocs, &m.chans, &m.peers, &m.perms, &m.pending],
+                    &[
+                        &m.allocs, &m.chans, &m.peers, &m.perms, &m.pending, &m.relays,
+                    ],
                     "the TURN server is not the one the pinned state was learned from",
                 );
                 globals.raise_shortened(maps::now_ns());
@@ -199,6 +281,7 @@ impl<'obj> Offload<'obj> {
             metrics::serve(l, Sources::of_skel(&skel.maps)?, run_stats.clone(), info)?;
         }
         let summary = Summary::new(&sources.snapshot()?);
+        let cadence = Cadence::from_env()?;
         Ok(Some(Offload {
             skel,
             attached,
@@ -216,6 +299,8 @@ impl<'obj> Offload<'obj> {
                 t.read_now();
                 t
             },
+            destroyed,
+            cadence,
         }))
     }
 
@@ -272,7 +357,7 @@ impl<'obj> Offload<'obj> {
     /// One last sweep (so every channel learned since the last one is in the log), detach, and
     /// print the counters of this run.
     pub fn finish(mut self) {
-        self.sweep();
+        self.full_sweep();
         if let Some(p) = &self.pins {
             info!(
                 "stopping: leaving the fast path and the snooper pinned under {} (the snooper \
@@ -298,10 +383,75 @@ impl<'obj> Offload<'obj> {
         }
     }
 
-    /// One sweep. The allocation sequence is read first, then the sockets: see
-    /// [`Sweeper::sweep`].
+    /// One sweep: the destroy notices since the last one, then a full sweep when one is due
+    /// ([`Cadence`]), when notices were lost, when a trusted socket of the server was
+    /// destroyed, or while no server is trusted.
     fn sweep(&mut self) {
         let began = Instant::now();
+        let mut full = self.cadence.due() || self.sweeper.waiting_for_server();
+        let notices = match self.destroyed.as_ref().map(DestroyWatch::drain) {
+            Some(Ok(d)) => {
+                if d.lost {
+                    debug!("destroy notices were lost: a full sweep");
+                    full = true;
+                }
+                if d.socks.iter().any(|s| self.sweeper.trusts(s.cookie)) {
+                    full = true;
+                }
+                Some(d.socks)
+            }
+            Some(Err(e)) => {
+                warn!("{e:#}: the server's sockets are dumped at every sweep from now on");
+                self.destroyed = None;
+                None
+            }
+            None => None,
+        };
+        let Some(notices) = notices else {
+            return self.full_sweep();
+        };
+        // A full sweep finds every closed socket gone from the table (and a trusted one ends
+        // everything): it does the notices' work.
+        if full {
+            return self.full_sweep();
+        }
+        let closed: Vec<SocketAddr> = notices
+            .iter()
+            .map(|s| SocketAddr::new(s.ip, s.port))
+            .collect();
+        if !closed.is_empty() {
+            let locals = if closed.iter().any(|a| a.ip().is_unspecified()) {
+                maps::local_addresses()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let globals = &self.globals;
+            let raise = || globals.raise_shortened(maps::now_ns());
+            let state = state_maps(&self.skel.maps, &raise, &|| {});
+            match self
+                .sweeper
+                .relays_closed(&state, &closed, &locals, maps::now_ns())
+            {
+                Ok(r) => self.run_stats.record(&r, began.elapsed()),
+                Err(e) => {
+                    warn!("sweep: {e:#}");
+                    return self.full_sweep();
+                }
+            }
+        }
+        // Every socket destroyed since the last look is accounted for: as good as a fresh read.
+        self.table.read_now();
+        self.globals.stamp_alive(maps::now_ns());
+    }
+
+    /// A full sweep. The allocation sequence is read first, then the sockets: see
+    /// [`Sweeper::sweep`].
+    fn full_sweep(&mut self) {
+        let began = Instant::now();
+        let cpu = thread_cpu();
         // Alive, before and during the sweep as well as after it, while the server's sockets
         // were read a moment ago (TableAge): a long sweep of hundreds of thousands of entries
         // keeps the fast path on, a sweep on an old table (or none) does not, and an agent
@@ -325,18 +475,7 @@ impl<'obj> Offload<'obj> {
                 globals.stamp_alive(maps::now_ns());
             }
         };
-        let m = &self.skel.maps;
-        let state = StateMaps {
-            allocs: &m.allocs,
-            chans: &m.chans,
-            peers: &m.peers,
-            perms: &m.perms,
-            pending: &m.pending,
-            not_local: &m.not_local,
-            server_socks: &m.server_socks,
-            raise_shortened: &raise,
-            alive: &alive,
-        };
+        let state = state_maps(&self.skel.maps, &raise, &alive);
         match self
             .sweeper
             .sweep(&state, maps::now_ns(), seq, socks.as_ref())
@@ -348,6 +487,7 @@ impl<'obj> Offload<'obj> {
         if self.table.may_stamp() {
             self.globals.stamp_alive(maps::now_ns());
         }
+        self.cadence.done(began, thread_cpu().saturating_sub(cpu));
     }
 
     fn refresh_local_addrs(&self) {
@@ -356,6 +496,26 @@ impl<'obj> Offload<'obj> {
         if let Err(e) = synced {
             warn!("{e:#}");
         }
+    }
+}
+
+/// The maps the sweep works on.
+fn state_maps<'a, 'obj>(
+    m: &'a crate::skel::TurnMaps<'obj>,
+    raise: &'a dyn Fn(),
+    alive: &'a dyn Fn(),
+) -> StateMaps<'a, libbpf_rs::Map<'obj>> {
+    StateMaps {
+        allocs: &m.allocs,
+        chans: &m.chans,
+        peers: &m.peers,
+        perms: &m.perms,
+        pending: &m.pending,
+        not_local: &m.not_local,
+        relays: &m.relays,
+        server_socks: &m.server_socks,
+        raise_shortened: raise,
+        alive,
     }
 }
 
@@ -608,6 +768,25 @@ fn attach_drop_counters(skel: &TurnSkel<'_>, attached: &mut Attachments) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_sweeps_take_a_bounded_share_of_a_core() {
+        let mut c = Cadence::new(None);
+        assert!(!c.due(), "the start read the sockets");
+        assert_eq!(c.every(), SWEEP_EVERY, "cheap: every second");
+        c.done(Instant::now(), Duration::from_millis(5));
+        assert_eq!(c.every(), SWEEP_EVERY);
+        // half a second of CPU: 32 s apart, 1/64 of a core
+        c.done(Instant::now(), Duration::from_millis(500));
+        assert_eq!(c.every(), Duration::from_secs(32));
+        c.done(Instant::now(), Duration::from_secs(5));
+        assert_eq!(c.every(), FULL_MAX_EVERY, "never further apart than this");
+        let mut c = Cadence::new(Some(Duration::from_secs(3600)));
+        c.done(Instant::now(), Duration::from_secs(5));
+        assert_eq!(c.every(), Duration::from_secs(3600), "fixed");
+        c.last = Instant::now().checked_sub(Duration::from_secs(3601));
+        assert!(c.due());
+    }
 
     #[test]
     fn the_alive_stamp_vouches_only_for_a_fresh_socket_table() {

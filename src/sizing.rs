@@ -87,13 +87,15 @@ impl Sizes {
     }
 
     /// Each sized table with its size.
-    fn tables(&self) -> [(&'static str, u32); 5] {
+    fn tables(&self) -> [(&'static str, u32); 6] {
         [
             ("allocs", self.allocations),
             ("chans", self.channels),
             ("peers", self.channels),
             ("perms", self.permissions),
             ("pending", self.pending),
+            // one entry per relayed address: two for a dual allocation
+            ("relays", self.allocations.saturating_mul(2)),
         ]
     }
 
@@ -105,6 +107,7 @@ impl Sizes {
                 "chans" => &mut maps.chans,
                 "peers" => &mut maps.peers,
                 "perms" => &mut maps.perms,
+                "relays" => &mut maps.relays,
                 _ => &mut maps.pending,
             };
             map.set_max_entries(n)
@@ -199,12 +202,13 @@ pub fn memory_line(parts: &[(&str, TableMemory)], kernel_memlock: Option<u64>) -
 /// The line for the loaded tables: their real sizes, and the kernel's memlock for them.
 pub fn describe_loaded(maps: &TurnMaps<'_>) -> Result<String> {
     let cpus = libbpf_rs::num_possible_cpus().context("counting the possible CPUs")? as u32;
-    let tables: [(&str, &dyn MapCore); 5] = [
+    let tables: [(&str, &dyn MapCore); 6] = [
         ("allocs", &maps.allocs),
         ("chans", &maps.chans),
         ("peers", &maps.peers),
         ("perms", &maps.perms),
         ("pending", &maps.pending),
+        ("relays", &maps.relays),
     ];
     let mut parts = Vec::new();
     let mut memlock = Some(0u64);

@@ -18,7 +18,7 @@ use crate::maps::{self, bytes_of, from_bytes, show, sockaddr};
 use crate::server::{ServerWatch, UdpTable};
 use crate::skel::types::{
     tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_pending, tb_perm,
-    tb_perm_key,
+    tb_perm_key, tb_relay,
 };
 
 /// Most entries of each kind one sweep deletes: bounded work per tick.
@@ -98,6 +98,8 @@ pub struct StateMaps<'a, M: MapCore> {
     pub perms: &'a M,
     pub pending: &'a M,
     pub not_local: &'a M,
+    /// Allocations by relayed address (`relays`).
+    pub relays: &'a M,
     pub raise_shortened: &'a dyn Fn(),
     /// Stamps the agent alive (`tb_alive_ns`): called every [`ALIVE_EVERY`] entries the sweep
     /// goes through, so that a long sweep does not let the stamp go stale and stop the fast
@@ -141,6 +143,8 @@ pub struct SweepReport {
     pub perms_removed: usize,
     /// Recorded requests past any answer.
     pub pending_removed: usize,
+    /// Index entries (`relays`) whose allocation is gone.
+    pub relays_removed: usize,
     /// Why every binding was forgotten (the server's listening socket went away or changed).
     pub forgot_all: Option<String>,
     pub learned: Vec<Binding>,
@@ -171,6 +175,10 @@ pub struct Sweeper {
     /// address index): a socket on the same address:port that replaced it belongs to another
     /// allocation.
     relay_sockets: HashMap<(u64, usize), u64>,
+    /// The allocation sequence read before the previous full sweep: every commit with an ID up
+    /// to it was done long ago, so an index entry of such an ID whose allocation is gone is
+    /// stale.
+    settled_seq: u64,
 }
 
 impl Sweeper {
@@ -180,6 +188,13 @@ impl Sweeper {
             server: Some(server),
             ..Sweeper::default()
         }
+    }
+
+    /// `cookie` is one of the trusted server's sockets.
+    pub fn trusts(&self, cookie: u64) -> bool {
+        self.server
+            .as_ref()
+            .is_some_and(|w| w.trusted_cookies().contains(&cookie))
     }
 
     /// No TURN server is trusted now (it stopped or restarted and was not found again yet).
@@ -209,6 +224,89 @@ impl Sweeper {
             }
         }
         None
+    }
+
+    /// Remove the index entries whose allocation is gone (`ids_seen`: the IDs in `allocs` as
+    /// read by this sweep). Only IDs up to the sequence read before the previous sweep count:
+    /// a commit writes the index before the allocation, and one under way now must not lose
+    /// its entry. The removal is atomic (lookup-and-delete): an entry a new commit wrote in
+    /// the meantime comes back and is put again, unless a newer one is there already.
+    fn prune_relays<M: MapCore>(
+        &mut self,
+        m: &StateMaps<'_, M>,
+        ids_seen: &HashSet<u64>,
+        alloc_seq: u64,
+    ) -> Result<usize> {
+        let settled = std::mem::replace(&mut self.settled_seq, alloc_seq);
+        let mut removed = 0;
+        for (k, v) in batch::entries(m.relays).iter() {
+            let r: tb_relay = from_bytes(v);
+            if r.alloc_id > settled || ids_seen.contains(&r.alloc_id) {
+                continue;
+            }
+            match m.relays.lookup_and_delete(k)? {
+                Some(now) if now[..] == v[..] => removed += 1,
+                Some(now) => {
+                    m.relays.update(k, &now, MapFlags::NO_EXIST).ok();
+                }
+                None => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The kernel says these sockets were destroyed (`closed`: their local addresses; `locals`:
+    /// this host's addresses, for a socket bound to a wildcard address). An allocation relaying
+    /// on one of them has ended at the server: it is removed now, as a full sweep would find
+    /// it (its relay socket is gone from the table). An allocation that took the address
+    /// after the notice was sent is removed too: the safe side (its traffic goes to the server).
+    pub fn relays_closed<M: MapCore>(
+        &mut self,
+        m: &StateMaps<'_, M>,
+        closed: &[SocketAddr],
+        locals: &[std::net::IpAddr],
+        now: u64,
+    ) -> Result<SweepReport> {
+        let mut r = SweepReport::default();
+        for addr in closed {
+            let candidates: Vec<SocketAddr> = if addr.ip().is_unspecified() {
+                // `::` takes IPv4 too unless it is IPv6-only: both, to be safe
+                locals
+                    .iter()
+                    .filter(|ip| addr.is_ipv6() || ip.is_ipv4())
+                    .map(|ip| SocketAddr::new(*ip, addr.port()))
+                    .collect()
+            } else {
+                vec![*addr]
+            };
+            for relay in candidates {
+                let ep = maps::ep(relay);
+                let Some(v) = m.relays.lookup(bytes_of(&ep), MapFlags::ANY)? else {
+                    continue;
+                };
+                let ir: tb_relay = from_bytes(&v);
+                let key = bytes_of(&ir.alloc);
+                let Some(a) = m.allocs.lookup(key, MapFlags::ANY)? else {
+                    continue;
+                };
+                let a: tb_alloc = from_bytes(&a);
+                if !a.relay.iter().any(|e| bytes_of(e) == bytes_of(&ep)) {
+                    continue;
+                }
+                m.allocs.delete(key).ok();
+                if a.expires_ns > now {
+                    (m.raise_shortened)();
+                }
+                r.allocs_removed += 1;
+                r.allocs_ended += 1;
+                debug!(
+                    "allocation ended at the server: client {} relay {relay} (its relay socket \
+                     is gone)",
+                    show(&ir.alloc.client)
+                );
+            }
+        }
+        Ok(r)
     }
 
     /// One sweep.
@@ -243,6 +341,7 @@ impl Sweeper {
                 let chans = delete_all(m.chans);
                 r.chans_removed = chans + delete_all(m.peers);
                 r.perms_removed = delete_all(m.perms);
+                r.relays_removed = delete_all(m.relays);
                 (m.raise_shortened)();
                 warn!(
                     "the TURN server's {why}: forgetting every binding ({} allocations, {chans} \
@@ -305,6 +404,7 @@ impl Sweeper {
         }
         self.relay_sockets
             .retain(|(id, _), _| ids_seen.contains(id));
+        r.relays_removed = self.prune_relays(m, &ids_seen, alloc_seq)?;
         let alloc_live = |client: &tb_ep, server: &tb_ep, id: u64| {
             let key = tb_alloc_key {
                 client: *client,
@@ -477,6 +577,7 @@ mod tests {
         pending: libbpf_rs::MapHandle,
         not_local: libbpf_rs::MapHandle,
         server_socks: libbpf_rs::MapHandle,
+        relays: libbpf_rs::MapHandle,
     }
 
     impl Maps {
@@ -490,7 +591,7 @@ mod tests {
                 sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
                 ..Default::default()
             };
-            let hash = |k: usize, v: usize| {
+            let sized = |k: usize, v: usize, max: u32| {
                 libbpf_rs::MapHandle::create(
                     libbpf_rs::MapType::Hash,
                     None::<&str>,
@@ -501,6 +602,7 @@ mod tests {
                 )
                 .expect("creating a hash map")
             };
+            let hash = |k: usize, v: usize| sized(k, v, max);
             Some(Maps {
                 allocs: hash(size_of::<tb_alloc_key>(), size_of::<tb_alloc>()),
                 chans: hash(size_of::<tb_chan_key>(), size_of::<tb_chan>()),
@@ -509,6 +611,7 @@ mod tests {
                 pending: hash(size_of::<tb_pending_key>(), size_of::<tb_pending>()),
                 not_local: hash(size_of::<tb_ep>(), 8),
                 server_socks: hash(8, 4),
+                relays: sized(size_of::<tb_ep>(), size_of::<tb_relay>(), 2 * max),
             })
         }
 
@@ -520,9 +623,21 @@ mod tests {
                 perms: &self.perms,
                 pending: &self.pending,
                 not_local: &self.not_local,
+                relays: &self.relays,
                 raise_shortened: &|| {},
                 alive: &|| {},
                 server_socks: &self.server_socks,
+            }
+        }
+
+        /// Index allocation `ak` (`a`) by its relayed addresses, as the commit does.
+        fn index(&self, ak: &tb_alloc_key, a: &tb_alloc) {
+            for relay in a.relay.iter().filter(|e| e.family != 0) {
+                let r = tb_relay {
+                    alloc: *ak,
+                    alloc_id: a.id,
+                };
+                Self::put(&self.relays, relay, &r);
             }
         }
 
@@ -564,6 +679,7 @@ mod tests {
                 ..Default::default()
             };
             a.relay[0] = ep(relay.parse().unwrap());
+            self.index(&k, &a);
             Self::put(&self.allocs, &k, &a);
             k
         }
@@ -586,6 +702,7 @@ mod tests {
             if let Some(relay) = relay {
                 a.relay[0] = ep(relay);
             }
+            self.index(&k, &a);
             Self::put(&self.allocs, &k, &a);
             k
         }
@@ -755,6 +872,130 @@ mod tests {
         // Without a socket table nothing is judged.
         let r = s.sweep(&m.state(), NOW, 4, None).unwrap();
         assert_eq!(r.allocs_removed, 0);
+    }
+
+    /// A destroyed relay socket ends its allocation at once, found through the index: by exact
+    /// address, or for a socket bound to a wildcard address by each local address; nothing
+    /// else goes, and the fast path's cached checks are voided for a live one.
+    #[test]
+    fn a_destroyed_relay_socket_ends_its_allocation() {
+        let Some(m) = Maps::new(64) else { return };
+        let a1 = m.alloc(2, "198.51.100.1:50001", 1, FAR);
+        let a2 = m.alloc(3, "198.51.100.1:50002", 2, FAR);
+        let a3 = m.alloc(4, "198.51.100.1:50003", 3, FAR);
+        let a4 = m.alloc(5, "198.51.100.1:50004", 4, 0); // ended here, kept for a while
+        let raised = std::cell::Cell::new(0);
+        let raise = || raised.set(raised.get() + 1);
+        let state = StateMaps {
+            raise_shortened: &raise,
+            ..m.state()
+        };
+        let mut s = Sweeper::default();
+        let locals: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap(), "::1".parse().unwrap()];
+        let gone = |k: &tb_alloc_key| {
+            m.allocs
+                .lookup(bytes_of(k), MapFlags::ANY)
+                .unwrap()
+                .is_none()
+        };
+        // other sockets: another address, another port, a port on no allocation
+        let closed: Vec<SocketAddr> = ["198.51.100.9:50001", "198.51.100.1:40000", "[::1]:50001"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
+        assert_eq!((r.allocs_removed, raised.get()), (0, 0));
+        // exact
+        let r = s
+            .relays_closed(
+                &state,
+                &["198.51.100.1:50001".parse().unwrap()],
+                &locals,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r.allocs_removed, r.allocs_ended, raised.get()), (1, 1, 1));
+        assert!(gone(&a1) && !gone(&a2) && !gone(&a3));
+        // wildcard, IPv4 and IPv6 (which takes IPv4 too)
+        let closed: Vec<SocketAddr> = ["0.0.0.0:50002", "[::]:50003"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
+        assert_eq!((r.allocs_removed, raised.get()), (2, 3));
+        assert!(gone(&a2) && gone(&a3));
+        // an allocation that ended here goes too, without voiding anything
+        let r = s
+            .relays_closed(
+                &state,
+                &["198.51.100.1:50004".parse().unwrap()],
+                &locals,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!((r.allocs_removed, raised.get()), (1, 3));
+        assert!(gone(&a4));
+        // a stale index entry (its address now another allocation's, not indexed here) ends
+        // nothing
+        let a5 = m.alloc(6, "198.51.100.1:50005", 5, FAR);
+        let stale = tb_relay {
+            alloc: a5,
+            alloc_id: 5,
+        };
+        Maps::put(
+            &m.relays,
+            &ep("198.51.100.1:50006".parse().unwrap()),
+            &stale,
+        );
+        let r = s
+            .relays_closed(
+                &state,
+                &["198.51.100.1:50006".parse().unwrap()],
+                &locals,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(r.allocs_removed, 0);
+        assert!(!gone(&a5));
+    }
+
+    /// The full sweep removes index entries whose allocation is gone, once their commit is
+    /// surely done (an ID up to the sequence read before the previous sweep), and keeps the
+    /// live ones.
+    #[test]
+    fn the_sweep_prunes_the_index_of_allocations_gone() {
+        let Some(m) = Maps::new(64) else { return };
+        let a1 = m.alloc(2, "198.51.100.1:50001", 1, FAR);
+        m.alloc(3, "198.51.100.1:50002", 2, FAR);
+        m.allocs.delete(bytes_of(&a1)).unwrap();
+        // an entry of a commit under way: ID 3, not in allocs yet
+        let a3 = tb_alloc_key {
+            client: ep("192.0.2.9:5000".parse().unwrap()),
+            server: ep(SERVER.parse().unwrap()),
+        };
+        let under_way = tb_relay {
+            alloc: a3,
+            alloc_id: 3,
+        };
+        Maps::put(
+            &m.relays,
+            &ep("198.51.100.1:50003".parse().unwrap()),
+            &under_way,
+        );
+        let mut s = Sweeper::default();
+        let indexed = || m.relays.keys().count();
+        // the first sweep has no earlier sequence to go by: nothing removed
+        let r = s.sweep(&m.state(), NOW, 3, None).unwrap();
+        assert_eq!((r.relays_removed, indexed()), (0, 3));
+        // the next: 1 is gone, 2 is live, 3 is still not in allocs but its commit is done
+        let r = s.sweep(&m.state(), NOW, 3, None).unwrap();
+        assert_eq!((r.relays_removed, indexed()), (2, 1));
+        assert!(m
+            .relays
+            .lookup(
+                bytes_of(&ep("198.51.100.1:50002".parse().unwrap())),
+                MapFlags::ANY
+            )
+            .unwrap()
+            .is_some());
     }
 
     /// A mass teardown at the server is seen in one sweep: allocations whose relay socket went
@@ -965,11 +1206,16 @@ mod tests {
         const EACH: usize = 19_000;
 
         fn open(n: usize) -> SocketHolders {
+            Self::open_range(0, n)
+        }
+
+        /// Sockets `bench_relay(from..to)`.
+        fn open_range(from: usize, to: usize) -> SocketHolders {
             use nix::libc;
             use std::os::fd::AsRawFd;
             let mut h = SocketHolders { children: vec![] };
-            for first in (0..n).step_by(Self::EACH) {
-                let last = n.min(first + Self::EACH);
+            for first in (from..to).step_by(Self::EACH) {
+                let last = to.min(first + Self::EACH);
                 let (hold_r, hold_w) = nix::unistd::pipe().unwrap();
                 let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
                 // SAFETY: the child makes only system calls (no allocation, no locks) and
@@ -1064,6 +1310,9 @@ mod tests {
     #[test]
     #[ignore = "a measurement: run by hand (root, about a minute)"]
     fn sweep_cost_at_scale() {
+        /// Allocations the server ends in a second (100 000 allocations of 10 minutes each
+        /// end at about 170 a second).
+        const TEARDOWNS: usize = 200;
         let sizes: Vec<usize> = std::env::var("TB_SWEEP_SIZES")
             .unwrap_or_else(|_| "1000,10000,100000".into())
             .split(',')
@@ -1080,7 +1329,7 @@ mod tests {
         }
         println!("N allocations | what | CPU ms per pass: median [min–max] of {repeats}");
         for n in sizes {
-            let m = Maps::new(n as u32 + 64).unwrap();
+            let m = Maps::new((n + repeats * TEARDOWNS) as u32 + 64).unwrap();
             fill_live(&m, n);
             assert_eq!(m.counts(), (n, n, n, n));
             let ns = ThreadNetns::enter("tbt-swp-bench");
@@ -1119,11 +1368,41 @@ mod tests {
                 assert_eq!((r.allocs_removed, r.chans_removed), (0, 0), "all live");
                 sweep_ms.push(ms);
             }
+            // The agent between full sweeps: each second, the destroy notices of TEARDOWNS
+            // allocations the server ended, found through the index and removed.
+            let notices = crate::sockdiag::DestroyWatch::open().unwrap();
+            let mut tick_ms = vec![];
+            for rep in 0..repeats {
+                let first = n + rep * TEARDOWNS;
+                for i in first..first + TEARDOWNS {
+                    m.nth_alloc(i, Some(bench_relay(i)), FAR);
+                }
+                let ending = SocketHolders::open_range(first, first + TEARDOWNS);
+                notices.drain().unwrap();
+                drop(ending);
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let (ms, r) = cpu_ms(|| {
+                    let d = notices.drain().unwrap();
+                    assert!(!d.lost);
+                    let closed: Vec<SocketAddr> = d
+                        .socks
+                        .iter()
+                        .map(|s| SocketAddr::new(s.ip, s.port))
+                        .collect();
+                    s.relays_closed(&m.state(), &closed, &[], NOW).unwrap()
+                });
+                assert_eq!(r.allocs_ended, TEARDOWNS, "every ended allocation found");
+                tick_ms.push(ms);
+            }
             // Closed relay sockets are noticed (the measurement covers a sweep that works).
             socks.close_first();
             let t = UdpTable::read().unwrap();
             let r = s.sweep(&m.state(), NOW, u64::MAX, Some(&t)).unwrap();
-            assert_eq!(r.allocs_ended, n.min(SWEEP_BUDGET).min(SocketHolders::EACH));
+            assert_eq!(
+                r.allocs_ended,
+                n.min(SocketHolders::EACH),
+                "not held back by the budget"
+            );
             drop(socks);
             drop(ns);
             println!(
@@ -1141,6 +1420,24 @@ mod tests {
             println!(
                 "{n:>7} | sweep (maps + checks)   | {}",
                 spread(&mut sweep_ms)
+            );
+            println!(
+                "{n:>7} | {TEARDOWNS} notices, ended    | {}",
+                spread(&mut tick_ms)
+            );
+            // What the agent spends a second: a full sweep (table read and sweep) every
+            // `Cadence::every()` its cost gives, and a second's notices.
+            let full = diag_ms[diag_ms.len() / 2] + sweep_ms[sweep_ms.len() / 2];
+            let mut c = crate::offload::Cadence::new(None);
+            c.done(
+                std::time::Instant::now(),
+                std::time::Duration::from_secs_f64(full / 1000.0),
+            );
+            let every = c.every().as_secs_f64();
+            println!(
+                "{n:>7} | agent CPU per second    | {:8.2} (a full sweep of {full:.1} ms every \
+                 {every:.0} s, and {TEARDOWNS} notices)",
+                full / every + tick_ms[tick_ms.len() / 2]
             );
         }
     }

@@ -246,6 +246,45 @@ fn allocate_commits(c: &Ctx) -> Result<()> {
     c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")
 }
 
+/// The allocation a relayed address is indexed under (`relays`), and its ID.
+fn indexed(c: &Ctx, relay: SocketAddrV4) -> Option<types::tb_relay> {
+    c.p.skel
+        .maps
+        .relays
+        .lookup(maps::bytes_of(&ep(relay)), libbpf_rs::MapFlags::ANY)
+        .unwrap()
+        .map(|v| maps::from_bytes(&v))
+}
+
+/// Every allocation is indexed by its relayed address; one whose address a new allocation of
+/// another client takes has ended at the server (it closed the socket before handing the
+/// address out again) and ends here too, its channels with it.
+fn a_relayed_address_taken_ends_its_allocation(c: &Ctx) -> Result<()> {
+    c.live_channel(C1, 0x4000, R1, P1)?;
+    let a1 = c.alloc(C1)?;
+    let r = indexed(c, R1).context("R1 not indexed")?;
+    ensure!(
+        same_ep(&r.alloc.client, &ep(C1)) && r.alloc_id == a1.id,
+        "index of R1: {r:?}"
+    );
+    c.allocate(C2, R2, 600)?;
+    ensure!(c.alloc(C1).is_ok(), "another address ends nothing");
+    let t = new_txid();
+    let c3 = SocketAddrV4::new(CLIENT, 40002);
+    c.request(c3, &alloc_req(t, 600), true)?;
+    c.response(
+        c3,
+        &alloc_ok(t, c3, R1.into(), 600),
+        &[("LEARN_ALLOC", 1), ("RELAY_TAKEN", 1)],
+    )?;
+    ensure!(c.alloc(C1).is_err(), "C1's allocation still live");
+    let r = indexed(c, R1).context("R1 not indexed")?;
+    ensure!(same_ep(&r.alloc.client, &ep(c3)), "index of R1: {r:?}");
+    c.channel_data_passes(C1, 0x4000, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_NO_CHANNEL")
+        .or_else(|_| c.peer_data_passes(P1, R1, "PASS_EXPIRED"))
+}
+
 fn channel_bind_commits(c: &Ctx) -> Result<()> {
     c.allocate(C1, R1, 600)?;
     let a = c.alloc(C1)?;
@@ -2037,6 +2076,11 @@ fn learning_table() {
             "a channel stops relaying when its lifetime ends",
             channel_lifetime_ends,
             short_channels.clone(),
+        ),
+        (
+            "a relayed address taken ends the allocation that held it",
+            a_relayed_address_taken_ends_its_allocation,
+            Config::default(),
         ),
         (
             "two clients bound to one peer",

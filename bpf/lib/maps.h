@@ -74,6 +74,19 @@ struct {
 	__type(value, struct tb_alloc);
 } allocs SEC(".maps");
 
+/* Allocations by relayed address (the local socket address, port included; a dual allocation has
+ * an entry per family): how the loader finds the allocation whose relay socket the server closed,
+ * from the socket's destroy notice, without walking `allocs`. Written before the allocation is
+ * committed (an allocation that cannot be indexed is not committed); a stale entry (its
+ * allocation gone, or another one there now) is checked against `allocs` by every reader and
+ * removed by the loader's full sweep. Sized twice the allocations by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * TB_MAX_ALLOCS);
+	__type(key, struct tb_ep);
+	__type(value, struct tb_relay);
+} relays SEC(".maps");
+
 /* Channels, client side: (client, server, channel) -> binding. The to-peer lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

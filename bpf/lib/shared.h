@@ -90,6 +90,12 @@ struct tb_alloc {
 	__u8 pad[4];
 };
 
+/* The allocation that holds a relayed address (`relays`), and its ID when it was committed. */
+struct tb_relay {
+	struct tb_alloc_key alloc;
+	__u64 alloc_id;
+};
+
 /* Client -> peer: ChannelData arriving from `client` at `server` on channel `chan`. */
 struct tb_chan_key {
 	struct tb_ep client;
@@ -207,7 +213,7 @@ struct tb_binding_count {
  * globals. Bump it whenever any of them changes meaning or layout; a pinned state of another
  * version is not adopted (the agent starts clean). A unit test (src/pin.rs) holds a fingerprint
  * of this file and maps.h and fails when they change without a look at this number. */
-#define TB_LAYOUT_VERSION 2
+#define TB_LAYOUT_VERSION 3
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
@@ -262,6 +268,7 @@ enum tb_stat {
 	TB_STAT_RELAYED_HAIRPIN = 46, /* ChannelData relayed client -> client in XDP, both ends allocations of this server (hairpin) */
 	TB_STAT_PASS_TOO_BIG = 47, /* a datagram larger than the server relays whole (its profile's limit): passed */
 	TB_STAT_PASS_NO_AGENT = 48, /* no live agent (its stamp is older than TB_AGENT_STALE_NS; see --pin-path): passed */
+	TB_STAT_RELAY_TAKEN = 49, /* allocations ended here because a new allocation took their relayed address (the server had closed their socket) */
 	TB_STAT__MAX
 };
 
@@ -269,6 +276,7 @@ _Static_assert(sizeof(struct tb_ep) == 20, "tb_ep layout");
 _Static_assert(sizeof(struct tb_peer_prefix) == 24, "tb_peer_prefix layout");
 _Static_assert(sizeof(struct tb_alloc_key) == 40, "tb_alloc_key layout");
 _Static_assert(sizeof(struct tb_alloc) == 80, "tb_alloc layout");
+_Static_assert(sizeof(struct tb_relay) == 48, "tb_relay layout");
 _Static_assert(sizeof(struct tb_chan_key) == 44, "tb_chan_key layout");
 _Static_assert(sizeof(struct tb_peer_key) == 40, "tb_peer_key layout");
 _Static_assert(sizeof(struct tb_chan) == 136, "tb_chan layout");

@@ -495,6 +495,28 @@ static __always_inline bool txid_same(const __u8 *a, const __u8 *b)
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
 }
 
+/* Index the relayed address `relay` of the allocation `ak` with ID `id` (`relays`); false when the
+ * index is full. An allocation of another client still live here on that address has ended at the
+ * server: it closed that socket before it could hand the address out again. It ends here too, now:
+ * the loader, finding the new allocation under the address when it reads the old socket's destroy
+ * notice, would end that one instead. */
+static __always_inline bool index_relay(const struct tb_ep *relay, const struct tb_alloc_key *ak,
+					__u64 id, __u64 now)
+{
+	struct tb_relay *was = bpf_map_lookup_elem(&relays, relay);
+	struct tb_relay r = { .alloc = *ak, .alloc_id = id };
+
+	if (was && !(ep_eq(&was->alloc.client, &ak->client) &&
+		     ep_eq(&was->alloc.server, &ak->server))) {
+		struct tb_alloc_key old = was->alloc;
+		struct tb_alloc *a = bpf_map_lookup_elem(&allocs, &old);
+
+		if (a && (ep_eq(&a->relay[0], relay) || ep_eq(&a->relay[1], relay)))
+			end_allocation(&old, TB_STAT_RELAY_TAKEN, now, true);
+	}
+	return bpf_map_update_elem(&relays, relay, &r, BPF_ANY) == 0;
+}
+
 /*
  * An Allocate success. coturn answers a retransmitted Allocate (the transaction that created the
  * allocation) with a rebuilt answer and changes nothing (its LIFETIME then reads what is left, or
@@ -545,6 +567,13 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		return;
 	}
 	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
+	/* indexed first: an allocation the loader could not find by its relay socket is not
+	 * committed (a stale entry left by a failed commit is harmless, see `relays`) */
+	if (!index_relay(&a.relay[0], ak, a.id, now) ||
+	    (a.relay[1].family && !index_relay(&a.relay[1], ak, a.id, now))) {
+		stat_inc(TB_STAT_STATE_FULL);
+		return;
+	}
 	a.expires_ns = deadline(now, (__u64)m->lifetime * NS_PER_SEC);
 	a.keep_until_ns = a.expires_ns + ALLOC_KEEP_NS;
 	__builtin_memcpy(a.txid, m->txid, sizeof(a.txid));

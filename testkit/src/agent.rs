@@ -39,6 +39,17 @@ impl AgentProc {
     /// Start `bin args...` inside `ns` (`ip netns exec`), stdout and stderr into `log`.
     /// The agent gets SIGTERM (and so detaches cleanly) if the thread that started it dies.
     pub fn start(bin: &Path, ns: &str, args: &[&str], log: &Path) -> Result<AgentProc> {
+        AgentProc::start_with(bin, ns, args, log, &[])
+    }
+
+    /// [`AgentProc::start`] with environment variables `env` set for the agent.
+    pub fn start_with(
+        bin: &Path,
+        ns: &str,
+        args: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<AgentProc> {
         use std::os::unix::process::CommandExt;
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -56,6 +67,7 @@ impl AgentProc {
             .args(args)
             // the per-binding lines (debug) too: tests read them
             .env("RUST_LOG", "info,turn_bpf::sweep=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -69,7 +81,18 @@ impl AgentProc {
 
     /// Start and wait until it reports that everything is attached.
     pub fn start_ready(bin: &Path, ns: &str, args: &[&str], log: &Path) -> Result<AgentProc> {
-        let mut a = AgentProc::start(bin, ns, args, log)?;
+        AgentProc::start_ready_with(bin, ns, args, log, &[])
+    }
+
+    /// [`AgentProc::start_ready`] with environment variables `env` set for the agent.
+    pub fn start_ready_with(
+        bin: &Path,
+        ns: &str,
+        args: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<AgentProc> {
+        let mut a = AgentProc::start_with(bin, ns, args, log, env)?;
         a.wait_ready(Duration::from_secs(20))?;
         Ok(a)
     }
