@@ -1,10 +1,12 @@
-//! The sweep: once a second it removes what expired or what the server tore down without a
-//! response we could see, and logs what was learned and what went.
+//! The sweep: it removes what expired or what the server tore down without a response we could
+//! see, and logs what was learned and what went.
 //!
 //! Lifetimes never depend on the sweep running on time: the fast path checks every deadline
 //! itself. What the fast path cannot see is teardown the server does on its own (it is stopped or
 //! restarted, an administrator cancels a session): the sweep notices that from the server's
-//! sockets.
+//! sockets — once a second from the kernel's notices of destroyed sockets
+//! ([`Sweeper::relays_closed`]), and in a full sweep ([`Sweeper::sweep`], as often as its cost
+//! allows) from all of them.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

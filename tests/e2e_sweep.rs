@@ -1,7 +1,7 @@
 //! End to end: teardown coturn performs without an answer the snooper could see. A restarted
 //! coturn, or an allocation that ends inside coturn, must stop being offloaded within about two
-//! seconds (the agent's once-a-second sweep reads coturn's sockets), and what the new coturn
-//! grants is learned again.
+//! seconds (the agent reads the kernel's notices of destroyed sockets once a second, and all of
+//! coturn's sockets in a full sweep), and what the new coturn grants is learned again.
 
 mod common;
 
