@@ -61,13 +61,16 @@ pub struct RunStats(Mutex<RunCounts>);
 
 impl RunStats {
     /// Count one sweep and what it ended.
-    pub fn record(&self, r: &SweepReport, took: Duration) {
+    /// `took`: a full sweep and how long it took (None: the work between full sweeps).
+    pub fn record(&self, r: &SweepReport, took: Option<Duration>) {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         c.allocations_ended += r.allocs_removed as u64;
         c.channels_ended += r.gone.len() as u64;
         c.permissions_ended += r.perms_removed as u64;
-        c.sweep_seconds = took.as_secs_f64();
-        c.sweeps += 1;
+        if let Some(took) = took {
+            c.sweep_seconds = took.as_secs_f64();
+            c.sweeps += 1;
+        }
     }
 
     pub fn get(&self) -> RunCounts {
@@ -96,7 +99,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("turnbpf_table_entries", "gauge", "Entries in each table of the mirrored state."),
     ("turnbpf_table_max_entries", "gauge", "Capacity of each table."),
     ("turnbpf_table_memory_bytes", "gauge", "Kernel memory of each table."),
-    ("turnbpf_sweep_duration_seconds", "gauge", "How long the last sweep took."),
+    ("turnbpf_sweep_duration_seconds", "gauge", "How long the last full sweep took."),
     ("turnbpf_start_time_seconds", "gauge", "When the agent started, in seconds since the Unix epoch."),
     ("turnbpf_build_info", "gauge", "Always 1: the agent's version and the server profile it runs with."),
 ];

@@ -45,8 +45,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub const FULL_SHARE: u32 = 64;
 /// The longest time between two full sweeps.
 pub const FULL_MAX_EVERY: Duration = Duration::from_secs(60);
-/// `TURN_BPF_FULL_SWEEP_EVERY=<seconds>`: a fixed time between full sweeps instead (for tests
-/// that watch the notices alone do their work).
+/// How often the pending table is swept between full sweeps: recorded requests are removed
+/// within this of twice the pending lifetime (`--max-pending` is sized by that).
+pub const PENDING_EVERY: Duration = Duration::from_secs(2);
+/// `TURN_BPF_FULL_SWEEP_EVERY=<seconds>`: a fixed time between full sweeps instead, at most
+/// [`FULL_MAX_EVERY`] (for tests that watch the notices alone do their work).
 pub const FULL_EVERY_ENV: &str = "TURN_BPF_FULL_SWEEP_EVERY";
 
 /// How often the sweep runs while no TURN server is trusted (it stopped or restarted): nothing
@@ -74,7 +77,14 @@ pub struct Offload<'obj> {
     table: TableAge,
     /// The kernel's notices of destroyed sockets (None: unavailable, every sweep is full).
     destroyed: Option<DestroyWatch>,
+    /// The cookie of the socket closed after the last drain, whose notice the next must hold.
+    canary: Option<u64>,
+    /// Notices may have been missed since the last full sweep that read the sockets: no stamp
+    /// from notices, and a full sweep at every tick, until one has.
+    dirty: bool,
     cadence: Cadence,
+    /// When the pending table was last swept.
+    pending_at: Instant,
 }
 
 /// When the next full sweep is due.
@@ -100,9 +110,12 @@ impl Cadence {
     /// From [`FULL_EVERY_ENV`]; a value that is not a whole number of seconds is refused.
     pub fn from_env() -> Result<Cadence> {
         let fixed = match std::env::var(FULL_EVERY_ENV) {
-            Ok(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
-                anyhow::anyhow!("{FULL_EVERY_ENV}={v}: not a whole number of seconds")
-            })?)),
+            Ok(v) => {
+                let secs: u64 = v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("{FULL_EVERY_ENV}={v}: not a whole number of seconds")
+                })?;
+                Some(Duration::from_secs(secs).min(FULL_MAX_EVERY))
+            }
             Err(_) => None,
         };
         Ok(Cadence::new(fixed))
@@ -300,7 +313,10 @@ impl<'obj> Offload<'obj> {
                 t
             },
             destroyed,
+            canary: None,
+            dirty: false,
             cadence,
+            pending_at: Instant::now(),
         }))
     }
 
@@ -384,67 +400,103 @@ impl<'obj> Offload<'obj> {
     }
 
     /// One sweep: the destroy notices since the last one, then a full sweep when one is due
-    /// ([`Cadence`]), when notices were lost, when a trusted socket of the server was
-    /// destroyed, or while no server is trusted.
+    /// ([`Cadence`]), when notices may have been missed (lost, or the canary's did not come), when
+    /// a trusted socket of the server was destroyed, or while no server is trusted; otherwise
+    /// the pending table alone every [`PENDING_EVERY`].
     fn sweep(&mut self) {
-        let began = Instant::now();
-        let mut full = self.cadence.due() || self.sweeper.waiting_for_server();
-        let notices = match self.destroyed.as_ref().map(DestroyWatch::drain) {
-            Some(Ok(d)) => {
-                if d.lost {
-                    debug!("destroy notices were lost: a full sweep");
-                    full = true;
-                }
-                if d.socks.iter().any(|s| self.sweeper.trusts(s.cookie)) {
-                    full = true;
-                }
-                Some(d.socks)
-            }
-            Some(Err(e)) => {
+        let Some(watch) = &self.destroyed else {
+            return self.full_sweep();
+        };
+        let d = match watch.drain() {
+            Ok(d) => d,
+            Err(e) => {
                 warn!("{e:#}: the server's sockets are dumped at every sweep from now on");
                 self.destroyed = None;
+                return self.full_sweep();
+            }
+        };
+        let canary_came = self
+            .canary
+            .take()
+            .is_none_or(|c| d.socks.iter().any(|s| s.cookie == c));
+        if d.lost || !canary_came {
+            debug!(
+                "destroy notices may be missing ({}): a full sweep",
+                if d.lost {
+                    "lost"
+                } else {
+                    "the canary's did not come"
+                }
+            );
+            self.dirty = true;
+        }
+        self.canary = match DestroyWatch::canary() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("the destroy notices' canary: {e:#}");
+                self.dirty = true;
                 None
             }
-            None => None,
         };
-        let Some(notices) = notices else {
-            return self.full_sweep();
-        };
-        // A full sweep finds every closed socket gone from the table (and a trusted one ends
-        // everything): it does the notices' work.
-        if full {
+        let server_went = d.socks.iter().any(|s| self.sweeper.trusts(s.cookie));
+        // The notices first, also before a full sweep: it would take a socket bound on a closed
+        // relay's address since for that allocation's own. (A closed socket of the server ends
+        // everything anyway.)
+        if !server_went && !self.notices(&d.socks) {
+            self.dirty = true;
+        }
+        if server_went || self.dirty || self.cadence.due() || self.sweeper.waiting_for_server() {
             return self.full_sweep();
         }
-        let closed: Vec<SocketAddr> = notices
-            .iter()
-            .map(|s| SocketAddr::new(s.ip, s.port))
-            .collect();
-        if !closed.is_empty() {
-            let locals = if closed.iter().any(|a| a.ip().is_unspecified()) {
-                maps::local_addresses()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let globals = &self.globals;
-            let raise = || globals.raise_shortened(maps::now_ns());
-            let state = state_maps(&self.skel.maps, &raise, &|| {});
-            match self
-                .sweeper
-                .relays_closed(&state, &closed, &locals, maps::now_ns())
-            {
-                Ok(r) => self.run_stats.record(&r, began.elapsed()),
-                Err(e) => {
-                    warn!("sweep: {e:#}");
-                    return self.full_sweep();
-                }
-            }
+        if self.pending_at.elapsed() >= PENDING_EVERY {
+            self.pending_at = Instant::now();
+            let state = state_maps(&self.skel.maps, &|| {}, &|| {});
+            let r = self.sweeper.pending_only(&state, maps::now_ns());
+            self.run_stats.record(&r, None);
         }
         // Every socket destroyed since the last look is accounted for: as good as a fresh read.
         self.table.read_now();
         self.globals.stamp_alive(maps::now_ns());
+    }
+
+    /// End the allocations of the relay sockets in these notices. False when that could not be
+    /// done (the sockets must then be read whole).
+    fn notices(&mut self, socks: &[crate::sockdiag::DiagSock]) -> bool {
+        let closed: Vec<SocketAddr> = socks
+            .iter()
+            .filter(|s| s.port != 0)
+            .map(|s| SocketAddr::new(s.ip, s.port))
+            .collect();
+        if closed.is_empty() {
+            return true;
+        }
+        let locals = if closed.iter().any(|a| a.ip().is_unspecified()) {
+            match maps::local_addresses() {
+                Ok(l) => l.into_iter().collect(),
+                Err(e) => {
+                    warn!("{e:#}");
+                    return false;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let globals = &self.globals;
+        let raise = || globals.raise_shortened(maps::now_ns());
+        let state = state_maps(&self.skel.maps, &raise, &|| {});
+        match self
+            .sweeper
+            .relays_closed(&state, &closed, &locals, maps::now_ns())
+        {
+            Ok(r) => {
+                self.run_stats.record(&r, None);
+                true
+            }
+            Err(e) => {
+                warn!("sweep: {e:#}");
+                false
+            }
+        }
     }
 
     /// A full sweep. The allocation sequence is read first, then the sockets: see
@@ -480,9 +532,16 @@ impl<'obj> Offload<'obj> {
             .sweeper
             .sweep(&state, maps::now_ns(), seq, socks.as_ref())
         {
-            Ok(r) => self.run_stats.record(&r, began.elapsed()),
+            Ok(r) => {
+                self.run_stats.record(&r, Some(began.elapsed()));
+                // what notices may have missed, this sweep saw in the table
+                if socks.is_some() {
+                    self.dirty = false;
+                }
+            }
             Err(e) => warn!("sweep: {e:#}"),
         }
+        self.pending_at = Instant::now();
         // Alive: the fast path relays for TB_AGENT_STALE_NS from now.
         if self.table.may_stamp() {
             self.globals.stamp_alive(maps::now_ns());
@@ -781,11 +840,19 @@ mod tests {
         assert_eq!(c.every(), Duration::from_secs(32));
         c.done(Instant::now(), Duration::from_secs(5));
         assert_eq!(c.every(), FULL_MAX_EVERY, "never further apart than this");
-        let mut c = Cadence::new(Some(Duration::from_secs(3600)));
+        let mut c = Cadence::new(Some(Duration::from_secs(30)));
         c.done(Instant::now(), Duration::from_secs(5));
-        assert_eq!(c.every(), Duration::from_secs(3600), "fixed");
-        c.last = Instant::now().checked_sub(Duration::from_secs(3601));
+        assert_eq!(c.every(), Duration::from_secs(30), "fixed");
+        c.last = Instant::now().checked_sub(Duration::from_secs(31));
         assert!(c.due());
+        // the environment's value is capped
+        std::env::set_var(FULL_EVERY_ENV, "3600");
+        let capped = Cadence::from_env().unwrap().every();
+        std::env::set_var(FULL_EVERY_ENV, "soon");
+        let refused = Cadence::from_env().is_err();
+        std::env::remove_var(FULL_EVERY_ENV);
+        assert_eq!(capped, FULL_MAX_EVERY);
+        assert!(refused);
     }
 
     #[test]

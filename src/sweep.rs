@@ -228,6 +228,41 @@ impl Sweeper {
         None
     }
 
+    /// Recorded requests past any answer (twice the pending lifetime): removed, at most
+    /// [`SWEEP_BUDGET`]. Returns how many.
+    fn sweep_pending<M: MapCore>(
+        m: &StateMaps<'_, M>,
+        now: u64,
+        progress: &mut Progress<'_>,
+    ) -> usize {
+        let mut removed = 0;
+        for (k, v) in batch::entries(m.pending).iter() {
+            progress.tick();
+            if removed >= SWEEP_BUDGET {
+                break;
+            }
+            let p: tb_pending = from_bytes(v);
+            if p.created_ns.saturating_add(PENDING_KEEP_NS) < now {
+                m.pending.delete(k).ok();
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The pending table alone, between full sweeps: it must make room at the rate requests
+    /// come (its size is that rate × twice the pending lifetime).
+    pub fn pending_only<M: MapCore>(&mut self, m: &StateMaps<'_, M>, now: u64) -> SweepReport {
+        let mut progress = Progress {
+            alive: m.alive,
+            entries: 0,
+        };
+        SweepReport {
+            pending_removed: Self::sweep_pending(m, now, &mut progress),
+            ..SweepReport::default()
+        }
+    }
+
     /// Remove the index entries whose allocation is gone (`ids_seen`: the IDs in `allocs` as
     /// read by this sweep). Only IDs up to the sequence read before the previous sweep count:
     /// a commit writes the index before the allocation, and one under way now must not lose
@@ -248,9 +283,21 @@ impl Sweeper {
             }
             match m.relays.lookup_and_delete(k)? {
                 Some(now) if now[..] == v[..] => removed += 1,
-                Some(now) => {
-                    m.relays.update(k, &now, MapFlags::NO_EXIST).ok();
+                // A commit wrote it meanwhile: put it back. If another commit got there in the
+                // gap, that one did not see this entry (nor end the allocation it names): end
+                // it here, if it still holds the address.
+                Some(now) if m.relays.update(k, &now, MapFlags::NO_EXIST).is_err() => {
+                    let r: tb_relay = from_bytes(&now);
+                    let ak = bytes_of(&r.alloc);
+                    if let Some(a) = m.allocs.lookup(ak, MapFlags::ANY)? {
+                        let a: tb_alloc = from_bytes(&a);
+                        if a.relay.iter().any(|e| bytes_of(e) == k) {
+                            m.allocs.delete(ak).ok();
+                            (m.raise_shortened)();
+                        }
+                    }
                 }
+                Some(_) => {}
                 None => {}
             }
         }
@@ -271,11 +318,16 @@ impl Sweeper {
     ) -> Result<SweepReport> {
         let mut r = SweepReport::default();
         for addr in closed {
+            if addr.port() == 0 {
+                continue; // never bound: no relay socket
+            }
             let candidates: Vec<SocketAddr> = if addr.ip().is_unspecified() {
-                // `::` takes IPv4 too unless it is IPv6-only: both, to be safe
+                // `0.0.0.0` and `::` each of their own family: the servers bind an IPv4 relay
+                // socket as IPv4 (pion's `udp4`), and anyone may bind an IPv6-only `::` on the
+                // port of an IPv4 relay socket and close it
                 locals
                     .iter()
-                    .filter(|ip| addr.is_ipv6() || ip.is_ipv4())
+                    .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
                     .map(|ip| SocketAddr::new(*ip, addr.port()))
                     .collect()
             } else {
@@ -513,18 +565,7 @@ impl Sweeper {
             }
         }
 
-        // Recorded requests past any answer.
-        for (k, v) in batch::entries(m.pending).iter() {
-            progress.tick();
-            if r.pending_removed >= SWEEP_BUDGET {
-                break;
-            }
-            let p: tb_pending = from_bytes(v);
-            if p.created_ns.saturating_add(PENDING_KEEP_NS) < now {
-                m.pending.delete(k).ok();
-                r.pending_removed += 1;
-            }
-        }
+        r.pending_removed = Self::sweep_pending(m, now, &mut progress);
 
         // Relayed addresses we could not offload: say so once each.
         for (k, _) in batch::entries(m.not_local).iter() {
@@ -917,8 +958,14 @@ mod tests {
             .unwrap();
         assert_eq!((r.allocs_removed, r.allocs_ended, raised.get()), (1, 1, 1));
         assert!(gone(&a1) && !gone(&a2) && !gone(&a3));
-        // wildcard, IPv4 and IPv6 (which takes IPv4 too)
-        let closed: Vec<SocketAddr> = ["0.0.0.0:50002", "[::]:50003"]
+        // a wildcard of its own family only: anyone may bind an IPv6-only `::` on the port of
+        // an IPv4 relay socket; and a socket never bound (port 0) is nobody's relay
+        let closed: Vec<SocketAddr> = ["[::]:50003", "0.0.0.0:0", "198.51.100.1:0"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
+        assert_eq!((r.allocs_removed, raised.get()), (0, 1));
+        let closed: Vec<SocketAddr> = ["0.0.0.0:50002", "0.0.0.0:50003"]
             .map(|a| a.parse().unwrap())
             .to_vec();
         let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
