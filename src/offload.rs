@@ -459,17 +459,15 @@ impl<'obj> Offload<'obj> {
         self.globals.stamp_alive(maps::now_ns());
     }
 
-    /// End the allocations of the relay sockets in these notices. False when that could not be
-    /// done (the sockets must then be read whole).
+    /// End the allocations of the relay sockets in these notices, and the allocations committed
+    /// since the last tick on an address heard closed lately. False when that could not be done
+    /// whole (the sockets must then be read whole).
     fn notices(&mut self, socks: &[crate::sockdiag::DiagSock]) -> bool {
         let closed: Vec<SocketAddr> = socks
             .iter()
             .filter(|s| s.port != 0)
             .map(|s| SocketAddr::new(s.ip, s.port))
             .collect();
-        if closed.is_empty() {
-            return true;
-        }
         let locals = if closed.iter().any(|a| a.ip().is_unspecified()) {
             match maps::local_addresses() {
                 Ok(l) => l.into_iter().collect(),
@@ -481,16 +479,22 @@ impl<'obj> Offload<'obj> {
         } else {
             Vec::new()
         };
+        let seq = self.globals.alloc_seq();
         let globals = &self.globals;
         let raise = || globals.raise_shortened(maps::now_ns());
         let state = state_maps(&self.skel.maps, &raise, &|| {});
-        match self
+        let now = maps::now_ns();
+        let done = self
             .sweeper
-            .relays_closed(&state, &closed, &locals, maps::now_ns())
-        {
-            Ok(r) => {
+            .relays_closed(&state, &closed, &locals, now)
+            .and_then(|mut r| {
+                let whole = self.sweeper.new_allocs_closed(&state, seq, now, &mut r)?;
+                Ok((r, whole))
+            });
+        match done {
+            Ok((r, whole)) => {
                 self.run_stats.record(&r, None);
-                true
+                whole
             }
             Err(e) => {
                 warn!("sweep: {e:#}");
@@ -572,6 +576,7 @@ fn state_maps<'a, 'obj>(
         pending: &m.pending,
         not_local: &m.not_local,
         relays: &m.relays,
+        recent: &m.recent_allocs,
         server_socks: &m.server_socks,
         raise_shortened: raise,
         alive,

@@ -102,6 +102,8 @@ pub struct StateMaps<'a, M: MapCore> {
     pub not_local: &'a M,
     /// Allocations by relayed address (`relays`).
     pub relays: &'a M,
+    /// The allocations committed last, by ID (`recent_allocs`).
+    pub recent: &'a M,
     pub raise_shortened: &'a dyn Fn(),
     /// Stamps the agent alive (`tb_alive_ns`): called every [`ALIVE_EVERY`] entries the sweep
     /// goes through, so that a long sweep does not let the stamp go stale and stop the fast
@@ -181,7 +183,22 @@ pub struct Sweeper {
     /// to it was done long ago, so an index entry of such an ID whose allocation is gone is
     /// stale.
     settled_seq: u64,
+    /// Relay sockets the notices said closed in the last [`CLOSED_KEPT`], oldest first, and
+    /// how many times each address is in that list.
+    closed: std::collections::VecDeque<(std::time::Instant, SocketAddr)>,
+    closed_count: HashMap<SocketAddr, u32>,
+    /// New allocations are checked against `closed` up to this ID, and the sequence read at
+    /// the last check (the next checks IDs up to it: their commits are surely done).
+    checked_upto: u64,
+    seq_before: u64,
 }
+
+/// How long a closed relay socket's address is remembered: longer than an answer may wait
+/// before it leaves (a neighbour's resolution: 3 s), so that an allocation committed after its
+/// socket closed is still ended.
+pub const CLOSED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most addresses remembered: past that the oldest go (and the caller does a full sweep).
+pub const CLOSED_MAX: usize = 262_144;
 
 impl Sweeper {
     /// A sweeper that also watches the TURN server's listening sockets.
@@ -263,6 +280,96 @@ impl Sweeper {
         }
     }
 
+    fn remember_closed(&mut self, addr: SocketAddr) {
+        self.closed.push_back((std::time::Instant::now(), addr));
+        *self.closed_count.entry(addr).or_default() += 1;
+    }
+
+    /// Forget closed addresses older than [`CLOSED_KEPT`], and the oldest past [`CLOSED_MAX`].
+    /// True when some were forgotten early (their late commits are not caught here).
+    fn forget_closed(&mut self) -> bool {
+        let mut early = false;
+        while let Some((at, addr)) = self.closed.front().copied() {
+            let full = self.closed.len() > CLOSED_MAX;
+            if at.elapsed() < CLOSED_KEPT && !full {
+                break;
+            }
+            early |= full;
+            self.closed.pop_front();
+            if let std::collections::hash_map::Entry::Occupied(mut e) =
+                self.closed_count.entry(addr)
+            {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        early
+    }
+
+    /// End the allocations committed since the last call whose relayed address the notices said
+    /// closed in the last [`CLOSED_KEPT`] (their answer left after the server closed the socket).
+    /// `alloc_seq`: the allocation sequence now; the IDs up to the one read at the last call are
+    /// checked (their commits are surely done). False when that could not be done whole (more
+    /// than half of `recent_allocs` committed since, or addresses forgotten early): a full sweep
+    /// must look.
+    pub fn new_allocs_closed<M: MapCore>(
+        &mut self,
+        m: &StateMaps<'_, M>,
+        alloc_seq: u64,
+        now: u64,
+        r: &mut SweepReport,
+    ) -> Result<bool> {
+        let mut whole = !self.forget_closed();
+        let upto = std::mem::replace(&mut self.seq_before, alloc_seq);
+        let slots = crate::consts::TB_RECENT_ALLOCS;
+        if upto.saturating_sub(self.checked_upto) > slots / 2 {
+            whole = false;
+            self.checked_upto = upto;
+        }
+        let first = self.checked_upto + 1;
+        self.checked_upto = self.checked_upto.max(upto);
+        if self.closed_count.is_empty() {
+            return Ok(whole);
+        }
+        for id in first..=upto {
+            let slot = (id & (slots - 1)) as u32;
+            let Some(v) = m.recent.lookup(&slot.to_ne_bytes(), MapFlags::ANY)? else {
+                continue;
+            };
+            let e: tb_relay = from_bytes(&v);
+            if e.alloc_id != id {
+                whole = false; // overwritten already
+                continue;
+            }
+            let key = bytes_of(&e.alloc);
+            let Some(a) = m.allocs.lookup(key, MapFlags::ANY)? else {
+                continue; // not committed, or gone
+            };
+            let a: tb_alloc = from_bytes(&a);
+            let closed = a
+                .relay
+                .iter()
+                .filter_map(sockaddr)
+                .find(|addr| self.closed_count.contains_key(addr));
+            if let (true, Some(relay)) = (a.id == id, closed) {
+                m.allocs.delete(key).ok();
+                if a.expires_ns > now {
+                    (m.raise_shortened)();
+                }
+                r.allocs_removed += 1;
+                r.allocs_ended += 1;
+                debug!(
+                    "allocation ended at the server: client {} relay {relay} (its relay socket \
+                     is gone)",
+                    show(&e.alloc.client)
+                );
+            }
+        }
+        Ok(whole)
+    }
+
     /// Remove the index entries whose allocation is gone (`ids_seen`: the IDs in `allocs` as
     /// read by this sweep). Only IDs up to the sequence read before the previous sweep count:
     /// a commit writes the index before the allocation, and one under way now must not lose
@@ -334,6 +441,7 @@ impl Sweeper {
                 vec![*addr]
             };
             for relay in candidates {
+                self.remember_closed(relay);
                 let ep = maps::ep(relay);
                 let Some(v) = m.relays.lookup(bytes_of(&ep), MapFlags::ANY)? else {
                     continue;
@@ -621,6 +729,7 @@ mod tests {
         not_local: libbpf_rs::MapHandle,
         server_socks: libbpf_rs::MapHandle,
         relays: libbpf_rs::MapHandle,
+        recent: libbpf_rs::MapHandle,
     }
 
     impl Maps {
@@ -655,6 +764,15 @@ mod tests {
                 not_local: hash(size_of::<tb_ep>(), 8),
                 server_socks: hash(8, 4),
                 relays: sized(size_of::<tb_ep>(), size_of::<tb_relay>(), 2 * max),
+                recent: libbpf_rs::MapHandle::create(
+                    libbpf_rs::MapType::Array,
+                    None::<&str>,
+                    4,
+                    size_of::<tb_relay>() as u32,
+                    crate::consts::TB_RECENT_ALLOCS as u32,
+                    &opts,
+                )
+                .expect("creating an array map"),
             })
         }
 
@@ -667,6 +785,7 @@ mod tests {
                 pending: &self.pending,
                 not_local: &self.not_local,
                 relays: &self.relays,
+                recent: &self.recent,
                 raise_shortened: &|| {},
                 alive: &|| {},
                 server_socks: &self.server_socks,
@@ -1004,6 +1123,54 @@ mod tests {
             .unwrap();
         assert_eq!(r.allocs_removed, 0);
         assert!(!gone(&a5));
+    }
+
+    /// An allocation committed after the notice of its relay socket's close (its answer held
+    /// back on the way out) is ended at the next check of new allocations; one on another
+    /// address is not; and the check says when it could not see every new allocation.
+    #[test]
+    fn an_allocation_committed_after_its_socket_closed_is_ended() {
+        let Some(m) = Maps::new(64) else { return };
+        let state = m.state();
+        let mut s = Sweeper::default();
+        let recent = |ak: &tb_alloc_key, id: u64| {
+            let slot = (id % crate::consts::TB_RECENT_ALLOCS) as u32;
+            let r = tb_relay {
+                alloc: *ak,
+                alloc_id: id,
+            };
+            Maps::put(&m.recent, &slot, &r);
+        };
+        let a1 = m.alloc(2, "198.51.100.1:50001", 1, FAR);
+        recent(&a1, 1);
+        // the socket of 198.51.100.1:50002 closes before its allocation is committed
+        let closed = ["198.51.100.1:50002".parse().unwrap()];
+        let r = s.relays_closed(&state, &closed, &[], NOW).unwrap();
+        assert_eq!(r.allocs_removed, 0, "nothing to end yet");
+        let a2 = m.alloc(3, "198.51.100.1:50002", 2, FAR);
+        recent(&a2, 2);
+        let mut r = SweepReport::default();
+        // the first check only reads the sequence: commits up to it may be under way
+        assert!(s.new_allocs_closed(&state, 2, NOW, &mut r).unwrap());
+        assert_eq!(r.allocs_removed, 0);
+        assert!(s.new_allocs_closed(&state, 2, NOW, &mut r).unwrap());
+        assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
+        let live = |k: &tb_alloc_key| {
+            m.allocs
+                .lookup(bytes_of(k), MapFlags::ANY)
+                .unwrap()
+                .is_some()
+        };
+        assert!(live(&a1) && !live(&a2));
+        // a slot overwritten before it was read: not whole
+        let a3 = m.alloc(4, "198.51.100.1:50003", 3, FAR);
+        recent(&a3, 3 + crate::consts::TB_RECENT_ALLOCS);
+        assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
+        assert!(!s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
+        // nor when more than half the slots were committed since
+        let far = 3 + crate::consts::TB_RECENT_ALLOCS;
+        assert!(s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
+        assert!(!s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
     }
 
     /// The full sweep removes index entries whose allocation is gone, once their commit is

@@ -267,6 +267,19 @@ fn a_relayed_address_taken_ends_its_allocation(c: &Ctx) -> Result<()> {
         same_ep(&r.alloc.client, &ep(C1)) && r.alloc_id == a1.id,
         "index of R1: {r:?}"
     );
+    // and it is among the allocations committed last, under its ID
+    let slot = (a1.id % turn_bpf::consts::TB_RECENT_ALLOCS) as u32;
+    let v =
+        c.p.skel
+            .maps
+            .recent_allocs
+            .lookup(&slot.to_ne_bytes(), libbpf_rs::MapFlags::ANY)?
+            .context("recent_allocs")?;
+    let recent: types::tb_relay = maps::from_bytes(&v);
+    ensure!(
+        recent.alloc_id == a1.id && same_ep(&recent.alloc.client, &ep(C1)),
+        "recent_allocs[{slot}]: {recent:?}"
+    );
     c.allocate(C2, R2, 600)?;
     ensure!(c.alloc(C1).is_ok(), "another address ends nothing");
     let t = new_txid();

@@ -87,6 +87,17 @@ struct {
 	__type(value, struct tb_relay);
 } relays SEC(".maps");
 
+/* The allocations committed last, by ID (slot `id & (TB_RECENT_ALLOCS - 1)`), written as the ID is
+ * taken, before the commit: the loader checks each new allocation's relayed address against the
+ * relay sockets it heard closed in the last seconds (an answer the neighbour queue held back can
+ * commit after the server closed its socket). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TB_RECENT_ALLOCS);
+	__type(key, __u32);
+	__type(value, struct tb_relay);
+} recent_allocs SEC(".maps");
+
 /* Channels, client side: (client, server, channel) -> binding. The to-peer lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -205,6 +205,10 @@ struct tb_binding_count {
 	struct tb_dir_count to_client;
 };
 
+/* Slots of `recent_allocs` (a power of two): the loader reads the allocations committed since its
+ * last sweep there, so it must come back before this many more were committed. */
+#define TB_RECENT_ALLOCS 16384
+
 /* With --pin-path the programs outlive the agent: they relay only while the agent's last stamp
  * (tb_alive_ns, renewed at every sweep) is at most this old, in ns. */
 #define TB_AGENT_STALE_NS 5000000000ULL

@@ -567,6 +567,12 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		return;
 	}
 	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
+	{
+		__u32 slot = a.id & (TB_RECENT_ALLOCS - 1);
+		struct tb_relay r = { .alloc = *ak, .alloc_id = a.id };
+
+		bpf_map_update_elem(&recent_allocs, &slot, &r, BPF_ANY);
+	}
 	/* indexed first: an allocation the loader could not find by its relay socket is not
 	 * committed (a stale entry left by a failed commit is harmless, see `relays`) */
 	if (!index_relay(&a.relay[0], ak, a.id, now) ||

@@ -90,6 +90,7 @@ struct Tables {
     not_local: MapHandle,
     server_socks: MapHandle,
     relays: MapHandle,
+    recent: MapHandle,
 }
 
 impl Tables {
@@ -111,6 +112,15 @@ impl Tables {
             not_local: hash(size_of::<tb_ep>(), 8, 64)?,
             server_socks: hash(8, 4, 64)?,
             relays: hash(size_of::<tb_ep>(), size_of::<tb_relay>(), 2 * max)?,
+            recent: MapHandle::create(
+                MapType::Array,
+                None::<&str>,
+                4,
+                size_of::<tb_relay>() as u32,
+                turn_bpf::consts::TB_RECENT_ALLOCS as u32,
+                &opts,
+            )
+            .context("creating an array map")?,
         })
     }
 
@@ -123,6 +133,7 @@ impl Tables {
             pending: &self.pending,
             not_local: &self.not_local,
             relays: &self.relays,
+            recent: &self.recent,
             server_socks: &self.server_socks,
             raise_shortened: &|| {},
             alive: &|| {},
