@@ -110,8 +110,9 @@ struct tb_peer_key {
  *
  * `cache` holds the last full check (allocation, permission and channel lifetimes) in one word,
  * so that no CPU ever sees half of it: the time it was computed and how long it holds (see
- * state.h). It is valid while no lifetime was shortened since it was computed (`tb_shortened_ns`)
- * and its deadline is ahead; then the fast path needs no other lookup.
+ * state.h). It is valid while no lifetime was shortened since it was computed, neither anywhere
+ * (`tb_shortened_ns`) nor in its own allocation's shard (`tb_shortened_shard_ns`), and its deadline
+ * is ahead; then the fast path needs no other lookup.
  */
 struct tb_chan {
 	struct tb_ep client;   /* the allocation's 5-tuple ... */
@@ -199,6 +200,12 @@ struct tb_binding_count {
 	struct tb_dir_count to_client;
 };
 
+/* Shards of the shortened-lifetime stamp (`tb_shortened_shard_ns` in maps.h): an allocation's
+ * channels are voided by its own shard, `tb_alloc.id & (TB_SHORTENED_SHARDS - 1)`, so that a commit
+ * that shortens one allocation's state voids the caches of about 1/TB_SHORTENED_SHARDS of the
+ * channels, not all of them. A power of two. */
+#define TB_SHORTENED_SHARDS 4096
+
 /* With --pin-path the programs outlive the agent: they relay only while the agent's last stamp
  * (tb_alive_ns, renewed at every sweep) is at most this old, in ns. */
 #define TB_AGENT_STALE_NS 5000000000ULL
@@ -207,7 +214,7 @@ struct tb_binding_count {
  * globals. Bump it whenever any of them changes meaning or layout; a pinned state of another
  * version is not adopted (the agent starts clean). A unit test (src/pin.rs) holds a fingerprint
  * of this file and maps.h and fails when they change without a look at this number. */
-#define TB_LAYOUT_VERSION 2
+#define TB_LAYOUT_VERSION 3
 
 /* Counters: per-CPU array indexed by this enum. Codes are stable and never reused. One entry per
  * line with its meaning in a comment: build.rs turns this list into the Rust table (name without
