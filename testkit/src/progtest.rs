@@ -773,6 +773,22 @@ impl Programs {
             .map(|v| from_bytes(&v))
     }
 
+    /// The programs' `tb_shortened_ns`: when something last voided every channel's validity
+    /// cache.
+    pub fn shortened_ns(&self) -> Result<u64> {
+        let v = self
+            .skel
+            .maps
+            .data_pinned
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading .data.pinned")?
+            .context("no .data.pinned value")?;
+        let at = std::mem::offset_of!(types::data_pinned, tb_shortened_ns);
+        Ok(u64::from_ne_bytes(
+            v[at..at + 8].try_into().expect("8 bytes"),
+        ))
+    }
+
     /// Whether `port` is marked in `relay_ports`.
     pub fn relay_port_marked(&self, port: u16) -> bool {
         self.skel

@@ -29,7 +29,9 @@
 //! in turn, the random sequence carried from window to window — each a request through `xdp_turn`
 //! and the server's success response through `tc_snoop`, with the agent's pending lifetime, and
 //! removes requests older than twice that once a second (the agent's sweep). It counts the grants
-//! after which `tb_shortened_ns` moved: each voids every channel's validity cache. Its requests run `xdp_turn` too, so the kernel's figures for the program
+//! after which `tb_shortened_ns` moved (each voids every channel's validity cache) and after which
+//! a shard stamp moved (each voids the caches of that shard's allocations, 1 in
+//! `TB_SHORTENED_SHARDS` of them). Its requests run `xdp_turn` too, so the kernel's figures for the program
 //! include them: they run under a lock that the measuring thread takes to read the figures, so
 //! each is wholly inside a window or outside it, and their own count and test-run times are
 //! taken off (a few hundred runs of some thousand ns against hundreds of thousands). Every grant
@@ -265,13 +267,19 @@ struct Tally {
     /// Grants after which `tb_shortened_ns` had moved: each voids every channel's validity
     /// cache (the next packet of every channel looks its allocation and permission up again).
     voids: u64,
+    /// Grants after which a shard stamp had moved: each voids the validity caches of that
+    /// shard's allocations only.
+    shard_voids: u64,
     /// The churn's random state, carried from window to window: a sequence restarted in every
     /// window would repeat the first window's grants, which shorten nothing the second time.
     seed: u64,
 }
 
-/// The programs' `tb_shortened_ns` (when a commit last shortened a lifetime).
-fn shortened_ns(p: &Programs) -> Result<u64> {
+/// The programs' shortened stamps: `tb_shortened_ns` (when something last voided every channel's
+/// validity cache) and the shard stamps (when a commit last shortened the state of an allocation
+/// of each shard).
+fn stamps(p: &Programs) -> Result<(u64, Vec<u64>)> {
+    use turn_bpf::skel::types::data_pinned;
     let v = p
         .skel
         .maps
@@ -279,10 +287,13 @@ fn shortened_ns(p: &Programs) -> Result<u64> {
         .lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
         .context("reading .data.pinned")?
         .context("no .data.pinned value")?;
-    let at = std::mem::offset_of!(turn_bpf::skel::types::data_pinned, tb_shortened_ns);
-    Ok(u64::from_ne_bytes(
-        v[at..at + 8].try_into().expect("8 bytes"),
-    ))
+    let word = |at: usize| u64::from_ne_bytes(v[at..at + 8].try_into().expect("8 bytes"));
+    let global = word(std::mem::offset_of!(data_pinned, tb_shortened_ns));
+    let first = std::mem::offset_of!(data_pinned, tb_shortened_shard_ns);
+    let shards = (0..turn_bpf::consts::TB_SHORTENED_SHARDS as usize)
+        .map(|i| word(first + 8 * i))
+        .collect();
+    Ok((global, shards))
 }
 
 /// One grant of kind `k` (0 ChannelBind refresh, 1 CreatePermission, 2 Refresh) for binding `f`:
@@ -344,7 +355,7 @@ fn churn(
     let pending_age = Duration::from_millis(2 * turn_bpf::consts::TB_PENDING_LIFETIME_MS);
     p.remove_pending_older_than(pending_age);
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
-    let mut shortened = shortened_ns(p)?;
+    let mut shortened = stamps(p)?;
     ready.wait();
     let start = Instant::now();
     let mut k = 0u64;
@@ -375,11 +386,12 @@ fn churn(
             t.xdp_ns += d.as_nanos() as u64;
         }
         p.server_sends(SocketAddr::V4(f.client), &resp)?;
-        let now_shortened = shortened_ns(p)?;
+        let now_shortened = stamps(p)?;
         {
             let mut t = gate.lock().expect("the churn lock");
             t.grants[kind] += 1;
-            t.voids += u64::from(now_shortened != shortened);
+            t.voids += u64::from(now_shortened.0 != shortened.0);
+            t.shard_voids += u64::from(now_shortened.1 != shortened.1);
             t.seed = seed;
         }
         shortened = now_shortened;
@@ -584,8 +596,12 @@ pub struct ScaleReport {
     /// Grants by kind over the whole run.
     pub churn_grants_by_kind: BTreeMap<String, u64>,
     /// Of those, the grants that voided every channel's validity cache (`tb_shortened_ns`
-    /// moved: a CreatePermission that shortens a bound peer's permission, as coturn does).
+    /// moved).
     pub churn_cache_voids: u64,
+    /// And the grants that voided the caches of one shard's allocations (a shard stamp moved: a
+    /// CreatePermission that shortens a bound peer's permission, as coturn does).
+    #[serde(default)]
+    pub churn_shard_voids: u64,
     /// The state tables' memory at the default sizes, by the kernel's memlock (the figure), with
     /// each table and the estimate; and at the sizes measured here.
     pub map_memory_bytes: u64,
@@ -819,6 +835,7 @@ pub fn run_scale(
             ("refresh".into(), tally.grants[2]),
         ]),
         churn_cache_voids: tally.voids,
+        churn_shard_voids: tally.shard_voids,
         map_memory_bytes: default_mem.memlock_bytes,
         map_memory_default: default_mem,
         map_memory_measured: measured_mem,

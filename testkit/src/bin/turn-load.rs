@@ -1492,7 +1492,8 @@ fn render_scale(r: &ScaleReport) -> String {
          {} trials of {} runs per case, each run a different channel's frame, every verdict \
          XDP_REDIRECT and RELAYED_TO_PEER moved once per run. Tables sized for the largest level \
          in every case ({}). Under churn: {:.2}× the quiet case at the same level; {} grants \
-         ({}), {} of which voided every channel's validity cache. Fill of {} channels through the snooper: {:.1} s.\n\n\
+         ({}), {} of which voided every channel's validity cache and {} one shard's (1 in {} \
+         allocations). Fill of {} channels through the snooper: {:.1} s.\n\n\
          State tables at the default sizes ({} allocations, {} channels, {} permissions, {} \
          pending): **{}** by the kernel's memlock (map_memory_bytes = {}; estimate {}); at the \
          sizes measured: {} (estimate {}).",
@@ -1512,6 +1513,8 @@ fn render_scale(r: &ScaleReport) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         r.churn_cache_voids,
+        r.churn_shard_voids,
+        turn_bpf::consts::TB_SHORTENED_SHARDS,
         fmt_num(f64::from(r.churn_channels)),
         r.fill_s,
         d.allocations,
