@@ -8,7 +8,8 @@
 # output family's baseline (median of per-trial ratios, p10-p90 spread); then the scale
 # benchmark: the client->peer path with the tables holding 1, 1,000 and 100,000 channels learned
 # through the snooper, the same at 100,000 while the other CPU commits 1,000 grants a second,
-# and the state tables' memory at the default sizes (summary.json's `scale`).
+# the state tables' memory at the default sizes, and the agent's own upkeep at 1,000, 10,000 and
+# 100,000 allocations (its sweep code on real maps and relay sockets: summary.json's `scale`).
 #
 # Writes target/bench/summary.json, summary.md, chart.svg (delivered rate and CPU per datagram vs
 # offered load) and runs.json (every point, raw), and prints the summary with the goals.
@@ -122,6 +123,7 @@ cleanup() {
     done
     ip netns del "$MICRO_NS" 2>/dev/null || true
     ip netns del "$SCALE_NS" 2>/dev/null || true
+    ip netns del "$SCALE_NS-sw" 2>/dev/null || true
     exit "$rc"
 }
 

@@ -166,6 +166,28 @@ fn same_binding(a: &tb_chan, b: &tb_chan) -> bool {
         && bytes_of(&a.peer) == bytes_of(&b.peer)
 }
 
+/// The allocation `ak` (`a`, as read) ended at the server (its relay socket at `relay` is gone):
+/// removed, and the fast path's cached checks voided if it was live.
+fn end_at_server<M: MapCore>(
+    m: &StateMaps<'_, M>,
+    ak: &tb_alloc_key,
+    a: &tb_alloc,
+    relay: SocketAddr,
+    now: u64,
+    r: &mut SweepReport,
+) {
+    m.allocs.delete(bytes_of(ak)).ok();
+    if a.expires_ns > now {
+        (m.raise_shortened)();
+    }
+    r.allocs_removed += 1;
+    r.allocs_ended += 1;
+    debug!(
+        "allocation ended at the server: client {} relay {relay} (its relay socket is gone)",
+        show(&ak.client)
+    );
+}
+
 /// Remembers what was logged, so each binding is announced once when it comes and once when it
 /// goes, and each unoffloadable relayed address is reported once; and watches the server's
 /// sockets.
@@ -354,17 +376,7 @@ impl Sweeper {
                 .filter_map(sockaddr)
                 .find(|addr| self.closed_count.contains_key(addr));
             if let (true, Some(relay)) = (a.id == id, closed) {
-                m.allocs.delete(key).ok();
-                if a.expires_ns > now {
-                    (m.raise_shortened)();
-                }
-                r.allocs_removed += 1;
-                r.allocs_ended += 1;
-                debug!(
-                    "allocation ended at the server: client {} relay {relay} (its relay socket \
-                     is gone)",
-                    show(&e.alloc.client)
-                );
+                end_at_server(m, &e.alloc, &a, relay, now, r);
             }
         }
         Ok(whole)
@@ -455,17 +467,7 @@ impl Sweeper {
                 if !a.relay.iter().any(|e| bytes_of(e) == bytes_of(&ep)) {
                     continue;
                 }
-                m.allocs.delete(key).ok();
-                if a.expires_ns > now {
-                    (m.raise_shortened)();
-                }
-                r.allocs_removed += 1;
-                r.allocs_ended += 1;
-                debug!(
-                    "allocation ended at the server: client {} relay {relay} (its relay socket \
-                     is gone)",
-                    show(&ir.alloc.client)
-                );
+                end_at_server(m, &ir.alloc, &a, relay, now, &mut r);
             }
         }
         Ok(r)

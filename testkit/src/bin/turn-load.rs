@@ -54,6 +54,8 @@ enum Cmd {
     Scale(ScaleArgs),
     /// Diagnostic: a burst of clients through the loaded programs, against the pending table.
     Burst(BurstArgs),
+    /// The agent's own upkeep at scale: full sweeps and destroy notices on real maps and sockets.
+    SweepCost(SweepCostArgs),
     /// The whole benchmark: sweep, both modes and the floor, micro-benchmark, scale, summary.
     Bench(BenchArgs),
     /// Recompute summary.json, summary.md and chart.svg from a bench's runs.json (and the
@@ -237,6 +239,24 @@ struct ScaleArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(ClapArgs)]
+struct SweepCostArgs {
+    /// Allocations (one channel and one permission each) of each measurement.
+    #[arg(long, value_delimiter = ',', default_values_t = SWEEP_SIZES)]
+    sizes: Vec<usize>,
+    /// Interleaved repeats (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Name of the network namespace the relay sockets are bound in (made and deleted here).
+    #[arg(long, default_value = "tbb-sweep")]
+    ns: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The agent upkeep measurement's table sizes.
+const SWEEP_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
 /// The scale benchmark's default runs per case per trial and trials (full; quick: a quarter
 /// of the runs and 5 trials).
 /// The scale benchmark's many-allocation load run: allocations (one channel each, allocating
@@ -319,6 +339,14 @@ fn main() -> ExitCode {
                 .unwrap_or(turn_bpf::sizing::Sizes::default().pending);
             let r = scale::run_burst(&a.ns, a.clients, pending)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
+        Cmd::SweepCost(a) => need_root().and_then(|()| {
+            let r = turn_bpf_testkit::sweep_cost::measure(&a.sizes, a.repeats, &a.ns)?;
+            print!("{}", turn_bpf_testkit::sweep_cost::render(&r));
+            if let Some(p) = a.json {
+                write_json(&p, &r)?;
+            }
             Ok(())
         }),
         Cmd::Bench(a) => cmd_bench(a),
@@ -1204,6 +1232,15 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     )?;
 
     let mut scale = scale;
+    let sweep_repeats = if a.quick { 3 } else { 5 };
+    println!("  the agent's upkeep ({SWEEP_SIZES:?} allocations, {sweep_repeats} repeats) ...");
+    scale.sweep = turn_bpf_testkit::sweep_cost::measure(
+        &SWEEP_SIZES,
+        sweep_repeats,
+        &format!("{}-sw", a.scale_ns),
+    )?;
+    scale.sweep_cpu_ms_per_s = scale.sweep.last().map(|c| c.cpu_ms_per_s);
+    scale.goals = scale::scale_goals(&scale);
     if labs.has(Mode::Offload) {
         // Many allocations through coturn, alone and with the agent: the headline's figures
         // beyond 16 allocations, and the burst of them allocating at once (LEARN_NO_PENDING).
@@ -1527,6 +1564,14 @@ fn render_scale(r: &ScaleReport) -> String {
         turn_bpf::sizing::human(m.memlock_bytes),
         turn_bpf::sizing::human(m.estimate_bytes),
     );
+    if !r.sweep.is_empty() {
+        let _ = write!(
+            s,
+            "\nThe agent's own upkeep (its sweep code on real maps with one channel and one \
+             permission per allocation, and a real relay socket each; CPU ms, median (min–max)):\n\n{}",
+            turn_bpf_testkit::sweep_cost::render(&r.sweep)
+        );
+    }
     let _ = writeln!(
         s,
         "\n| scale goal | target | measured | |\n|---|---|---|---|"
