@@ -854,7 +854,7 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 	struct tb_peer_key rk = {};
 	struct tb_chan *old, *other;
 	/* whether a binding dies here, and whether one of another allocation does */
-	bool repointed = false, others = false;
+	bool repointed = false, others = false, full;
 #define c (*cp)
 	__u64 exp = deadline(now, cfg_channel_lifetime_ns);
 
@@ -933,26 +933,23 @@ static __always_inline void commit_channel(const struct tb_alloc_key *ak,
 		ck.chan = p->chan;
 		repointed = true;
 	}
-	if (bpf_map_update_elem(&chans, &ck, &c, BPF_ANY)) {
-		stat_inc(TB_STAT_STATE_FULL);
-		return;
-	}
-	if (bpf_map_update_elem(&peers, &rk, &c, BPF_ANY)) {
+	full = bpf_map_update_elem(&chans, &ck, &c, BPF_ANY) != 0;
+	if (!full && bpf_map_update_elem(&peers, &rk, &c, BPF_ANY)) {
 		bpf_map_delete_elem(&chans, &ck);
-		stat_inc(TB_STAT_STATE_FULL);
-		return;
+		full = true;
 	}
 	/* The bindings that died (killed in place, or replaced under their key) vouched for their
 	 * own allocations: usually this one (a client re-points its own channel), else one whose
 	 * entries outlived it (the same 5-tuple or relayed address allocated again), which is rare
-	 * enough to void everything for. */
+	 * enough to void everything for. Also when the new binding did not fit: the old ones are
+	 * dead all the same, and a CPU that was re-checking one may have written its cache back. */
 	if (repointed) {
 		if (others)
 			state_shortened();
 		else
 			alloc_shortened(c.alloc_id);
 	}
-	stat_inc(TB_STAT_LEARN_CHANNEL);
+	stat_inc(full ? TB_STAT_STATE_FULL : TB_STAT_LEARN_CHANNEL);
 #undef c
 }
 
