@@ -82,6 +82,8 @@ pub struct Offload<'obj> {
     /// Notices may have been missed since the last full sweep that read the sockets: no stamp
     /// from notices, and a full sweep at every tick, until one has.
     dirty: bool,
+    /// Not before this: an answer held back while notices were missing may still commit.
+    dirty_until: Option<Instant>,
     cadence: Cadence,
     /// When the pending table was last swept.
     pending_at: Instant,
@@ -295,10 +297,12 @@ impl<'obj> Offload<'obj> {
         }
         let summary = Summary::new(&sources.snapshot()?);
         let cadence = Cadence::from_env()?;
+        let mut sweeper = Sweeper::new(server);
+        sweeper.new_allocs_from(globals.alloc_seq());
         Ok(Some(Offload {
             skel,
             attached,
-            sweeper: Sweeper::new(server),
+            sweeper,
             far_ends,
             start_counters,
             run_stats,
@@ -315,6 +319,7 @@ impl<'obj> Offload<'obj> {
             destroyed,
             canary: None,
             dirty: false,
+            dirty_until: None,
             cadence,
             pending_at: Instant::now(),
         }))
@@ -421,14 +426,14 @@ impl<'obj> Offload<'obj> {
             .is_none_or(|c| d.socks.iter().any(|s| s.cookie == c));
         if d.lost || !canary_came {
             debug!(
-                "destroy notices may be missing ({}): a full sweep",
+                "destroy notices may be missing ({}): full sweeps for a while",
                 if d.lost {
                     "lost"
                 } else {
                     "the canary's did not come"
                 }
             );
-            self.dirty = true;
+            self.missed_notices();
         }
         self.canary = match DestroyWatch::canary() {
             Ok(c) => Some(c),
@@ -440,10 +445,12 @@ impl<'obj> Offload<'obj> {
         };
         let server_went = d.socks.iter().any(|s| self.sweeper.trusts(s.cookie));
         // The notices first, also before a full sweep: it would take a socket bound on a closed
-        // relay's address since for that allocation's own. (A closed socket of the server ends
-        // everything anyway.)
-        if !server_went && !self.notices(&d.socks) {
+        // relay's address since for that allocation's own. A closed socket of the server ends
+        // everything, once a full sweep has read the sockets: nothing is vouched for until then.
+        if server_went {
             self.dirty = true;
+        } else if !self.notices(&d.socks) {
+            self.missed_notices();
         }
         if server_went || self.dirty || self.cadence.due() || self.sweeper.waiting_for_server() {
             return self.full_sweep();
@@ -451,12 +458,21 @@ impl<'obj> Offload<'obj> {
         if self.pending_at.elapsed() >= PENDING_EVERY {
             self.pending_at = Instant::now();
             let state = state_maps(&self.skel.maps, &|| {}, &|| {});
-            let r = self.sweeper.pending_only(&state, maps::now_ns());
+            let r = self
+                .sweeper
+                .pending_only(&state, maps::now_ns(), PENDING_EVERY);
             self.run_stats.record(&r, None);
         }
         // Every socket destroyed since the last look is accounted for: as good as a fresh read.
         self.table.read_now();
         self.globals.stamp_alive(maps::now_ns());
+    }
+
+    /// Notices may be missing: full sweeps at every tick, and no stamp without a socket read,
+    /// until an answer held back then (a closed address not remembered) can no longer commit.
+    fn missed_notices(&mut self) {
+        self.dirty = true;
+        self.dirty_until = Some(Instant::now() + crate::sweep::CLOSED_KEPT);
     }
 
     /// End the allocations of the relay sockets in these notices, and the allocations committed
@@ -512,7 +528,9 @@ impl<'obj> Offload<'obj> {
         // were read a moment ago (TableAge): a long sweep of hundreds of thousands of entries
         // keeps the fast path on, a sweep on an old table (or none) does not, and an agent
         // stuck for good stops stamping.
-        if self.table.may_stamp() {
+        // Notices may be missing: only this sweep's own read of the sockets vouches.
+        let vouch = !self.dirty;
+        if vouch && self.table.may_stamp() {
             self.globals.stamp_alive(maps::now_ns());
         }
         let seq = self.globals.alloc_seq();
@@ -525,9 +543,10 @@ impl<'obj> Offload<'obj> {
         }
         let globals = &self.globals;
         let table = self.table;
+        let vouch = vouch || socks.is_some();
         let raise = || globals.raise_shortened(maps::now_ns());
         let alive = || {
-            if table.may_stamp() {
+            if vouch && table.may_stamp() {
                 globals.stamp_alive(maps::now_ns());
             }
         };
@@ -538,16 +557,18 @@ impl<'obj> Offload<'obj> {
         {
             Ok(r) => {
                 self.run_stats.record(&r, Some(began.elapsed()));
-                // what notices may have missed, this sweep saw in the table
-                if socks.is_some() {
+                // what notices may have missed, this sweep saw in the table (and an answer held
+                // back meanwhile can no longer commit unseen)
+                if socks.is_some() && self.dirty_until.is_none_or(|t| Instant::now() >= t) {
                     self.dirty = false;
+                    self.dirty_until = None;
                 }
             }
             Err(e) => warn!("sweep: {e:#}"),
         }
         self.pending_at = Instant::now();
         // Alive: the fast path relays for TB_AGENT_STALE_NS from now.
-        if self.table.may_stamp() {
+        if vouch && self.table.may_stamp() {
             self.globals.stamp_alive(maps::now_ns());
         }
         self.cadence.done(began, thread_cpu().saturating_sub(cpu));

@@ -231,6 +231,13 @@ impl Sweeper {
         }
     }
 
+    /// New allocations are checked from after `alloc_seq` on (those before were committed before
+    /// any notice was read: the first full sweep looks at them).
+    pub fn new_allocs_from(&mut self, alloc_seq: u64) {
+        self.checked_upto = alloc_seq;
+        self.seq_before = alloc_seq;
+    }
+
     /// `cookie` is one of the trusted server's sockets.
     pub fn trusts(&self, cookie: u64) -> bool {
         self.server
@@ -272,12 +279,13 @@ impl Sweeper {
     fn sweep_pending<M: MapCore>(
         m: &StateMaps<'_, M>,
         now: u64,
+        budget: usize,
         progress: &mut Progress<'_>,
     ) -> usize {
         let mut removed = 0;
         for (k, v) in batch::entries(m.pending).iter() {
             progress.tick();
-            if removed >= SWEEP_BUDGET {
+            if removed >= budget {
                 break;
             }
             let p: tb_pending = from_bytes(v);
@@ -291,13 +299,20 @@ impl Sweeper {
 
     /// The pending table alone, between full sweeps: it must make room at the rate requests
     /// come (its size is that rate × twice the pending lifetime).
-    pub fn pending_only<M: MapCore>(&mut self, m: &StateMaps<'_, M>, now: u64) -> SweepReport {
+    /// `every`: how long since the last pass (the budget is [`SWEEP_BUDGET`] a second).
+    pub fn pending_only<M: MapCore>(
+        &mut self,
+        m: &StateMaps<'_, M>,
+        now: u64,
+        every: std::time::Duration,
+    ) -> SweepReport {
         let mut progress = Progress {
             alive: m.alive,
             entries: 0,
         };
+        let budget = SWEEP_BUDGET * every.as_secs().max(1) as usize;
         SweepReport {
-            pending_removed: Self::sweep_pending(m, now, &mut progress),
+            pending_removed: Self::sweep_pending(m, now, budget, &mut progress),
             ..SweepReport::default()
         }
     }
@@ -352,6 +367,10 @@ impl Sweeper {
         }
         let first = self.checked_upto + 1;
         self.checked_upto = self.checked_upto.max(upto);
+        // a slot the snooper may be rewriting while it is read (torn): not whole
+        if alloc_seq.saturating_sub(first) + 1 >= slots / 2 {
+            whole = false;
+        }
         if self.closed_count.is_empty() {
             return Ok(whole);
         }
@@ -441,12 +460,12 @@ impl Sweeper {
                 continue; // never bound: no relay socket
             }
             let candidates: Vec<SocketAddr> = if addr.ip().is_unspecified() {
-                // `0.0.0.0` and `::` each of their own family: the servers bind an IPv4 relay
-                // socket as IPv4 (pion's `udp4`), and anyone may bind an IPv6-only `::` on the
-                // port of an IPv4 relay socket and close it
+                // `::` takes IPv4 too unless it is IPv6-only, which a notice does not say: both
+                // (anyone may bind an IPv6-only `::` on an IPv4 relay's port and close it, and
+                // so end that allocation here: it only goes to the server)
                 locals
                     .iter()
-                    .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+                    .filter(|ip| addr.is_ipv6() || ip.is_ipv4())
                     .map(|ip| SocketAddr::new(*ip, addr.port()))
                     .collect()
             } else {
@@ -675,7 +694,7 @@ impl Sweeper {
             }
         }
 
-        r.pending_removed = Self::sweep_pending(m, now, &mut progress);
+        r.pending_removed = Self::sweep_pending(m, now, SWEEP_BUDGET, &mut progress);
 
         // Relayed addresses we could not offload: say so once each.
         for (k, _) in batch::entries(m.not_local).iter() {
@@ -1079,14 +1098,14 @@ mod tests {
             .unwrap();
         assert_eq!((r.allocs_removed, r.allocs_ended, raised.get()), (1, 1, 1));
         assert!(gone(&a1) && !gone(&a2) && !gone(&a3));
-        // a wildcard of its own family only: anyone may bind an IPv6-only `::` on the port of
-        // an IPv4 relay socket; and a socket never bound (port 0) is nobody's relay
-        let closed: Vec<SocketAddr> = ["[::]:50003", "0.0.0.0:0", "198.51.100.1:0"]
+        // a socket never bound (port 0) is nobody's relay
+        let closed: Vec<SocketAddr> = ["0.0.0.0:0", "198.51.100.1:0", "[::]:0"]
             .map(|a| a.parse().unwrap())
             .to_vec();
         let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
         assert_eq!((r.allocs_removed, raised.get()), (0, 1));
-        let closed: Vec<SocketAddr> = ["0.0.0.0:50002", "0.0.0.0:50003"]
+        // wildcards: IPv4, and IPv6 (which takes IPv4 too unless IPv6-only: the safe side)
+        let closed: Vec<SocketAddr> = ["0.0.0.0:50002", "[::]:50003"]
             .map(|a| a.parse().unwrap())
             .to_vec();
         let r = s.relays_closed(&state, &closed, &locals, NOW).unwrap();
@@ -1169,10 +1188,12 @@ mod tests {
         recent(&a3, 3 + crate::consts::TB_RECENT_ALLOCS);
         assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
         assert!(!s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
-        // nor when more than half the slots were committed since
+        // nor when more than half the slots were committed since: those to read may be
+        // rewritten while they are read, and then they are past
         let far = 3 + crate::consts::TB_RECENT_ALLOCS;
-        assert!(s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
         assert!(!s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
+        assert!(!s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
+        assert!(s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
     }
 
     /// The full sweep removes index entries whose allocation is gone, once their commit is

@@ -89,8 +89,15 @@ static __always_inline __u64 min_u64(__u64 a, __u64 b)
  * is given up for good rather than risked. */
 static __always_inline void stamp_raise(__u64 *stamp)
 {
-	__u64 now = tb_now();
-	__u64 old = *(volatile __u64 *)stamp;
+	__u64 now, old;
+
+	/* A full barrier (a locked add of 0) between the map write and the clock: without it the
+	 * write may still sit in this CPU's store buffer while the clock is read, and a reader in
+	 * the next clock unit could compute a cache from the old value that this stamp does not
+	 * void. */
+	__sync_fetch_and_add(stamp, 0);
+	now = tb_now();
+	old = *(volatile __u64 *)stamp;
 
 	for (int i = 0; i < 64; i++) {
 		__u64 prev;

@@ -209,6 +209,24 @@ impl Tables {
         Self::put(&self.perms, &perm_key, &perm)
     }
 
+    /// Allocation `i` in the ring of the allocations committed last, as the snooper writes it.
+    fn recent(&self, i: usize) -> Result<()> {
+        let id = i as u64 + 1;
+        let slot = (id % turn_bpf::consts::TB_RECENT_ALLOCS) as u32;
+        let k = tb_alloc_key {
+            client: ep(SocketAddr::from((
+                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                5000,
+            ))),
+            server: ep(SERVER.parse()?),
+        };
+        let r = tb_relay {
+            alloc: k,
+            alloc_id: id,
+        };
+        Self::put(&self.recent, &slot, &r)
+    }
+
     fn count(map: &MapHandle) -> usize {
         map.keys().count()
     }
@@ -382,6 +400,7 @@ fn measure_one(n: usize, repeats: usize) -> Result<SweepCost> {
         r.learned.len()
     );
     let notices = DestroyWatch::open()?;
+    let mut seq = n as u64;
     let (mut dump, mut read, mut full, mut tick) = (vec![], vec![], vec![], vec![]);
     for rep in 0..repeats {
         let (ms, table) = cpu_ms(UdpTable::read)?;
@@ -402,6 +421,8 @@ fn measure_one(n: usize, repeats: usize) -> Result<SweepCost> {
         let first = n + rep * TEARDOWNS;
         for i in first..first + TEARDOWNS {
             t.alloc(i)?;
+            t.recent(i)?;
+            seq = i as u64 + 1;
         }
         let ending = SocketHolders::open(first, first + TEARDOWNS)?;
         notices.drain()?;
@@ -423,7 +444,10 @@ fn measure_one(n: usize, repeats: usize) -> Result<SweepCost> {
                     .iter()
                     .map(|s| SocketAddr::new(s.ip, s.port))
                     .collect();
-                s.relays_closed(&t.state(), &closed, &[], NOW)
+                let mut r = s.relays_closed(&t.state(), &closed, &[], NOW)?;
+                // and the check of the allocations committed since the last tick (the ring)
+                s.new_allocs_closed(&t.state(), seq, NOW, &mut r)?;
+                Ok(r)
             })?;
             handling += ms;
             ended += r.allocs_ended;
@@ -437,6 +461,15 @@ fn measure_one(n: usize, repeats: usize) -> Result<SweepCost> {
     ensure!(
         Tables::count(&t.allocs) == n && Tables::count(&t.chans) == n,
         "the live state is intact"
+    );
+    // The timed full sweep does its work: with every relay socket closed (and no notice
+    // handled), one full sweep ends every allocation.
+    drop(_live);
+    let r = s.sweep(&t.state(), NOW, u64::MAX, Some(&UdpTable::read()?))?;
+    ensure!(
+        r.allocs_ended == n,
+        "a full sweep ended {} of {n} allocations whose sockets closed",
+        r.allocs_ended
     );
     let (dump, read, full, notices) = (
         Spread::of(dump),
