@@ -79,10 +79,9 @@ pub struct Offload<'obj> {
     destroyed: Option<DestroyWatch>,
     /// The cookie of the socket closed after the last drain, whose notice the next must hold.
     canary: Option<u64>,
-    /// Notices may have been missed since the last full sweep that read the sockets: no stamp
-    /// from notices, and a full sweep at every tick, until one has.
-    dirty: bool,
-    /// Not before this: an answer held back while notices were missing may still commit.
+    /// Notices may have been missed: no stamp from notices, and a full sweep at every tick,
+    /// until one that read the sockets, at this time or later (an answer held back while notices
+    /// were missing may commit until then). None: nothing missed.
     dirty_until: Option<Instant>,
     cadence: Cadence,
     /// When the pending table was last swept.
@@ -92,7 +91,7 @@ pub struct Offload<'obj> {
 /// When the next full sweep is due.
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
-    last: Option<Instant>,
+    last: Instant,
     /// The CPU the last full sweep took.
     cost: Duration,
     /// A fixed time between full sweeps ([`FULL_EVERY_ENV`]).
@@ -103,7 +102,7 @@ impl Cadence {
     /// The first full sweep is due one interval from now: the start read the sockets.
     pub fn new(fixed: Option<Duration>) -> Cadence {
         Cadence {
-            last: Some(Instant::now()),
+            last: Instant::now(),
             cost: Duration::ZERO,
             fixed,
         }
@@ -130,18 +129,18 @@ impl Cadence {
     }
 
     pub fn due(&self) -> bool {
-        self.last.is_none_or(|t| t.elapsed() >= self.every())
+        self.last.elapsed() >= self.every()
     }
 
     /// A full sweep began at `at` and took `cost` of CPU.
     pub fn done(&mut self, at: Instant, cost: Duration) {
-        self.last = Some(at);
+        self.last = at;
         self.cost = cost;
     }
 }
 
 /// The CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map_or(Duration::ZERO, Duration::from)
 }
@@ -318,7 +317,6 @@ impl<'obj> Offload<'obj> {
             },
             destroyed,
             canary: None,
-            dirty: false,
             dirty_until: None,
             cadence,
             pending_at: Instant::now(),
@@ -439,20 +437,24 @@ impl<'obj> Offload<'obj> {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!("the destroy notices' canary: {e:#}");
-                self.dirty = true;
+                self.dirty_until.get_or_insert_with(Instant::now);
                 None
             }
         };
-        let server_went = d.socks.iter().any(|s| self.sweeper.trusts(s.cookie));
+        let server_went = self.sweeper.trusts_any(d.socks.iter().map(|s| s.cookie));
         // The notices first, also before a full sweep: it would take a socket bound on a closed
         // relay's address since for that allocation's own. A closed socket of the server ends
         // everything, once a full sweep has read the sockets: nothing is vouched for until then.
         if server_went {
-            self.dirty = true;
+            self.dirty_until.get_or_insert_with(Instant::now);
         } else if !self.notices(&d.socks) {
             self.missed_notices();
         }
-        if server_went || self.dirty || self.cadence.due() || self.sweeper.waiting_for_server() {
+        if server_went
+            || self.dirty_until.is_some()
+            || self.cadence.due()
+            || self.sweeper.waiting_for_server()
+        {
             return self.full_sweep();
         }
         if self.pending_at.elapsed() >= PENDING_EVERY {
@@ -471,7 +473,6 @@ impl<'obj> Offload<'obj> {
     /// Notices may be missing: full sweeps at every tick, and no stamp without a socket read,
     /// until an answer held back then (a closed address not remembered) can no longer commit.
     fn missed_notices(&mut self) {
-        self.dirty = true;
         self.dirty_until = Some(Instant::now() + crate::sweep::CLOSED_KEPT);
     }
 
@@ -527,9 +528,9 @@ impl<'obj> Offload<'obj> {
         // Alive, before and during the sweep as well as after it, while the server's sockets
         // were read a moment ago (TableAge): a long sweep of hundreds of thousands of entries
         // keeps the fast path on, a sweep on an old table (or none) does not, and an agent
-        // stuck for good stops stamping.
-        // Notices may be missing: only this sweep's own read of the sockets vouches.
-        let vouch = !self.dirty;
+        // stuck for good stops stamping. With notices missing only this sweep's own read of
+        // the sockets vouches.
+        let vouch = self.dirty_until.is_none();
         if vouch && self.table.may_stamp() {
             self.globals.stamp_alive(maps::now_ns());
         }
@@ -559,8 +560,7 @@ impl<'obj> Offload<'obj> {
                 self.run_stats.record(&r, Some(began.elapsed()));
                 // what notices may have missed, this sweep saw in the table (and an answer held
                 // back meanwhile can no longer commit unseen)
-                if socks.is_some() && self.dirty_until.is_none_or(|t| Instant::now() >= t) {
-                    self.dirty = false;
+                if socks.is_some() && self.dirty_until.is_some_and(|t| Instant::now() >= t) {
                     self.dirty_until = None;
                 }
             }
@@ -869,7 +869,7 @@ mod tests {
         let mut c = Cadence::new(Some(Duration::from_secs(30)));
         c.done(Instant::now(), Duration::from_secs(5));
         assert_eq!(c.every(), Duration::from_secs(30), "fixed");
-        c.last = Instant::now().checked_sub(Duration::from_secs(31));
+        c.last = Instant::now() - Duration::from_secs(31);
         assert!(c.due());
         // the environment's value is capped
         std::env::set_var(FULL_EVERY_ENV, "3600");

@@ -238,11 +238,12 @@ impl Sweeper {
         self.seq_before = alloc_seq;
     }
 
-    /// `cookie` is one of the trusted server's sockets.
-    pub fn trusts(&self, cookie: u64) -> bool {
-        self.server
-            .as_ref()
-            .is_some_and(|w| w.trusted_cookies().contains(&cookie))
+    /// One of `cookies` is of a socket of the trusted server.
+    pub fn trusts_any(&self, mut cookies: impl Iterator<Item = u64>) -> bool {
+        self.server.as_ref().is_some_and(|w| {
+            let trusted = w.trusted_cookies();
+            cookies.any(|c| trusted.contains(&c))
+        })
     }
 
     /// No TURN server is trusted now (it stopped or restarted and was not found again yet).
@@ -570,17 +571,7 @@ impl Sweeper {
                 // Not bounded by the budget: the server ended it, and until it is gone here the
                 // fast path relays its channels (a mass teardown must not take N / budget
                 // seconds to be seen).
-                m.allocs.delete(k).ok();
-                if a.expires_ns > now {
-                    (m.raise_shortened)();
-                }
-                r.allocs_removed += 1;
-                r.allocs_ended += 1;
-                debug!(
-                    "allocation ended at the server: client {} relay {relay} (its relay socket \
-                     is gone)",
-                    show(&key.client)
-                );
+                end_at_server(m, &key, &a, relay, now, &mut r);
             } else if a.expires_ns > now {
                 live_allocs.insert(k.to_vec(), a.id);
             }

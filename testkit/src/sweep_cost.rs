@@ -24,7 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use serde::{Deserialize, Serialize};
 use turn_bpf::maps::{bytes_of, ep, ep_ip};
-use turn_bpf::offload::Cadence;
+use turn_bpf::offload::{thread_cpu, Cadence};
 use turn_bpf::server::UdpTable;
 use turn_bpf::skel::types::{
     tb_alloc, tb_alloc_key, tb_chan, tb_chan_key, tb_ep, tb_peer_key, tb_pending, tb_pending_key,
@@ -145,16 +145,21 @@ impl Tables {
             .context("a map update")
     }
 
-    /// Allocation `i` (client 10.x.y.z:5000, ID i + 1), relayed at [`relay`]`(i)` and indexed
-    /// there, as the snooper commits it.
-    fn alloc(&self, i: usize) -> Result<tb_alloc_key> {
-        let k = tb_alloc_key {
+    /// The key of allocation `i`: client 10.x.y.z:5000.
+    fn alloc_key(i: usize) -> Result<tb_alloc_key> {
+        Ok(tb_alloc_key {
             client: ep(SocketAddr::from((
                 [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
                 5000,
             ))),
             server: ep(SERVER.parse()?),
-        };
+        })
+    }
+
+    /// Allocation `i` (ID i + 1), relayed at [`relay`]`(i)` and indexed there, as the snooper
+    /// commits it.
+    fn alloc(&self, i: usize) -> Result<tb_alloc_key> {
+        let k = Self::alloc_key(i)?;
         let mut a = tb_alloc {
             id: i as u64 + 1,
             expires_ns: FAR,
@@ -213,15 +218,8 @@ impl Tables {
     fn recent(&self, i: usize) -> Result<()> {
         let id = i as u64 + 1;
         let slot = (id % turn_bpf::consts::TB_RECENT_ALLOCS) as u32;
-        let k = tb_alloc_key {
-            client: ep(SocketAddr::from((
-                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                5000,
-            ))),
-            server: ep(SERVER.parse()?),
-        };
         let r = tb_relay {
-            alloc: k,
+            alloc: Self::alloc_key(i)?,
             alloc_id: id,
         };
         Self::put(&self.recent, &slot, &r)
@@ -354,12 +352,6 @@ impl Drop for SocketHolders {
             let _ = nix::sys::wait::waitpid(pid, None);
         }
     }
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// CPU milliseconds of `f`, and its result.
