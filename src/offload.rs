@@ -297,6 +297,16 @@ impl<'obj> Offload<'obj> {
         let summary = Summary::new(&sources.snapshot()?);
         let cadence = Cadence::from_env()?;
         let mut sweeper = Sweeper::new(server);
+        if settings.profile.probes_relay_ports {
+            let mut lookup = crate::sockdiag::ReceiverLookup::open()?;
+            sweeper = sweeper.relay_ports_probed(move |at| match lookup.receiver(at) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    warn!("looking up the socket that receives at {at}: {e:#}");
+                    false
+                }
+            });
+        }
         sweeper.new_allocs_from(globals.alloc_seq());
         Ok(Some(Offload {
             skel,

@@ -81,6 +81,18 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
 
+/// The kernel answered a request with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelAnswered(pub nix::errno::Errno);
+
+impl std::fmt::Display for KernelAnswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sock_diag: the kernel answered {}", self.0)
+    }
+}
+
+impl std::error::Error for KernelAnswered {}
+
 /// Decode the netlink messages in `buf` (one datagram from the kernel) that answer request
 /// `seq`. An `NLMSG_ERROR` with a non-zero code is an error; so is a truncated message.
 pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
@@ -101,10 +113,7 @@ pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
                         .get(..4)
                         .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                     if errno != 0 {
-                        bail!(
-                            "sock_diag: the kernel answered {}",
-                            nix::errno::Errno::from_raw(-errno)
-                        );
+                        return Err(KernelAnswered(nix::errno::Errno::from_raw(-errno)).into());
                     }
                 }
                 SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => out.socks.push(DiagSock {
@@ -191,6 +200,86 @@ pub fn udp_cookies(inodes: &std::collections::BTreeSet<u64>) -> Result<BTreeMap<
         .filter(|s| inodes.contains(&s.inode))
         .map(|s| (s.inode, s.cookie))
         .collect())
+}
+
+/// The request for the UDP socket that would receive a datagram sent to `to` (from anywhere):
+/// sock_diag's exact lookup, which runs the kernel's own delivery lookup (a socket bound to a
+/// wildcard address or to `::` counts). The kernel takes `idiag_dst`/`idiag_dport` as the
+/// destination of that datagram ("src and dst are swapped for historical reasons").
+pub fn receiver_request(to: std::net::SocketAddr, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDR_LEN + REQ_V2_LEN;
+    let (family, dst) = match to.ip() {
+        IpAddr::V4(ip) => {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&ip.octets());
+            (libc_af(AddressFamily::Inet), d)
+        }
+        IpAddr::V6(ip) => (libc_af(AddressFamily::Inet6), ip.octets()),
+    };
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&0u16.to_be_bytes()); // idiag_sport: the sender's, any
+    m.extend_from_slice(&to.port().to_be_bytes()); // idiag_dport
+    m.extend_from_slice(&[0u8; 16]); // idiag_src: the sender, any
+    m.extend_from_slice(&dst); // idiag_dst
+    m.extend_from_slice(&0u32.to_ne_bytes()); // idiag_if: any
+    m.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    m
+}
+
+/// Asks the kernel which UDP socket of this network namespace receives what is sent to an
+/// address now.
+pub struct ReceiverLookup {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl ReceiverLookup {
+    pub fn open() -> Result<ReceiverLookup> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .context("opening a NETLINK_SOCK_DIAG socket")?;
+        Ok(ReceiverLookup { fd, seq: 0 })
+    }
+
+    /// The socket a datagram sent to `to` would be delivered to now (None: none would take it).
+    pub fn receiver(&mut self, to: std::net::SocketAddr) -> Result<Option<DiagSock>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        sendto(
+            self.fd.as_raw_fd(),
+            &receiver_request(to, seq),
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .context("sending a sock_diag lookup")?;
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
+                .context("reading the sock_diag lookup's answer")?;
+            match parse_replies(&buf[..n], seq) {
+                Ok(r) if !r.socks.is_empty() => return Ok(r.socks.first().copied()),
+                Ok(_) => continue, // an answer to an earlier request
+                Err(e)
+                    if e.downcast_ref::<KernelAnswered>()
+                        == Some(&KernelAnswered(nix::errno::Errno::ENOENT)) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// `SKNLGRP_INET_UDP_DESTROY` and `SKNLGRP_INET6_UDP_DESTROY` (`linux/sock_diag.h`), as the
@@ -448,6 +537,42 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(found, "the canary's notice");
+    }
+
+    #[test]
+    fn the_kernel_names_the_socket_that_receives_at_an_address() {
+        let mut l = ReceiverLookup::open().unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = sock.local_addr().unwrap();
+        let got = l.receiver(at).unwrap().expect("bound here");
+        assert_eq!((got.cookie, got.port), (so_cookie(&sock), at.port()));
+        // a wildcard socket takes what is sent to any local address on its port
+        let any = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        let to = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert_eq!(
+            l.receiver(to).unwrap().map(|s| s.cookie),
+            Some(so_cookie(&any))
+        );
+        // and `::` (not IPv6-only) what is sent to IPv4 addresses too
+        let dual = std::net::UdpSocket::bind("[::]:0").unwrap();
+        let port6 = dual.local_addr().unwrap().port();
+        let to4 = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port6));
+        let to6 = std::net::SocketAddr::from((Ipv6Addr::LOCALHOST, port6));
+        assert_eq!(
+            l.receiver(to4).unwrap().map(|s| s.cookie),
+            Some(so_cookie(&dual))
+        );
+        assert_eq!(
+            l.receiver(to6).unwrap().map(|s| s.cookie),
+            Some(so_cookie(&dual))
+        );
+        // closed: nothing receives there
+        drop(sock);
+        assert_eq!(l.receiver(at).unwrap(), None);
+        // another local address on the same port: not that socket's
+        let other = std::net::SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), at.port()));
+        assert_eq!(l.receiver(other).unwrap(), None);
     }
 
     #[test]

@@ -213,6 +213,9 @@ pub struct Sweeper {
     /// the last check (the next checks IDs up to it: their commits are surely done).
     checked_upto: u64,
     seq_before: u64,
+    /// Whether a UDP socket receives at an address now, for a server that binds and closes a
+    /// socket on a port before it relays on it (None: any other server).
+    receives: Option<Box<dyn FnMut(SocketAddr) -> bool>>,
 }
 
 /// How long a closed relay socket's address is remembered: longer than an answer may wait
@@ -229,6 +232,37 @@ impl Sweeper {
             server: Some(server),
             ..Sweeper::default()
         }
+    }
+
+    /// For a server that binds and closes a socket on a port before it relays on it
+    /// ([`crate::server_conf::profile::Profile::probes_relay_ports`]): a closed socket's address
+    /// ends an allocation only when no socket receives there any more (`receives`: whether one
+    /// does now; false when that cannot be told). That server ends an allocation only by a
+    /// Refresh 0 the snooper sees or by its lifetime, which the snooper mirrors ahead of it: a
+    /// socket still receiving on a live allocation's address is that allocation's.
+    pub fn relay_ports_probed(
+        mut self,
+        receives: impl FnMut(SocketAddr) -> bool + 'static,
+    ) -> Self {
+        self.receives = Some(Box::new(receives));
+        self
+    }
+
+    /// A socket on `relay` closed, yet another receives there now and the server is one that
+    /// probes its relay ports: the closed one was a probe, not the allocation's.
+    fn probe_closed(&mut self, ak: &tb_alloc_key, relay: SocketAddr) -> bool {
+        let Some(receives) = self.receives.as_mut() else {
+            return false;
+        };
+        let kept = receives(relay);
+        if kept {
+            debug!(
+                "allocation kept: client {} relay {relay} (a socket on its address closed, \
+                 and one receives there still: the server's probe of the port)",
+                show(&ak.client)
+            );
+        }
+        kept
     }
 
     /// New allocations are checked from after `alloc_seq` on (those before were committed before
@@ -396,7 +430,9 @@ impl Sweeper {
                 .filter_map(sockaddr)
                 .find(|addr| self.closed_count.contains_key(addr));
             if let (true, Some(relay)) = (a.id == id, closed) {
-                end_at_server(m, &e.alloc, &a, relay, now, r);
+                if !self.probe_closed(&e.alloc, relay) {
+                    end_at_server(m, &e.alloc, &a, relay, now, r);
+                }
             }
         }
         Ok(whole)
@@ -484,7 +520,9 @@ impl Sweeper {
                     continue;
                 };
                 let a: tb_alloc = from_bytes(&a);
-                if !a.relay.iter().any(|e| bytes_of(e) == bytes_of(&ep)) {
+                if !a.relay.iter().any(|e| bytes_of(e) == bytes_of(&ep))
+                    || self.probe_closed(&ir.alloc, relay)
+                {
                     continue;
                 }
                 end_at_server(m, &ir.alloc, &a, relay, now, &mut r);
@@ -1185,6 +1223,88 @@ mod tests {
         assert!(!s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
         assert!(!s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
         assert!(s.new_allocs_closed(&state, far, NOW, &mut r).unwrap());
+    }
+
+    /// Beside a server that probes its relay ports, a closed socket on a relayed address ends
+    /// the allocation only when nothing receives there any more: through the index (the
+    /// notice read after the commit) and through the check of new allocations (read before);
+    /// beside any other server every such close ends it.
+    #[test]
+    fn a_probed_port_ends_an_allocation_only_when_nothing_receives_there() {
+        let Some(m) = Maps::new(64) else { return };
+        let state = m.state();
+        let receiving: std::rc::Rc<std::cell::RefCell<Vec<SocketAddr>>> = Default::default();
+        let asked: std::rc::Rc<std::cell::RefCell<Vec<SocketAddr>>> = Default::default();
+        let (r2, a2) = (receiving.clone(), asked.clone());
+        let mut s = Sweeper::default().relay_ports_probed(move |at| {
+            a2.borrow_mut().push(at);
+            r2.borrow().contains(&at)
+        });
+        let live = |k: &tb_alloc_key| {
+            m.allocs
+                .lookup(bytes_of(k), MapFlags::ANY)
+                .unwrap()
+                .is_some()
+        };
+        let recent = |ak: &tb_alloc_key, id: u64| {
+            let slot = (id % crate::consts::TB_RECENT_ALLOCS) as u32;
+            let r = tb_relay {
+                alloc: *ak,
+                alloc_id: id,
+            };
+            Maps::put(&m.recent, &slot, &r);
+        };
+        let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
+        // committed, then the probe's notice read; the relay socket receives there
+        let a1 = m.alloc(2, "198.51.100.1:50002", 1, FAR);
+        recent(&a1, 1);
+        receiving.borrow_mut().push(at("198.51.100.1:50002"));
+        let r = s
+            .relays_closed(&state, &[at("198.51.100.1:50002")], &[], NOW)
+            .unwrap();
+        assert_eq!(r.allocs_removed, 0);
+        assert!(live(&a1));
+        assert_eq!(asked.borrow().as_slice(), &[at("198.51.100.1:50002")]);
+        // the probe's notice read first, the allocation committed after
+        let r = s
+            .relays_closed(&state, &[at("198.51.100.1:50004")], &[], NOW)
+            .unwrap();
+        assert_eq!(r.allocs_removed, 0, "nothing to end yet");
+        let a2 = m.alloc(3, "198.51.100.1:50004", 2, FAR);
+        recent(&a2, 2);
+        receiving.borrow_mut().push(at("198.51.100.1:50004"));
+        let mut r = SweepReport::default();
+        assert!(s.new_allocs_closed(&state, 2, NOW, &mut r).unwrap());
+        assert!(s.new_allocs_closed(&state, 2, NOW, &mut r).unwrap());
+        assert_eq!(r.allocs_removed, 0);
+        assert!(live(&a1) && live(&a2));
+        // the relay socket itself closes: nothing receives there, the allocation ends
+        receiving.borrow_mut().clear();
+        let r = s
+            .relays_closed(&state, &[at("198.51.100.1:50002")], &[], NOW)
+            .unwrap();
+        assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
+        assert!(!live(&a1) && live(&a2));
+        // committed after its socket closed, and nothing receives there: ended at the check
+        let r = s
+            .relays_closed(&state, &[at("198.51.100.1:50006")], &[], NOW)
+            .unwrap();
+        assert_eq!(r.allocs_removed, 0);
+        let a3 = m.alloc(4, "198.51.100.1:50006", 3, FAR);
+        recent(&a3, 3);
+        let mut r = SweepReport::default();
+        assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
+        assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
+        assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
+        assert!(!live(&a3) && live(&a2));
+        // any other server: a close on the address ends it, whatever receives there now
+        receiving.borrow_mut().push(at("198.51.100.1:50004"));
+        let mut strict = Sweeper::default();
+        let r = strict
+            .relays_closed(&state, &[at("198.51.100.1:50004")], &[], NOW)
+            .unwrap();
+        assert_eq!(r.allocs_removed, 1);
+        assert!(!live(&a2));
     }
 
     /// The full sweep removes index entries whose allocation is gone, once their commit is

@@ -1117,6 +1117,66 @@ fn single_interface_beside_pion() {
     echo.stop();
 }
 
+/// pion answers an Allocate with EVEN-PORT by binding a socket on a free port and closing it
+/// before it binds the relay socket on that port, if even (GetRandomEvenPort). The agent reads
+/// that socket's destroy notice on the relayed address, before or after it learns the
+/// allocation, and must not take it for the allocation's end: it asks the kernel whether a
+/// socket still receives there.
+#[test]
+fn an_even_port_allocation_beside_pion_is_offloaded() {
+    skip_unless_pion!();
+    const N: usize = 300;
+    let lab = pion("tbt-peven", &[]);
+    let echo = Echo::start(&lab, 7130);
+    // pion alone: an even port, and the channel relays through pion's sockets
+    let mut alone = client(&lab);
+    let a = alone.allocate_even_port(false).unwrap();
+    assert_eq!(a.relayed.port() % 2, 0, "{a:?}");
+    alone.channel_bind(CH, echo.addr).unwrap();
+    let srv = lab.nstat_udp_in(Host::Srv);
+    assert_eq!(exchange(&alone, CH, 0, 20), 20);
+    assert!(lab.nstat_udp_in(Host::Srv) - srv >= 40);
+    assert_eq!(alone.refresh(0).unwrap(), 0);
+
+    let agent = pion_agent(&lab, "pion-even");
+    warm_neighbours(&lab);
+    let mut c = client(&lab);
+    let a = c.allocate_even_port(false).unwrap();
+    assert_eq!(a.relayed.port() % 2, 0, "{a:?}");
+    c.channel_bind(CH, echo.addr).unwrap();
+    // past two ticks: the probe's notice has been read, and the allocation checked against it
+    std::thread::sleep(Duration::from_millis(2500));
+    let srv = lab.nstat_udp_in(Host::Srv);
+    let got = exchange(&c, CH, 0, N);
+    let at_server = lab.nstat_udp_in(Host::Srv) - srv;
+    let exit = agent.stop(Signal::SIGINT).unwrap();
+    assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
+    assert_eq!(got, N, "every datagram came back byte-exact");
+    assert!(
+        exit.output.contains("allocation kept: client")
+            && exit.output.contains(&format!(
+                "relay {} (a socket on its address closed",
+                a.relayed
+            )),
+        "the probe's notice was read and set aside: {}",
+        exit.output
+    );
+    assert!(
+        !exit.output.contains("allocation ended at the server"),
+        "{}",
+        exit.output
+    );
+    assert_eq!(exit.counter("LEARN_ALLOC"), 1, "{}", exit.output);
+    assert_eq!(
+        exit.counter("RELAYED_TO_PEER") + exit.counter("RELAYED_TO_CLIENT"),
+        2 * N as u64,
+        "{}",
+        exit.output
+    );
+    assert_eq!(at_server, 0, "pion's sockets saw none of it");
+    echo.stop();
+}
+
 /// coturn's own test client against pion with the agent: turnutils_uclient (channels) to
 /// turnutils_peer, 500 messages, none lost, relayed in XDP.
 #[test]

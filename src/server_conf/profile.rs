@@ -69,6 +69,9 @@ pub struct Profile {
     /// (0: nothing is assumed before the answer is seen).
     pub refresh_default_s: u32,
     pub refresh_max_s: u32,
+    /// Before relaying on a port the server may bind a socket on it and close it again, so a
+    /// socket on a relayed address closing does not alone say the allocation ended.
+    pub probes_relay_ports: bool,
 }
 
 impl Profile {
@@ -123,6 +126,9 @@ pub const COTURN: Profile = Profile {
     // assumed (the answer carries what it granted)
     refresh_default_s: 0,
     refresh_max_s: 0,
+    // ns_ioalib_engine_impl.c create_relay_ioa_sockets: a relay socket is bound on a port from
+    // its own pool, and one that fails to bind is closed unbound (port 0, nobody's address)
+    probes_relay_ports: false,
 };
 
 pub const PION: Profile = Profile {
@@ -140,6 +146,11 @@ pub const PION: Profile = Profile {
     refresh_floor_s: 0,
     refresh_default_s: PION_DEFAULT_LIFETIME,
     refresh_max_s: PION_MAX_LIFETIME,
+    // internal/allocation/allocation_manager.go GetRandomEvenPort: for an Allocate with
+    // EVEN-PORT it binds a socket on a free port, closes it, and binds the allocation's relay
+    // socket on that port if it is even; and it ends an allocation only by a Refresh 0, its
+    // lifetime timer, or its relay socket failing to read (closed)
+    probes_relay_ports: true,
 };
 
 pub const RFC8656: Profile = Profile {
@@ -157,6 +168,8 @@ pub const RFC8656: Profile = Profile {
     // maximum, which is unknown here: the default too, the least any server grants then
     refresh_default_s: PION_DEFAULT_LIFETIME,
     refresh_max_s: PION_MAX_LIFETIME,
+    // what a server does with its sockets is unknown: every close on a relayed address ends
+    probes_relay_ports: false,
 };
 
 impl ServerKind {

@@ -54,6 +54,8 @@ pub const CHANNEL_BIND: u16 = 0x009;
 /// ADDITIONAL-ADDRESS-FAMILY as coturn 4.6.1 numbers it (RFC 8656 says 0x8000, which coturn
 /// ignores).
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY_COTURN: u16 = 0x8032;
+/// EVEN-PORT (RFC 8656 section 18.8): one byte, its top bit R.
+pub const ATTR_EVEN_PORT: u16 = 0x0018;
 /// First valid channel number.
 pub const CHANNEL_MIN: u16 = 0x4000;
 /// Last valid channel number (RFC 5766; RFC 8656 narrows it to 0x4FFF).
@@ -683,7 +685,24 @@ impl TurnClient {
         if let Some(l) = lifetime {
             attrs.push(Attr::Lifetime(l));
         }
-        let resp = self.transact(ALLOCATE, &attrs)?;
+        self.allocate_with(&attrs)
+    }
+
+    /// Like [`TurnClient::allocate`], with EVEN-PORT (`reserve`: its R bit, asking the server to
+    /// keep the next port higher for a later allocation too).
+    pub fn allocate_even_port(&mut self, reserve: bool) -> Result<Allocation> {
+        self.allocate_with(&[
+            Attr::RequestedTransport(RequestedTransport::UDP),
+            Attr::Raw {
+                typ: ATTR_EVEN_PORT,
+                value: vec![if reserve { 0x80 } else { 0 }],
+            },
+        ])
+    }
+
+    /// An Allocate with exactly `attrs` (and the credentials).
+    fn allocate_with(&mut self, attrs: &[Attr]) -> Result<Allocation> {
+        let resp = self.transact(ALLOCATE, attrs)?;
         let relayed = resp.relayed_addrs();
         let first = *relayed
             .first()
