@@ -420,6 +420,7 @@ impl<'obj> Offload<'obj> {
         let Some(watch) = &self.destroyed else {
             return self.full_sweep();
         };
+        self.sweeper.draining(self.globals.alloc_seq());
         let d = match watch.drain() {
             Ok(d) => d,
             Err(e) => {

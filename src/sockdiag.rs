@@ -75,6 +75,8 @@ pub struct Replies {
     pub socks: Vec<DiagSock>,
     /// NLMSG_DONE was among them: the dump is complete.
     pub done: bool,
+    /// Some message answered the request (any type).
+    pub answered: bool,
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -106,6 +108,7 @@ pub fn parse_replies(buf: &[u8], seq: u32) -> Result<Replies> {
         }
         let body = &buf[off + NLMSG_HDR_LEN..off + len];
         if u32_at(buf, off + 8) == seq {
+            out.answered = true;
             match typ {
                 NLMSG_DONE => out.done = true,
                 NLMSG_ERROR => {
@@ -202,9 +205,9 @@ pub fn udp_cookies(inodes: &std::collections::BTreeSet<u64>) -> Result<BTreeMap<
         .collect())
 }
 
-/// The request for the UDP socket that would receive a datagram sent to `to` (from anywhere):
-/// sock_diag's exact lookup, which runs the kernel's own delivery lookup (a socket bound to a
-/// wildcard address or to `::` counts). The kernel takes `idiag_dst`/`idiag_dport` as the
+/// The request for the UDP socket that would receive a datagram sent to `to` (the sender left
+/// zero): sock_diag's exact lookup, which runs the kernel's socket lookup for delivery with that
+/// (a socket bound to a wildcard address or to `::` counts). The kernel takes `idiag_dst`/`idiag_dport` as the
 /// destination of that datagram ("src and dst are swapped for historical reasons").
 pub fn receiver_request(to: std::net::SocketAddr, seq: u32) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + REQ_V2_LEN;
@@ -249,10 +252,19 @@ impl ReceiverLookup {
             SockProtocol::NetlinkSockDiag,
         )
         .context("opening a NETLINK_SOCK_DIAG socket")?;
+        // a lookup the kernel never answered must not hold the caller (it answers at once)
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 200_000),
+        )
+        .context("SO_RCVTIMEO on the sock_diag socket")?;
         Ok(ReceiverLookup { fd, seq: 0 })
     }
 
-    /// The socket a datagram sent to `to` would be delivered to now (None: none would take it).
+    /// The socket a datagram sent to `to` from an unconnected peer would be delivered to now
+    /// (None: none would take it). A socket bound to a device is not found (the lookup names
+    /// none), nor a connected one.
     pub fn receiver(&mut self, to: std::net::SocketAddr) -> Result<Option<DiagSock>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -269,6 +281,7 @@ impl ReceiverLookup {
                 .context("reading the sock_diag lookup's answer")?;
             match parse_replies(&buf[..n], seq) {
                 Ok(r) if !r.socks.is_empty() => return Ok(r.socks.first().copied()),
+                Ok(r) if r.answered => bail!("sock_diag: the lookup was answered with no socket"),
                 Ok(_) => continue, // an answer to an earlier request
                 Err(e)
                     if e.downcast_ref::<KernelAnswered>()
@@ -477,7 +490,16 @@ mod tests {
         let e = parse_replies(&nlmsg(2, 1, &(-22i32).to_ne_bytes()), 1).unwrap_err();
         assert!(e.to_string().contains("EINVAL"), "{e}");
         let ack = parse_replies(&nlmsg(2, 1, &0i32.to_ne_bytes()), 1).unwrap();
-        assert_eq!(ack, Replies::default());
+        assert_eq!(
+            ack,
+            Replies {
+                answered: true,
+                ..Replies::default()
+            }
+        );
+        // another request's answer
+        let other = parse_replies(&nlmsg(2, 2, &0i32.to_ne_bytes()), 1).unwrap();
+        assert_eq!(other, Replies::default());
         let cut = nlmsg(20, 1, &diag_msg(1, 1, 1));
         assert!(parse_replies(&cut[..40], 1).is_err());
         // a body too short for an inet_diag_msg is skipped
@@ -559,20 +581,24 @@ mod tests {
         let port6 = dual.local_addr().unwrap().port();
         let to4 = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port6));
         let to6 = std::net::SocketAddr::from((Ipv6Addr::LOCALHOST, port6));
-        assert_eq!(
-            l.receiver(to4).unwrap().map(|s| s.cookie),
-            Some(so_cookie(&dual))
-        );
+        let v6only =
+            std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1");
+        if !v6only {
+            assert_eq!(
+                l.receiver(to4).unwrap().map(|s| s.cookie),
+                Some(so_cookie(&dual))
+            );
+        }
         assert_eq!(
             l.receiver(to6).unwrap().map(|s| s.cookie),
             Some(so_cookie(&dual))
         );
-        // closed: nothing receives there
-        drop(sock);
-        assert_eq!(l.receiver(at).unwrap(), None);
         // another local address on the same port: not that socket's
         let other = std::net::SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), at.port()));
         assert_eq!(l.receiver(other).unwrap(), None);
+        // closed: nothing receives there
+        drop(sock);
+        assert_eq!(l.receiver(at).unwrap(), None);
     }
 
     #[test]

@@ -206,9 +206,13 @@ pub struct Sweeper {
     /// stale.
     settled_seq: u64,
     /// Relay sockets the notices said closed in the last [`CLOSED_KEPT`], oldest first, and
-    /// how many times each address is in that list.
+    /// by address each time one closed there, with the allocation sequence read before the
+    /// drain preceding the one that brought its notice.
     closed: std::collections::VecDeque<(std::time::Instant, SocketAddr)>,
-    closed_count: HashMap<SocketAddr, u32>,
+    closed_count: HashMap<SocketAddr, std::collections::VecDeque<(std::time::Instant, u64)>>,
+    /// The allocation sequence read before the previous drain of the notices, and before the
+    /// latest one.
+    drain_seqs: (u64, u64),
     /// New allocations are checked against `closed` up to this ID, and the sequence read at
     /// the last check (the next checks IDs up to it: their commits are surely done).
     checked_upto: u64,
@@ -222,6 +226,10 @@ pub struct Sweeper {
 /// before it leaves (a neighbour's resolution: 3 s), so that an allocation committed after its
 /// socket closed is still ended.
 pub const CLOSED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long after its notice a closed socket may have been the probe of an allocation committed
+/// since: the server's handling of the Allocate, an answer held in a neighbour queue (about 3 s),
+/// and the tick until the allocation is checked.
+pub const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most addresses remembered: past that the oldest go (and the caller does a full sweep).
 pub const CLOSED_MAX: usize = 262_144;
 
@@ -235,11 +243,13 @@ impl Sweeper {
     }
 
     /// For a server that binds and closes a socket on a port before it relays on it
-    /// ([`crate::server_conf::profile::Profile::probes_relay_ports`]): a closed socket's address
-    /// ends an allocation only when no socket receives there any more (`receives`: whether one
-    /// does now; false when that cannot be told). That server ends an allocation only by a
-    /// Refresh 0 the snooper sees or by its lifetime, which the snooper mirrors ahead of it: a
-    /// socket still receiving on a live allocation's address is that allocation's.
+    /// ([`crate::server_conf::profile::Profile::probes_relay_ports`]): a socket closed on a
+    /// relayed address may have been the probe of the allocation there, if that allocation was
+    /// committed after the drain before the one that brought the notice (the probe closes
+    /// before the allocation's answer leaves) and the notice came within [`PROBE_WINDOW`]; such
+    /// an allocation ends only when no socket receives at its address any more (`receives`:
+    /// whether one does now; false when that cannot be told). Any other allocation ends on the
+    /// close, whatever receives there now.
     pub fn relay_ports_probed(
         mut self,
         receives: impl FnMut(SocketAddr) -> bool + 'static,
@@ -248,12 +258,20 @@ impl Sweeper {
         self
     }
 
-    /// A socket on `relay` closed, yet another receives there now and the server is one that
-    /// probes its relay ports: the closed one was a probe, not the allocation's.
-    fn probe_closed(&mut self, ak: &tb_alloc_key, relay: SocketAddr) -> bool {
+    /// Sockets closed on `relay` (each remembered), yet the server is one that probes its relay
+    /// ports, the allocation `id` there may have been probed by every one of them, and a socket
+    /// receives there now: they were probes, not the allocation's socket.
+    fn probe_closed(&mut self, ak: &tb_alloc_key, id: u64, relay: SocketAddr) -> bool {
         let Some(receives) = self.receives.as_mut() else {
             return false;
         };
+        let probes = self.closed_count.get(&relay).is_some_and(|c| {
+            c.iter()
+                .all(|(at, lo)| id > *lo && at.elapsed() <= PROBE_WINDOW)
+        });
+        if !probes {
+            return false;
+        }
         let kept = receives(relay);
         if kept {
             debug!(
@@ -270,6 +288,13 @@ impl Sweeper {
     pub fn new_allocs_from(&mut self, alloc_seq: u64) {
         self.checked_upto = alloc_seq;
         self.seq_before = alloc_seq;
+        self.drain_seqs = (alloc_seq, alloc_seq);
+    }
+
+    /// The notices are about to be drained; `alloc_seq`: the allocation sequence read just
+    /// before.
+    pub fn draining(&mut self, alloc_seq: u64) {
+        self.drain_seqs = (self.drain_seqs.1, alloc_seq);
     }
 
     /// One of `cookies` is of a socket of the trusted server.
@@ -353,8 +378,12 @@ impl Sweeper {
     }
 
     fn remember_closed(&mut self, addr: SocketAddr) {
-        self.closed.push_back((std::time::Instant::now(), addr));
-        *self.closed_count.entry(addr).or_default() += 1;
+        let at = std::time::Instant::now();
+        self.closed.push_back((at, addr));
+        self.closed_count
+            .entry(addr)
+            .or_default()
+            .push_back((at, self.drain_seqs.0));
     }
 
     /// Forget closed addresses older than [`CLOSED_KEPT`], and the oldest past [`CLOSED_MAX`].
@@ -371,8 +400,8 @@ impl Sweeper {
             if let std::collections::hash_map::Entry::Occupied(mut e) =
                 self.closed_count.entry(addr)
             {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
+                e.get_mut().pop_front();
+                if e.get().is_empty() {
                     e.remove();
                 }
             }
@@ -424,15 +453,20 @@ impl Sweeper {
                 continue; // not committed, or gone
             };
             let a: tb_alloc = from_bytes(&a);
-            let closed = a
+            if a.id != id {
+                continue;
+            }
+            let closed: Vec<SocketAddr> = a
                 .relay
                 .iter()
                 .filter_map(sockaddr)
-                .find(|addr| self.closed_count.contains_key(addr));
-            if let (true, Some(relay)) = (a.id == id, closed) {
-                if !self.probe_closed(&e.alloc, relay) {
-                    end_at_server(m, &e.alloc, &a, relay, now, r);
-                }
+                .filter(|addr| self.closed_count.contains_key(addr))
+                .collect();
+            if let Some(relay) = closed
+                .into_iter()
+                .find(|relay| !self.probe_closed(&e.alloc, id, *relay))
+            {
+                end_at_server(m, &e.alloc, &a, relay, now, r);
             }
         }
         Ok(whole)
@@ -521,7 +555,7 @@ impl Sweeper {
                 };
                 let a: tb_alloc = from_bytes(&a);
                 if !a.relay.iter().any(|e| bytes_of(e) == bytes_of(&ep))
-                    || self.probe_closed(&ir.alloc, relay)
+                    || self.probe_closed(&ir.alloc, a.id, relay)
                 {
                     continue;
                 }
@@ -1278,6 +1312,11 @@ mod tests {
         assert!(s.new_allocs_closed(&state, 2, NOW, &mut r).unwrap());
         assert_eq!(r.allocs_removed, 0);
         assert!(live(&a1) && live(&a2));
+        assert_eq!(
+            asked.borrow().last(),
+            Some(&at("198.51.100.1:50004")),
+            "the check of new allocations asked"
+        );
         // the relay socket itself closes: nothing receives there, the allocation ends
         receiving.borrow_mut().clear();
         let r = s
@@ -1297,6 +1336,20 @@ mod tests {
         assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
         assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
         assert!(!live(&a3) && live(&a2));
+        // an allocation committed before the drain preceding the close's was live before the
+        // probe could have been made: the close is its socket's, whatever receives there now
+        s.draining(3);
+        s.draining(3);
+        let a4 = m.alloc(5, "198.51.100.1:50008", 3, FAR);
+        recent(&a4, 3);
+        receiving.borrow_mut().push(at("198.51.100.1:50008"));
+        let n = asked.borrow().len();
+        let r = s
+            .relays_closed(&state, &[at("198.51.100.1:50008")], &[], NOW)
+            .unwrap();
+        assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
+        assert!(!live(&a4));
+        assert_eq!(asked.borrow().len(), n, "not even asked");
         // any other server: a close on the address ends it, whatever receives there now
         receiving.borrow_mut().push(at("198.51.100.1:50004"));
         let mut strict = Sweeper::default();

@@ -148,8 +148,7 @@ pub const PION: Profile = Profile {
     refresh_max_s: PION_MAX_LIFETIME,
     // internal/allocation/allocation_manager.go GetRandomEvenPort: for an Allocate with
     // EVEN-PORT it binds a socket on a free port, closes it, and binds the allocation's relay
-    // socket on that port if it is even; and it ends an allocation only by a Refresh 0, its
-    // lifetime timer, or its relay socket failing to read (closed)
+    // socket on that port if it is even
     probes_relay_ports: true,
 };
 
