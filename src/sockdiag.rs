@@ -148,13 +148,7 @@ fn local_ip(family: u8, src: &[u8]) -> IpAddr {
 
 /// Every UDP socket (IPv4 and IPv6) of the network namespace of the calling thread.
 pub fn udp_sockets() -> Result<Vec<DiagSock>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .context("opening a NETLINK_SOCK_DIAG socket")?;
+    let fd = diag_socket(SockFlag::SOCK_CLOEXEC)?;
     let mut all = Vec::new();
     for (seq, family) in [
         (1, libc_af(AddressFamily::Inet)),
@@ -163,6 +157,17 @@ pub fn udp_sockets() -> Result<Vec<DiagSock>> {
         all.extend(dump(&fd, family, seq)?);
     }
     Ok(all)
+}
+
+/// A NETLINK_SOCK_DIAG socket.
+fn diag_socket(flags: SockFlag) -> Result<OwnedFd> {
+    socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        flags,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .context("opening a NETLINK_SOCK_DIAG socket")
 }
 
 fn libc_af(f: AddressFamily) -> u8 {
@@ -245,13 +250,7 @@ pub struct ReceiverLookup {
 
 impl ReceiverLookup {
     pub fn open() -> Result<ReceiverLookup> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .context("opening a NETLINK_SOCK_DIAG socket")?;
+        let fd = diag_socket(SockFlag::SOCK_CLOEXEC)?;
         // a lookup the kernel never answered must not hold the caller (it answers at once)
         nix::sys::socket::setsockopt(
             &fd,
@@ -322,13 +321,7 @@ pub struct DestroyWatch {
 impl DestroyWatch {
     /// Subscribe (non-blocking); notices are queued from now on.
     pub fn open() -> Result<DestroyWatch> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .context("opening a NETLINK_SOCK_DIAG socket")?;
+        let fd = diag_socket(SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
         // As large as root may make it; the default (about 200 KiB) holds a few hundred.
         let _ = nix::sys::socket::setsockopt(
             &fd,

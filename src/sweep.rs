@@ -907,6 +907,16 @@ mod tests {
             )
         }
 
+        /// Writes the commit of allocation `ak` with ID `id` into the ring, as the snooper does.
+        fn recent_commit(&self, ak: &tb_alloc_key, id: u64) {
+            let slot = (id % crate::consts::TB_RECENT_ALLOCS) as u32;
+            let r = tb_relay {
+                alloc: *ak,
+                alloc_id: id,
+            };
+            Maps::put(&self.recent, &slot, &r);
+        }
+
         fn put<K: Copy, V: Copy>(map: &libbpf_rs::MapHandle, k: &K, v: &V) {
             map.update(bytes_of(k), bytes_of(v), MapFlags::ANY)
                 .expect("map update");
@@ -1217,14 +1227,7 @@ mod tests {
         let Some(m) = Maps::new(64) else { return };
         let state = m.state();
         let mut s = Sweeper::default();
-        let recent = |ak: &tb_alloc_key, id: u64| {
-            let slot = (id % crate::consts::TB_RECENT_ALLOCS) as u32;
-            let r = tb_relay {
-                alloc: *ak,
-                alloc_id: id,
-            };
-            Maps::put(&m.recent, &slot, &r);
-        };
+        let recent = |ak: &tb_alloc_key, id: u64| m.recent_commit(ak, id);
         let a1 = m.alloc(2, "198.51.100.1:50001", 1, FAR);
         recent(&a1, 1);
         // the socket of 198.51.100.1:50002 closes before its allocation is committed
@@ -1280,14 +1283,7 @@ mod tests {
                 .unwrap()
                 .is_some()
         };
-        let recent = |ak: &tb_alloc_key, id: u64| {
-            let slot = (id % crate::consts::TB_RECENT_ALLOCS) as u32;
-            let r = tb_relay {
-                alloc: *ak,
-                alloc_id: id,
-            };
-            Maps::put(&m.recent, &slot, &r);
-        };
+        let recent = |ak: &tb_alloc_key, id: u64| m.recent_commit(ak, id);
         let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
         // committed, then the probe's notice read; the relay socket receives there
         let a1 = m.alloc(2, "198.51.100.1:50002", 1, FAR);
