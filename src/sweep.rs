@@ -206,13 +206,13 @@ pub struct Sweeper {
     /// stale.
     settled_seq: u64,
     /// Relay sockets the notices said closed in the last [`CLOSED_KEPT`], oldest first, and
-    /// by address each time one closed there, with the allocation sequence read before the
-    /// drain preceding the one that brought its notice.
+    /// by address each time one closed there, with the allocation sequence read two drains
+    /// before the one that brought its notice.
     closed: std::collections::VecDeque<(std::time::Instant, SocketAddr)>,
     closed_count: HashMap<SocketAddr, std::collections::VecDeque<(std::time::Instant, u64)>>,
-    /// The allocation sequence read before the previous drain of the notices, and before the
-    /// latest one.
-    drain_seqs: (u64, u64),
+    /// The allocation sequence read before each of the last three drains of the notices, the
+    /// latest last.
+    drain_seqs: [u64; 3],
     /// New allocations are checked against `closed` up to this ID, and the sequence read at
     /// the last check (the next checks IDs up to it: their commits are surely done).
     checked_upto: u64,
@@ -245,8 +245,9 @@ impl Sweeper {
     /// For a server that binds and closes a socket on a port before it relays on it
     /// ([`crate::server_conf::profile::Profile::probes_relay_ports`]): a socket closed on a
     /// relayed address may have been the probe of the allocation there, if that allocation was
-    /// committed after the drain before the one that brought the notice (the probe closes
-    /// before the allocation's answer leaves) and the notice came within [`PROBE_WINDOW`]; such
+    /// committed after the drain two before the one that brought the notice (the probe closes
+    /// before the allocation's answer leaves, and its notice follows within moments: one drain
+    /// more is margin for a busy machine) and the notice came within [`PROBE_WINDOW`]; such
     /// an allocation ends only when no socket receives at its address any more (`receives`:
     /// whether one does now; false when that cannot be told). Any other allocation ends on the
     /// close, whatever receives there now.
@@ -288,13 +289,13 @@ impl Sweeper {
     pub fn new_allocs_from(&mut self, alloc_seq: u64) {
         self.checked_upto = alloc_seq;
         self.seq_before = alloc_seq;
-        self.drain_seqs = (alloc_seq, alloc_seq);
+        self.drain_seqs = [alloc_seq; 3];
     }
 
     /// The notices are about to be drained; `alloc_seq`: the allocation sequence read just
     /// before.
     pub fn draining(&mut self, alloc_seq: u64) {
-        self.drain_seqs = (self.drain_seqs.1, alloc_seq);
+        self.drain_seqs = [self.drain_seqs[1], self.drain_seqs[2], alloc_seq];
     }
 
     /// One of `cookies` is of a socket of the trusted server.
@@ -383,7 +384,7 @@ impl Sweeper {
         self.closed_count
             .entry(addr)
             .or_default()
-            .push_back((at, self.drain_seqs.0));
+            .push_back((at, self.drain_seqs[0]));
     }
 
     /// Forget closed addresses older than [`CLOSED_KEPT`], and the oldest past [`CLOSED_MAX`].
@@ -1332,10 +1333,11 @@ mod tests {
         assert!(s.new_allocs_closed(&state, 3, NOW, &mut r).unwrap());
         assert_eq!((r.allocs_removed, r.allocs_ended), (1, 1));
         assert!(!live(&a3) && live(&a2));
-        // an allocation committed before the drain preceding the close's was live before the
+        // an allocation committed before the drain two before the close's was live before the
         // probe could have been made: the close is its socket's, whatever receives there now
         s.draining(3);
-        s.draining(3);
+        s.draining(4);
+        s.draining(5);
         let a4 = m.alloc(5, "198.51.100.1:50008", 3, FAR);
         recent(&a4, 3);
         receiving.borrow_mut().push(at("198.51.100.1:50008"));
