@@ -298,14 +298,22 @@ impl<'obj> Offload<'obj> {
         let cadence = Cadence::from_env()?;
         let mut sweeper = Sweeper::new(server);
         if settings.profile.probes_relay_ports {
-            let mut lookup = crate::sockdiag::ReceiverLookup::open()?;
-            sweeper = sweeper.relay_ports_probed(move |at| match lookup.receiver(at) {
-                Ok(found) => found.is_some(),
-                Err(e) => {
-                    warn!("looking up the socket that receives at {at}: {e:#}");
-                    false
+            // without the lookup every close on a relayed address ends its allocation
+            match crate::sockdiag::ReceiverLookup::open() {
+                Ok(mut lookup) => {
+                    sweeper = sweeper.relay_ports_probed(move |at| match lookup.receiver(at) {
+                        Ok(found) => found.is_some(),
+                        Err(e) => {
+                            warn!("looking up the socket that receives at {at}: {e:#}");
+                            false
+                        }
+                    })
                 }
-            });
+                Err(e) => warn!(
+                    "{e:#}: a socket closed on a relayed address ends its allocation even \
+                     when it was the server's probe of the port"
+                ),
+            }
         }
         sweeper.new_allocs_from(globals.alloc_seq());
         Ok(Some(Offload {
