@@ -56,16 +56,23 @@ pub struct DiagSock {
 /// The dump request for every UDP socket of `family` (`AF_INET` or `AF_INET6`), in all states:
 /// a netlink header and an `inet_diag_req_v2`.
 pub fn dump_request(family: u8, seq: u32) -> Vec<u8> {
+    // no socket named: a dump
+    udp_request(family, NLM_F_REQUEST | NLM_F_DUMP, seq, &[0u8; SOCKID_LEN])
+}
+
+/// A request about the UDP sockets of `family` in all states: a netlink header with `flags`
+/// and an `inet_diag_req_v2` naming `sockid` (an `inet_diag_sockid`).
+fn udp_request(family: u8, flags: u16, seq: u32, sockid: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + REQ_V2_LEN;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
     m.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
     m.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
-    m.extend_from_slice(&[0u8; SOCKID_LEN]); // no socket named: a dump
+    m.extend_from_slice(sockid);
     m
 }
 
@@ -215,30 +222,22 @@ pub fn udp_cookies(inodes: &std::collections::BTreeSet<u64>) -> Result<BTreeMap<
 /// (a socket bound to a wildcard address or to `::` counts). The kernel takes `idiag_dst`/`idiag_dport` as the
 /// destination of that datagram ("src and dst are swapped for historical reasons").
 pub fn receiver_request(to: std::net::SocketAddr, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDR_LEN + REQ_V2_LEN;
-    let (family, dst) = match to.ip() {
+    // inet_diag_sockid: sport and src (the sender's: any) stay zero
+    let mut id = [0u8; SOCKID_LEN];
+    id[2..4].copy_from_slice(&to.port().to_be_bytes()); // idiag_dport
+    let family = match to.ip() {
         IpAddr::V4(ip) => {
-            let mut d = [0u8; 16];
-            d[..4].copy_from_slice(&ip.octets());
-            (libc_af(AddressFamily::Inet), d)
+            id[20..24].copy_from_slice(&ip.octets()); // idiag_dst
+            libc_af(AddressFamily::Inet)
         }
-        IpAddr::V6(ip) => (libc_af(AddressFamily::Inet6), ip.octets()),
+        IpAddr::V6(ip) => {
+            id[20..36].copy_from_slice(&ip.octets());
+            libc_af(AddressFamily::Inet6)
+        }
     };
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
-    m.extend_from_slice(&u32::MAX.to_ne_bytes());
-    m.extend_from_slice(&0u16.to_be_bytes()); // idiag_sport: the sender's, any
-    m.extend_from_slice(&to.port().to_be_bytes()); // idiag_dport
-    m.extend_from_slice(&[0u8; 16]); // idiag_src: the sender, any
-    m.extend_from_slice(&dst); // idiag_dst
-    m.extend_from_slice(&0u32.to_ne_bytes()); // idiag_if: any
-    m.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
-    m
+    // idiag_if (36..40) zero: any; idiag_cookie INET_DIAG_NOCOOKIE
+    id[40..48].copy_from_slice(&[0xff; 8]);
+    udp_request(family, NLM_F_REQUEST, seq, &id)
 }
 
 /// Asks the kernel which UDP socket of this network namespace receives what is sent to an

@@ -205,11 +205,11 @@ pub struct Sweeper {
     /// to it was done long ago, so an index entry of such an ID whose allocation is gone is
     /// stale.
     settled_seq: u64,
-    /// Relay sockets the notices said closed in the last [`CLOSED_KEPT`], oldest first, and
-    /// by address each time one closed there, with the allocation sequence read two drains
-    /// before the one that brought its notice.
-    closed: std::collections::VecDeque<(std::time::Instant, SocketAddr)>,
-    closed_count: HashMap<SocketAddr, std::collections::VecDeque<(std::time::Instant, u64)>>,
+    /// The addresses of the relay sockets the notices said closed in the last [`CLOSED_KEPT`],
+    /// oldest first; and by address, when each of those closes was heard, with the allocation
+    /// sequence read two drains before the one that brought its notice.
+    closed: std::collections::VecDeque<SocketAddr>,
+    closed_at: HashMap<SocketAddr, std::collections::VecDeque<(std::time::Instant, u64)>>,
     /// The allocation sequence read before each of the last three drains of the notices, the
     /// latest last.
     drain_seqs: [u64; 3],
@@ -266,7 +266,7 @@ impl Sweeper {
         let Some(receives) = self.receives.as_mut() else {
             return false;
         };
-        let probes = self.closed_count.get(&relay).is_some_and(|c| {
+        let probes = self.closed_at.get(&relay).is_some_and(|c| {
             c.iter()
                 .all(|(at, lo)| id > *lo && at.elapsed() <= PROBE_WINDOW)
         });
@@ -379,32 +379,38 @@ impl Sweeper {
     }
 
     fn remember_closed(&mut self, addr: SocketAddr) {
-        let at = std::time::Instant::now();
-        self.closed.push_back((at, addr));
-        self.closed_count
+        self.closed.push_back(addr);
+        self.closed_at
             .entry(addr)
             .or_default()
-            .push_back((at, self.drain_seqs[0]));
+            .push_back((std::time::Instant::now(), self.drain_seqs[0]));
     }
 
     /// Forget closed addresses older than [`CLOSED_KEPT`], and the oldest past [`CLOSED_MAX`].
     /// True when some were forgotten early (their late commits are not caught here).
     fn forget_closed(&mut self) -> bool {
         let mut early = false;
-        while let Some((at, addr)) = self.closed.front().copied() {
+        while let Some(addr) = self.closed.front().copied() {
+            // the oldest close of all is the oldest at its address
+            let std::collections::hash_map::Entry::Occupied(mut at) = self.closed_at.entry(addr)
+            else {
+                self.closed.pop_front(); // none: both are written and forgotten together
+                continue;
+            };
             let full = self.closed.len() > CLOSED_MAX;
-            if at.elapsed() < CLOSED_KEPT && !full {
+            if at
+                .get()
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() < CLOSED_KEPT)
+                && !full
+            {
                 break;
             }
             early |= full;
             self.closed.pop_front();
-            if let std::collections::hash_map::Entry::Occupied(mut e) =
-                self.closed_count.entry(addr)
-            {
-                e.get_mut().pop_front();
-                if e.get().is_empty() {
-                    e.remove();
-                }
+            at.get_mut().pop_front();
+            if at.get().is_empty() {
+                at.remove();
             }
         }
         early
@@ -436,7 +442,7 @@ impl Sweeper {
         if alloc_seq.saturating_sub(first) + 1 >= slots / 2 {
             whole = false;
         }
-        if self.closed_count.is_empty() {
+        if self.closed_at.is_empty() {
             return Ok(whole);
         }
         for id in first..=upto {
@@ -461,7 +467,7 @@ impl Sweeper {
                 .relay
                 .iter()
                 .filter_map(sockaddr)
-                .filter(|addr| self.closed_count.contains_key(addr))
+                .filter(|addr| self.closed_at.contains_key(addr))
                 .collect();
             if let Some(relay) = closed
                 .into_iter()

@@ -1450,6 +1450,14 @@ fn a_rechecked(c: &Ctx, a0: (u64, u64), within_s: u64) -> Result<()> {
     Ok(())
 }
 
+/// A's client refreshes with LIFETIME `lifetime`, granted as asked; `learned`: the counter its
+/// answer moves.
+fn a_refreshes(c: &Ctx, lifetime: u32, learned: &str) -> Result<()> {
+    let t = new_txid();
+    c.request(C1, &refresh_req(t, lifetime), true)?;
+    c.response(C1, &refresh_ok(t, lifetime), &[(learned, 1)])
+}
+
 /// A no longer relays, either way.
 fn a_passes(c: &Ctx) -> Result<()> {
     c.channel_data_passes(C1, 0x4001, "PASS_EXPIRED")?;
@@ -1472,11 +1480,7 @@ fn permission_cut_in_a_voids_a_not_b(c: &Ctx) -> Result<()> {
 fn refresh_cut_in_a_voids_a_not_b(c: &Ctx) -> Result<()> {
     shortening_in_a_spares_b(
         c,
-        |c| {
-            let t = new_txid();
-            c.request(C1, &refresh_req(t, 120), true)?;
-            c.response(C1, &refresh_ok(t, 120), &[("LEARN_REFRESH", 1)])
-        },
+        |c| a_refreshes(c, 120, "LEARN_REFRESH"),
         |c, a0| a_rechecked(c, a0, 120),
     )
 }
@@ -1484,11 +1488,7 @@ fn refresh_cut_in_a_voids_a_not_b(c: &Ctx) -> Result<()> {
 fn refresh_zero_of_a_leaves_bs_caches(c: &Ctx) -> Result<()> {
     shortening_in_a_spares_b(
         c,
-        |c| {
-            let t = new_txid();
-            c.request(C1, &refresh_req(t, 0), true)?;
-            c.response(C1, &refresh_ok(t, 0), &[("LEARN_DEALLOC", 1)])
-        },
+        |c| a_refreshes(c, 0, "LEARN_DEALLOC"),
         |c, _| a_passes(c),
     )
 }

@@ -1133,9 +1133,9 @@ fn an_even_port_allocation_beside_pion_is_offloaded() {
     let a = alone.allocate_even_port(false).unwrap();
     assert_eq!(a.relayed.port() % 2, 0, "{a:?}");
     alone.channel_bind(CH, echo.addr).unwrap();
-    let srv = lab.nstat_udp_in(Host::Srv);
-    assert_eq!(exchange(&alone, CH, 0, 20), 20);
-    assert!(lab.nstat_udp_in(Host::Srv) - srv >= 40);
+    let (got, _, at_server) = in_xdp(&lab, None, || exchange(&alone, CH, 0, 20));
+    assert_eq!(got, 20);
+    assert!(at_server >= 40);
     assert_eq!(alone.refresh(0).unwrap(), 0);
 
     let agent = pion_agent(&lab, "pion-even");
@@ -1146,9 +1146,7 @@ fn an_even_port_allocation_beside_pion_is_offloaded() {
     c.channel_bind(CH, echo.addr).unwrap();
     // past two ticks: the probe's notice has been read, and the allocation checked against it
     std::thread::sleep(Duration::from_millis(2500));
-    let srv = lab.nstat_udp_in(Host::Srv);
-    let got = exchange(&c, CH, 0, N);
-    let at_server = lab.nstat_udp_in(Host::Srv) - srv;
+    let (got, _, at_server) = in_xdp(&lab, None, || exchange(&c, CH, 0, N));
     let exit = agent.stop(Signal::SIGINT).unwrap();
     assert_eq!(exit.status.code(), Some(0), "{}", exit.output);
     assert_eq!(got, N, "every datagram came back byte-exact");
