@@ -231,7 +231,7 @@ pub struct Args {
     pub max_permissions: Option<u32>,
 
     /// TURN requests waiting for the server's answer that can be recorded; when full, new
-    /// requests are not learned from [default: 8192].
+    /// requests are not learned from [default: 65536].
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(crate::sizing::range(&crate::sizing::PENDING)))]
     pub max_pending: Option<u32>,
@@ -607,6 +607,42 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["turn-bpf", "eth0"]).unwrap();
         assert_eq!(cli.run.pin_path, None);
+    }
+
+    /// The table sizes' defaults that `--help` and the README's option table print are the ones
+    /// the agent uses (`sizing::Sizes::default()`, from the C headers): a default changed in
+    /// one place only is caught here.
+    #[test]
+    fn table_size_defaults_in_help_and_readme_are_the_real_ones() {
+        use clap::CommandFactory;
+        let d = crate::sizing::Sizes::default();
+        let readme = include_str!("../README.md");
+        let cmd = Cli::command();
+        for (long, value) in [
+            ("max-allocations", d.allocations),
+            ("max-channels", d.channels),
+            ("max-permissions", d.permissions),
+            ("max-pending", d.pending),
+        ] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("--{long} is an option"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[default: {value}")),
+                "--{long}: the help says {help:?}, the default is {value}"
+            );
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long} ")))
+                .unwrap_or_else(|| panic!("--{long} has a README row"));
+            let cell = row.split(" | ").nth(1).unwrap_or("");
+            assert!(
+                cell.starts_with(&value.to_string()),
+                "--{long}: the README's table says {cell:?}, the default is {value}"
+            );
+        }
     }
 
     /// `--help` and the README's option table name the same options and subcommands: the
