@@ -1,7 +1,7 @@
 //! Smoke test of the load generator (`turn_bpf_testkit::load`) through a lab with the real coturn: a few
 //! seconds each with the agent attached, with coturn alone, and through the baseline forwarder.
 //! It asserts delivery and that the agent relayed the traffic, never speed. The same over IPv6
-//! (`turn-load --family 6`), and a brief run of the micro-benchmark.
+//! (`turn-load --family 6`), and brief runs of the micro-benchmark and the scale benchmark.
 //!
 //! Needs root and coturn (`scripts/test.sh` installs it); skips with a message otherwise.
 
@@ -288,4 +288,37 @@ fn micro_benchmark_reports_every_path() {
         "tail-called programs' time accounted to them on this kernel: {}",
         m.tail_call_accounted
     );
+}
+
+/// The scale benchmark, briefly: two levels and the churn, every figure reported, and both
+/// lookup floors beside the fast path. (run_scale itself fails when a run leaves its path: every
+/// run must redirect, the fast path's `RELAYED_TO_PEER` move once per run, each floor's output
+/// be the relayed frame with its checksums right, and every churn grant commit.)
+#[test]
+fn scale_benchmark_reports_every_level_and_both_floors() {
+    if !lab::is_root() {
+        eprintln!("SKIPPED: needs root (BPF)");
+        return;
+    }
+    use turn_bpf_testkit::scale;
+    let r = scale::run_scale("tbm-scale-smoke", &[1, 300], 600, 2, true, false)
+        .expect("scale benchmark");
+    for level in ["1", "300"] {
+        let ns = r.ns_per_pkt[level];
+        assert!(ns.is_finite() && ns > 0.0, "{level}: {ns} ns");
+        for name in ["hash", "slots"] {
+            let f = &r.floors[name];
+            let fl = f.ns_per_pkt[level];
+            assert!(
+                fl.is_finite() && fl > 0.0,
+                "{name} floor at {level}: {fl} ns"
+            );
+            assert!(f.ratio_to_1[level].is_finite());
+            assert!(f.fast_path_above_ns[level].is_finite());
+        }
+    }
+    assert_eq!(r.floors["hash"].ratio_to_1["1"], 1.0);
+    assert!(r.churn_ns_per_pkt.is_finite() && r.churn_ns_per_pkt > 0.0);
+    assert_eq!(r.goals.len(), 2, "{:?}", r.goals);
+    assert!(r.map_memory_bytes > 0);
 }

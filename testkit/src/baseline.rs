@@ -70,10 +70,31 @@ pub struct Baseline {
 impl Baseline {
     /// Loads the object; the baseline may redirect to `tx_ifindexes`.
     pub fn load(tx_ifindexes: &[u32]) -> Result<Baseline> {
+        Baseline::load_with_flows(tx_ifindexes, 1)
+    }
+
+    /// Loads the object with room for `flows` entries in the lookup floors' tables:
+    /// `xdp_lookup_fwd`'s hash table `bl_flows`, and `xdp_slot_fwd`'s open-addressed array
+    /// `bl_slots` ([`slots_for`] slots).
+    pub fn load_with_flows(tx_ifindexes: &[u32], flows: u32) -> Result<Baseline> {
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = BaselineFwdSkelBuilder::default()
+        let mut open = BaselineFwdSkelBuilder::default()
             .open(storage)
             .context("opening the baseline BPF object")?;
+        open.maps
+            .bl_flows
+            .set_max_entries(flows.max(1))
+            .context("sizing bl_flows")?;
+        let slots = slots_for(flows);
+        open.maps
+            .bl_slots
+            .set_max_entries(slots)
+            .context("sizing bl_slots")?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .context("the baseline object has no .rodata")?
+            .bl_slot_mask = slots - 1;
         let skel = open.load().context("loading the baseline BPF programs")?;
         for i in tx_ifindexes {
             skel.maps
@@ -129,6 +150,28 @@ impl Baseline {
             .context("putting the program under test into bench_progs")?;
         progtest::xdp_test_run(&self.skel.progs.xdp_bench_restore, frame, ifindex, repeat)
     }
+}
+
+/// Slots of `xdp_slot_fwd`'s open-addressed array for `flows` entries: a power of two at least
+/// four times as many, so most keys sit in the slot they hash to, and none further than the
+/// probes reach.
+pub fn slots_for(flows: u32) -> u32 {
+    (flows.max(1) * 4).next_power_of_two()
+}
+
+/// The slot `xdp_slot_fwd` looks a 16-byte key up in first (`slot_hash` in
+/// `bpf/baseline_fwd.bpf.c`: the key's four words as the program loads them, in memory order).
+pub fn slot_hash(key: &[u8; 16]) -> u32 {
+    let mut h = 0u32;
+    for w in key.chunks_exact(4) {
+        let w = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+        h = (h ^ w).wrapping_mul(0x9E37_79B1);
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^ (h >> 16)
 }
 
 /// The baseline forwarder attached (native XDP links) to interfaces of a network namespace, with

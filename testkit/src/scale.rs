@@ -48,7 +48,7 @@ use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::MapCore;
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{median, percentile, prog_run_stats, RunTimeStats};
+use crate::baseline::{median, percentile, prog_run_stats, Baseline, RunTimeStats};
 use crate::progtest::{self, FibNet, MapLimits, Programs};
 use crate::turn_client::{
     build_message, build_request, new_txid, Attr, Class, CHANNEL_BIND, CREATE_PERMISSION, REFRESH,
@@ -148,6 +148,146 @@ pub fn frame(f: &Flow, data: &[u8]) -> Vec<u8> {
         &progtest::channel_data(f.chan, data, 0, 0),
     )
 }
+
+/// The two lookup floors (see `bpf/baseline_fwd.bpf.c`): a hash table, and an open-addressed
+/// array.
+const FLOORS: [&str; 2] = ["hash", "slots"];
+
+/// The lookup floors at one level: the baseline object's `xdp_lookup_fwd` and `xdp_slot_fwd`
+/// with the level's bindings in their tables (compact 16-byte keys and values; the hash table as
+/// large as `chans`, the array four times that), each timed on the same frames in the same order as
+/// the fast path.
+struct Floor {
+    channels: u32,
+    bl: Baseline,
+    frames: Vec<Vec<u8>>,
+    cursor: [usize; FLOORS.len()],
+}
+
+/// `xdp_lookup_fwd`'s key for binding `f`'s frames: client and server addresses and ports, and
+/// the channel number, all as on the wire (`struct bl_flow_key`).
+fn floor_key(f: &Flow) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[0..4].copy_from_slice(&f.client.ip().octets());
+    k[4..8].copy_from_slice(&progtest::SERVER.octets());
+    k[8..10].copy_from_slice(&f.client.port().to_be_bytes());
+    k[10..12].copy_from_slice(&progtest::TURN_PORT.to_be_bytes());
+    k[12..14].copy_from_slice(&f.chan.to_be_bytes());
+    k
+}
+
+/// Where `xdp_lookup_fwd` sends binding `f`'s frames: from the relayed endpoint to the peer
+/// (`struct bl_flow`).
+fn floor_value(f: &Flow) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[0..4].copy_from_slice(&f.relay.ip().octets());
+    v[4..8].copy_from_slice(&f.peer.ip().octets());
+    v[8..10].copy_from_slice(&f.relay.port().to_be_bytes());
+    v[10..12].copy_from_slice(&f.peer.port().to_be_bytes());
+    v
+}
+
+impl Floor {
+    fn new(net: &FibNet, channels: u32, entries: u32, data: &[u8]) -> Result<Floor> {
+        let bl = Baseline::load_with_flows(&[net.turn0, net.relay0], entries)?;
+        let slots = crate::baseline::slots_for(entries);
+        let mut used = vec![false; slots as usize];
+        for i in 0..channels {
+            let f = flow(i);
+            let (key, value) = (floor_key(&f), floor_value(&f));
+            bl.skel
+                .maps
+                .bl_flows
+                .update(&key, &value, libbpf_rs::MapFlags::NO_EXIST)
+                .with_context(|| format!("the hash floor's entry {i}"))?;
+            let at = crate::baseline::slot_hash(&key);
+            let slot = (0..SLOT_PROBES)
+                .map(|p| (at.wrapping_add(p) & (slots - 1)) as usize)
+                .find(|&s| !used[s])
+                .with_context(|| format!("no free slot within {SLOT_PROBES} for entry {i}"))?;
+            used[slot] = true;
+            bl.skel
+                .maps
+                .bl_slots
+                .update(
+                    &(slot as u32).to_ne_bytes(),
+                    &[key, value].concat(),
+                    libbpf_rs::MapFlags::ANY,
+                )
+                .with_context(|| format!("the slot floor's entry {i}"))?;
+        }
+        // What each does to a frame, once: sent from the relayed endpoint to the peer,
+        // checksums right, the data untouched (the channel header is left on: the floors move
+        // no head).
+        let f = flow(channels - 1);
+        for (k, name) in FLOORS.iter().enumerate() {
+            let prog = Floor::prog(&bl, k);
+            let r = progtest::xdp_test_run(prog, &frame(&f, data), net.turn0, 1)?.0;
+            ensure!(
+                r.verdict == progtest::XDP_REDIRECT,
+                "the {name} floor returned {}, not XDP_REDIRECT",
+                r.verdict
+            );
+            let payload = progtest::verify_udp4(&r.out)?;
+            ensure!(
+                payload[4..] == *data
+                    && r.out[26..30] == f.relay.ip().octets()
+                    && r.out[30..34] == f.peer.ip().octets()
+                    && r.out[34..36] == f.relay.port().to_be_bytes()
+                    && r.out[36..38] == f.peer.port().to_be_bytes(),
+                "the {name} floor's output is not the relayed frame"
+            );
+        }
+        let frames = shuffled(channels)
+            .into_iter()
+            .map(|i| frame(&flow(i), data))
+            .collect();
+        Ok(Floor {
+            channels,
+            bl,
+            frames,
+            cursor: [0; FLOORS.len()],
+        })
+    }
+
+    fn prog(bl: &Baseline, k: usize) -> &libbpf_rs::ProgramMut<'static> {
+        if k == 0 {
+            &bl.skel.progs.xdp_lookup_fwd
+        } else {
+            &bl.skel.progs.xdp_slot_fwd
+        }
+    }
+
+    /// Floor `k`, `runs` runs, the frames in turn; every one must redirect (a frame whose lookup
+    /// missed would pass). The program's own time per run (kernel accounting), ns.
+    fn time(&mut self, k: usize, ingress: u32, runs: u32) -> Result<f64> {
+        let prog = Floor::prog(&self.bl, k);
+        let (t0, c0) = prog_run_stats(prog)?;
+        for _ in 0..runs {
+            let f = &self.frames[self.cursor[k]];
+            self.cursor[k] = (self.cursor[k] + 1) % self.frames.len();
+            let (r, _) = progtest::xdp_test_run(prog, f, ingress, 1)?;
+            ensure!(
+                r.verdict == progtest::XDP_REDIRECT,
+                "{} floor, {} entries: a run returned {}, not XDP_REDIRECT",
+                FLOORS[k],
+                self.channels,
+                r.verdict
+            );
+        }
+        let (t1, c1) = prog_run_stats(prog)?;
+        ensure!(
+            c1 - c0 == u64::from(runs),
+            "{} floor: {} runs accounted, not {runs}",
+            FLOORS[k],
+            c1 - c0
+        );
+        Ok((t1 - t0) as f64 / f64::from(runs))
+    }
+}
+
+/// Slots `xdp_slot_fwd` probes (`BL_SLOT_PROBES`).
+const SLOT_PROBES: u32 = 16;
 
 /// A loaded object with `channels` bindings learned through its snooper.
 struct Level {
@@ -580,6 +720,12 @@ pub struct ScaleReport {
     /// BPF_PROG_TEST_RUN's own time per run (the program plus the test run's loop), for a
     /// cross-check of the kernel accounting.
     pub test_run_ns: BTreeMap<String, f64>,
+    /// The lookup floors at every level, by name: "hash" (`xdp_lookup_fwd`, one hash-table
+    /// lookup of a 16-byte key per packet) and "slots" (`xdp_slot_fwd`, the key in an
+    /// open-addressed array), each with the FIB lookup, the rewrite and the redirect, timed on
+    /// the same frames in the same rotation as the fast path.
+    #[serde(default)]
+    pub floors: BTreeMap<String, FloorFigures>,
     /// The same at the largest level while the other CPU commits grants.
     pub churn_ns_per_pkt: f64,
     pub churn_ns_per_pkt_p10: f64,
@@ -621,6 +767,17 @@ pub struct ScaleReport {
     pub sweep: Vec<crate::sweep_cost::SweepCost>,
     #[serde(default)]
     pub sweep_cpu_ms_per_s: Option<f64>,
+}
+
+/// One lookup floor's figures by live channels (`scale.floors`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FloorFigures {
+    /// Median over trials of its own time per packet, ns.
+    pub ns_per_pkt: BTreeMap<String, f64>,
+    /// Median of its per-trial ratios to its own cost at 1 channel.
+    pub ratio_to_1: BTreeMap<String, f64>,
+    /// Median of the per-trial differences: the fast path's time minus the floor's, ns.
+    pub fast_path_above_ns: BTreeMap<String, f64>,
 }
 
 /// One mode of the many-allocation load run (`scale.e2e`).
@@ -704,6 +861,11 @@ pub fn run_scale(
         None
     };
     let measured_mem = table_memory(&objs.last().expect("a level").progs, sizes)?;
+    // The lookup floor at every level, its table as large as `chans`.
+    let mut floors = levels
+        .iter()
+        .map(|&n| Floor::new(&net, n, sizes.channels, &data))
+        .collect::<Result<Vec<_>>>()?;
 
     let restore = pin_to(0);
     let _stats = RunTimeStats::enable()?;
@@ -713,6 +875,8 @@ pub fn run_scale(
     });
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); objs.len()];
     let mut per_tr: Vec<Vec<f64>> = vec![Vec::new(); objs.len()];
+    // per level, per floor
+    let mut per_floor: Vec<[Vec<f64>; FLOORS.len()]> = vec![Default::default(); floors.len()];
     let (mut churn_grants, mut churn_secs) = (0u64, 0.0);
     let ingress = net.turn0;
     let result = (|| -> Result<()> {
@@ -722,8 +886,23 @@ pub fn run_scale(
             let n = o.frames.len() as u32;
             time_level(o.case(), ingress, n, &gate, false)?;
         }
+        for f in floors.iter_mut() {
+            let n = f.frames.len() as u32;
+            for k in 0..FLOORS.len() {
+                f.time(k, ingress, n)?;
+            }
+        }
+        let cases = objs.len() + floors.len() * FLOORS.len();
         for t in 0..=trials {
-            for i in crate::baseline::trial_order(objs.len(), t) {
+            for i in crate::baseline::trial_order(cases, t) {
+                if let Some(j) = i.checked_sub(objs.len()) {
+                    let (level, k) = (j / FLOORS.len(), j % FLOORS.len());
+                    let ns = floors[level].time(k, ingress, runs)?;
+                    if t > 0 {
+                        per_floor[level][k].push(ns);
+                    }
+                    continue;
+                }
                 let timed = if Some(i) == churn_idx {
                     let stop = AtomicBool::new(false);
                     let ready = Barrier::new(2);
@@ -827,6 +1006,7 @@ pub fn run_scale(
         ratio_to_1_p10: BTreeMap::new(),
         ratio_to_1_p90: BTreeMap::new(),
         test_run_ns: BTreeMap::new(),
+        floors: BTreeMap::new(),
         churn_ns_per_pkt: median(churned),
         churn_ns_per_pkt_p10: percentile(churned, 10.0),
         churn_ns_per_pkt_p90: percentile(churned, 90.0),
@@ -864,6 +1044,18 @@ pub fn run_scale(
         report.ratio_to_1_p10.insert(key(n), percentile(&r, 10.0));
         report.ratio_to_1_p90.insert(key(n), percentile(&r, 90.0));
         report.test_run_ns.insert(key(n), median(&per_tr[i]));
+        for (k, name) in FLOORS.iter().enumerate() {
+            let f = &per_floor[i][k];
+            let fl = report.floors.entry(name.to_string()).or_default();
+            fl.ns_per_pkt.insert(key(n), median(f));
+            fl.ratio_to_1.insert(
+                key(n),
+                median(&crate::baseline::ratios(f, &per_floor[one][k])),
+            );
+            // the fast path's time above the floor's, trial by trial
+            let above: Vec<f64> = per[i].iter().zip(f).map(|(a, b)| a - b).collect();
+            fl.fast_path_above_ns.insert(key(n), median(&above));
+        }
     }
     let rc = crate::baseline::ratios(churned, &per[one]);
     report.churn_ratio_to_1 = median(&rc);
