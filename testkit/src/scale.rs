@@ -767,6 +767,10 @@ pub struct ScaleReport {
     pub sweep: Vec<crate::sweep_cost::SweepCost>,
     #[serde(default)]
     pub sweep_cpu_ms_per_s: Option<f64>,
+    /// Server answers the agent could not match to a recorded request while the e2e run's
+    /// clients all allocated and bound at once (`LEARN_NO_PENDING` of the offload mode; goal 0).
+    #[serde(default)]
+    pub burst_unmatched: Option<u64>,
 }
 
 /// One lookup floor's figures by live channels (`scale.floors`).
@@ -990,6 +994,7 @@ pub fn run_scale(
         e2e: BTreeMap::new(),
         sweep: Vec::new(),
         sweep_cpu_ms_per_s: None,
+        burst_unmatched: None,
         runs,
         trials,
         path: "chan4_to_udp4".into(),
@@ -1100,6 +1105,18 @@ pub fn scale_goals(r: &ScaleReport) -> Vec<ScaleGoal> {
                 c.notices_ms.median
             ),
             met: ms <= GOAL_AGENT_MS_PER_S,
+        });
+    }
+    if let Some(n) = r.burst_unmatched {
+        let clients = r.e2e.get("offload").map_or(0, |e| e.allocations);
+        g.push(ScaleGoal {
+            goal: format!(
+                "answers left without a recorded request when {clients} clients allocate and bind \
+                 at once"
+            ),
+            target: "0".into(),
+            measured: format!("{n} (LEARN_NO_PENDING)"),
+            met: n == 0,
         });
     }
     g.push(ScaleGoal {
@@ -1286,5 +1303,31 @@ mod tests {
         assert!(scale_goals(&r)[1].met);
         r.ratio_to_1.insert("100000".into(), 1.2);
         assert!(!scale_goals(&r)[0].met);
+        // the burst: met only with nothing unmatched
+        r.e2e.insert(
+            "offload".into(),
+            ScaleE2e {
+                allocations: 10_000,
+                ..ScaleE2e::default()
+            },
+        );
+        r.burst_unmatched = Some(0);
+        let g = scale_goals(&r);
+        let burst = g
+            .iter()
+            .find(|g| g.goal.starts_with("answers left"))
+            .unwrap();
+        assert!(
+            burst.met && burst.goal.contains("10000 clients"),
+            "{burst:?}"
+        );
+        r.burst_unmatched = Some(3);
+        let g = scale_goals(&r);
+        assert!(
+            !g.iter()
+                .find(|g| g.goal.starts_with("answers left"))
+                .unwrap()
+                .met
+        );
     }
 }

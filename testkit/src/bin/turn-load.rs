@@ -582,6 +582,10 @@ struct ModeSummary {
     /// alone lost < 0.1% (the floor takes the first pair's).
     #[serde(default)]
     common_load_pps: Option<u64>,
+    /// Round trips delivered per second flat out, round by round (the rounds' order), for
+    /// ratios to the floor's of the same round.
+    #[serde(default)]
+    flat_out_by_round: Vec<f64>,
     points: Vec<PointSummary>,
 }
 
@@ -776,9 +780,47 @@ fn mode_summary(points: Vec<PointSummary>, common: Option<u64>) -> ModeSummary {
         rtt_p99_us: f(&|p| p.rtt_p99_us),
         rtt_p999_us: f(&|p| p.rtt_p999_us),
         common_load_pps: common,
+        flat_out_by_round: Vec::new(),
         points,
     }
 }
+
+/// Flat out, round by round: each round's delivered round trips per second of `mode`.
+fn flat_out_by_round(points: &[Point], mode: Mode) -> Vec<f64> {
+    let mut v: Vec<(usize, f64)> = points
+        .iter()
+        .filter(|p| p.mode == mode && p.target_pps.is_none())
+        .map(|p| (p.round, p.report.round_trip.delivered_pps))
+        .collect();
+    v.sort_by_key(|&(round, _)| round);
+    v.into_iter().map(|(_, pps)| pps).collect()
+}
+
+/// The offload's flat-out rate over the floor forwarder's, one ratio per round (both measured
+/// in that round), with their median, minimum and maximum; `None` without both.
+fn flat_out_over_floor(
+    modes: &BTreeMap<String, ModeSummary>,
+    offload: &ModeSummary,
+) -> Option<(Vec<f64>, f64, f64, f64)> {
+    let floor = &modes.get("forwarder")?.flat_out_by_round;
+    let r: Vec<f64> = offload
+        .flat_out_by_round
+        .iter()
+        .zip(floor)
+        .map(|(o, f)| o / f)
+        .filter(|x| x.is_finite())
+        .collect();
+    if r.is_empty() {
+        return None;
+    }
+    let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let med = turn_bpf_testkit::baseline::median(&r);
+    Some((r, med, min, max))
+}
+
+/// The goal for the offload's flat-out rate against the floor forwarder's.
+const FLAT_OUT_GOAL: f64 = 0.95;
 
 fn ratios(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> BTreeMap<String, f64> {
     let mut r = BTreeMap::new();
@@ -861,6 +903,11 @@ fn pair_ratios(modes: &BTreeMap<String, ModeSummary>, pair: Pair, r: &mut BTreeM
             format!("{on}_max_delivered_over_floor"),
             o.max_delivered_pps / fmax,
         );
+    }
+    if let Some((_, med, min, max)) = flat_out_over_floor(modes, o) {
+        r.insert(format!("{on}_flat_out_over_floor"), med);
+        r.insert(format!("{on}_flat_out_over_floor_min"), min);
+        r.insert(format!("{on}_flat_out_over_floor_max"), max);
     }
 }
 
@@ -980,6 +1027,20 @@ fn pair_goals(modes: &BTreeMap<String, ModeSummary>, pair: Pair) -> Option<(Vec<
         ),
         met: server_max < 1.0,
     });
+    if let Some((r, med, min, max)) = flat_out_over_floor(modes, o) {
+        g.push(Goal {
+            goal: format!(
+                "{prefix}Flat-out delivered rate with offload ≥ 0.95× the floor forwarder's"
+            ),
+            target: format!("≥ {FLAT_OUT_GOAL:.2}×"),
+            measured: format!(
+                "{med:.2}× (median of {} rounds, each against the floor's flat out in the same \
+                 round; {min:.2}–{max:.2})",
+                r.len()
+            ),
+            met: med >= FLAT_OUT_GOAL,
+        });
+    }
     let rtt = Goal {
         goal: format!("{prefix}RTT p50 and p99 lower than {server}'s"),
         target: "both lower".into(),
@@ -1240,7 +1301,6 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         &format!("{}-sw", a.scale_ns),
     )?;
     scale.sweep_cpu_ms_per_s = scale.sweep.last().map(|c| c.cpu_ms_per_s);
-    scale.goals = scale::scale_goals(&scale);
     if labs.has(Mode::Offload) {
         // Many allocations through coturn, alone and with the agent: the headline's figures
         // beyond 16 allocations, and the burst of them allocating at once (LEARN_NO_PENDING).
@@ -1283,7 +1343,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 },
             );
         }
+        scale.burst_unmatched = scale
+            .e2e
+            .get(Mode::Offload.name())
+            .and_then(|e| e.learn_no_pending);
     }
+    scale.goals = scale::scale_goals(&scale);
 
     let config = BenchConfig {
         quick: a.quick,
@@ -1337,7 +1402,9 @@ fn build_summary(
                 .iter()
                 .find(|(pair, _)| m == pair.alone || m == pair.offload)
                 .map_or(first, |&(_, c)| c);
-            (m.name().to_string(), mode_summary(ps, common))
+            let mut ms = mode_summary(ps, common);
+            ms.flat_out_by_round = flat_out_by_round(points, m);
+            (m.name().to_string(), ms)
         })
         .collect();
     Summary {
@@ -2178,6 +2245,53 @@ mod tests {
         assert_eq!(pion.len(), 5, "{g:?}");
         assert!(pion.iter().any(|g| g.goal.contains("pion's own CPU")));
         assert!(pion.iter().all(|g| !g.goal.contains("coturn")), "{pion:?}");
+    }
+
+    /// The flat-out goal compares each round's offload with the floor's of the same round, and
+    /// is judged on their median, with the spread printed.
+    #[test]
+    fn the_flat_out_goal_is_judged_round_by_round() {
+        let micro = empty_micro();
+        let mut m = summary_of(
+            &[
+                (Mode::Coturn, 5000.0),
+                (Mode::Offload, 1000.0),
+                (Mode::Forwarder, 800.0),
+            ],
+            Some(10_000),
+        );
+        let set = |m: &mut BTreeMap<String, ModeSummary>, mode: Mode, v: &[f64]| {
+            m.get_mut(mode.name()).unwrap().flat_out_by_round = v.to_vec();
+        };
+        set(&mut m, Mode::Forwarder, &[4e5, 5e5, 4e5]);
+        set(&mut m, Mode::Offload, &[3.6e5, 5e5, 4.2e5]);
+        let r = ratios(&m, &micro);
+        assert_eq!(r["offload_flat_out_over_floor"], 1.0);
+        assert_eq!(r["offload_flat_out_over_floor_min"], 0.9);
+        assert_eq!(r["offload_flat_out_over_floor_max"], 1.05);
+        let g = goals(&m, &micro);
+        assert_eq!(g.len(), 8, "{g:?}");
+        let flat = g.iter().find(|g| g.goal.starts_with("Flat-out")).unwrap();
+        assert!(flat.met, "{flat:?}");
+        assert!(
+            flat.measured.starts_with("1.00× (median of 3 rounds"),
+            "{flat:?}"
+        );
+        assert!(flat.measured.contains("0.90–1.05"), "{flat:?}");
+        // a round's ratio is to the floor of the same round, not the best floor
+        set(&mut m, Mode::Offload, &[3.6e5, 4.5e5, 3.6e5]);
+        let flat = goals(&m, &micro)
+            .into_iter()
+            .find(|g| g.goal.starts_with("Flat-out"))
+            .unwrap();
+        assert!(!flat.met, "{flat:?}");
+        assert!(flat.measured.starts_with("0.90×"), "{flat:?}");
+        // no floor measured: no goal
+        set(&mut m, Mode::Forwarder, &[]);
+        assert!(goals(&m, &micro)
+            .iter()
+            .all(|g| !g.goal.starts_with("Flat-out")));
+        assert!(!ratios(&m, &micro).contains_key("offload_flat_out_over_floor"));
     }
 
     /// summary.json keeps every key it had, and the scale figures the issue asks for are under
