@@ -156,7 +156,10 @@ impl Baseline {
 /// four times as many, so most keys sit in the slot they hash to, and none further than the
 /// probes reach.
 pub fn slots_for(flows: u32) -> u32 {
-    (flows.max(1) * 4).next_power_of_two()
+    flows
+        .clamp(1, 1 << 28)
+        .saturating_mul(4)
+        .next_power_of_two()
 }
 
 /// The slot `xdp_slot_fwd` looks a 16-byte key up in first (`slot_hash` in

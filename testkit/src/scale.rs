@@ -129,9 +129,10 @@ pub fn sizes_for(n: u32) -> Sizes {
 
 /// The pending table the churn needs, as an operator would size it (`--max-pending`): every
 /// request stays until the sweep removes it, twice the pending lifetime after it was seen, so
-/// the table holds the grants of that long (1,000 a second × 20 s = 20,000: 32,768). The
-/// default (8,192) fills within seconds at this rate, and then requests go unrecorded, their
-/// clients blind, and allocations are left to the server (`RECORD_FULL`, `NOT_MIRRORED`).
+/// the table holds the grants of that long (1,000 a second × 20 s = 20,000: 32,768, the
+/// smallest power of two that does; the agent's default, 65,536, is larger). The old default
+/// (8,192) filled within seconds at this rate, and then requests went unrecorded, their clients
+/// blind, and allocations were left to the server (`RECORD_FULL`, `NOT_MIRRORED`).
 pub fn churn_pending() -> u32 {
     let held = u64::from(CHURN_GRANTS_PER_S) * 2 * turn_bpf::consts::TB_PENDING_LIFETIME_MS / 1000;
     (held as u32).next_power_of_two()

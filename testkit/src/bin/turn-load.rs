@@ -582,10 +582,10 @@ struct ModeSummary {
     /// alone lost < 0.1% (the floor takes the first pair's).
     #[serde(default)]
     common_load_pps: Option<u64>,
-    /// Round trips delivered per second flat out, round by round (the rounds' order), for
-    /// ratios to the floor's of the same round.
+    /// Round trips delivered per second flat out, by round (0-based), for ratios to the
+    /// floor's of the same round.
     #[serde(default)]
-    flat_out_by_round: Vec<f64>,
+    flat_out_by_round: BTreeMap<usize, f64>,
     points: Vec<PointSummary>,
 }
 
@@ -780,24 +780,23 @@ fn mode_summary(points: Vec<PointSummary>, common: Option<u64>) -> ModeSummary {
         rtt_p99_us: f(&|p| p.rtt_p99_us),
         rtt_p999_us: f(&|p| p.rtt_p999_us),
         common_load_pps: common,
-        flat_out_by_round: Vec::new(),
+        flat_out_by_round: BTreeMap::new(),
         points,
     }
 }
 
-/// Flat out, round by round: each round's delivered round trips per second of `mode`.
-fn flat_out_by_round(points: &[Point], mode: Mode) -> Vec<f64> {
-    let mut v: Vec<(usize, f64)> = points
+/// Flat out, by round: each round's delivered round trips per second of `mode`.
+fn flat_out_by_round(points: &[Point], mode: Mode) -> BTreeMap<usize, f64> {
+    points
         .iter()
         .filter(|p| p.mode == mode && p.target_pps.is_none())
         .map(|p| (p.round, p.report.round_trip.delivered_pps))
-        .collect();
-    v.sort_by_key(|&(round, _)| round);
-    v.into_iter().map(|(_, pps)| pps).collect()
+        .collect()
 }
 
-/// The offload's flat-out rate over the floor forwarder's, one ratio per round (both measured
-/// in that round), with their median, minimum and maximum; `None` without both.
+/// The offload's flat-out rate over the floor forwarder's, one ratio per round in which both
+/// were measured (a round that lacks either is left out), with their median, minimum and
+/// maximum; `None` without any such round.
 fn flat_out_over_floor(
     modes: &BTreeMap<String, ModeSummary>,
     offload: &ModeSummary,
@@ -806,8 +805,7 @@ fn flat_out_over_floor(
     let r: Vec<f64> = offload
         .flat_out_by_round
         .iter()
-        .zip(floor)
-        .map(|(o, f)| o / f)
+        .filter_map(|(round, o)| Some(o / floor.get(round)?))
         .filter(|x| x.is_finite())
         .collect();
     if r.is_empty() {
@@ -941,8 +939,9 @@ fn goals(modes: &BTreeMap<String, ModeSummary>, micro: &MicroReport) -> Vec<Goal
     g
 }
 
-/// One pair's goals: (the four on CPU, rate, loss and the server's CPU; the one on RTT). coturn's
-/// read as they always have; pion's start with "pion: ".
+/// One pair's goals: (those on CPU, rate, loss, the server's CPU and, when the floor ran, the
+/// flat-out rate; the one on RTT). coturn's read as they always have; pion's start with
+/// "pion: ".
 fn pair_goals(modes: &BTreeMap<String, ModeSummary>, pair: Pair) -> Option<(Vec<Goal>, Goal)> {
     let (c, o) = (
         modes.get(pair.alone.name())?,
@@ -1448,7 +1447,17 @@ fn cmd_render(a: RenderArgs) -> Result<()> {
     let points: Vec<Point> = serde_json::from_str(&read("runs.json")?).context("runs.json")?;
     let old: Head = serde_json::from_str(&read("summary.json")?).context("summary.json")?;
     let mut summary = build_summary(&points, old.machine, old.config, old.micro, old.elapsed_s);
-    summary.scale = old.scale;
+    summary.scale = old.scale.map(|mut sc| {
+        // a summary written before burst_unmatched was kept: from the e2e run it kept
+        if sc.burst_unmatched.is_none() {
+            sc.burst_unmatched = sc
+                .e2e
+                .get(Mode::Offload.name())
+                .and_then(|e| e.learn_no_pending);
+        }
+        sc.goals = scale::scale_goals(&sc);
+        sc
+    });
     print!("{}", write_outputs(&summary, &a.out)?);
     Ok(())
 }
@@ -2261,7 +2270,8 @@ mod tests {
             Some(10_000),
         );
         let set = |m: &mut BTreeMap<String, ModeSummary>, mode: Mode, v: &[f64]| {
-            m.get_mut(mode.name()).unwrap().flat_out_by_round = v.to_vec();
+            m.get_mut(mode.name()).unwrap().flat_out_by_round =
+                v.iter().copied().enumerate().collect();
         };
         set(&mut m, Mode::Forwarder, &[4e5, 5e5, 4e5]);
         set(&mut m, Mode::Offload, &[3.6e5, 5e5, 4.2e5]);
@@ -2286,6 +2296,11 @@ mod tests {
             .unwrap();
         assert!(!flat.met, "{flat:?}");
         assert!(flat.measured.starts_with("0.90×"), "{flat:?}");
+        // rounds pair by number: a round the floor lacks is left out, not shifted
+        m.get_mut("forwarder").unwrap().flat_out_by_round.remove(&0);
+        let r = ratios(&m, &micro);
+        assert_eq!(r["offload_flat_out_over_floor_min"], 0.9);
+        assert_eq!(r["offload_flat_out_over_floor_max"], 0.9);
         // no floor measured: no goal
         set(&mut m, Mode::Forwarder, &[]);
         assert!(goals(&m, &micro)
