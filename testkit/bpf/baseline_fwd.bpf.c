@@ -92,6 +92,31 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 	ip->ttl--;
 }
 
+/* The IPv4 FIB lookup for a UDP datagram of `ip` sent from src:sport to dst:dport. */
+static __always_inline int fib4(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
+				const struct iphdr *ip, __be32 src, __be32 dst, __be16 sport,
+				__be16 dport)
+{
+	fib->family = AF_INET;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->sport = sport;
+	fib->dport = dport;
+	fib->tot_len = bpf_ntohs(ip->tot_len);
+	fib->tos = ip->tos;
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->ipv4_src = src;
+	fib->ipv4_dst = dst;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* The next hop's MACs, and out through the devmap. */
+static __always_inline int send(struct ethhdr *eth, const struct bpf_fib_lookup *fib)
+{
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	return bpf_redirect_map(&bl_tx_ports, fib->ifindex, 0);
+}
+
 /* IPv4: a UDP datagram without options or fragments, TTL > 1. */
 static __always_inline int fwd4(struct xdp_md *ctx, struct ethhdr *eth, void *data_end)
 {
@@ -106,22 +131,12 @@ static __always_inline int fwd4(struct xdp_md *ctx, struct ethhdr *eth, void *da
 	if ((void *)(udp + 1) > data_end || ip->ttl <= 1)
 		return XDP_PASS;
 
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = udp->source;
-	fib.dport = udp->dest;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.tos = ip->tos;
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	if (fib4(ctx, &fib, ip, ip->saddr, ip->daddr, udp->source, udp->dest) !=
+	    BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;
 
 	ip_decrease_ttl(ip);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	return bpf_redirect_map(&bl_tx_ports, fib.ifindex, 0);
+	return send(eth, &fib);
 }
 
 /* IPv6: UDP right after the fixed header (no extension headers), hop limit > 1. No checksum
@@ -151,9 +166,7 @@ static __always_inline int fwd6(struct xdp_md *ctx, struct ethhdr *eth, void *da
 		return XDP_PASS;
 
 	ip6->hop_limit--;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	return bpf_redirect_map(&bl_tx_ports, fib.ifindex, 0);
+	return send(eth, &fib);
 }
 
 SEC("xdp")
@@ -281,16 +294,8 @@ static __always_inline int forward_to(struct xdp_md *ctx, const struct bl_flow *
 
 	if ((void *)(udp + 1) > data_end)
 		return XDP_PASS;
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = to->sport;
-	fib.dport = to->dport;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.tos = ip->tos;
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.ipv4_src = to->saddr;
-	fib.ipv4_dst = to->daddr;
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	if (fib4(ctx, &fib, ip, to->saddr, to->daddr, to->sport, to->dport) !=
+	    BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;
 
 	ip->check = csum_replace4(ip->check, ip->saddr, to->saddr);
@@ -301,9 +306,7 @@ static __always_inline int forward_to(struct xdp_md *ctx, const struct bl_flow *
 	udp->dest = to->dport;
 	udp->check = 0; /* none: allowed over IPv4 */
 	ip_decrease_ttl(ip);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	return bpf_redirect_map(&bl_tx_ports, fib.ifindex, 0);
+	return send(eth, &fib);
 }
 
 SEC("xdp")
