@@ -793,19 +793,22 @@ fn mode_summary(points: Vec<PointSummary>, common: Option<u64>) -> ModeSummary {
 fn relays_released(lab: &Lab, limit: Duration) -> Result<usize> {
     let started = std::time::Instant::now();
     loop {
-        let out = lab.exec(Host::Srv, &["ss", "-Huan"])?;
-        let left = out
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3))
-            .filter_map(|local| local.rsplit_once(':'))
-            .filter_map(|(_, port)| port.parse::<u16>().ok())
-            .filter(|p| (lab::RELAY_PORT_MIN..=lab::RELAY_PORT_MAX).contains(p))
-            .count();
+        let left = relay_sockets(&lab.exec(Host::Srv, &["ss", "-Huan"])?);
         if left == 0 || started.elapsed() >= limit {
             return Ok(left);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The UDP sockets on a relay port in `ss -Huan`'s output (local address in the fourth column).
+fn relay_sockets(ss: &str) -> usize {
+    ss.lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|local| local.rsplit_once(':'))
+        .filter_map(|(_, port)| port.parse::<u16>().ok())
+        .filter(|p| (lab::RELAY_PORT_MIN..=lab::RELAY_PORT_MAX).contains(p))
+        .count()
 }
 
 /// Flat out, by round: each round's delivered round trips per second of `mode`.
@@ -2286,6 +2289,18 @@ mod tests {
         assert_eq!(pion.len(), 5, "{g:?}");
         assert!(pion.iter().any(|g| g.goal.contains("pion's own CPU")));
         assert!(pion.iter().all(|g| !g.goal.contains("coturn")), "{pion:?}");
+    }
+
+    #[test]
+    fn relay_sockets_are_counted_by_their_local_port() {
+        let ss = "UNCONN 0      0            192.0.2.1:3478 0.0.0.0:*\n\
+                  UNCONN 0      0        198.51.100.1:49152 0.0.0.0:*\n\
+                  UNCONN 0      0        198.51.100.1:65535 0.0.0.0:*\n\
+                  ESTAB  0      0            192.0.2.1:3478 192.0.2.2:50000\n\
+                  UNCONN 0      0   [2001:db8:2::1]:50001 [::]:*\n\
+                  UNCONN 0      0        198.51.100.1:49151 0.0.0.0:*\n";
+        assert_eq!(relay_sockets(ss), 3);
+        assert_eq!(relay_sockets(""), 0);
     }
 
     /// The flat-out goal compares each round's offload with the floor's of the same round, and
