@@ -1329,11 +1329,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if labs.has(Mode::Offload) {
         // Many allocations through coturn, alone and with the agent: the headline's figures
         // beyond 16 allocations, and the burst of them allocating at once (LEARN_NO_PENDING).
-        // The agent's run first: after a run that released its 10,000 allocations, coturn's
-        // port ring hands the released ports out again within seconds, and the agent leaves an
-        // allocation on a port closed in the last 10 s to the server (README, "A relay port
-        // handed out again within 10 s of its close"): that would measure the release, not the
-        // many allocations.
+        // Each run once the server has closed every relay socket of the runs before: an agent
+        // started while coturn still closes the 10,000 of a run just ended hears those closes,
+        // coturn's port ring hands the same ports out again within seconds, and the agent
+        // leaves an allocation on a port closed in the last 10 s to the server (README, "A
+        // relay port handed out again within 10 s of its close"): the figure would measure the
+        // release, not the many allocations. (The agent's run first as well.)
         let e2e_load = LoadArgs {
             allocations: SCALE_E2E_ALLOCATIONS,
             ..a.load.clone()
