@@ -150,6 +150,14 @@ pub fn frame(f: &Flow, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// The frames of bindings `0..channels` in the fixed shuffled order every timed case walks.
+fn shuffled_frames(channels: u32, data: &[u8]) -> Vec<Vec<u8>> {
+    shuffled(channels)
+        .into_iter()
+        .map(|i| frame(&flow(i), data))
+        .collect()
+}
+
 /// The two lookup floors (see `bpf/baseline_fwd.bpf.c`): a hash table, and an open-addressed
 /// array.
 const FLOORS: [&str; 2] = ["hash", "slots"];
@@ -239,10 +247,7 @@ impl Floor {
                 "the {name} floor's output is not the relayed frame"
             );
         }
-        let frames = shuffled(channels)
-            .into_iter()
-            .map(|i| frame(&flow(i), data))
-            .collect();
+        let frames = shuffled_frames(channels, data);
         Ok(Floor {
             channels,
             bl,
@@ -352,10 +357,7 @@ impl Level {
         // In a fixed shuffled order: the fill took the tables' preallocated elements in
         // binding order, and walking them in that order would let the prefetcher hide misses
         // that real traffic (clients in no particular order) pays.
-        let frames = shuffled(channels)
-            .into_iter()
-            .map(|i| frame(&flow(i), data))
-            .collect();
+        let frames = shuffled_frames(channels, data);
         let l = Level {
             channels,
             progs,
